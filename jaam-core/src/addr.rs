@@ -1,0 +1,118 @@
+//! Resource addresses: `kind.name`, used verbatim in plans, errors, logs and state keys.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The address of one resource: its kind and its name, `instance.blog`.
+///
+/// Immutable once built. `Display` prints `kind.name`; `FromStr` accepts the same.
+/// Names may contain letters, digits, `-` and `_` (and `.` for the addresses
+/// that a composite such as `site` expands into, e.g. `site.blog.instance`).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResourceAddr {
+    kind: String,
+    name: String,
+}
+
+/// Why a string is not a resource address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddrError {
+    /// The string has no `.` between kind and name.
+    #[error("`{0}` is not a resource address (expected `kind.name`)")]
+    MissingDot(String),
+    /// The kind or the name is empty or holds a character outside `[A-Za-z0-9_-]`.
+    #[error("`{0}` is not a valid resource address: kind and name may hold only letters, digits, `-` and `_`")]
+    InvalidCharacter(String),
+}
+
+fn valid_part(part: &str) -> bool {
+    !part.is_empty()
+        && part
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl ResourceAddr {
+    /// Builds an address from its parts, checking both.
+    ///
+    /// # Errors
+    /// [`AddrError::InvalidCharacter`] when a part is empty or holds a character
+    /// other than letters, digits, `-` and `_`.
+    pub fn new(kind: impl Into<String>, name: impl Into<String>) -> Result<Self, AddrError> {
+        let (kind, name) = (kind.into(), name.into());
+        if valid_part(&kind) && name.split('.').all(valid_part) {
+            Ok(Self { kind, name })
+        } else {
+            Err(AddrError::InvalidCharacter(format!("{kind}.{name}")))
+        }
+    }
+
+    /// The resource kind: `instance` in `instance.blog`.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The resource name: `blog` in `instance.blog`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl FromStr for ResourceAddr {
+    type Err = AddrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, name) = s
+            .split_once('.')
+            .ok_or_else(|| AddrError::MissingDot(s.to_owned()))?;
+        Self::new(kind, name).map_err(|_| AddrError::InvalidCharacter(s.to_owned()))
+    }
+}
+
+impl fmt::Display for ResourceAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.kind, self.name)
+    }
+}
+
+impl fmt::Debug for ResourceAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ResourceAddr({self})")
+    }
+}
+
+impl Serialize for ResourceAddr {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ResourceAddr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_should_round_trip_through_display() {
+        let addr: ResourceAddr = "log_group.blog-build".parse().unwrap();
+        assert_eq!(addr.kind(), "log_group");
+        assert_eq!(addr.name(), "blog-build");
+        assert_eq!(addr.to_string(), "log_group.blog-build");
+    }
+
+    #[test]
+    fn address_should_reject_missing_dot_and_bad_characters() {
+        assert!(matches!("blog".parse::<ResourceAddr>(), Err(AddrError::MissingDot(_))));
+        assert!("log group.x".parse::<ResourceAddr>().is_err());
+        assert!("log_group.".parse::<ResourceAddr>().is_err());
+        assert!("site.blog.instance".parse::<ResourceAddr>().is_ok());
+    }
+}

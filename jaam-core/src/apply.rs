@@ -1,0 +1,652 @@
+//! Applying a plan: a bounded-parallel walk of the change graph, journaled.
+//!
+//! # Ordering
+//! 1. A create, update or replacement starts once every resource it depends on
+//!    has finished (and is durable in the journal).
+//! 2. A delete starts once every resource that depended on it (as recorded) has
+//!    been deleted or replaced: destroy walks the graph in reverse.
+//! 3. A replacement is one node: `CreateThenDelete` creates the new resource and
+//!    then deletes the old one; `DeleteThenCreate` the other way round.
+//!
+//! # Guarantees
+//! - At most `parallelism` cloud operations run at once (a semaphore). The
+//!   permit is held for the provider call only; waiting for the journal's fsync
+//!   happens outside it, so durability costs no cloud throughput.
+//! - Before a create call an intent is journaled; for kinds whose resources can
+//!   be found again by ownership tags or natural key ([`Schema::adoptable`]) the
+//!   intent rides along with the next group commit instead of waiting for its own.
+//! - An outcome is durable before the resource counts as done and before any
+//!   dependent starts.
+//! - A failure skips its dependents (reported as skipped because of the root
+//!   cause) and lets independent branches finish. Whatever happened is in the
+//!   new state snapshot, which is written even when some resources failed.
+//!
+//! # Cancellation
+//! Cancelling the token stops launching new operations; operations in flight
+//! finish and are journaled, and the state is saved. Resources never started
+//! are reported as [`Event::NotStarted`].
+//!
+//! [`Schema::adoptable`]: crate::schema::Schema::adoptable
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::addr::ResourceAddr;
+use crate::plan::{Action, Plan, ResourceChange};
+use crate::provider::{Context, Owner, ProviderError, Registry};
+use crate::schema::{ReplaceOrder, Schema};
+use crate::spec::Template;
+use crate::state::{fold, Journal, Operation, Outcome, PendingIntent, Record, ResourceState, State, StateMeta, StateStore};
+use crate::value::{Attrs, Value};
+
+/// Apply options.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How many cloud operations may run at once (default 10).
+    pub parallelism: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { parallelism: 10 }
+    }
+}
+
+/// What happened to one resource, in order of occurrence.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// An operation started.
+    Started {
+        /// The resource.
+        addr: ResourceAddr,
+        /// `create`, `update`, `replace` or `delete`.
+        action: String,
+    },
+    /// An operation finished and is durable.
+    Finished {
+        /// The resource.
+        addr: ResourceAddr,
+        /// `create`, `update`, `replace` or `delete`.
+        action: String,
+        /// The cloud id (none after a delete).
+        id: Option<String>,
+        /// How long it took.
+        #[serde(with = "duration_millis")]
+        elapsed: Duration,
+    },
+    /// An operation failed.
+    Failed {
+        /// The resource.
+        addr: ResourceAddr,
+        /// The error with its causes.
+        message: String,
+    },
+    /// Not attempted because a dependency failed.
+    Skipped {
+        /// The resource.
+        addr: ResourceAddr,
+        /// The root cause.
+        because: ResourceAddr,
+    },
+    /// Not attempted because the apply was cancelled.
+    NotStarted {
+        /// The resource.
+        addr: ResourceAddr,
+    },
+    /// The new state snapshot was written.
+    StateSaved {
+        /// Its serial.
+        serial: u64,
+    },
+}
+
+mod duration_millis {
+    pub(super) fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+}
+
+/// An [`Event`] with its sequence number (from 1, gap-free per apply).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Sequenced {
+    /// The sequence number.
+    pub seq: u64,
+    /// The event.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// Errors of one resource during apply.
+#[derive(Debug, thiserror::Error)]
+pub enum ResourceError {
+    /// The provider call failed.
+    #[error("`{addr}`: {operation} failed")]
+    Provider {
+        /// The resource.
+        addr: ResourceAddr,
+        /// What was attempted.
+        operation: &'static str,
+        /// The provider's error.
+        #[source]
+        source: ProviderError,
+    },
+    /// A reference could still not be resolved at apply time.
+    #[error("`{addr}`: `{template}` could not be resolved")]
+    Unresolved {
+        /// The resource.
+        addr: ResourceAddr,
+        /// The template.
+        template: String,
+    },
+    /// The journal failed; nothing more is attempted.
+    #[error("`{addr}`: journal write failed")]
+    Journal {
+        /// The resource.
+        addr: ResourceAddr,
+        /// The state error.
+        #[source]
+        source: crate::state::Error,
+    },
+}
+
+impl ResourceError {
+    /// The resource concerned.
+    pub fn addr(&self) -> &ResourceAddr {
+        match self {
+            ResourceError::Provider { addr, .. } | ResourceError::Unresolved { addr, .. } | ResourceError::Journal { addr, .. } => addr,
+        }
+    }
+
+    /// Whether a later retry may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ResourceError::Provider { source, .. } if source.is_retryable())
+    }
+}
+
+/// Errors that stop an apply before or after the walk.
+///
+/// [`Error::Stale`] is not retryable: plan again. [`Error::State`] is retryable
+/// when it is a lock held by someone else.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The plan was made against another state.
+    #[error("plan is stale: it was made against {}, but the state is now {}", describe(.planned), describe(.found))]
+    Stale {
+        /// The state the plan expected.
+        planned: Option<StateMeta>,
+        /// The state found.
+        found: Option<StateMeta>,
+    },
+    /// The state store failed.
+    #[error("state store failed")]
+    State(#[from] crate::state::Error),
+}
+
+fn describe(meta: &Option<StateMeta>) -> String {
+    match meta {
+        Some(meta) => format!("lineage {} serial {}", meta.lineage, meta.serial),
+        None => "no state".to_owned(),
+    }
+}
+
+/// Apply result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What an apply did.
+#[derive(Debug)]
+pub struct Report {
+    /// The state now saved.
+    pub state: State,
+    /// Resources changed successfully.
+    pub applied: Vec<ResourceAddr>,
+    /// Resources that failed, with why.
+    pub failed: Vec<ResourceError>,
+    /// Resources skipped, with the root cause.
+    pub skipped: Vec<(ResourceAddr, ResourceAddr)>,
+    /// Resources not started because of cancellation.
+    pub not_started: Vec<ResourceAddr>,
+    /// How many journal group commits (fsyncs) the apply made.
+    pub journal_commits: u64,
+}
+
+impl Report {
+    /// Whether everything planned was applied.
+    pub fn succeeded(&self) -> bool {
+        self.failed.is_empty() && self.skipped.is_empty() && self.not_started.is_empty()
+    }
+}
+
+struct Emitter {
+    sender: Option<mpsc::UnboundedSender<Sequenced>>,
+    seq: AtomicU64,
+}
+
+impl Emitter {
+    fn emit(&self, event: Event) {
+        tracing::debug!(?event, "apply event");
+        if let Some(sender) = &self.sender {
+            let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+            let _ = sender.send(Sequenced { seq, event });
+        }
+    }
+}
+
+fn action_name(action: &Action) -> &'static str {
+    match action {
+        Action::NoOp => "no-op",
+        Action::Create => "create",
+        Action::Update { .. } => "update",
+        Action::Replace { .. } => "replace",
+        Action::Delete => "delete",
+    }
+}
+
+/// Everything one node's task needs.
+struct Shared {
+    registry: Registry,
+    context: Context,
+    journal: Journal,
+    semaphore: Semaphore,
+    emitter: Emitter,
+    /// Attributes of resources as they are now, for resolving references.
+    /// Guarded by its own mutex; never held across an await.
+    known: Mutex<BTreeMap<ResourceAddr, Attrs>>,
+    /// The state being built; updated with every record journaled.
+    /// Guarded by its own mutex; never held across an await.
+    state: Mutex<State>,
+}
+
+impl Shared {
+    fn journal_lazy(&self, record: Record) {
+        fold(&mut self.state.lock().expect("state mutex"), [record.clone()]);
+        self.journal.record(record);
+    }
+
+    async fn journal_durable(&self, record: Record) -> crate::state::Result<()> {
+        fold(&mut self.state.lock().expect("state mutex"), [record.clone()]);
+        self.journal.record_durable(record).await
+    }
+}
+
+/// Applies `plan`. The caller holds the stack's lock and passes the state it
+/// loaded under that lock (`None` for a new stack).
+///
+/// # Errors
+/// [`Error::Stale`] when `current` is not the state the plan was made against;
+/// [`Error::State`] when the journal or the final snapshot cannot be written.
+/// Per-resource failures are not errors: they are in [`Report::failed`].
+pub async fn apply(
+    registry: &Registry,
+    context: &Context,
+    store: &dyn StateStore,
+    current: Option<State>,
+    plan: &Plan,
+    options: &Options,
+    events: Option<mpsc::UnboundedSender<Sequenced>>,
+    cancel: CancellationToken,
+) -> Result<Report> {
+    let found = current.as_ref().map(State::meta);
+    if found != plan.prior {
+        return Err(Error::Stale { planned: plan.prior, found });
+    }
+    let base = current.unwrap_or_else(|| State {
+        lineage: plan.lineage,
+        serial: 0,
+        stack: plan.stack.clone(),
+        resources: BTreeMap::new(),
+        pending: Vec::new(),
+    });
+    let sink = store.open_journal(base.meta(), &base.stack).await?;
+    let known = base.resources.iter().map(|(addr, resource)| (addr.clone(), resource.attributes.clone())).collect();
+    let shared = Arc::new(Shared {
+        registry: registry.clone(),
+        context: context.clone(),
+        journal: Journal::start(sink),
+        semaphore: Semaphore::new(options.parallelism.max(1)),
+        emitter: Emitter { sender: events, seq: AtomicU64::new(0) },
+        known: Mutex::new(known),
+        state: Mutex::new(base.clone()),
+    });
+
+    // Refreshed or adopted resources that need no cloud call still update state.
+    for change in plan.changes.iter().filter(|c| c.action == Action::NoOp) {
+        let (Some(id), Some(before)) = (&change.id, &change.before) else { continue };
+        let resource =
+            ResourceState { kind: change.kind.clone(), id: id.clone(), attributes: before.clone(), dependencies: change.dependencies.clone() };
+        if base.resources.get(&change.addr) != Some(&resource) {
+            shared.known.lock().expect("known mutex").insert(change.addr.clone(), before.clone());
+            shared.journal_lazy(Record::Outcome { intent: Uuid::new_v4(), addr: change.addr.clone(), result: Outcome::Written { resource } });
+        }
+    }
+
+    let walk = walk(Arc::clone(&shared), plan, cancel).await;
+    let shared = Arc::into_inner(shared).expect("all node tasks finished");
+    let journal_commits = shared.journal.close().await?;
+    let mut state = shared.state.into_inner().expect("state mutex");
+    state.pending.retain(|pending| !plan.resolved_intents.contains(&pending.intent));
+    state.serial = base.serial + 1;
+    store.persist(&state).await?;
+    shared.emitter.emit(Event::StateSaved { serial: state.serial });
+    Ok(Report {
+        state,
+        applied: walk.applied,
+        failed: walk.failed,
+        skipped: walk.skipped,
+        not_started: walk.not_started,
+        journal_commits: journal_commits + 1,
+    })
+}
+
+#[derive(Default)]
+struct Walk {
+    applied: Vec<ResourceAddr>,
+    failed: Vec<ResourceError>,
+    skipped: Vec<(ResourceAddr, ResourceAddr)>,
+    not_started: Vec<ResourceAddr>,
+}
+
+async fn walk(shared: Arc<Shared>, plan: &Plan, cancel: CancellationToken) -> Walk {
+    let nodes: BTreeMap<&ResourceAddr, &ResourceChange> =
+        plan.changes.iter().filter(|c| c.action.is_change()).map(|c| (&c.addr, c)).collect();
+    // waits_for[a] = nodes that must finish before a starts.
+    let mut waits_for: BTreeMap<&ResourceAddr, BTreeSet<&ResourceAddr>> = nodes.keys().map(|a| (*a, BTreeSet::new())).collect();
+    for (addr, change) in &nodes {
+        for dependency in &change.dependencies {
+            let Some(target) = nodes.get(dependency) else { continue };
+            if change.action == Action::Delete {
+                // Reverse edge: the dependency is removed after its dependent.
+                if matches!(target.action, Action::Delete | Action::Replace { .. }) {
+                    waits_for.get_mut(dependency).expect("node").insert(addr);
+                }
+            } else if target.action != Action::Delete {
+                waits_for.get_mut(addr).expect("node").insert(&target.addr);
+            }
+        }
+    }
+    let mut dependents: BTreeMap<&ResourceAddr, Vec<&ResourceAddr>> = BTreeMap::new();
+    for (addr, before) in &waits_for {
+        for dependency in before {
+            dependents.entry(*dependency).or_default().push(addr);
+        }
+    }
+    let mut remaining: BTreeMap<&ResourceAddr, usize> = waits_for.iter().map(|(a, w)| (*a, w.len())).collect();
+    let mut ready: VecDeque<&ResourceAddr> = remaining.iter().filter(|(_, n)| **n == 0).map(|(a, _)| *a).collect();
+    let (done_sender, mut done) = mpsc::unbounded_channel::<(ResourceAddr, std::result::Result<(), ResourceError>)>();
+    let mut running = 0usize;
+    let mut report = Walk::default();
+    let mut settled: BTreeSet<ResourceAddr> = BTreeSet::new();
+
+    loop {
+        while !cancel.is_cancelled()
+            && let Some(addr) = ready.pop_front()
+        {
+            let change = nodes[addr].clone();
+            let shared = Arc::clone(&shared);
+            let sender = done_sender.clone();
+            running += 1;
+            tokio::spawn(async move {
+                let result = run_node(&shared, &change).await;
+                let _ = sender.send((change.addr, result));
+            });
+        }
+        if running == 0 {
+            break;
+        }
+        let Some((addr, result)) = done.recv().await else { break };
+        running -= 1;
+        settled.insert(addr.clone());
+        let key = nodes.get_key_value(&addr).map(|(k, _)| *k).expect("finished node is known");
+        match result {
+            Ok(()) => {
+                report.applied.push(addr);
+                for dependent in dependents.get(key).into_iter().flatten() {
+                    let count = remaining.get_mut(dependent).expect("node");
+                    *count -= 1;
+                    if *count == 0 && !settled.contains(*dependent) {
+                        ready.push_back(dependent);
+                    }
+                }
+            }
+            Err(error) => {
+                shared.emitter.emit(Event::Failed { addr: addr.clone(), message: error_chain(&error) });
+                report.failed.push(error);
+                // Skip everything downstream of the failure.
+                let mut pending: Vec<&ResourceAddr> = dependents.get(key).cloned().unwrap_or_default();
+                while let Some(next) = pending.pop() {
+                    if settled.insert((*next).clone()) {
+                        shared.emitter.emit(Event::Skipped { addr: (*next).clone(), because: addr.clone() });
+                        report.skipped.push(((*next).clone(), addr.clone()));
+                        pending.extend(dependents.get(next).cloned().unwrap_or_default());
+                    }
+                }
+            }
+        }
+    }
+    for addr in nodes.keys() {
+        if !settled.contains(*addr) {
+            shared.emitter.emit(Event::NotStarted { addr: (*addr).clone() });
+            report.not_started.push((*addr).clone());
+        }
+    }
+    report
+}
+
+/// The error and its causes on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+/// Resolves unknowns in `after` against what is known now and keeps only arguments.
+fn resolve(shared: &Shared, change: &ResourceChange, schema: &Schema) -> std::result::Result<Attrs, ResourceError> {
+    let known = shared.known.lock().expect("known mutex");
+    let lookup = |addr: &ResourceAddr, attribute: &str| known.get(addr).map(|attrs| attrs.get(attribute).cloned().unwrap_or(Value::Null));
+    let env = |name: &str| std::env::var(name).ok();
+    let mut out = Attrs::new();
+    for attribute in schema.arguments() {
+        let value = change.after.as_ref().and_then(|after| after.get(attribute.name)).cloned().unwrap_or(Value::Null);
+        let value = resolve_value(value, &lookup, &env);
+        if let Some(template) = find_unknown(&value) {
+            return Err(ResourceError::Unresolved { addr: change.addr.clone(), template });
+        }
+        out.insert(attribute.name.to_owned(), value);
+    }
+    Ok(out)
+}
+
+fn resolve_value(value: Value, lookup: &dyn Fn(&ResourceAddr, &str) -> Option<Value>, env: &dyn Fn(&str) -> Option<String>) -> Value {
+    match value {
+        Value::Unknown(source) => match Template::parse(&source) {
+            Ok(template) => template.evaluate(lookup, env),
+            Err(_) => Value::Unknown(source),
+        },
+        Value::List(items) => Value::List(items.into_iter().map(|v| resolve_value(v, lookup, env)).collect()),
+        Value::Map(map) => Value::Map(map.into_iter().map(|(k, v)| (k, resolve_value(v, lookup, env))).collect()),
+        other => other,
+    }
+}
+
+fn find_unknown(value: &Value) -> Option<String> {
+    match value {
+        Value::Unknown(source) => Some(source.clone()),
+        Value::List(items) => items.iter().find_map(find_unknown),
+        Value::Map(map) => map.values().find_map(find_unknown),
+        _ => None,
+    }
+}
+
+async fn run_node(shared: &Shared, change: &ResourceChange) -> std::result::Result<(), ResourceError> {
+    let addr = &change.addr;
+    let provider = Arc::clone(shared.registry.provider(addr.kind()).expect("planned kinds are registered"));
+    let schema = provider.schema();
+    let started = Instant::now();
+    let action = action_name(&change.action);
+    let journal_error = |source| ResourceError::Journal { addr: addr.clone(), source };
+    let provider_error = |operation, source| ResourceError::Provider { addr: addr.clone(), operation, source };
+    let attributes = if change.action == Action::Delete { Attrs::new() } else { resolve(shared, change, schema)? };
+
+    let permit = shared.semaphore.acquire().await.expect("semaphore never closed");
+    shared.emitter.emit(Event::Started { addr: addr.clone(), action: action.to_owned() });
+    let mut finals: Vec<Record> = Vec::new();
+    let mut outcome_id: Option<String> = None;
+
+    let result: std::result::Result<(), ResourceError> = async {
+        match &change.action {
+            Action::NoOp => Ok(()),
+            Action::Update { changed } => {
+                let intent = Uuid::new_v4();
+                shared.journal_lazy(Record::Intent(PendingIntent { intent, addr: addr.clone(), operation: Operation::Update, attributes: Attrs::new() }));
+                let id = change.id.clone().unwrap_or_default();
+                let prior = change.before.clone().unwrap_or_default();
+                match provider.update(&shared.context, &id, &prior, &attributes, changed).await {
+                    Ok(observed) => {
+                        outcome_id = Some(observed.id.clone());
+                        finals.push(written(intent, change, observed.id, observed.attributes));
+                        Ok(())
+                    }
+                    Err(source) => {
+                        finals.push(failed(intent, addr, &source));
+                        Err(provider_error("update", source))
+                    }
+                }
+            }
+            Action::Delete => {
+                let (intent, result) = delete_old(shared, provider.as_ref(), change).await;
+                match result {
+                    Ok(()) => {
+                        finals.push(Record::Outcome { intent, addr: addr.clone(), result: Outcome::Removed });
+                        Ok(())
+                    }
+                    Err(source) => {
+                        finals.push(failed(intent, addr, &source));
+                        Err(provider_error("delete", source))
+                    }
+                }
+            }
+            Action::Create | Action::Replace { .. } => {
+                let order = match &change.action {
+                    Action::Replace { order, .. } => Some(*order),
+                    _ => None,
+                };
+                if order == Some(ReplaceOrder::DeleteThenCreate) {
+                    let (intent, result) = delete_old(shared, provider.as_ref(), change).await;
+                    match result {
+                        Ok(()) => shared
+                            .journal_durable(Record::Outcome { intent, addr: addr.clone(), result: Outcome::Removed })
+                            .await
+                            .map_err(journal_error)?,
+                        Err(source) => {
+                            finals.push(failed(intent, addr, &source));
+                            return Err(provider_error("delete", source));
+                        }
+                    }
+                }
+                let intent = Uuid::new_v4();
+                let record = Record::Intent(PendingIntent { intent, addr: addr.clone(), operation: Operation::Create, attributes: attributes.clone() });
+                if schema.adoptable {
+                    shared.journal_lazy(record);
+                } else {
+                    shared.journal_durable(record).await.map_err(journal_error)?;
+                }
+                let owner = Owner { stack: shared.context.stack.clone(), addr: addr.to_string(), intent: Some(intent.to_string()) };
+                let observed = match provider.create(&shared.context, &owner, &attributes).await {
+                    Ok(observed) => observed,
+                    Err(source) => {
+                        finals.push(failed(intent, addr, &source));
+                        return Err(provider_error("create", source));
+                    }
+                };
+                outcome_id = Some(observed.id.clone());
+                let created = written(intent, change, observed.id.clone(), observed.attributes.clone());
+                if order == Some(ReplaceOrder::CreateThenDelete) {
+                    // The new resource must be durable before the old one goes.
+                    shared.journal_durable(created.clone()).await.map_err(journal_error)?;
+                    let (delete_intent, result) = delete_old(shared, provider.as_ref(), change).await;
+                    match result {
+                        Ok(()) => finals.push(Record::Outcome { intent: delete_intent, addr: addr.clone(), result: outcome_of(&created) }),
+                        Err(source) => {
+                            finals.push(failed(delete_intent, addr, &source));
+                            return Err(provider_error("delete of the replaced resource", source));
+                        }
+                    }
+                } else {
+                    finals.push(created);
+                }
+                Ok(())
+            }
+        }
+    }
+    .await;
+    drop(permit);
+
+    // Known attributes for dependents, then durability, then "done".
+    for record in &finals {
+        if let Record::Outcome { result: Outcome::Written { resource }, .. } = record {
+            shared.known.lock().expect("known mutex").insert(addr.clone(), resource.attributes.clone());
+        }
+    }
+    let last = finals.pop();
+    for record in finals {
+        shared.journal_lazy(record);
+    }
+    if let Some(record) = last {
+        shared.journal_durable(record).await.map_err(journal_error)?;
+    }
+    if result.is_ok() {
+        shared.emitter.emit(Event::Finished { addr: addr.clone(), action: action.to_owned(), id: outcome_id, elapsed: started.elapsed() });
+    }
+    result
+}
+
+fn written(intent: Uuid, change: &ResourceChange, id: String, attributes: Attrs) -> Record {
+    Record::Outcome {
+        intent,
+        addr: change.addr.clone(),
+        result: Outcome::Written {
+            resource: ResourceState { kind: change.kind.clone(), id, attributes, dependencies: change.dependencies.clone() },
+        },
+    }
+}
+
+fn outcome_of(record: &Record) -> Outcome {
+    match record {
+        Record::Outcome { result, .. } => result.clone(),
+        _ => Outcome::Removed,
+    }
+}
+
+fn failed(intent: Uuid, addr: &ResourceAddr, error: &ProviderError) -> Record {
+    Record::Outcome { intent, addr: addr.clone(), result: Outcome::Failed { message: error_chain(error) } }
+}
+
+/// Journals a delete intent and deletes the resource's current cloud object.
+async fn delete_old(
+    shared: &Shared,
+    provider: &dyn crate::provider::Provider,
+    change: &ResourceChange,
+) -> (Uuid, std::result::Result<(), ProviderError>) {
+    let intent = Uuid::new_v4();
+    shared.journal_lazy(Record::Intent(PendingIntent {
+        intent,
+        addr: change.addr.clone(),
+        operation: Operation::Delete,
+        attributes: Attrs::new(),
+    }));
+    let id = change.id.clone().unwrap_or_default();
+    let prior = change.before.clone().unwrap_or_default();
+    (intent, provider.delete(&shared.context, &id, &prior).await)
+}

@@ -1,0 +1,352 @@
+//! Computing a plan: refresh, drift, then a per-address diff in dependency order.
+//!
+//! # Phases, in order
+//! 1. **Refresh**: one batched [`Provider::refresh`](crate::provider::Provider::refresh)
+//!    per kind, all kinds concurrently. Targets are every recorded resource (by id),
+//!    plus every desired-but-unrecorded resource and every interrupted create
+//!    (by natural key): a resource that carries this stack's ownership tags for
+//!    that address is *adopted* instead of created twice.
+//! 2. **Drift**: recorded vs observed, before any desired value is looked at, so
+//!    the user sees what changed outside jaam separately from what jaam will do.
+//! 3. **Diff**: desired resources in topological order, so that a reference can
+//!    read its dependency's planned value (known, or unknown until apply).
+//! 4. **Deletes**: recorded resources no longer desired (all of them for destroy).
+//! 5. **Targets**: with `--target`, only the targets and their dependencies stay.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::future::try_join_all;
+
+use super::{Action, Error, Plan, ResourceChange, Result, FORMAT_VERSION};
+use crate::addr::ResourceAddr;
+use crate::provider::{Context, Observed, RefreshTarget, Registry};
+use crate::schema::{Mode, ReplaceOrder, Schema};
+use crate::spec::{evaluate_args, Config};
+use crate::state::{Operation, State};
+use crate::value::{Attrs, Value};
+
+/// Plan options.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Refresh through the providers (`--refresh=false` trusts the state).
+    pub refresh: bool,
+    /// Limit the plan to these resources and their dependencies.
+    pub targets: Vec<ResourceAddr>,
+    /// Plan the destruction of everything recorded.
+    pub destroy: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { refresh: true, targets: Vec::new(), destroy: false }
+    }
+}
+
+/// What refresh found for one address.
+struct Current {
+    id: String,
+    attributes: Attrs,
+}
+
+/// Computes the plan for `config` against `state` (or a new stack when `None`).
+///
+/// # Errors
+/// [`Error::Refresh`] when a provider's refresh fails; [`Error::UnknownKind`] when
+/// state names a kind without provider; [`Error::UnknownTarget`] for a bad target.
+pub async fn compute(
+    registry: &Registry,
+    context: &Context,
+    config: &Config,
+    state: Option<&State>,
+    options: &Options,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Result<Plan> {
+    let empty = State::new(context.stack.clone());
+    let recorded = state.unwrap_or(&empty);
+    let desired: BTreeMap<&ResourceAddr, _> =
+        if options.destroy { BTreeMap::new() } else { config.resources.iter().collect() };
+
+    for target in &options.targets {
+        if !config.resources.contains_key(target) && !recorded.resources.contains_key(target) {
+            return Err(Error::UnknownTarget { addr: target.clone() });
+        }
+    }
+    for addr in recorded.resources.keys() {
+        if registry.provider(addr.kind()).is_none() {
+            return Err(Error::UnknownKind { addr: addr.clone() });
+        }
+    }
+
+    // 1. Refresh.
+    let mut targets: BTreeMap<&str, Vec<RefreshTarget>> = BTreeMap::new();
+    if options.refresh {
+        for (addr, resource) in &recorded.resources {
+            targets.entry(addr.kind()).or_default().push(RefreshTarget {
+                addr: addr.clone(),
+                id: Some(resource.id.clone()),
+                attributes: resource.attributes.clone(),
+            });
+        }
+        let mut lookups: BTreeMap<&ResourceAddr, Attrs> = BTreeMap::new();
+        for pending in recorded.pending.iter().filter(|p| p.operation == Operation::Create) {
+            lookups.insert(&pending.addr, pending.attributes.clone());
+        }
+        for (addr, resource) in &desired {
+            if !recorded.resources.contains_key(*addr) && !lookups.contains_key(*addr) {
+                let schema = registry.schema(addr.kind()).expect("specs only hold known kinds");
+                let literal = evaluate_args(resource, schema, &|_, _| None, &|name| env(name));
+                lookups.insert(addr, literal);
+            }
+        }
+        for (addr, attributes) in lookups {
+            if !recorded.resources.contains_key(addr) {
+                targets
+                    .entry(addr.kind())
+                    .or_default()
+                    .push(RefreshTarget { addr: addr.clone(), id: None, attributes });
+            }
+        }
+    }
+    let answers = try_join_all(targets.iter().map(|(kind, targets)| async move {
+        let provider = registry.provider(kind).ok_or_else(|| Error::UnknownKind { addr: targets[0].addr.clone() })?;
+        let observed = provider
+            .refresh(context, targets)
+            .await
+            .map_err(|source| Error::Refresh { kind: (*kind).to_owned(), source })?;
+        Ok::<_, Error>(targets.iter().map(|t| t.addr.clone()).zip(observed).collect::<Vec<_>>())
+    }))
+    .await?;
+    let observed: BTreeMap<ResourceAddr, Option<Observed>> = answers.into_iter().flatten().collect();
+
+    // 2. Drift, and what each address currently is.
+    let mut drift = Vec::new();
+    let mut current: BTreeMap<ResourceAddr, Current> = BTreeMap::new();
+    for (addr, resource) in &recorded.resources {
+        let schema = registry.schema(addr.kind()).expect("checked above");
+        let sensitive = sensitive_names(schema);
+        match observed.get(addr) {
+            None => {
+                current.insert(addr.clone(), Current { id: resource.id.clone(), attributes: resource.attributes.clone() });
+            }
+            Some(None) => drift.push(ResourceChange {
+                addr: addr.clone(),
+                kind: resource.kind.clone(),
+                action: Action::Delete,
+                id: Some(resource.id.clone()),
+                before: Some(resource.attributes.clone()),
+                after: None,
+                dependencies: resource.dependencies.clone(),
+                sensitive,
+                reason: Some("deleted outside jaam".into()),
+            }),
+            Some(Some(found)) => {
+                let changed = changed_attributes(&resource.attributes, &found.attributes);
+                if !changed.is_empty() {
+                    drift.push(ResourceChange {
+                        addr: addr.clone(),
+                        kind: resource.kind.clone(),
+                        action: Action::Update { changed },
+                        id: Some(found.id.clone()),
+                        before: Some(resource.attributes.clone()),
+                        after: Some(found.attributes.clone()),
+                        dependencies: resource.dependencies.clone(),
+                        sensitive,
+                        reason: Some("changed outside jaam".into()),
+                    });
+                }
+                current.insert(addr.clone(), Current { id: found.id.clone(), attributes: found.attributes.clone() });
+            }
+        }
+    }
+    let mut resolved_intents: Vec<uuid::Uuid> = recorded.pending.iter().map(|pending| pending.intent).collect();
+    resolved_intents.sort();
+    for (addr, found) in &observed {
+        let Some(found) = found else { continue };
+        if recorded.resources.contains_key(addr) {
+            continue;
+        }
+        let owned = found.owner.as_ref().is_some_and(|owner| owner.stack == context.stack && owner.addr == addr.to_string());
+        if !owned {
+            continue;
+        }
+        let schema = registry.schema(addr.kind()).expect("refreshed kinds are registered");
+        drift.push(ResourceChange {
+            addr: addr.clone(),
+            kind: addr.kind().to_owned(),
+            action: Action::Create,
+            id: Some(found.id.clone()),
+            before: None,
+            after: Some(found.attributes.clone()),
+            dependencies: Vec::new(),
+            sensitive: sensitive_names(schema),
+            reason: Some("created by an interrupted apply; adopted into state".into()),
+        });
+        current.insert(addr.clone(), Current { id: found.id.clone(), attributes: found.attributes.clone() });
+    }
+
+    // 3. Desired resources in dependency order.
+    let order = config.graph().topological_order().expect("specs are validated acyclic");
+    let mut planned: BTreeMap<ResourceAddr, Attrs> = BTreeMap::new();
+    let mut changes: BTreeMap<ResourceAddr, ResourceChange> = BTreeMap::new();
+    for addr in order.iter().filter(|addr| desired.contains_key(addr)) {
+        let resource = desired[addr];
+        let schema = registry.schema(addr.kind()).expect("specs only hold known kinds");
+        let lookup = |target: &ResourceAddr, attribute: &str| -> Option<Value> {
+            planned.get(target).map(|attrs| attrs.get(attribute).cloned().unwrap_or(Value::Null))
+        };
+        let args = evaluate_args(resource, schema, &lookup, &|name| env(name));
+        let existing = current.get(addr);
+        let action = match existing {
+            None => Action::Create,
+            Some(existing) => diff_arguments(schema, &existing.attributes, &args),
+        };
+        let mut after = args.clone();
+        // What dependents may read: computed attributes survive an in-place update
+        // and are unknown for anything created.
+        for attribute in schema.attributes.iter().filter(|a| !a.is_argument()) {
+            let value = match (&action, existing) {
+                (Action::NoOp | Action::Update { .. }, Some(existing)) => {
+                    existing.attributes.get(attribute.name).cloned().unwrap_or(Value::Null)
+                }
+                _ => Value::Unknown(String::new()),
+            };
+            after.insert(attribute.name.to_owned(), value);
+        }
+        for attribute in schema.arguments().filter(|a| a.mode == Mode::OptionalComputed) {
+            if after.get(attribute.name).is_none_or(Value::is_null)
+                && let Some(existing) = existing.filter(|_| !matches!(action, Action::Replace { .. }))
+            {
+                let value = existing.attributes.get(attribute.name).cloned().unwrap_or(Value::Null);
+                after.insert(attribute.name.to_owned(), value);
+            }
+        }
+        planned.insert(addr.clone(), after.clone());
+        let reason = match (&action, existing) {
+            (Action::Create, None) if recorded.resources.contains_key(addr) => Some("deleted outside jaam".to_owned()),
+            _ => None,
+        };
+        changes.insert(
+            addr.clone(),
+            ResourceChange {
+                addr: addr.clone(),
+                kind: addr.kind().to_owned(),
+                action,
+                id: existing.map(|existing| existing.id.clone()),
+                before: existing.map(|existing| existing.attributes.clone()),
+                after: Some(after),
+                dependencies: resource.dependencies(),
+                sensitive: sensitive_names(schema),
+                reason,
+            },
+        );
+    }
+
+    // 4. Deletes.
+    for (addr, resource) in &recorded.resources {
+        if desired.contains_key(addr) {
+            continue;
+        }
+        let schema = registry.schema(addr.kind()).expect("checked above");
+        let gone = matches!(observed.get(addr), Some(None));
+        let existing = current.get(addr);
+        changes.insert(
+            addr.clone(),
+            ResourceChange {
+                addr: addr.clone(),
+                kind: resource.kind.clone(),
+                action: Action::Delete,
+                id: Some(existing.map_or_else(|| resource.id.clone(), |existing| existing.id.clone())),
+                before: Some(existing.map_or_else(|| resource.attributes.clone(), |existing| existing.attributes.clone())),
+                after: None,
+                dependencies: resource.dependencies.clone(),
+                sensitive: sensitive_names(schema),
+                reason: Some(if gone {
+                    "already deleted outside jaam; only removed from state".to_owned()
+                } else if options.destroy {
+                    "destroy".to_owned()
+                } else {
+                    "no longer in the specs".to_owned()
+                }),
+            },
+        );
+    }
+    // Resources adopted but no longer desired are deleted too.
+    for change in &drift {
+        if change.action == Action::Create && !desired.contains_key(&change.addr) && !changes.contains_key(&change.addr) {
+            let mut delete = change.clone();
+            delete.action = Action::Delete;
+            delete.before = change.after.clone();
+            delete.after = None;
+            delete.reason = Some("created by an interrupted apply, no longer in the specs".into());
+            changes.insert(change.addr.clone(), delete);
+        }
+    }
+
+    // 5. Targets.
+    if !options.targets.is_empty() {
+        let mut scope: BTreeSet<ResourceAddr> = config.graph().with_dependencies(&options.targets);
+        scope.extend(options.targets.iter().cloned());
+        changes.retain(|addr, _| scope.contains(addr));
+        drift.retain(|change| scope.contains(&change.addr));
+    }
+
+    drift.sort_by(|a, b| a.addr.cmp(&b.addr));
+    Ok(Plan {
+        format_version: FORMAT_VERSION,
+        stack: context.stack.clone(),
+        prior: state.map(State::meta),
+        lineage: recorded.lineage,
+        destroy: options.destroy,
+        drift,
+        changes: changes.into_values().collect(),
+        resolved_intents,
+    })
+}
+
+fn sensitive_names(schema: &Schema) -> Vec<String> {
+    schema.attributes.iter().filter(|a| a.sensitive).map(|a| a.name.to_owned()).collect()
+}
+
+/// The attribute names whose values differ between two attribute maps.
+pub fn changed_attributes(before: &Attrs, after: &Attrs) -> Vec<String> {
+    let names: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    names
+        .into_iter()
+        .filter(|name| before.get(*name).unwrap_or(&Value::Null) != after.get(*name).unwrap_or(&Value::Null))
+        .cloned()
+        .collect()
+}
+
+/// Compares desired arguments with what exists, by the kind's schema.
+fn diff_arguments(schema: &Schema, current: &Attrs, desired: &Attrs) -> Action {
+    let mut changed = Vec::new();
+    let mut forcing = Vec::new();
+    for attribute in schema.arguments() {
+        let want = desired.get(attribute.name).unwrap_or(&Value::Null);
+        let have = current.get(attribute.name).unwrap_or(&Value::Null);
+        if want.is_null() && attribute.mode == Mode::OptionalComputed {
+            continue;
+        }
+        if want != have {
+            changed.push(attribute.name.to_owned());
+            if attribute.force_new {
+                forcing.push(attribute.name.to_owned());
+            }
+        }
+    }
+    if !forcing.is_empty() {
+        Action::Replace { order: schema.replace_order, changed, forcing }
+    } else if !changed.is_empty() {
+        Action::Update { changed }
+    } else {
+        Action::NoOp
+    }
+}
+
+/// The replace order of `action`, when it is a replacement.
+pub fn replace_order(action: &Action) -> Option<ReplaceOrder> {
+    match action {
+        Action::Replace { order, .. } => Some(*order),
+        _ => None,
+    }
+}

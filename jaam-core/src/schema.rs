@@ -1,0 +1,188 @@
+//! Resource schemas: each kind declares its arguments, computed attributes, which
+//! arguments force a replacement, and how a replacement is ordered.
+//!
+//! The spec loader validates arguments against the schema (unknown field, wrong
+//! type, missing required) and the planner diffs by it, so a new kind gets both
+//! by declaring a [`Schema`].
+
+use crate::value::Value;
+
+/// The type of an attribute.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Type {
+    /// Text.
+    String,
+    /// An integer.
+    Int,
+    /// `true` or `false`.
+    Bool,
+    /// A list of one element type.
+    List(Box<Type>),
+    /// A map from strings to one value type.
+    Map(Box<Type>),
+}
+
+impl Type {
+    /// The type's name as a user reads it in an error.
+    pub fn describe(&self) -> String {
+        match self {
+            Type::String => "string".to_owned(),
+            Type::Int => "integer".to_owned(),
+            Type::Bool => "bool".to_owned(),
+            Type::List(inner) => format!("list of {}", inner.describe()),
+            Type::Map(inner) => format!("map of {}", inner.describe()),
+        }
+    }
+
+    /// Whether `value` fits this type. Unknown and null values always fit; whether
+    /// a null is allowed is the attribute's [`Mode`]'s business.
+    pub fn accepts(&self, value: &Value) -> bool {
+        match (self, value) {
+            (_, Value::Unknown(_) | Value::Null) => true,
+            (Type::String, Value::String(_)) | (Type::Int, Value::Int(_)) | (Type::Bool, Value::Bool(_)) => true,
+            (Type::List(inner), Value::List(items)) => items.iter().all(|item| inner.accepts(item)),
+            (Type::Map(inner), Value::Map(map)) => map.values().all(|item| inner.accepts(item)),
+            _ => false,
+        }
+    }
+}
+
+/// Who sets an attribute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The user must set it.
+    Required,
+    /// The user may set it; when unset it is null (or the attribute's default).
+    Optional,
+    /// The user may set it; when unset the cloud picks, and the plan does not diff it.
+    OptionalComputed,
+    /// Only the cloud sets it (`id`, `arn`, `public_ip`).
+    Computed,
+}
+
+/// One attribute of a kind.
+#[derive(Clone, Debug)]
+pub struct Attribute {
+    /// Its name, as written in specs and state.
+    pub name: &'static str,
+    /// Its type.
+    pub ty: Type,
+    /// Who sets it.
+    pub mode: Mode,
+    /// Whether changing it replaces the resource instead of updating it in place.
+    pub force_new: bool,
+    /// Whether the value is a secret: redacted in output, fingerprinted in state.
+    pub sensitive: bool,
+    /// The value used when the user leaves an optional argument unset.
+    pub default: Option<Value>,
+}
+
+impl Attribute {
+    /// A required argument.
+    pub fn required(name: &'static str, ty: Type) -> Self {
+        Self { name, ty, mode: Mode::Required, force_new: false, sensitive: false, default: None }
+    }
+
+    /// An optional argument.
+    pub fn optional(name: &'static str, ty: Type) -> Self {
+        Self { mode: Mode::Optional, ..Self::required(name, ty) }
+    }
+
+    /// An attribute only the cloud sets.
+    pub fn computed(name: &'static str, ty: Type) -> Self {
+        Self { mode: Mode::Computed, ..Self::required(name, ty) }
+    }
+
+    /// Marks a change of this argument as forcing replacement.
+    #[must_use]
+    pub fn force_new(mut self) -> Self {
+        self.force_new = true;
+        self
+    }
+
+    /// Marks the value as a secret.
+    #[must_use]
+    pub fn sensitive(mut self) -> Self {
+        self.sensitive = true;
+        self
+    }
+
+    /// Sets the default used when the argument is unset.
+    #[must_use]
+    pub fn default_value(mut self, value: impl Into<Value>) -> Self {
+        self.default = Some(value.into());
+        self
+    }
+
+    /// Whether the user may set it.
+    pub fn is_argument(&self) -> bool {
+        self.mode != Mode::Computed
+    }
+}
+
+/// How a replacement is ordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplaceOrder {
+    /// Create the new resource, then delete the old one (no gap; needs distinct names).
+    CreateThenDelete,
+    /// Delete the old resource, then create the new one (the name is reused).
+    DeleteThenCreate,
+}
+
+/// The schema of one resource kind.
+#[derive(Clone, Debug)]
+pub struct Schema {
+    /// The kind: `log_group`, `instance`, …
+    pub kind: &'static str,
+    /// Every attribute, arguments and computed.
+    pub attributes: Vec<Attribute>,
+    /// How a forced replacement is ordered.
+    pub replace_order: ReplaceOrder,
+    /// Whether a resource created by an interrupted apply can be found again by its
+    /// ownership tags or natural key. When true, an intent record need not be durable
+    /// before the create call; when false the engine waits for its fsync first.
+    pub adoptable: bool,
+}
+
+impl Schema {
+    /// The attribute named `name`.
+    pub fn attribute(&self, name: &str) -> Option<&Attribute> {
+        self.attributes.iter().find(|attribute| attribute.name == name)
+    }
+
+    /// The arguments: attributes a user may set.
+    pub fn arguments(&self) -> impl Iterator<Item = &Attribute> {
+        self.attributes.iter().filter(|attribute| attribute.is_argument())
+    }
+}
+
+/// The closest of `candidates` to `word`, when one is close enough to suggest.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|candidate| (strsim::jaro_winkler(word, candidate), candidate))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, candidate)| candidate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn did_you_mean_should_suggest_close_names_only() {
+        let names = ["retention_days", "name", "tags"];
+        assert_eq!(did_you_mean("retention_day", names), Some("retention_days"));
+        assert_eq!(did_you_mean("colour", names), None);
+    }
+
+    #[test]
+    fn type_should_accept_unknown_and_reject_mismatch() {
+        let tags = Type::Map(Box::new(Type::String));
+        assert!(tags.accepts(&Value::Unknown("x".into())));
+        assert!(!Type::Int.accepts(&Value::String("14".into())));
+        assert!(Type::List(Box::new(Type::String)).accepts(&Value::List(vec!["a".into()])));
+    }
+}

@@ -1,0 +1,625 @@
+//! YAML specs: load, validate, and resolve references.
+//!
+//! A spec is a directory of `*.yaml`/`*.yml` files (searched recursively, hidden
+//! entries skipped, read in sorted order) or a single file. Every top-level key is
+//! a resource address `kind.name` whose value holds the kind's arguments and the
+//! reserved `depends_on`; the one reserved key without a dot, `stack`, holds stack
+//! settings. Files merge; the same address twice is an error.
+//!
+//! # Errors
+//! Loading never stops at the first mistake: every problem becomes a
+//! [`Diagnostic`] naming `file:line:col` and the address, and [`load`] returns all
+//! of them at once, as Terraform's diagnostics do.
+//!
+//! # The YAML crate
+//! `serde_yaml` is archived and `serde_yml` is flagged unsound (RUSTSEC-2025-0068).
+//! We parse with `saphyr-parser`, the event parser of the saphyr project (the
+//! maintained, pure-Rust, YAML 1.2 successor of yaml-rust2): its events carry a
+//! span for every key and value, not only for the first error, which is what
+//! pointing a reference error or a duplicate address at its line needs. Arguments
+//! are then checked against the kind's [`Schema`](crate::schema::Schema) and
+//! converted to the provider's typed struct with serde.
+
+mod expr;
+mod yaml;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use expr::{Part, Template, TemplateError};
+use yaml::{Node, NodeKind};
+
+use crate::addr::ResourceAddr;
+use crate::graph::Graph;
+use crate::provider::Registry;
+use crate::schema::{did_you_mean, Mode, Schema};
+use crate::value::Value;
+
+/// A place in a spec file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// The file.
+    pub file: Arc<Path>,
+    /// The line, from 1.
+    pub line: usize,
+    /// The column, from 1.
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// One problem found in the specs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// Where it is.
+    pub location: Option<Location>,
+    /// The resource it concerns.
+    pub addr: Option<ResourceAddr>,
+    /// What is wrong, lowercase, no trailing period.
+    pub message: String,
+    /// What to do about it.
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(location) = &self.location {
+            write!(f, "{location}: ")?;
+        }
+        if let Some(addr) = &self.addr {
+            write!(f, "`{addr}`: ")?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n\nhint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why specs could not be loaded.
+///
+/// None of these is retryable: the user must change the files.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A spec file or directory could not be read.
+    #[error("failed to read `{}`", path.display())]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The specs hold one or more mistakes.
+    #[error("{}", render_diagnostics(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+fn render_diagnostics(diagnostics: &[Diagnostic]) -> String {
+    let mut out = String::new();
+    for (index, diagnostic) in diagnostics.iter().enumerate() {
+        if index > 0 {
+            out.push_str("\n\n");
+        }
+        out.push_str(&diagnostic.to_string());
+    }
+    let count = diagnostics.len();
+    out.push_str(&format!("\n\n{count} error{} in specs", if count == 1 { "" } else { "s" }));
+    out
+}
+
+/// Specs result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A value written in a spec: literal data or string templates, with its location.
+#[derive(Clone, Debug)]
+pub struct Expr {
+    /// What it holds.
+    pub kind: ExprKind,
+    /// Where it is written.
+    pub location: Location,
+}
+
+/// The shape of an [`Expr`].
+#[derive(Clone, Debug)]
+pub enum ExprKind {
+    /// A literal non-string value.
+    Literal(Value),
+    /// A string, possibly with `${…}` references.
+    Template(Template),
+    /// A list.
+    List(Vec<Expr>),
+    /// A map.
+    Map(BTreeMap<String, Expr>),
+}
+
+impl Expr {
+    /// Evaluates the expression (see [`Template::evaluate`]).
+    pub fn evaluate(
+        &self,
+        lookup: &dyn Fn(&ResourceAddr, &str) -> Option<Value>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Value {
+        match &self.kind {
+            ExprKind::Literal(value) => value.clone(),
+            ExprKind::Template(template) => template.evaluate(lookup, env),
+            ExprKind::List(items) => Value::List(items.iter().map(|item| item.evaluate(lookup, env)).collect()),
+            ExprKind::Map(map) => {
+                Value::Map(map.iter().map(|(key, item)| (key.clone(), item.evaluate(lookup, env))).collect())
+            }
+        }
+    }
+
+    /// Every template inside, with its location.
+    pub fn templates(&self) -> Vec<(&Template, &Location)> {
+        let mut out = Vec::new();
+        self.collect_templates(&mut out);
+        out
+    }
+
+    fn collect_templates<'a>(&'a self, out: &mut Vec<(&'a Template, &'a Location)>) {
+        match &self.kind {
+            ExprKind::Literal(_) => {}
+            ExprKind::Template(template) => out.push((template, &self.location)),
+            ExprKind::List(items) => items.iter().for_each(|item| item.collect_templates(out)),
+            ExprKind::Map(map) => map.values().for_each(|item| item.collect_templates(out)),
+        }
+    }
+
+    /// The value with every reference unknown, for static type checks.
+    fn shape(&self) -> Value {
+        self.evaluate(&|_, _| Some(Value::Unknown(String::new())), &|_| Some(String::new()))
+    }
+}
+
+/// One resource as written in the specs.
+#[derive(Clone, Debug)]
+pub struct ResourceSpec {
+    /// Its address.
+    pub addr: ResourceAddr,
+    /// Its arguments, checked against the kind's schema.
+    pub args: BTreeMap<String, Expr>,
+    /// Explicit dependencies from `depends_on`.
+    pub depends_on: Vec<ResourceAddr>,
+    /// Where its key is written.
+    pub location: Location,
+}
+
+impl ResourceSpec {
+    /// Every resource this one depends on: references and `depends_on`, sorted, once each.
+    pub fn dependencies(&self) -> Vec<ResourceAddr> {
+        let mut out: Vec<ResourceAddr> = self
+            .args
+            .values()
+            .flat_map(Expr::templates)
+            .flat_map(|(template, _)| template.resource_refs().map(|(addr, _)| addr.clone()).collect::<Vec<_>>())
+            .chain(self.depends_on.iter().cloned())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// What the daemon does with drift found by a periodic resync.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftPolicy {
+    /// Apply the correction.
+    #[default]
+    Heal,
+    /// Only report it.
+    Report,
+}
+
+/// Settings from the reserved `stack` key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StackSettings {
+    /// The stack's name (the CLI's `--stack` wins).
+    pub name: Option<String>,
+    /// The drift policy.
+    pub drift: DriftPolicy,
+}
+
+/// Everything the specs declare.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// Stack settings.
+    pub stack: StackSettings,
+    /// Resources by address.
+    pub resources: BTreeMap<ResourceAddr, ResourceSpec>,
+}
+
+impl Config {
+    /// The dependency graph of the declared resources.
+    pub fn graph(&self) -> Graph {
+        let mut graph = Graph::default();
+        for (addr, resource) in &self.resources {
+            graph.add_node(addr.clone());
+            for dependency in resource.dependencies() {
+                graph.add_edge(addr.clone(), dependency);
+            }
+        }
+        graph
+    }
+}
+
+/// Loads and validates the specs at `path` (a directory or one file), reading
+/// `${env.NAME}` through `env`.
+///
+/// # Errors
+/// [`Error::Read`] when a file cannot be read; [`Error::Invalid`] with every
+/// mistake found.
+pub fn load(path: &Path, registry: &Registry, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
+    let files = spec_files(path)?;
+    let mut sources = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(|source| Error::Read { path: file.clone(), source })?;
+        sources.push((file, text));
+    }
+    load_sources(&sources, registry, env)
+}
+
+fn spec_files(path: &Path) -> Result<Vec<PathBuf>> {
+    let read_error = |source| Error::Read { path: path.to_owned(), source };
+    let metadata = std::fs::metadata(path).map_err(read_error)?;
+    if metadata.is_file() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut out = Vec::new();
+    let mut pending = vec![path.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|source| Error::Read { path: dir.clone(), source })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| Error::Read { path: dir.clone(), source })?;
+            let entry_path = entry.path();
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if entry_path.is_dir() {
+                pending.push(entry_path);
+            } else if entry_path.extension().is_some_and(|ext| ext == "yaml" || ext == "yml") {
+                out.push(entry_path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Loads specs from in-memory `(path, text)` pairs: what [`load`] does after reading files.
+///
+/// # Errors
+/// [`Error::Invalid`] with every mistake found.
+pub fn load_sources(
+    sources: &[(PathBuf, String)],
+    registry: &Registry,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config> {
+    let mut loader =
+        Loader { registry, env, diagnostics: Vec::new(), config: Config::default(), pending_depends: Vec::new() };
+    for (path, text) in sources {
+        let file: Arc<Path> = Arc::from(path.as_path());
+        match yaml::parse(&file, text) {
+            Ok(documents) => documents.into_iter().for_each(|document| loader.document(document)),
+            Err(error) => loader.diagnostics.push(Diagnostic {
+                location: Some(error.location),
+                addr: None,
+                message: format!("invalid YAML: {}", error.message),
+                hint: None,
+            }),
+        }
+    }
+    loader.check_references();
+    if loader.diagnostics.is_empty() {
+        loader.check_cycles();
+    }
+    if loader.diagnostics.is_empty() {
+        Ok(loader.config)
+    } else {
+        Err(Error::Invalid(loader.diagnostics))
+    }
+}
+
+struct Loader<'a> {
+    registry: &'a Registry,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    diagnostics: Vec<Diagnostic>,
+    config: Config,
+    /// `depends_on` entries, checked once every file is loaded.
+    pending_depends: Vec<(ResourceAddr, ResourceAddr, Location)>,
+}
+
+impl Loader<'_> {
+    fn error(&mut self, location: &Location, addr: Option<&ResourceAddr>, message: String, hint: Option<String>) {
+        self.diagnostics.push(Diagnostic { location: Some(location.clone()), addr: addr.cloned(), message, hint });
+    }
+
+    fn document(&mut self, document: Node) {
+        let entries = match document.kind {
+            NodeKind::Null => return,
+            NodeKind::Map(entries) => entries,
+            _ => {
+                self.error(&document.location, None, "a spec file must be a map of resource addresses".into(), None);
+                return;
+            }
+        };
+        for (key, value) in entries {
+            let NodeKind::String(key_text) = &key.kind else {
+                self.error(&key.location, None, "top-level keys must be resource addresses".into(), None);
+                continue;
+            };
+            if key_text == "stack" {
+                self.stack(value);
+                continue;
+            }
+            match key_text.parse::<ResourceAddr>() {
+                Ok(addr) => self.resource(addr, key.location, value),
+                Err(error) => self.error(
+                    &key.location,
+                    None,
+                    error.to_string(),
+                    Some("top-level keys are resource addresses such as `log_group.build`, or `stack`".into()),
+                ),
+            }
+        }
+    }
+
+    fn stack(&mut self, node: Node) {
+        let NodeKind::Map(entries) = node.kind else {
+            self.error(&node.location, None, "`stack` must be a map".into(), None);
+            return;
+        };
+        for (key, value) in entries {
+            let key_text = scalar_text(&key);
+            match (key_text.as_str(), &value.kind) {
+                ("name", NodeKind::String(name)) => self.config.stack.name = Some(name.clone()),
+                ("drift", NodeKind::String(policy)) if policy == "heal" => self.config.stack.drift = DriftPolicy::Heal,
+                ("drift", NodeKind::String(policy)) if policy == "report" => {
+                    self.config.stack.drift = DriftPolicy::Report;
+                }
+                ("name" | "drift", _) => self.error(
+                    &value.location,
+                    None,
+                    format!("invalid value for `stack.{key_text}`"),
+                    Some("`name` is a string; `drift` is `heal` or `report`".into()),
+                ),
+                _ => {
+                    let hint = did_you_mean(&key_text, ["name", "drift"]).map(|m| format!("did you mean `{m}`?"));
+                    self.error(&key.location, None, format!("unknown stack setting `{key_text}`"), hint);
+                }
+            }
+        }
+    }
+
+    fn resource(&mut self, addr: ResourceAddr, location: Location, node: Node) {
+        if let Some(existing) = self.config.resources.get(&addr) {
+            let first = existing.location.clone();
+            self.error(
+                &location,
+                Some(&addr),
+                format!("duplicate resource address, first declared at {first}"),
+                Some("every address must be declared once across all spec files".into()),
+            );
+            return;
+        }
+        let Some(schema) = self.registry.schema(addr.kind()) else {
+            let kinds: Vec<&str> = self.registry.kinds().collect();
+            let hint = did_you_mean(addr.kind(), kinds.iter().copied())
+                .map_or_else(|| format!("known kinds: {}", kinds.join(", ")), |m| format!("did you mean `{m}`?"));
+            self.error(&location, Some(&addr), format!("unknown resource kind `{}`", addr.kind()), Some(hint));
+            return;
+        };
+        let schema = schema.clone();
+        let entries = match node.kind {
+            NodeKind::Map(entries) => entries,
+            NodeKind::Null => Vec::new(),
+            _ => {
+                self.error(&node.location, Some(&addr), "a resource must be a map of arguments".into(), None);
+                return;
+            }
+        };
+        let mut spec = ResourceSpec { addr: addr.clone(), args: BTreeMap::new(), depends_on: Vec::new(), location };
+        for (key, value) in entries {
+            let name = scalar_text(&key);
+            if name == "depends_on" {
+                spec.depends_on = self.depends_on(&addr, value);
+                continue;
+            }
+            let Some(attribute) = schema.attribute(&name) else {
+                let hint = did_you_mean(&name, schema.arguments().map(|a| a.name).chain(["depends_on"]))
+                    .map(|m| format!("did you mean `{m}`?"));
+                let hint = hint.or_else(|| {
+                    let names: Vec<&str> = schema.arguments().map(|a| a.name).collect();
+                    Some(format!("`{}` takes: {}", schema.kind, names.join(", ")))
+                });
+                self.error(&key.location, Some(&addr), format!("unknown field `{name}`"), hint);
+                continue;
+            };
+            if !attribute.is_argument() {
+                self.error(
+                    &key.location,
+                    Some(&addr),
+                    format!("`{name}` is computed by the cloud and cannot be set"),
+                    None,
+                );
+                continue;
+            }
+            let Some(expr) = self.expr(&addr, value) else { continue };
+            let shape = expr.shape();
+            if !attribute.ty.accepts(&shape) {
+                self.error(
+                    &expr.location,
+                    Some(&addr),
+                    format!("wrong type for `{name}`: expected {}, found {}", attribute.ty.describe(), shape.type_name()),
+                    None,
+                );
+                continue;
+            }
+            spec.args.insert(name, expr);
+        }
+        for attribute in &schema.attributes {
+            if attribute.mode == Mode::Required && !spec.args.contains_key(attribute.name) {
+                let location = spec.location.clone();
+                self.error(&location, Some(&addr), format!("missing required field `{}`", attribute.name), None);
+            }
+        }
+        self.config.resources.insert(addr, spec);
+    }
+
+    fn depends_on(&mut self, addr: &ResourceAddr, node: Node) -> Vec<ResourceAddr> {
+        let NodeKind::List(items) = node.kind else {
+            self.error(&node.location, Some(addr), "`depends_on` must be a list of resource addresses".into(), None);
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for item in items {
+            match &item.kind {
+                NodeKind::String(text) => match text.parse::<ResourceAddr>() {
+                    Ok(target) => out.push((target, item.location.clone())),
+                    Err(error) => self.error(&item.location, Some(addr), error.to_string(), None),
+                },
+                _ => self.error(&item.location, Some(addr), "`depends_on` entries must be addresses".into(), None),
+            }
+        }
+        // Checked once every file is loaded, in `check_references`.
+        let targets = out.iter().map(|(target, _)| target.clone()).collect();
+        self.pending_depends.extend(out.into_iter().map(|(target, location)| (addr.clone(), target, location)));
+        targets
+    }
+
+    fn expr(&mut self, addr: &ResourceAddr, node: Node) -> Option<Expr> {
+        let location = node.location.clone();
+        let kind = match node.kind {
+            NodeKind::Null => ExprKind::Literal(Value::Null),
+            NodeKind::Bool(flag) => ExprKind::Literal(Value::Bool(flag)),
+            NodeKind::Int(number) => ExprKind::Literal(Value::Int(number)),
+            NodeKind::Float(number) => ExprKind::Literal(Value::Float(number)),
+            NodeKind::String(text) => match Template::parse(&text) {
+                Ok(template) => {
+                    for part in &template.parts {
+                        if let Part::Env(name) = part
+                            && (self.env)(name).is_none()
+                        {
+                            self.error(
+                                &location,
+                                Some(addr),
+                                format!("environment variable `{name}` is not set"),
+                                Some(format!("export {name}=… before running jaam")),
+                            );
+                        }
+                    }
+                    ExprKind::Template(template)
+                }
+                Err(error) => {
+                    self.error(&location, Some(addr), error.to_string(), None);
+                    return None;
+                }
+            },
+            NodeKind::List(items) => {
+                let exprs: Vec<Option<Expr>> = items.into_iter().map(|item| self.expr(addr, item)).collect();
+                ExprKind::List(exprs.into_iter().collect::<Option<Vec<_>>>()?)
+            }
+            NodeKind::Map(entries) => {
+                let mut map = BTreeMap::new();
+                for (key, value) in entries {
+                    let name = scalar_text(&key);
+                    if name.starts_with('$') {
+                        self.error(&key.location, Some(addr), format!("map keys may not start with `$`: `{name}`"), None);
+                        continue;
+                    }
+                    if let Some(expr) = self.expr(addr, value) {
+                        map.insert(name, expr);
+                    }
+                }
+                ExprKind::Map(map)
+            }
+        };
+        Some(Expr { kind, location })
+    }
+
+    fn check_references(&mut self) {
+        let mut found = Vec::new();
+        for (addr, resource) in &self.config.resources {
+            for (template, location) in resource.args.values().flat_map(Expr::templates) {
+                for (target, attribute) in template.resource_refs() {
+                    found.push((addr.clone(), target.clone(), Some(attribute.to_owned()), location.clone()));
+                }
+            }
+        }
+        found.extend(std::mem::take(&mut self.pending_depends).into_iter().map(|(a, t, l)| (a, t, None, l)));
+        for (addr, target, attribute, location) in found {
+            let Some(resource) = self.config.resources.get(&target) else {
+                let names: Vec<String> = self.config.resources.keys().map(ToString::to_string).collect();
+                let hint = did_you_mean(&target.to_string(), names.iter().map(String::as_str))
+                    .map(|m| format!("did you mean `{m}`?"));
+                self.error(&location, Some(&addr), format!("reference to undeclared resource `{target}`"), hint);
+                continue;
+            };
+            let Some(attribute) = attribute else { continue };
+            let schema = self.registry.schema(resource.addr.kind()).expect("declared resources have known kinds");
+            if schema.attribute(&attribute).is_none() {
+                let hint = did_you_mean(&attribute, schema.attributes.iter().map(|a| a.name))
+                    .map(|m| format!("did you mean `{m}`?"));
+                self.error(
+                    &location,
+                    Some(&addr),
+                    format!("`{target}` has no attribute `{attribute}` (kind `{}`)", schema.kind),
+                    hint,
+                );
+            }
+        }
+    }
+
+    fn check_cycles(&mut self) {
+        if let Err(cycle) = self.config.graph().topological_order() {
+            let first = &cycle[0];
+            let location = self.config.resources[first].location.clone();
+            let path: Vec<String> = cycle.iter().chain(std::iter::once(first)).map(|a| format!("`{a}`")).collect();
+            self.error(
+                &location,
+                Some(first),
+                format!("dependency cycle: {}", path.join(" -> ")),
+                Some("break the cycle by removing a reference or a `depends_on` entry".into()),
+            );
+        }
+    }
+}
+
+fn scalar_text(node: &Node) -> String {
+    match &node.kind {
+        NodeKind::String(text) => text.clone(),
+        NodeKind::Int(number) => number.to_string(),
+        NodeKind::Bool(flag) => flag.to_string(),
+        NodeKind::Float(number) => number.to_string(),
+        NodeKind::Null => "null".to_owned(),
+        NodeKind::List(_) | NodeKind::Map(_) => "(collection)".to_owned(),
+    }
+}
+
+/// Evaluates a resource's arguments, applying schema defaults for unset ones.
+pub fn evaluate_args(
+    resource: &ResourceSpec,
+    schema: &Schema,
+    lookup: &dyn Fn(&ResourceAddr, &str) -> Option<Value>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> crate::value::Attrs {
+    schema
+        .arguments()
+        .map(|attribute| {
+            let value = resource.args.get(attribute.name).map_or_else(
+                || attribute.default.clone().unwrap_or(Value::Null),
+                |expr| expr.evaluate(lookup, env),
+            );
+            (attribute.name.to_owned(), value)
+        })
+        .collect()
+}

@@ -1,0 +1,272 @@
+//! The local-file backend: `jaam.state.json` plus `.backup`, `.journal` and `.lock`
+//! beside it.
+//!
+//! # Guarantees
+//! - Snapshots are written to a temporary file in the same directory (mode 0600),
+//!   fsynced, and renamed over the old one; the directory is fsynced after. The
+//!   old snapshot is first hard-linked to `.backup`, so there is always a
+//!   complete current file.
+//! - The journal is one JSON record per line, appended and fdatasynced per group
+//!   commit. A torn last line is ignored on load.
+//! - The lock is `flock` on `.lock`, released by the kernel if the holder dies.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::lock::{LockGuard, LockInfo};
+use super::{fold, Error, JournalSink, Record, Result, State, StateFile, StateMeta, StateStore};
+use crate::backoff::{self, Backoff};
+
+/// State in a local file.
+#[derive(Clone, Debug)]
+pub struct LocalStore {
+    path: PathBuf,
+}
+
+impl LocalStore {
+    /// A store at `path` (the snapshot file; siblings get suffixes).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// The snapshot path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn sibling(&self, suffix: &str) -> PathBuf {
+        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
+        name.push(suffix);
+        self.path.with_file_name(name)
+    }
+
+    /// The journal path.
+    pub fn journal_path(&self) -> PathBuf {
+        self.sibling(".journal")
+    }
+
+    /// The backup path.
+    pub fn backup_path(&self) -> PathBuf {
+        self.sibling(".backup")
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        self.sibling(".lock")
+    }
+
+    fn directory(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    fn io<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> Error + 'p {
+        move |source| Error::Io { action, path: path.display().to_string(), source }
+    }
+
+    fn read_snapshot(&self, path: &Path) -> Result<Option<State>> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => StateFile::parse(&text, &path.display().to_string()).map(Some),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(Self::io("read", path)(error)),
+        }
+    }
+
+    fn load_blocking(&self) -> Result<Option<State>> {
+        let snapshot = self.read_snapshot(&self.path)?;
+        let journal_path = self.journal_path();
+        let text = match std::fs::read_to_string(&journal_path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(snapshot),
+            Err(error) => return Err(Self::io("read", &journal_path)(error)),
+        };
+        let records = parse_journal(&text);
+        let Some(Record::Begin { base, stack }) = records.first().cloned() else { return Ok(snapshot) };
+        let mut state = match snapshot {
+            Some(state) if state.meta() == base => state,
+            // The journal was folded into this snapshot already (crash before removal).
+            Some(state) => return Ok(Some(state)),
+            None if base.serial == 0 => State {
+                lineage: base.lineage,
+                serial: 0,
+                stack,
+                resources: Default::default(),
+                pending: Vec::new(),
+            },
+            None => return Ok(None),
+        };
+        fold(&mut state, records);
+        Ok(Some(state))
+    }
+
+    fn persist_blocking(&self, state: &State) -> Result<()> {
+        let current = self.read_snapshot(&self.path)?;
+        let found = current.as_ref().map_or(0, |current| current.serial);
+        let lineage_matches = current.as_ref().is_none_or(|current| current.lineage == state.lineage);
+        if !lineage_matches || state.serial != found + 1 {
+            return Err(Error::Conflict { expected_lineage: state.lineage, expected_serial: state.serial - 1, found_serial: found });
+        }
+        let directory = self.directory();
+        let temporary = self.sibling(&format!(".tmp-{}", std::process::id()));
+        let text = StateFile::render(state);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temporary)
+            .map_err(Self::io("create", &temporary))?;
+        file.write_all(text.as_bytes()).map_err(Self::io("write", &temporary))?;
+        file.sync_all().map_err(Self::io("fsync", &temporary))?;
+        drop(file);
+        if current.is_some() {
+            // Keep the previous snapshot: hard link, then atomic rename over the old backup.
+            let staged = self.sibling(&format!(".backup-tmp-{}", std::process::id()));
+            let _ = std::fs::remove_file(&staged);
+            std::fs::hard_link(&self.path, &staged).map_err(Self::io("link", &staged))?;
+            std::fs::rename(&staged, self.backup_path()).map_err(Self::io("rename", &staged))?;
+        }
+        std::fs::rename(&temporary, &self.path).map_err(Self::io("rename", &temporary))?;
+        sync_directory(&directory)?;
+        // The snapshot now contains everything the journal said; retire it.
+        match std::fs::remove_file(self.journal_path()) {
+            Ok(()) => sync_directory(&directory),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(Self::io("remove", &self.journal_path())(error)),
+        }
+    }
+
+    fn try_lock(&self, holder: &LockInfo) -> Result<Option<FileLock>> {
+        let path = self.lock_path();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(Self::io("open", &path))?;
+        match file.try_lock() {
+            Ok(()) => {
+                file.set_len(0).map_err(Self::io("write", &path))?;
+                let text = serde_json::to_string(holder).expect("lock info serializes");
+                file.write_all(text.as_bytes()).map_err(Self::io("write", &path))?;
+                file.sync_data().map_err(Self::io("fsync", &path))?;
+                Ok(Some(FileLock { file, info: holder.clone() }))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(error)) => Err(Self::io("lock", &path)(error)),
+        }
+    }
+
+    fn holder(&self) -> LockInfo {
+        std::fs::read_to_string(self.lock_path())
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_else(|| LockInfo { command: "(unknown: holder still writing its name)".into(), ..LockInfo::current("") })
+    }
+}
+
+fn sync_directory(directory: &Path) -> Result<()> {
+    File::open(directory)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|source| Error::Io { action: "fsync", path: directory.display().to_string(), source })
+}
+
+/// Parses journal lines, stopping at the first line that does not parse (a torn write).
+pub(super) fn parse_journal(text: &str) -> Vec<Record> {
+    text.lines().map_while(|line| serde_json::from_str::<Record>(line).ok()).collect()
+}
+
+struct LocalJournal {
+    file: File,
+    buffer: Vec<u8>,
+}
+
+impl JournalSink for LocalJournal {
+    fn append(&mut self, records: &[Record]) -> std::io::Result<()> {
+        self.buffer.clear();
+        for record in records {
+            serde_json::to_writer(&mut self.buffer, record).map_err(std::io::Error::other)?;
+            self.buffer.push(b'\n');
+        }
+        self.file.write_all(&self.buffer)?;
+        self.file.sync_data()
+    }
+}
+
+struct FileLock {
+    file: File,
+    info: LockInfo,
+}
+
+#[async_trait]
+impl LockGuard for FileLock {
+    fn info(&self) -> &LockInfo {
+        &self.info
+    }
+
+    async fn release(self: Box<Self>) -> Result<()> {
+        let _ = self.file.set_len(0);
+        self.file.unlock().map_err(|source| Error::Io { action: "unlock", path: "lock file".into(), source })
+    }
+}
+
+#[async_trait]
+impl StateStore for LocalStore {
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    async fn load(&self) -> Result<Option<State>> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.load_blocking()).await.expect("load task")
+    }
+
+    async fn persist(&self, state: &State) -> Result<()> {
+        let (store, state) = (self.clone(), state.clone());
+        tokio::task::spawn_blocking(move || store.persist_blocking(&state)).await.expect("persist task")
+    }
+
+    async fn open_journal(&self, base: StateMeta, stack: &str) -> Result<Box<dyn JournalSink>> {
+        let path = self.journal_path();
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(Self::io("create", &path))?;
+        let mut journal = LocalJournal { file, buffer: Vec::new() };
+        journal
+            .append(&[Record::Begin { base, stack: stack.to_owned() }])
+            .map_err(Self::io("write", &path))?;
+        sync_directory(&self.directory())?;
+        Ok(Box::new(journal))
+    }
+
+    async fn lock(&self, holder: LockInfo, timeout: Duration) -> Result<Box<dyn LockGuard>> {
+        let backoff = Backoff { initial: Duration::from_millis(20), max: Duration::from_secs(1), deadline: timeout };
+        let outcome = backoff::poll(backoff, || {
+            let store = self.clone();
+            let holder = holder.clone();
+            async move { tokio::task::spawn_blocking(move || store.try_lock(&holder)).await.expect("lock task") }
+        })
+        .await;
+        match outcome {
+            Ok(lock) => Ok(Box::new(lock)),
+            Err(backoff::Error::Failed(error)) => Err(error),
+            Err(backoff::Error::Timeout { .. }) => Err(Error::Locked { holder: self.holder() }),
+        }
+    }
+
+    async fn backup(&self) -> Result<Option<State>> {
+        self.read_snapshot(&self.backup_path())
+    }
+}
