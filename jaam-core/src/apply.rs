@@ -512,7 +512,8 @@ async fn run_node(shared: &Shared, change: &ResourceChange) -> std::result::Resu
                 shared.journal_lazy(Record::Intent(PendingIntent { intent, addr: addr.clone(), operation: Operation::Update, attributes: Attrs::new() }));
                 let id = change.id.clone().unwrap_or_default();
                 let prior = change.before.clone().unwrap_or_default();
-                match provider.update(&shared.context, &id, &prior, &attributes, changed).await {
+                let owner = Owner { stack: shared.context.stack.clone(), addr: addr.to_string(), intent: None };
+                match provider.update(&shared.context, &owner, &id, &prior, &attributes, changed).await {
                     Ok(observed) => {
                         outcome_id = Some(observed.id.clone());
                         finals.push(written(intent, change, observed.id, observed.attributes));

@@ -160,10 +160,12 @@ pub trait Provider: Send + Sync {
     /// Creates a resource with `attributes` (resolved arguments), tagging it with `owner`.
     async fn create(&self, context: &Context, owner: &Owner, attributes: &Attrs) -> Result<Observed>;
 
-    /// Updates `id` in place from `prior` to `attributes`; `changed` names the arguments that differ.
+    /// Updates `id` in place from `prior` to `attributes`; `changed` names the
+    /// arguments that differ. `owner` carries the ownership tags to (re)write.
     async fn update(
         &self,
         context: &Context,
+        owner: &Owner,
         id: &str,
         prior: &Attrs,
         attributes: &Attrs,

@@ -75,12 +75,15 @@ pub struct Attribute {
     pub sensitive: bool,
     /// The value used when the user leaves an optional argument unset.
     pub default: Option<Value>,
+    /// A check of a known value beyond its type (allowed values, ranges); the
+    /// message says what is allowed.
+    pub check: Option<fn(&Value) -> Result<(), String>>,
 }
 
 impl Attribute {
     /// A required argument.
     pub fn required(name: &'static str, ty: Type) -> Self {
-        Self { name, ty, mode: Mode::Required, force_new: false, sensitive: false, default: None }
+        Self { name, ty, mode: Mode::Required, force_new: false, sensitive: false, default: None, check: None }
     }
 
     /// An optional argument.
@@ -111,6 +114,13 @@ impl Attribute {
     #[must_use]
     pub fn default_value(mut self, value: impl Into<Value>) -> Self {
         self.default = Some(value.into());
+        self
+    }
+
+    /// Adds a value check run when specs are loaded.
+    #[must_use]
+    pub fn checked(mut self, check: fn(&Value) -> Result<(), String>) -> Self {
+        self.check = Some(check);
         self
     }
 

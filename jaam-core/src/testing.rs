@@ -174,7 +174,7 @@ impl Provider for FakeProvider {
         Ok(Self::observed(&id, &attrs, owner))
     }
 
-    async fn update(&self, _context: &Context, id: &str, _prior: &Attrs, attributes: &Attrs, _changed: &[String]) -> Result<Observed> {
+    async fn update(&self, _context: &Context, _owner: &Owner, id: &str, _prior: &Attrs, attributes: &Attrs, _changed: &[String]) -> Result<Observed> {
         self.log(Call::Update(id.to_owned()));
         self.delay().await;
         let mut cloud = self.cloud.lock().expect("cloud mutex");

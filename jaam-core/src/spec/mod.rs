@@ -464,6 +464,14 @@ impl Loader<'_> {
                 );
                 continue;
             }
+            if let Some(check) = attribute.check
+                && !shape.has_unknown()
+                && !shape.is_null()
+                && let Err(message) = check(&shape)
+            {
+                self.error(&expr.location, Some(&addr), format!("invalid value for `{name}`: {message}"), None);
+                continue;
+            }
             spec.args.insert(name, expr);
         }
         for attribute in &schema.attributes {

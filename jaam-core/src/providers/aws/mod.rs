@@ -1,0 +1,110 @@
+//! AWS providers through the official AWS SDK for Rust.
+//!
+//! One [`aws_config::SdkConfig`] serves every client: the standard credential
+//! chain and region, and `AWS_ENDPOINT_URL` when set (how tests point the same
+//! binary at moto). Throttling, 5xx and transport errors are retried by the SDK's
+//! standard retry strategy (exponential backoff with jitter), raised here to 6
+//! attempts; what still fails is classified into a [`ProviderError`] whose
+//! `Transient` kind tells the daemon to retry later.
+
+pub mod logs;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use aws_config::retry::RetryConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+use crate::provider::{ErrorKind, ProviderError, Registry};
+
+/// Loads the shared AWS configuration from the environment.
+pub async fn load_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::standard().with_max_attempts(6))
+        .load()
+        .await
+}
+
+/// Registers every AWS provider built with this crate.
+pub fn register(registry: &mut Registry, config: &SdkConfig) {
+    registry.register(Arc::new(logs::LogGroups::new(config, None)));
+}
+
+/// Counts HTTP attempts made through the clients it is attached to (tests use it
+/// to prove refresh is batched).
+#[derive(Clone, Debug, Default)]
+pub struct CallCounter(Arc<AtomicUsize>);
+
+impl CallCounter {
+    /// A counter at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Attempts counted so far.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Back to zero.
+    pub fn reset(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+}
+
+impl Intercept for CallCounter {
+    fn name(&self) -> &'static str {
+        "jaam-call-counter"
+    }
+
+    fn read_before_attempt(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Turns an SDK error into an address-free [`ProviderError`].
+pub(crate) fn classify<E, R>(operation: &str, error: SdkError<E, R>) -> ProviderError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let kind = match &error {
+        SdkError::ServiceError(context) => match context.err().code().unwrap_or_default() {
+            "ResourceNotFoundException" | "NotFoundException" | "NoSuchEntity" => ErrorKind::NotFound,
+            "ResourceAlreadyExistsException" | "AlreadyExistsException" => ErrorKind::AlreadyExists,
+            "ThrottlingException" | "Throttling" | "RequestLimitExceeded" | "ServiceUnavailableException"
+            | "ServiceUnavailable" | "InternalFailure" | "PriorRequestNotComplete" => ErrorKind::Transient,
+            "AccessDeniedException" | "AccessDenied" | "UnrecognizedClientException" | "InvalidClientTokenId" => {
+                ErrorKind::Denied
+            }
+            "InvalidParameterException" | "InvalidParameterValue" | "ValidationException" => ErrorKind::Invalid,
+            _ => ErrorKind::Other,
+        },
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => ErrorKind::Transient,
+        _ => ErrorKind::Other,
+    };
+    let detail = match &error {
+        SdkError::ServiceError(context) => {
+            let code = context.err().code().unwrap_or("error");
+            match context.err().message() {
+                Some(message) => format!("{code}: {message}"),
+                None => code.to_owned(),
+            }
+        }
+        other => other.to_string(),
+    };
+    ProviderError::new(kind, format!("{operation}: {detail}")).with_source(error)
+}
