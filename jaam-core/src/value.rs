@@ -140,6 +140,12 @@ impl Value {
             Value::Unknown(_) => "(known after apply)".to_owned(),
             Value::String(s) => format!("{s:?}"),
             Value::Null => "null".to_owned(),
+            Value::List(items) => format!("[{}]", items.iter().map(Value::render).collect::<Vec<_>>().join(", ")),
+            Value::Map(map) if map.is_empty() => "{}".to_owned(),
+            Value::Map(map) => {
+                let entries: Vec<String> = map.iter().map(|(key, value)| format!("{key} = {}", value.render())).collect();
+                format!("{{ {} }}", entries.join(", "))
+            }
             other => other.to_json().to_string(),
         }
     }
@@ -234,6 +240,15 @@ mod tests {
         assert_eq!(json, r#"[{"$jaam:unknown":"${instance.a.public_ip}"},3]"#);
         assert_eq!(serde_json::from_str::<Value>(&json).unwrap(), value);
         assert!(value.has_unknown());
+    }
+
+    #[test]
+    fn render_should_show_nested_unknowns_readably() {
+        let mut map = Attrs::new();
+        map.insert("app".into(), "blog".into());
+        map.insert("logs".into(), Value::Unknown("${log_group.a.arn}".into()));
+        assert_eq!(Value::Map(map).render(), r#"{ app = "blog", logs = (known after apply) }"#);
+        assert_eq!(Value::List(vec![1.into(), "x".into()]).render(), r#"[1, "x"]"#);
     }
 
     #[test]

@@ -1,2 +1,116 @@
-//! placeholder
-fn main(){}
+//! `jaam`: plan, apply and keep YAML-declared infrastructure true.
+//!
+//! # Exit codes
+//! - 0: success (for `plan --detailed-exitcode`: no changes)
+//! - 1: an error: bad input, a failed resource, a held lock, a stale plan
+//! - 2: `plan --detailed-exitcode` found changes
+
+mod cli;
+mod commands;
+mod view;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse_from(cli::normalize_args(std::env::args())) {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+        }
+    };
+    init_tracing(&cli.global.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: failed to start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            report(&error);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let global = &cli.global;
+    match &cli.command {
+        Command::Validate => commands::validate::run(global).await,
+        Command::Plan(args) => commands::plan::run(global, args).await,
+        Command::Apply(args) => {
+            let request = commands::apply::Request {
+                plan_file: args.plan_file.as_deref(),
+                selection: &args.selection,
+                auto_approve: args.auto_approve,
+                parallelism: args.parallelism,
+                json: args.json,
+                destroy: false,
+            };
+            commands::apply::run(global, request).await
+        }
+        Command::Destroy(args) => {
+            let request = commands::apply::Request {
+                plan_file: None,
+                selection: &args.selection,
+                auto_approve: args.auto_approve,
+                parallelism: args.parallelism,
+                json: args.json,
+                destroy: true,
+            };
+            commands::apply::run(global, request).await
+        }
+        Command::Show(args) => commands::show::run(global, args).await,
+        Command::Graph => commands::graph::run(global).await,
+        Command::Import(args) => commands::import::run(global, args).await,
+        Command::State(command) => commands::state::run(global, command).await,
+        Command::Output(args) => commands::output::run(global, args).await,
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("JAAM_LOG").unwrap_or_else(|_| "warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Prints an error with its causes, and a hint where one helps.
+fn report(error: &anyhow::Error) {
+    if let Some(jaam_core::Error::Spec(spec)) = error.downcast_ref::<jaam_core::Error>() {
+        eprintln!("error: {spec}");
+        return;
+    }
+    if let Some(spec) = error.downcast_ref::<jaam_core::spec::Error>() {
+        eprintln!("error: {spec}");
+        return;
+    }
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+    }
+    eprintln!("error: {text}");
+    let hint = error.chain().find_map(|cause| {
+        if let Some(jaam_core::state::Error::Locked { .. }) = cause.downcast_ref::<jaam_core::state::Error>() {
+            Some("wait for it to finish, or pass `--lock-timeout 5m`; the lock is released automatically if that process dies")
+        } else if let Some(jaam_core::apply::Error::Stale { .. }) = cause.downcast_ref::<jaam_core::apply::Error>() {
+            Some("the state changed since the plan was made: run `jaam plan --out FILE` again and review it")
+        } else {
+            None
+        }
+    });
+    if let Some(hint) = hint {
+        eprintln!("\nhint: {hint}");
+    }
+}

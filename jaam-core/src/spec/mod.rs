@@ -428,8 +428,10 @@ impl Loader<'_> {
             }
         };
         let mut spec = ResourceSpec { addr: addr.clone(), args: BTreeMap::new(), depends_on: Vec::new(), location };
+        let mut written: Vec<String> = Vec::new();
         for (key, value) in entries {
             let name = scalar_text(&key);
+            written.push(name.clone());
             if name == "depends_on" {
                 spec.depends_on = self.depends_on(&addr, value);
                 continue;
@@ -475,7 +477,8 @@ impl Loader<'_> {
             spec.args.insert(name, expr);
         }
         for attribute in &schema.attributes {
-            if attribute.mode == Mode::Required && !spec.args.contains_key(attribute.name) {
+            // A field written but invalid was reported already; don't report it missing too.
+            if attribute.mode == Mode::Required && !written.iter().any(|name| name == attribute.name) {
                 let location = spec.location.clone();
                 self.error(&location, Some(&addr), format!("missing required field `{}`", attribute.name), None);
             }
@@ -631,3 +634,6 @@ pub fn evaluate_args(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,223 @@
+//! Command-line arguments: clap structs only (low level), then validated settings.
+//!
+//! Terraform's single-dash long options (`-out=FILE`, `-auto-approve`,
+//! `-target=ADDR`, …) are accepted as spellings of the double-dash ones, so
+//! muscle memory works ([`normalize_args`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use jaam_core::ResourceAddr;
+
+/// jaam: infrastructure as code for deploying web apps from GitHub to AWS.
+#[derive(Debug, Parser)]
+#[command(name = "jaam", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Options every subcommand takes, before or after its name.
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    /// Spec directory (or one spec file).
+    #[arg(long, global = true, default_value = "specs", env = "JAAM_SPECS")]
+    pub(crate) specs: PathBuf,
+    /// State file.
+    #[arg(long, global = true, default_value = "jaam.state.json", env = "JAAM_STATE")]
+    pub(crate) state: PathBuf,
+    /// Stack name (default: the specs' `stack.name`, else `default`).
+    #[arg(long, global = true, env = "JAAM_STACK")]
+    pub(crate) stack: Option<String>,
+    /// How long to wait for another process's state lock, e.g. `30s`, `2m`.
+    #[arg(long, global = true, default_value = "0s", value_parser = parse_duration)]
+    pub(crate) lock_timeout: Duration,
+    /// Never colour output (colour is used only on a terminal anyway).
+    #[arg(long, global = true)]
+    pub(crate) no_color: bool,
+    /// Log format on stderr.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    pub(crate) log_format: String,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Check the specs: syntax, kinds, fields, types, references, cycles.
+    Validate,
+    /// Show what apply would do.
+    Plan(PlanArgs),
+    /// Apply the specs (or a saved plan).
+    Apply(ApplyArgs),
+    /// Destroy everything the stack manages.
+    Destroy(DestroyArgs),
+    /// Show the state, or a saved plan.
+    Show(ShowArgs),
+    /// Print the dependency graph in DOT.
+    Graph,
+    /// Bring an existing cloud resource under management.
+    Import(ImportArgs),
+    /// Inspect state.
+    #[command(subcommand)]
+    State(StateCommand),
+    /// Print recorded attributes: all, one resource's, or one value (`ADDR.ATTR`).
+    Output(OutputArgs),
+}
+
+/// Plan selection options shared by plan, apply and destroy.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct Selection {
+    /// Limit to this resource and its dependencies (repeatable).
+    #[arg(long = "target", value_name = "ADDR")]
+    pub(crate) targets: Vec<ResourceAddr>,
+    /// Refresh through the cloud first (`--refresh=false` trusts the state).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub(crate) refresh: bool,
+}
+
+/// `jaam plan`.
+#[derive(Debug, Args)]
+pub(crate) struct PlanArgs {
+    #[command(flatten)]
+    pub(crate) selection: Selection,
+    /// Save the plan to FILE for `jaam apply FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+    /// Print the plan as JSON (schema: docs/plan-json.md).
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Exit 0 with no changes, 2 with changes, 1 on error.
+    #[arg(long)]
+    pub(crate) detailed_exitcode: bool,
+    /// Plan the destruction of everything.
+    #[arg(long)]
+    pub(crate) destroy: bool,
+}
+
+/// `jaam apply`.
+#[derive(Debug, Args)]
+pub(crate) struct ApplyArgs {
+    /// A plan saved by `jaam plan --out`; applied without asking.
+    pub(crate) plan_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) selection: Selection,
+    /// Apply without asking for confirmation.
+    #[arg(long)]
+    pub(crate) auto_approve: bool,
+    /// How many operations run at once.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) parallelism: u16,
+    /// Print progress events as JSON lines on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `jaam destroy`.
+#[derive(Debug, Args)]
+pub(crate) struct DestroyArgs {
+    #[command(flatten)]
+    pub(crate) selection: Selection,
+    /// Destroy without asking for confirmation.
+    #[arg(long)]
+    pub(crate) auto_approve: bool,
+    /// How many operations run at once.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) parallelism: u16,
+    /// Print progress events as JSON lines on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `jaam show`.
+#[derive(Debug, Args)]
+pub(crate) struct ShowArgs {
+    /// A saved plan to show instead of the state.
+    pub(crate) plan_file: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `jaam import`.
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    /// The address to record it under (`log_group.build`).
+    pub(crate) addr: ResourceAddr,
+    /// The cloud id (a log group's name).
+    pub(crate) id: String,
+}
+
+/// `jaam state …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum StateCommand {
+    /// List the managed addresses.
+    List,
+}
+
+/// `jaam output`.
+#[derive(Debug, Args)]
+pub(crate) struct OutputArgs {
+    /// `ADDR` or `ADDR.ATTR`; all resources when absent.
+    pub(crate) name: Option<String>,
+}
+
+/// Parses `500ms`, `30s`, `2m`, `1h` (a bare number is seconds).
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("`{text}` is not a duration (try `30s` or `2m`)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("`{text}` has an unknown unit (use ms, s, m or h)")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Rewrites Terraform's single-dash long options to clap's double-dash ones.
+pub(crate) fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    const LONG: [&str; 11] = [
+        "out", "auto-approve", "target", "refresh", "detailed-exitcode", "parallelism", "json", "lock-timeout", "destroy",
+        "state", "no-color",
+    ];
+    args.into_iter()
+        .map(|arg| {
+            let Some(rest) = arg.strip_prefix('-').filter(|rest| !rest.starts_with('-')) else { return arg };
+            let name = rest.split('=').next().unwrap_or_default();
+            if LONG.contains(&name) { format!("-{arg}") } else { arg }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_should_parse_with_units() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn terraform_single_dash_options_should_be_accepted() {
+        let args = normalize_args(["jaam", "plan", "-out=p.json", "-target", "log_group.a", "-x"].map(String::from));
+        assert_eq!(args, ["jaam", "plan", "--out=p.json", "--target", "log_group.a", "-x"]);
+        Cli::try_parse_from(normalize_args(["jaam", "apply", "-auto-approve", "--stack", "s"].map(String::from))).unwrap();
+    }
+
+    #[test]
+    fn global_options_should_work_after_the_subcommand() {
+        let cli = Cli::try_parse_from(["jaam", "plan", "--specs", "x", "--state", "y.json"]).unwrap();
+        assert_eq!(cli.global.specs, PathBuf::from("x"));
+        assert_eq!(cli.global.state, PathBuf::from("y.json"));
+    }
+}

@@ -1,0 +1,87 @@
+//! One module per subcommand; this module holds what they share.
+
+pub(crate) mod apply;
+pub(crate) mod graph;
+pub(crate) mod import;
+pub(crate) mod output;
+pub(crate) mod plan;
+pub(crate) mod show;
+pub(crate) mod state;
+pub(crate) mod validate;
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use jaam_core::spec::Config;
+use jaam_core::state::LocalStore;
+use jaam_core::{Engine, Plan, Registry};
+
+use crate::cli::Global;
+
+/// Exit code: changes present (`plan --detailed-exitcode`).
+pub(crate) const EXIT_CHANGES: u8 = 2;
+
+/// The providers, configured from the environment.
+pub(crate) async fn registry() -> Registry {
+    jaam_core::providers::default_registry().await
+}
+
+/// Loads the specs.
+pub(crate) fn load_specs(global: &Global, registry: &Registry) -> anyhow::Result<Config> {
+    Ok(jaam_core::spec::load(&global.specs, registry, &|name| std::env::var(name).ok())?)
+}
+
+/// The stack name: `--stack`, else the specs' `stack.name`, else the state's, else `default`.
+pub(crate) fn stack_name(global: &Global, config: Option<&Config>) -> String {
+    global
+        .stack
+        .clone()
+        .or_else(|| config.and_then(|config| config.stack.name.clone()))
+        .unwrap_or_else(|| "default".to_owned())
+}
+
+/// An engine over the local state file.
+pub(crate) fn engine(global: &Global, registry: Registry, stack: String) -> Engine {
+    Engine::new(registry, LocalStore::new(&global.state), stack).with_lock_timeout(global.lock_timeout)
+}
+
+/// Whether to colour stdout.
+pub(crate) fn colour(global: &Global) -> bool {
+    !global.no_color && std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal()
+}
+
+/// Reads a saved plan.
+pub(crate) fn read_plan(path: &Path) -> anyhow::Result<Plan> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("failed to read plan file `{}`", path.display()))?;
+    let plan: Plan = serde_json::from_str(&text).with_context(|| format!("`{}` is not a jaam plan file", path.display()))?;
+    anyhow::ensure!(
+        plan.format_version == jaam_core::plan::FORMAT_VERSION,
+        "plan file `{}` has format version {}, which this jaam does not know",
+        path.display(),
+        plan.format_version
+    );
+    Ok(plan)
+}
+
+/// Writes a plan file readable only by its owner.
+pub(crate) fn write_plan(path: &Path, plan: &Plan) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("failed to write plan file `{}`", path.display()))?;
+    serde_json::to_writer_pretty(&mut file, plan)?;
+    file.write_all(b"\n")?;
+    Ok(())
+}
+
+/// Exit code 0.
+pub(crate) fn success() -> anyhow::Result<ExitCode> {
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,35 @@
+//! `jaam plan`: refresh, diff, print; optionally save the plan for `jaam apply FILE`.
+
+use std::process::ExitCode;
+
+use jaam_core::plan::{self, render};
+
+use crate::cli::{Global, PlanArgs};
+
+pub(crate) async fn run(global: &Global, args: &PlanArgs) -> anyhow::Result<ExitCode> {
+    let registry = super::registry().await;
+    let config = super::load_specs(global, &registry)?;
+    let stack = super::stack_name(global, Some(&config));
+    let engine = super::engine(global, registry, stack);
+    let options = plan::Options {
+        refresh: args.selection.refresh,
+        targets: args.selection.targets.clone(),
+        destroy: args.destroy,
+    };
+    let plan = engine.plan(&config, &options).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&render::json(&plan))?);
+    } else {
+        print!("{}", render::text(&plan, render::TextOptions { colour: super::colour(global) }));
+    }
+    if let Some(path) = &args.out {
+        super::write_plan(path, &plan)?;
+        if !args.json {
+            println!("\nSaved the plan to `{}`. Apply exactly this plan with:\n    jaam apply {}", path.display(), path.display());
+        }
+    }
+    if args.detailed_exitcode && plan.has_changes() {
+        return Ok(ExitCode::from(super::EXIT_CHANGES));
+    }
+    super::success()
+}

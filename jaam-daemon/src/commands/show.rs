@@ -1,0 +1,42 @@
+//! `jaam show`: the recorded state, or a saved plan.
+
+use std::process::ExitCode;
+
+use jaam_core::plan::render;
+use jaam_core::state::{LocalStore, StateFile, StateStore};
+
+use crate::cli::{Global, ShowArgs};
+
+pub(crate) async fn run(global: &Global, args: &ShowArgs) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &args.plan_file {
+        let plan = super::read_plan(path)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&render::json(&plan))?);
+        } else {
+            print!("{}", render::text(&plan, render::TextOptions { colour: super::colour(global) }));
+        }
+        return super::success();
+    }
+    let Some(state) = LocalStore::new(&global.state).load().await? else {
+        println!("No state.");
+        return super::success();
+    };
+    if args.json {
+        print!("{}", StateFile::render(&state));
+        return super::success();
+    }
+    for (addr, resource) in &state.resources {
+        println!("# {addr}:");
+        println!("{addr} {{");
+        let width = resource.attributes.keys().map(String::len).max().unwrap_or(0);
+        println!("    {:<width$} = {:?}", "id", resource.id);
+        for (name, value) in &resource.attributes {
+            println!("    {name:<width$} = {}", value.render());
+        }
+        println!("}}\n");
+    }
+    if !state.pending.is_empty() {
+        println!("{} interrupted operation(s) will be resolved by the next plan.", state.pending.len());
+    }
+    super::success()
+}

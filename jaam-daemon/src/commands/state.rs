@@ -1,0 +1,20 @@
+//! `jaam state list`: the managed addresses, one per line.
+
+use std::process::ExitCode;
+
+use jaam_core::state::{LocalStore, StateStore};
+
+use crate::cli::{Global, StateCommand};
+
+pub(crate) async fn run(global: &Global, command: &StateCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        StateCommand::List => {
+            if let Some(state) = LocalStore::new(&global.state).load().await? {
+                for addr in state.resources.keys() {
+                    println!("{addr}");
+                }
+            }
+        }
+    }
+    super::success()
+}
