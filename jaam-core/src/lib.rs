@@ -48,6 +48,9 @@ pub mod state;
 pub mod testing;
 pub mod value;
 
+#[cfg(test)]
+mod engine_tests;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;

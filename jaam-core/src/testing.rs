@@ -38,6 +38,8 @@ pub struct FakeProvider {
     cloud: Mutex<BTreeMap<String, (Attrs, Owner)>>,
     calls: Mutex<Vec<Call>>,
     next_id: AtomicU64,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
     latency: Duration,
     record_calls: bool,
     /// Called before every create; a `Some` error fails it.
@@ -70,6 +72,8 @@ impl FakeProvider {
             cloud: Mutex::default(),
             calls: Mutex::default(),
             next_id: AtomicU64::new(1),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
             latency: Duration::ZERO,
             record_calls: true,
             on_create: None,
@@ -125,10 +129,20 @@ impl FakeProvider {
         }
     }
 
+    /// The most operations that were ever in flight at once.
+    pub fn max_in_flight(&self) -> u64 {
+        self.max_in_flight.load(Ordering::Relaxed)
+    }
+
     async fn delay(&self) {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
+        } else {
+            tokio::task::yield_now().await;
         }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
     fn observed(id: &str, attrs: &Attrs, owner: &Owner) -> Observed {

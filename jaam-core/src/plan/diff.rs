@@ -334,6 +334,8 @@ fn diff_arguments(schema: &Schema, current: &Attrs, desired: &Attrs) -> Action {
             }
         }
     }
+    changed.sort();
+    forcing.sort();
     if !forcing.is_empty() {
         Action::Replace { order: schema.replace_order, changed, forcing }
     } else if !changed.is_empty() {

@@ -146,7 +146,7 @@ fn block(out: &mut String, painter: &Painter, change: &ResourceChange, drift: bo
                         let _ = writeln!(out, "      {} {name:<width$} = {}", painter.symbol("~"), value.render());
                     }
                 }
-                let hidden = after.keys().filter(|n| !shown.contains(n) && !matches!(after[*n], Value::Unknown(_))).count();
+                let hidden = after.iter().filter(|(n, v)| !shown.contains(n) && !v.is_null() && !matches!(v, Value::Unknown(_))).count();
                 if hidden > 0 {
                     let _ = writeln!(out, "        # ({hidden} unchanged attribute{} hidden)", if hidden == 1 { "" } else { "s" });
                 }
