@@ -23,7 +23,9 @@ pub enum AddrError {
     #[error("`{0}` is not a resource address (expected `kind.name`)")]
     MissingDot(String),
     /// The kind or the name is empty or holds a character outside `[A-Za-z0-9_-]`.
-    #[error("`{0}` is not a valid resource address: kind and name may hold only letters, digits, `-` and `_`")]
+    #[error(
+        "`{0}` is not a valid resource address: kind and name may hold only letters, digits, `-` and `_`"
+    )]
     InvalidCharacter(String),
 }
 
@@ -110,7 +112,10 @@ mod tests {
 
     #[test]
     fn address_should_reject_missing_dot_and_bad_characters() {
-        assert!(matches!("blog".parse::<ResourceAddr>(), Err(AddrError::MissingDot(_))));
+        assert!(matches!(
+            "blog".parse::<ResourceAddr>(),
+            Err(AddrError::MissingDot(_))
+        ));
         assert!("log group.x".parse::<ResourceAddr>().is_err());
         assert!("log_group.".parse::<ResourceAddr>().is_err());
         assert!("site.blog.instance".parse::<ResourceAddr>().is_ok());

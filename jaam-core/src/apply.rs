@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -43,7 +43,10 @@ use crate::plan::{Action, Plan, ResourceChange};
 use crate::provider::{Context, Owner, ProviderError, Registry};
 use crate::schema::{ReplaceOrder, Schema};
 use crate::spec::Template;
-use crate::state::{fold, Journal, Operation, Outcome, PendingIntent, Record, ResourceState, State, StateMeta, StateStore};
+use crate::state::{
+    Journal, Operation, Outcome, PendingIntent, Record, ResourceState, State, StateMeta,
+    StateStore, fold,
+};
 use crate::value::{Attrs, Value};
 
 /// Apply options.
@@ -109,7 +112,10 @@ pub enum Event {
 }
 
 mod duration_millis {
-    pub(super) fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_u64(d.as_millis() as u64)
     }
 }
@@ -161,7 +167,9 @@ impl ResourceError {
     /// The resource concerned.
     pub fn addr(&self) -> &ResourceAddr {
         match self {
-            ResourceError::Provider { addr, .. } | ResourceError::Unresolved { addr, .. } | ResourceError::Journal { addr, .. } => addr,
+            ResourceError::Provider { addr, .. }
+            | ResourceError::Unresolved { addr, .. }
+            | ResourceError::Journal { addr, .. } => addr,
         }
     }
 
@@ -266,12 +274,18 @@ struct Shared {
 
 impl Shared {
     fn journal_lazy(&self, record: Record) {
-        fold(&mut self.state.lock().expect("state mutex"), [record.clone()]);
+        fold(
+            &mut self.state.lock().expect("state mutex"),
+            [record.clone()],
+        );
         self.journal.record(record);
     }
 
     async fn journal_durable(&self, record: Record) -> crate::state::Result<()> {
-        fold(&mut self.state.lock().expect("state mutex"), [record.clone()]);
+        fold(
+            &mut self.state.lock().expect("state mutex"),
+            [record.clone()],
+        );
         self.journal.record_durable(record).await
     }
 }
@@ -295,7 +309,10 @@ pub async fn apply(
 ) -> Result<Report> {
     let found = current.as_ref().map(State::meta);
     if found != plan.prior {
-        return Err(Error::Stale { planned: plan.prior, found });
+        return Err(Error::Stale {
+            planned: plan.prior,
+            found,
+        });
     }
     let base = current.unwrap_or_else(|| State {
         lineage: plan.lineage,
@@ -305,25 +322,46 @@ pub async fn apply(
         pending: Vec::new(),
     });
     let sink = store.open_journal(base.meta(), &base.stack).await?;
-    let known = base.resources.iter().map(|(addr, resource)| (addr.clone(), resource.attributes.clone())).collect();
+    let known = base
+        .resources
+        .iter()
+        .map(|(addr, resource)| (addr.clone(), resource.attributes.clone()))
+        .collect();
     let shared = Arc::new(Shared {
         registry: registry.clone(),
         context: context.clone(),
         journal: Journal::start(sink),
         semaphore: Semaphore::new(options.parallelism.max(1)),
-        emitter: Emitter { sender: events, seq: AtomicU64::new(0) },
+        emitter: Emitter {
+            sender: events,
+            seq: AtomicU64::new(0),
+        },
         known: Mutex::new(known),
         state: Mutex::new(base.clone()),
     });
 
     // Refreshed or adopted resources that need no cloud call still update state.
     for change in plan.changes.iter().filter(|c| c.action == Action::NoOp) {
-        let (Some(id), Some(before)) = (&change.id, &change.before) else { continue };
-        let resource =
-            ResourceState { kind: change.kind.clone(), id: id.clone(), attributes: before.clone(), dependencies: change.dependencies.clone() };
+        let (Some(id), Some(before)) = (&change.id, &change.before) else {
+            continue;
+        };
+        let resource = ResourceState {
+            kind: change.kind.clone(),
+            id: id.clone(),
+            attributes: before.clone(),
+            dependencies: change.dependencies.clone(),
+        };
         if base.resources.get(&change.addr) != Some(&resource) {
-            shared.known.lock().expect("known mutex").insert(change.addr.clone(), before.clone());
-            shared.journal_lazy(Record::Outcome { intent: Uuid::new_v4(), addr: change.addr.clone(), result: Outcome::Written { resource } });
+            shared
+                .known
+                .lock()
+                .expect("known mutex")
+                .insert(change.addr.clone(), before.clone());
+            shared.journal_lazy(Record::Outcome {
+                intent: Uuid::new_v4(),
+                addr: change.addr.clone(),
+                result: Outcome::Written { resource },
+            });
         }
     }
 
@@ -331,10 +369,14 @@ pub async fn apply(
     let shared = Arc::into_inner(shared).expect("all node tasks finished");
     let journal_commits = shared.journal.close().await?;
     let mut state = shared.state.into_inner().expect("state mutex");
-    state.pending.retain(|pending| !plan.resolved_intents.contains(&pending.intent));
+    state
+        .pending
+        .retain(|pending| !plan.resolved_intents.contains(&pending.intent));
     state.serial = base.serial + 1;
     store.persist(&state).await?;
-    shared.emitter.emit(Event::StateSaved { serial: state.serial });
+    shared.emitter.emit(Event::StateSaved {
+        serial: state.serial,
+    });
     Ok(Report {
         state,
         applied: walk.applied,
@@ -354,13 +396,20 @@ struct Walk {
 }
 
 async fn walk(shared: Arc<Shared>, plan: &Plan, cancel: CancellationToken) -> Walk {
-    let nodes: BTreeMap<&ResourceAddr, &ResourceChange> =
-        plan.changes.iter().filter(|c| c.action.is_change()).map(|c| (&c.addr, c)).collect();
+    let nodes: BTreeMap<&ResourceAddr, &ResourceChange> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action.is_change())
+        .map(|c| (&c.addr, c))
+        .collect();
     // waits_for[a] = nodes that must finish before a starts.
-    let mut waits_for: BTreeMap<&ResourceAddr, BTreeSet<&ResourceAddr>> = nodes.keys().map(|a| (*a, BTreeSet::new())).collect();
+    let mut waits_for: BTreeMap<&ResourceAddr, BTreeSet<&ResourceAddr>> =
+        nodes.keys().map(|a| (*a, BTreeSet::new())).collect();
     for (addr, change) in &nodes {
         for dependency in &change.dependencies {
-            let Some(target) = nodes.get(dependency) else { continue };
+            let Some(target) = nodes.get(dependency) else {
+                continue;
+            };
             if change.action == Action::Delete {
                 // Reverse edge: the dependency is removed after its dependent.
                 if matches!(target.action, Action::Delete | Action::Replace { .. }) {
@@ -377,10 +426,17 @@ async fn walk(shared: Arc<Shared>, plan: &Plan, cancel: CancellationToken) -> Wa
             dependents.entry(*dependency).or_default().push(addr);
         }
     }
-    let mut remaining: BTreeMap<&ResourceAddr, usize> = waits_for.iter().map(|(a, w)| (*a, w.len())).collect();
-    let mut ready: VecDeque<&ResourceAddr> = remaining.iter().filter(|(_, n)| **n == 0).map(|(a, _)| *a).collect();
-    let (done_sender, mut done) = mpsc::unbounded_channel::<(ResourceAddr, std::result::Result<(), ResourceError>)>();
-    let mut running = 0usize;
+    let mut remaining: BTreeMap<&ResourceAddr, usize> =
+        waits_for.iter().map(|(a, w)| (*a, w.len())).collect();
+    let mut ready: VecDeque<&ResourceAddr> = remaining
+        .iter()
+        .filter(|(_, n)| **n == 0)
+        .map(|(a, _)| *a)
+        .collect();
+    // A JoinSet, not a channel: a finished entry means the task has dropped its
+    // handle on `shared`, which the caller takes back once the walk ends.
+    let mut tasks: tokio::task::JoinSet<(ResourceAddr, std::result::Result<(), ResourceError>)> =
+        tokio::task::JoinSet::new();
     let mut report = Walk::default();
     let mut settled: BTreeSet<ResourceAddr> = BTreeSet::new();
 
@@ -390,20 +446,20 @@ async fn walk(shared: Arc<Shared>, plan: &Plan, cancel: CancellationToken) -> Wa
         {
             let change = nodes[addr].clone();
             let shared = Arc::clone(&shared);
-            let sender = done_sender.clone();
-            running += 1;
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 let result = run_node(&shared, &change).await;
-                let _ = sender.send((change.addr, result));
+                (change.addr, result)
             });
         }
-        if running == 0 {
+        let Some(joined) = tasks.join_next().await else {
             break;
-        }
-        let Some((addr, result)) = done.recv().await else { break };
-        running -= 1;
+        };
+        let (addr, result) = joined.expect("apply node task panicked");
         settled.insert(addr.clone());
-        let key = nodes.get_key_value(&addr).map(|(k, _)| *k).expect("finished node is known");
+        let key = nodes
+            .get_key_value(&addr)
+            .map(|(k, _)| *k)
+            .expect("finished node is known");
         match result {
             Ok(()) => {
                 report.applied.push(addr);
@@ -416,13 +472,20 @@ async fn walk(shared: Arc<Shared>, plan: &Plan, cancel: CancellationToken) -> Wa
                 }
             }
             Err(error) => {
-                shared.emitter.emit(Event::Failed { addr: addr.clone(), message: error_chain(&error) });
+                shared.emitter.emit(Event::Failed {
+                    addr: addr.clone(),
+                    message: error_chain(&error),
+                });
                 report.failed.push(error);
                 // Skip everything downstream of the failure.
-                let mut pending: Vec<&ResourceAddr> = dependents.get(key).cloned().unwrap_or_default();
+                let mut pending: Vec<&ResourceAddr> =
+                    dependents.get(key).cloned().unwrap_or_default();
                 while let Some(next) = pending.pop() {
                     if settled.insert((*next).clone()) {
-                        shared.emitter.emit(Event::Skipped { addr: (*next).clone(), because: addr.clone() });
+                        shared.emitter.emit(Event::Skipped {
+                            addr: (*next).clone(),
+                            because: addr.clone(),
+                        });
                         report.skipped.push(((*next).clone(), addr.clone()));
                         pending.extend(dependents.get(next).cloned().unwrap_or_default());
                     }
@@ -432,7 +495,9 @@ async fn walk(shared: Arc<Shared>, plan: &Plan, cancel: CancellationToken) -> Wa
     }
     for addr in nodes.keys() {
         if !settled.contains(*addr) {
-            shared.emitter.emit(Event::NotStarted { addr: (*addr).clone() });
+            shared.emitter.emit(Event::NotStarted {
+                addr: (*addr).clone(),
+            });
             report.not_started.push((*addr).clone());
         }
     }
@@ -452,30 +517,59 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Resolves unknowns in `after` against what is known now and keeps only arguments.
-fn resolve(shared: &Shared, change: &ResourceChange, schema: &Schema) -> std::result::Result<Attrs, ResourceError> {
+fn resolve(
+    shared: &Shared,
+    change: &ResourceChange,
+    schema: &Schema,
+) -> std::result::Result<Attrs, ResourceError> {
     let known = shared.known.lock().expect("known mutex");
-    let lookup = |addr: &ResourceAddr, attribute: &str| known.get(addr).map(|attrs| attrs.get(attribute).cloned().unwrap_or(Value::Null));
+    let lookup = |addr: &ResourceAddr, attribute: &str| {
+        known
+            .get(addr)
+            .map(|attrs| attrs.get(attribute).cloned().unwrap_or(Value::Null))
+    };
     let env = |name: &str| std::env::var(name).ok();
     let mut out = Attrs::new();
     for attribute in schema.arguments() {
-        let value = change.after.as_ref().and_then(|after| after.get(attribute.name)).cloned().unwrap_or(Value::Null);
+        let value = change
+            .after
+            .as_ref()
+            .and_then(|after| after.get(attribute.name))
+            .cloned()
+            .unwrap_or(Value::Null);
         let value = resolve_value(value, &lookup, &env);
         if let Some(template) = find_unknown(&value) {
-            return Err(ResourceError::Unresolved { addr: change.addr.clone(), template });
+            return Err(ResourceError::Unresolved {
+                addr: change.addr.clone(),
+                template,
+            });
         }
         out.insert(attribute.name.to_owned(), value);
     }
     Ok(out)
 }
 
-fn resolve_value(value: Value, lookup: &dyn Fn(&ResourceAddr, &str) -> Option<Value>, env: &dyn Fn(&str) -> Option<String>) -> Value {
+fn resolve_value(
+    value: Value,
+    lookup: &dyn Fn(&ResourceAddr, &str) -> Option<Value>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Value {
     match value {
         Value::Unknown(source) => match Template::parse(&source) {
             Ok(template) => template.evaluate(lookup, env),
             Err(_) => Value::Unknown(source),
         },
-        Value::List(items) => Value::List(items.into_iter().map(|v| resolve_value(v, lookup, env)).collect()),
-        Value::Map(map) => Value::Map(map.into_iter().map(|(k, v)| (k, resolve_value(v, lookup, env))).collect()),
+        Value::List(items) => Value::List(
+            items
+                .into_iter()
+                .map(|v| resolve_value(v, lookup, env))
+                .collect(),
+        ),
+        Value::Map(map) => Value::Map(
+            map.into_iter()
+                .map(|(k, v)| (k, resolve_value(v, lookup, env)))
+                .collect(),
+        ),
         other => other,
     }
 }
@@ -489,18 +583,44 @@ fn find_unknown(value: &Value) -> Option<String> {
     }
 }
 
-async fn run_node(shared: &Shared, change: &ResourceChange) -> std::result::Result<(), ResourceError> {
+async fn run_node(
+    shared: &Shared,
+    change: &ResourceChange,
+) -> std::result::Result<(), ResourceError> {
     let addr = &change.addr;
-    let provider = Arc::clone(shared.registry.provider(addr.kind()).expect("planned kinds are registered"));
+    let provider = Arc::clone(
+        shared
+            .registry
+            .provider(addr.kind())
+            .expect("planned kinds are registered"),
+    );
     let schema = provider.schema();
     let started = Instant::now();
     let action = action_name(&change.action);
-    let journal_error = |source| ResourceError::Journal { addr: addr.clone(), source };
-    let provider_error = |operation, source| ResourceError::Provider { addr: addr.clone(), operation, source };
-    let attributes = if change.action == Action::Delete { Attrs::new() } else { resolve(shared, change, schema)? };
+    let journal_error = |source| ResourceError::Journal {
+        addr: addr.clone(),
+        source,
+    };
+    let provider_error = |operation, source| ResourceError::Provider {
+        addr: addr.clone(),
+        operation,
+        source,
+    };
+    let attributes = if change.action == Action::Delete {
+        Attrs::new()
+    } else {
+        resolve(shared, change, schema)?
+    };
 
-    let permit = shared.semaphore.acquire().await.expect("semaphore never closed");
-    shared.emitter.emit(Event::Started { addr: addr.clone(), action: action.to_owned() });
+    let permit = shared
+        .semaphore
+        .acquire()
+        .await
+        .expect("semaphore never closed");
+    shared.emitter.emit(Event::Started {
+        addr: addr.clone(),
+        action: action.to_owned(),
+    });
     let mut finals: Vec<Record> = Vec::new();
     let mut outcome_id: Option<String> = None;
 
@@ -509,11 +629,23 @@ async fn run_node(shared: &Shared, change: &ResourceChange) -> std::result::Resu
             Action::NoOp => Ok(()),
             Action::Update { changed } => {
                 let intent = Uuid::new_v4();
-                shared.journal_lazy(Record::Intent(PendingIntent { intent, addr: addr.clone(), operation: Operation::Update, attributes: Attrs::new() }));
+                shared.journal_lazy(Record::Intent(PendingIntent {
+                    intent,
+                    addr: addr.clone(),
+                    operation: Operation::Update,
+                    attributes: Attrs::new(),
+                }));
                 let id = change.id.clone().unwrap_or_default();
                 let prior = change.before.clone().unwrap_or_default();
-                let owner = Owner { stack: shared.context.stack.clone(), addr: addr.to_string(), intent: None };
-                match provider.update(&shared.context, &owner, &id, &prior, &attributes, changed).await {
+                let owner = Owner {
+                    stack: shared.context.stack.clone(),
+                    addr: addr.to_string(),
+                    intent: None,
+                };
+                match provider
+                    .update(&shared.context, &owner, &id, &prior, &attributes, changed)
+                    .await
+                {
                     Ok(observed) => {
                         outcome_id = Some(observed.id.clone());
                         finals.push(written(intent, change, observed.id, observed.attributes));
@@ -529,7 +661,11 @@ async fn run_node(shared: &Shared, change: &ResourceChange) -> std::result::Resu
                 let (intent, result) = delete_old(shared, provider.as_ref(), change).await;
                 match result {
                     Ok(()) => {
-                        finals.push(Record::Outcome { intent, addr: addr.clone(), result: Outcome::Removed });
+                        finals.push(Record::Outcome {
+                            intent,
+                            addr: addr.clone(),
+                            result: Outcome::Removed,
+                        });
                         Ok(())
                     }
                     Err(source) => {
@@ -547,7 +683,11 @@ async fn run_node(shared: &Shared, change: &ResourceChange) -> std::result::Resu
                     let (intent, result) = delete_old(shared, provider.as_ref(), change).await;
                     match result {
                         Ok(()) => shared
-                            .journal_durable(Record::Outcome { intent, addr: addr.clone(), result: Outcome::Removed })
+                            .journal_durable(Record::Outcome {
+                                intent,
+                                addr: addr.clone(),
+                                result: Outcome::Removed,
+                            })
                             .await
                             .map_err(journal_error)?,
                         Err(source) => {
@@ -557,13 +697,25 @@ async fn run_node(shared: &Shared, change: &ResourceChange) -> std::result::Resu
                     }
                 }
                 let intent = Uuid::new_v4();
-                let record = Record::Intent(PendingIntent { intent, addr: addr.clone(), operation: Operation::Create, attributes: attributes.clone() });
+                let record = Record::Intent(PendingIntent {
+                    intent,
+                    addr: addr.clone(),
+                    operation: Operation::Create,
+                    attributes: attributes.clone(),
+                });
                 if schema.adoptable {
                     shared.journal_lazy(record);
                 } else {
-                    shared.journal_durable(record).await.map_err(journal_error)?;
+                    shared
+                        .journal_durable(record)
+                        .await
+                        .map_err(journal_error)?;
                 }
-                let owner = Owner { stack: shared.context.stack.clone(), addr: addr.to_string(), intent: Some(intent.to_string()) };
+                let owner = Owner {
+                    stack: shared.context.stack.clone(),
+                    addr: addr.to_string(),
+                    intent: Some(intent.to_string()),
+                };
                 let observed = match provider.create(&shared.context, &owner, &attributes).await {
                     Ok(observed) => observed,
                     Err(source) => {
@@ -572,13 +724,26 @@ async fn run_node(shared: &Shared, change: &ResourceChange) -> std::result::Resu
                     }
                 };
                 outcome_id = Some(observed.id.clone());
-                let created = written(intent, change, observed.id.clone(), observed.attributes.clone());
+                let created = written(
+                    intent,
+                    change,
+                    observed.id.clone(),
+                    observed.attributes.clone(),
+                );
                 if order == Some(ReplaceOrder::CreateThenDelete) {
                     // The new resource must be durable before the old one goes.
-                    shared.journal_durable(created.clone()).await.map_err(journal_error)?;
-                    let (delete_intent, result) = delete_old(shared, provider.as_ref(), change).await;
+                    shared
+                        .journal_durable(created.clone())
+                        .await
+                        .map_err(journal_error)?;
+                    let (delete_intent, result) =
+                        delete_old(shared, provider.as_ref(), change).await;
                     match result {
-                        Ok(()) => finals.push(Record::Outcome { intent: delete_intent, addr: addr.clone(), result: outcome_of(&created) }),
+                        Ok(()) => finals.push(Record::Outcome {
+                            intent: delete_intent,
+                            addr: addr.clone(),
+                            result: outcome_of(&created),
+                        }),
                         Err(source) => {
                             finals.push(failed(delete_intent, addr, &source));
                             return Err(provider_error("delete of the replaced resource", source));
@@ -596,8 +761,16 @@ async fn run_node(shared: &Shared, change: &ResourceChange) -> std::result::Resu
 
     // Known attributes for dependents, then durability, then "done".
     for record in &finals {
-        if let Record::Outcome { result: Outcome::Written { resource }, .. } = record {
-            shared.known.lock().expect("known mutex").insert(addr.clone(), resource.attributes.clone());
+        if let Record::Outcome {
+            result: Outcome::Written { resource },
+            ..
+        } = record
+        {
+            shared
+                .known
+                .lock()
+                .expect("known mutex")
+                .insert(addr.clone(), resource.attributes.clone());
         }
     }
     let last = finals.pop();
@@ -605,10 +778,18 @@ async fn run_node(shared: &Shared, change: &ResourceChange) -> std::result::Resu
         shared.journal_lazy(record);
     }
     if let Some(record) = last {
-        shared.journal_durable(record).await.map_err(journal_error)?;
+        shared
+            .journal_durable(record)
+            .await
+            .map_err(journal_error)?;
     }
     if result.is_ok() {
-        shared.emitter.emit(Event::Finished { addr: addr.clone(), action: action.to_owned(), id: outcome_id, elapsed: started.elapsed() });
+        shared.emitter.emit(Event::Finished {
+            addr: addr.clone(),
+            action: action.to_owned(),
+            id: outcome_id,
+            elapsed: started.elapsed(),
+        });
     }
     result
 }
@@ -618,7 +799,12 @@ fn written(intent: Uuid, change: &ResourceChange, id: String, attributes: Attrs)
         intent,
         addr: change.addr.clone(),
         result: Outcome::Written {
-            resource: ResourceState { kind: change.kind.clone(), id, attributes, dependencies: change.dependencies.clone() },
+            resource: ResourceState {
+                kind: change.kind.clone(),
+                id,
+                attributes,
+                dependencies: change.dependencies.clone(),
+            },
         },
     }
 }
@@ -631,7 +817,13 @@ fn outcome_of(record: &Record) -> Outcome {
 }
 
 fn failed(intent: Uuid, addr: &ResourceAddr, error: &ProviderError) -> Record {
-    Record::Outcome { intent, addr: addr.clone(), result: Outcome::Failed { message: error_chain(error) } }
+    Record::Outcome {
+        intent,
+        addr: addr.clone(),
+        result: Outcome::Failed {
+            message: error_chain(error),
+        },
+    }
 }
 
 /// Journals a delete intent and deletes the resource's current cloud object.

@@ -24,7 +24,11 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { initial: Duration::from_millis(50), max: Duration::from_secs(10), deadline: Duration::from_secs(600) }
+        Self {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(10),
+            deadline: Duration::from_secs(600),
+        }
     }
 }
 
@@ -33,7 +37,10 @@ impl Backoff {
     /// `max`, then a uniformly random fraction of it between a half and the whole
     /// ("equal jitter": spreads retries without ever polling in a tight loop).
     pub fn delay(&self, attempt: u32) -> Duration {
-        let base = self.initial.saturating_mul(2u32.saturating_pow(attempt.min(30))).min(self.max);
+        let base = self
+            .initial
+            .saturating_mul(2u32.saturating_pow(attempt.min(30)))
+            .min(self.max);
         let half = base / 2;
         let jitter = rand::rng().random_range(0..=half.as_micros().max(1) as u64);
         half + Duration::from_micros(jitter)
@@ -79,7 +86,10 @@ where
         attempt += 1;
         let waited = started.elapsed();
         if waited + delay > backoff.deadline {
-            return Err(Error::Timeout { waited, attempts: attempt });
+            return Err(Error::Timeout {
+                waited,
+                attempts: attempt,
+            });
         }
         tokio::time::sleep(delay).await;
     }
@@ -92,7 +102,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn poll_should_retry_until_ready_then_return() {
         let mut calls = 0;
-        let backoff = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1), deadline: Duration::from_secs(60) };
+        let backoff = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            deadline: Duration::from_secs(60),
+        };
         let value = poll(backoff, || {
             calls += 1;
             let ready = calls >= 4;
@@ -105,16 +119,26 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn poll_should_give_up_at_the_deadline() {
-        let backoff = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1), deadline: Duration::from_secs(5) };
+        let backoff = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            deadline: Duration::from_secs(5),
+        };
         let started = Instant::now();
-        let error = poll(backoff, || async { Ok::<Option<()>, ()>(None) }).await.unwrap_err();
+        let error = poll(backoff, || async { Ok::<Option<()>, ()>(None) })
+            .await
+            .unwrap_err();
         assert!(matches!(error, Error::Timeout { .. }));
         assert!(started.elapsed() <= Duration::from_secs(5));
     }
 
     #[test]
     fn delay_should_grow_and_stay_under_max() {
-        let backoff = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(2), deadline: Duration::from_secs(60) };
+        let backoff = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+            deadline: Duration::from_secs(60),
+        };
         assert!(backoff.delay(0) <= Duration::from_millis(100));
         assert!(backoff.delay(0) >= Duration::from_millis(50));
         assert!(backoff.delay(20) <= Duration::from_secs(2));

@@ -8,14 +8,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{self, Event};
-use crate::plan::{self, render, Action};
+use crate::plan::{self, Action, render};
 use crate::provider::{ErrorKind, Owner, Provider, ProviderError};
 use crate::schema::ReplaceOrder;
 use crate::state::testing::MemoryStore;
 use crate::state::{Operation, PendingIntent, StateStore};
 use crate::testing::{Call, FakeProvider};
 use crate::value::Value;
-use crate::{spec, Engine, ResourceAddr};
+use crate::{Engine, ResourceAddr, spec};
 
 struct Harness {
     fake: Arc<FakeProvider>,
@@ -26,8 +26,16 @@ struct Harness {
 fn harness_with(fake: FakeProvider) -> Harness {
     let fake = Arc::new(fake);
     let store = MemoryStore::new();
-    let engine = Engine::new(crate::testing::registry(&[Arc::clone(&fake)]), store.clone(), "test");
-    Harness { fake, engine, store }
+    let engine = Engine::new(
+        crate::testing::registry(&[Arc::clone(&fake)]),
+        store.clone(),
+        "test",
+    );
+    Harness {
+        fake,
+        engine,
+        store,
+    }
 }
 
 fn harness() -> Harness {
@@ -36,7 +44,10 @@ fn harness() -> Harness {
 
 /// The text with runs of spaces folded, so assertions don't depend on alignment.
 fn squash(text: &str) -> String {
-    text.lines().map(|line| line.split_whitespace().collect::<Vec<_>>().join(" ")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn addr(text: &str) -> ResourceAddr {
@@ -45,17 +56,32 @@ fn addr(text: &str) -> ResourceAddr {
 
 impl Harness {
     fn config(&self, text: &str) -> spec::Config {
-        spec::load_sources(&[("test.yaml".into(), text.to_owned())], self.engine.registry(), &|_| None).unwrap()
+        spec::load_sources(
+            &[("test.yaml".into(), text.to_owned())],
+            self.engine.registry(),
+            &|_| None,
+        )
+        .unwrap()
     }
 
     async fn plan(&self, text: &str) -> plan::Plan {
-        self.engine.plan(&self.config(text), &plan::Options::default()).await.unwrap()
+        self.engine
+            .plan(&self.config(text), &plan::Options::default())
+            .await
+            .unwrap()
     }
 
-    async fn apply_plan(&self, plan: &plan::Plan, cancel: CancellationToken) -> (apply::Report, Vec<apply::Sequenced>) {
+    async fn apply_plan(
+        &self,
+        plan: &plan::Plan,
+        cancel: CancellationToken,
+    ) -> (apply::Report, Vec<apply::Sequenced>) {
         let (sender, mut receiver) = mpsc::unbounded_channel();
         let mut session = self.engine.lock("test").await.unwrap();
-        let report = session.apply(plan, &apply::Options::default(), Some(sender), cancel).await.unwrap();
+        let report = session
+            .apply(plan, &apply::Options::default(), Some(sender), cancel)
+            .await
+            .unwrap();
         session.release().await.unwrap();
         let mut events = Vec::new();
         while let Ok(event) = receiver.try_recv() {
@@ -79,7 +105,10 @@ async fn plan_should_show_references_to_new_resources_as_known_after_apply() {
     let plan = h.plan(CHAIN).await;
     let b = plan.change(&addr("fake.b")).unwrap();
     assert_eq!(b.action, Action::Create);
-    assert_eq!(b.after.as_ref().unwrap()["value"], Value::Unknown("${fake.a.id}".into()));
+    assert_eq!(
+        b.after.as_ref().unwrap()["value"],
+        Value::Unknown("${fake.a.id}".into())
+    );
     let text = squash(&render::text(&plan, Default::default()));
     assert!(text.contains("+ value = (known after apply)"), "{text}");
     assert_eq!(plan.summary().add, 3);
@@ -91,22 +120,38 @@ async fn apply_should_create_dependencies_first_and_resolve_references() {
     let (_, report, events) = h.apply(CHAIN).await;
     assert!(report.succeeded(), "{:?}", report.failed);
     let calls = h.fake.calls();
-    let position = |name: &str| calls.iter().position(|c| *c == Call::Create(name.into())).unwrap();
+    let position = |name: &str| {
+        calls
+            .iter()
+            .position(|c| *c == Call::Create(name.into()))
+            .unwrap()
+    };
     assert!(position("a") < position("b"));
     let a_id = report.state.resources[&addr("fake.a")].id.clone();
-    assert_eq!(report.state.resources[&addr("fake.b")].attributes["value"], Value::String(a_id));
+    assert_eq!(
+        report.state.resources[&addr("fake.b")].attributes["value"],
+        Value::String(a_id)
+    );
     assert_eq!(report.state.serial, 1);
     // Events are numbered from 1 without gaps, and b starts only after a finished.
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
-    let index = |wanted: &dyn Fn(&Event) -> bool| events.iter().position(|e| wanted(&e.event)).unwrap();
+    let index =
+        |wanted: &dyn Fn(&Event) -> bool| events.iter().position(|e| wanted(&e.event)).unwrap();
     let a_done = index(&|e| matches!(e, Event::Finished { addr, .. } if addr.name() == "a"));
     let b_start = index(&|e| matches!(e, Event::Started { addr, .. } if addr.name() == "b"));
     assert!(a_done < b_start);
-    assert!(matches!(events.last().unwrap().event, Event::StateSaved { serial: 1 }));
+    assert!(matches!(
+        events.last().unwrap().event,
+        Event::StateSaved { serial: 1 }
+    ));
 
     let again = h.plan(CHAIN).await;
-    assert!(!again.has_changes(), "{}", render::text(&again, Default::default()));
+    assert!(
+        !again.has_changes(),
+        "{}",
+        render::text(&again, Default::default())
+    );
     assert!(again.drift.is_empty());
 }
 
@@ -116,20 +161,37 @@ async fn changes_should_plan_update_replace_and_delete() {
     h.apply(CHAIN).await;
     let changed = "fake.a:\n  name: a\n  size: 2\nfake.b:\n  name: b2\n  value: ${fake.a.id}\n";
     let plan = h.plan(changed).await;
-    assert_eq!(plan.change(&addr("fake.a")).unwrap().action, Action::Update { changed: vec!["size".into()] });
+    assert_eq!(
+        plan.change(&addr("fake.a")).unwrap().action,
+        Action::Update {
+            changed: vec!["size".into()]
+        }
+    );
     assert_eq!(
         plan.change(&addr("fake.b")).unwrap().action,
-        Action::Replace { order: ReplaceOrder::CreateThenDelete, changed: vec!["name".into()], forcing: vec!["name".into()] }
+        Action::Replace {
+            order: ReplaceOrder::CreateThenDelete,
+            changed: vec!["name".into()],
+            forcing: vec!["name".into()]
+        }
     );
     assert_eq!(plan.change(&addr("fake.c")).unwrap().action, Action::Delete);
     let text = squash(&render::text(&plan, Default::default()));
     assert!(text.contains("~ size = 1 -> 2"), "{text}");
     assert!(text.contains("+/- fake.b {"), "{text}");
     assert!(text.contains("# forces replacement"), "{text}");
-    assert!(text.contains("Plan: 1 to add, 1 to change, 2 to destroy."), "{text}");
+    assert!(
+        text.contains("Plan: 1 to add, 1 to change, 2 to destroy."),
+        "{text}"
+    );
     let (report, _) = h.apply_plan(&plan, CancellationToken::new()).await;
     assert!(report.succeeded());
-    let names: Vec<String> = h.fake.cloud().values().map(|a| a["name"].as_str().unwrap().to_owned()).collect();
+    let names: Vec<String> = h
+        .fake
+        .cloud()
+        .values()
+        .map(|a| a["name"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(names.len(), 2);
     assert!(names.contains(&"b2".to_owned()) && !names.contains(&"c".to_owned()));
     assert!(!h.plan(changed).await.has_changes());
@@ -139,7 +201,17 @@ async fn changes_should_plan_update_replace_and_delete() {
 async fn destroy_should_delete_dependents_before_their_dependencies() {
     let h = harness();
     h.apply(CHAIN).await;
-    let plan = h.engine.plan(&h.config(CHAIN), &plan::Options { destroy: true, ..Default::default() }).await.unwrap();
+    let plan = h
+        .engine
+        .plan(
+            &h.config(CHAIN),
+            &plan::Options {
+                destroy: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert!(plan.changes.iter().all(|c| c.action == Action::Delete));
     let ids = h.plan(CHAIN).await;
     let id_of = |name: &str| ids.change(&addr(name)).unwrap().id.clone().unwrap();
@@ -148,7 +220,12 @@ async fn destroy_should_delete_dependents_before_their_dependencies() {
     assert!(h.fake.cloud().is_empty());
     assert!(report.state.resources.is_empty());
     let calls = h.fake.calls();
-    let position = |id: String| calls.iter().position(|c| *c == Call::Delete(id.clone())).unwrap();
+    let position = |id: String| {
+        calls
+            .iter()
+            .position(|c| *c == Call::Delete(id.clone()))
+            .unwrap()
+    };
     assert!(position(id_of("fake.b")) < position(id_of("fake.a")));
 }
 
@@ -163,12 +240,24 @@ async fn apply_skips_dependents_of_failed_resource() {
     assert_eq!(report.failed[0].addr(), &addr("fake.a"));
     assert_eq!(report.skipped, vec![(addr("fake.b"), addr("fake.a"))]);
     assert_eq!(report.applied, vec![addr("fake.c")]);
-    let recorded: Vec<String> = report.state.resources.keys().map(ToString::to_string).collect();
+    let recorded: Vec<String> = report
+        .state
+        .resources
+        .keys()
+        .map(ToString::to_string)
+        .collect();
     assert_eq!(recorded, ["fake.c"], "state records exactly what exists");
-    assert!(events.iter().any(|e| matches!(&e.event, Event::Skipped { because, .. } if because == &addr("fake.a"))));
+    assert!(
+        events.iter().any(
+            |e| matches!(&e.event, Event::Skipped { because, .. } if because == &addr("fake.a"))
+        )
+    );
     let message = apply::error_chain(&report.failed[0]);
     assert_eq!(message, "`fake.a`: create failed: bad ami");
-    assert!(h.store.load().await.unwrap().unwrap().pending.is_empty(), "a failed create leaves no pending intent");
+    assert!(
+        h.store.load().await.unwrap().unwrap().pending.is_empty(),
+        "a failed create leaves no pending intent"
+    );
 }
 
 #[tokio::test]
@@ -177,8 +266,19 @@ async fn stale_plan_should_be_refused() {
     let plan = h.plan(CHAIN).await;
     h.apply(CHAIN).await;
     let mut session = h.engine.lock("test").await.unwrap();
-    let error = session.apply(&plan, &apply::Options::default(), None, CancellationToken::new()).await.unwrap_err();
-    assert!(matches!(error, crate::Error::Apply(apply::Error::Stale { .. })), "{error}");
+    let error = session
+        .apply(
+            &plan,
+            &apply::Options::default(),
+            None,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, crate::Error::Apply(apply::Error::Stale { .. })),
+        "{error}"
+    );
     session.release().await.unwrap();
 }
 
@@ -192,7 +292,12 @@ async fn drift_should_be_reported_before_the_correction() {
     h.fake.remove(&c);
     let plan = h.plan(CHAIN).await;
     assert_eq!(plan.drift.len(), 2);
-    assert_eq!(plan.change(&addr("fake.a")).unwrap().action, Action::Update { changed: vec!["size".into()] });
+    assert_eq!(
+        plan.change(&addr("fake.a")).unwrap().action,
+        Action::Update {
+            changed: vec!["size".into()]
+        }
+    );
     let c_change = plan.change(&addr("fake.c")).unwrap();
     assert_eq!(c_change.action, Action::Create);
     assert_eq!(c_change.reason.as_deref(), Some("deleted outside jaam"));
@@ -212,14 +317,32 @@ async fn interrupted_create_should_be_adopted_not_created_twice() {
     // What a crash leaves: the resource exists with its ownership tags, and state
     // holds only the intent.
     let intent = uuid::Uuid::new_v4();
-    let owner = Owner { stack: "test".into(), addr: "fake.a".into(), intent: Some(intent.to_string()) };
+    let owner = Owner {
+        stack: "test".into(),
+        addr: "fake.a".into(),
+        intent: Some(intent.to_string()),
+    };
     let mut attributes = crate::value::Attrs::new();
     attributes.insert("name".into(), "a".into());
     attributes.insert("size".into(), Value::Int(1));
-    h.fake.create(&crate::provider::Context { stack: "test".into() }, &owner, &attributes).await.unwrap();
+    h.fake
+        .create(
+            &crate::provider::Context {
+                stack: "test".into(),
+            },
+            &owner,
+            &attributes,
+        )
+        .await
+        .unwrap();
     let mut state = crate::state::State::new("test");
     state.serial = 1;
-    state.pending.push(PendingIntent { intent, addr: addr("fake.a"), operation: Operation::Create, attributes });
+    state.pending.push(PendingIntent {
+        intent,
+        addr: addr("fake.a"),
+        operation: Operation::Create,
+        attributes,
+    });
     h.store.persist(&state).await.unwrap();
 
     let plan = h.plan("fake.a:\n  name: a\n  size: 1\n").await;
@@ -228,17 +351,33 @@ async fn interrupted_create_should_be_adopted_not_created_twice() {
     let (report, _) = h.apply_plan(&plan, CancellationToken::new()).await;
     assert!(report.state.resources.contains_key(&addr("fake.a")));
     assert!(report.state.pending.is_empty());
-    let creates = h.fake.calls().iter().filter(|c| matches!(c, Call::Create(_))).count();
+    let creates = h
+        .fake
+        .calls()
+        .iter()
+        .filter(|c| matches!(c, Call::Create(_)))
+        .count();
     assert_eq!(creates, 1, "only the crashed run's create");
 }
 
 #[tokio::test]
 async fn someone_elses_resource_with_the_same_name_should_not_be_adopted() {
     let h = harness();
-    let owner = Owner { stack: "another-stack".into(), addr: "fake.a".into(), intent: None };
+    let owner = Owner {
+        stack: "another-stack".into(),
+        addr: "fake.a".into(),
+        intent: None,
+    };
     let mut attributes = crate::value::Attrs::new();
     attributes.insert("name".into(), "a".into());
-    h.fake.create(&crate::provider::Context { stack: "x".into() }, &owner, &attributes).await.unwrap();
+    h.fake
+        .create(
+            &crate::provider::Context { stack: "x".into() },
+            &owner,
+            &attributes,
+        )
+        .await
+        .unwrap();
     let plan = h.plan("fake.a:\n  name: a\n").await;
     assert!(plan.drift.is_empty());
     assert_eq!(plan.change(&addr("fake.a")).unwrap().action, Action::Create);
@@ -252,31 +391,59 @@ async fn cancelled_apply_should_start_nothing_new_and_save_state() {
     cancel.cancel();
     let (report, events) = h.apply_plan(&plan, cancel).await;
     assert_eq!(report.not_started.len(), 3);
-    assert!(events.iter().any(|e| matches!(e.event, Event::NotStarted { .. })));
-    assert_eq!(h.store.load().await.unwrap().unwrap().serial, 1, "state is saved even when nothing ran");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e.event, Event::NotStarted { .. }))
+    );
+    assert_eq!(
+        h.store.load().await.unwrap().unwrap().serial,
+        1,
+        "state is saved even when nothing ran"
+    );
 }
 
 #[tokio::test]
 async fn parallelism_should_bound_operations_in_flight() {
     let h = harness_with(FakeProvider::new("fake").with_latency(Duration::from_millis(20)));
-    let text: String = (0..30).map(|n| format!("fake.r{n}:\n  name: r{n}\n")).collect();
+    let text: String = (0..30)
+        .map(|n| format!("fake.r{n}:\n  name: r{n}\n"))
+        .collect();
     let plan = h.plan(&text).await;
     let mut session = h.engine.lock("test").await.unwrap();
-    let report = session.apply(&plan, &apply::Options { parallelism: 4 }, None, CancellationToken::new()).await.unwrap();
+    let report = session
+        .apply(
+            &plan,
+            &apply::Options { parallelism: 4 },
+            None,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
     session.release().await.unwrap();
     assert!(report.succeeded());
     assert_eq!(h.fake.max_in_flight(), 4);
-    assert!(report.journal_commits < 30, "group commit shares fsyncs: {}", report.journal_commits);
+    assert!(
+        report.journal_commits < 30,
+        "group commit shares fsyncs: {}",
+        report.journal_commits
+    );
 }
 
 #[tokio::test]
 async fn target_should_limit_the_plan_to_the_target_and_its_dependencies() {
     let h = harness();
-    let options = plan::Options { targets: vec![addr("fake.b")], ..Default::default() };
+    let options = plan::Options {
+        targets: vec![addr("fake.b")],
+        ..Default::default()
+    };
     let plan = h.engine.plan(&h.config(CHAIN), &options).await.unwrap();
     let addrs: Vec<String> = plan.changes.iter().map(|c| c.addr.to_string()).collect();
     assert_eq!(addrs, ["fake.a", "fake.b"]);
-    let unknown = plan::Options { targets: vec![addr("fake.zz")], ..Default::default() };
+    let unknown = plan::Options {
+        targets: vec![addr("fake.zz")],
+        ..Default::default()
+    };
     assert!(h.engine.plan(&h.config(CHAIN), &unknown).await.is_err());
 }
 
@@ -285,7 +452,10 @@ async fn refresh_false_should_trust_state_and_make_no_refresh_call() {
     let h = harness();
     h.apply(CHAIN).await;
     let before = h.fake.calls().len();
-    let options = plan::Options { refresh: false, ..Default::default() };
+    let options = plan::Options {
+        refresh: false,
+        ..Default::default()
+    };
     let plan = h.engine.plan(&h.config(CHAIN), &options).await.unwrap();
     assert!(!plan.has_changes());
     assert_eq!(h.fake.calls().len(), before);
@@ -294,7 +464,9 @@ async fn refresh_false_should_trust_state_and_make_no_refresh_call() {
 #[tokio::test]
 async fn refresh_should_be_one_call_per_kind() {
     let h = harness();
-    let text: String = (0..50).map(|n| format!("fake.r{n}:\n  name: r{n}\n")).collect();
+    let text: String = (0..50)
+        .map(|n| format!("fake.r{n}:\n  name: r{n}\n"))
+        .collect();
     h.apply(&text).await;
     let before = h.fake.calls().len();
     h.plan(&text).await;
@@ -306,9 +478,15 @@ async fn sensitive_values_should_be_redacted_in_text_and_json() {
     let h = harness();
     let plan = h.plan("fake.a:\n  name: a\n  secret: hunter2\n").await;
     let text = squash(&render::text(&plan, Default::default()));
-    assert!(!text.contains("hunter2") && text.contains("(sensitive value)"), "{text}");
+    assert!(
+        !text.contains("hunter2") && text.contains("(sensitive value)"),
+        "{text}"
+    );
     let json = render::json(&plan).to_string();
-    assert!(!json.contains("hunter2") && json.contains("(sensitive)"), "{json}");
+    assert!(
+        !json.contains("hunter2") && json.contains("(sensitive)"),
+        "{json}"
+    );
 }
 
 #[tokio::test]

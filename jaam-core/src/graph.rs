@@ -45,8 +45,14 @@ impl Graph {
 
     /// The direct dependencies of `addr`, sorted.
     pub fn dependencies(&self, addr: &ResourceAddr) -> Vec<ResourceAddr> {
-        let Some(index) = self.index.get(addr) else { return Vec::new() };
-        let mut out: Vec<ResourceAddr> = self.inner.neighbors(*index).map(|n| self.inner[n].clone()).collect();
+        let Some(index) = self.index.get(addr) else {
+            return Vec::new();
+        };
+        let mut out: Vec<ResourceAddr> = self
+            .inner
+            .neighbors(*index)
+            .map(|n| self.inner[n].clone())
+            .collect();
         out.sort();
         out
     }
@@ -70,15 +76,24 @@ impl Graph {
     /// A cycle, as the addresses along it in dependency order.
     pub fn topological_order(&self) -> Result<Vec<ResourceAddr>, Vec<ResourceAddr>> {
         // Kahn's algorithm over sorted ready sets, for a deterministic order.
-        let mut remaining: BTreeMap<&ResourceAddr, usize> =
-            self.index.iter().map(|(addr, index)| (addr, self.inner.neighbors(*index).count())).collect();
-        let mut ready: BTreeSet<&ResourceAddr> =
-            remaining.iter().filter(|(_, count)| **count == 0).map(|(addr, _)| *addr).collect();
+        let mut remaining: BTreeMap<&ResourceAddr, usize> = self
+            .index
+            .iter()
+            .map(|(addr, index)| (addr, self.inner.neighbors(*index).count()))
+            .collect();
+        let mut ready: BTreeSet<&ResourceAddr> = remaining
+            .iter()
+            .filter(|(_, count)| **count == 0)
+            .map(|(addr, _)| *addr)
+            .collect();
         let mut order = Vec::with_capacity(self.index.len());
         while let Some(addr) = ready.pop_first() {
             remaining.remove(addr);
             order.push(addr.clone());
-            for dependent in self.inner.neighbors_directed(self.index[addr], petgraph::Direction::Incoming) {
+            for dependent in self
+                .inner
+                .neighbors_directed(self.index[addr], petgraph::Direction::Incoming)
+            {
                 let dependent = &self.inner[dependent];
                 if let Some(count) = remaining.get_mut(dependent) {
                     *count -= 1;
@@ -179,7 +194,15 @@ mod tests {
         graph.add_node(addr("log_group.other"));
         let order = graph.topological_order().unwrap();
         let names: Vec<String> = order.iter().map(ToString::to_string).collect();
-        assert_eq!(names, ["log_group.build", "instance.web", "log_group.other", "record.www"]);
+        assert_eq!(
+            names,
+            [
+                "log_group.build",
+                "instance.web",
+                "log_group.other",
+                "record.www"
+            ]
+        );
         assert_eq!(graph.reverse_order().unwrap()[0], addr("record.www"));
         insta::assert_snapshot!(graph.to_string(), @r"
         instance.web -> log_group.build
@@ -197,7 +220,14 @@ mod tests {
         graph.add_edge(addr("log_group.c"), addr("log_group.a"));
         graph.add_edge(addr("log_group.d"), addr("log_group.a"));
         let cycle = graph.topological_order().unwrap_err();
-        assert_eq!(cycle, [addr("log_group.a"), addr("log_group.b"), addr("log_group.c")]);
+        assert_eq!(
+            cycle,
+            [
+                addr("log_group.a"),
+                addr("log_group.b"),
+                addr("log_group.c")
+            ]
+        );
     }
 
     #[test]

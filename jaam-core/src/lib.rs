@@ -123,14 +123,28 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("stack", &self.context.stack).field("store", &self.store.describe()).finish()
+        f.debug_struct("Engine")
+            .field("stack", &self.context.stack)
+            .field("store", &self.store.describe())
+            .finish()
     }
 }
 
 impl Engine {
     /// An engine for `stack` with these providers and this state store.
-    pub fn new(registry: Registry, store: impl StateStore + 'static, stack: impl Into<String>) -> Self {
-        Self { registry, store: Arc::new(store), context: Context { stack: stack.into() }, lock_timeout: Duration::ZERO }
+    pub fn new(
+        registry: Registry,
+        store: impl StateStore + 'static,
+        stack: impl Into<String>,
+    ) -> Self {
+        Self {
+            registry,
+            store: Arc::new(store),
+            context: Context {
+                stack: stack.into(),
+            },
+            lock_timeout: Duration::ZERO,
+        }
     }
 
     /// How long to wait for another holder's lock (default: fail at once).
@@ -160,7 +174,9 @@ impl Engine {
     /// # Errors
     /// [`Error::Spec`] with every mistake found.
     pub fn load_specs(&self, path: &Path) -> Result<spec::Config> {
-        Ok(spec::load(path, &self.registry, &|name| std::env::var(name).ok())?)
+        Ok(spec::load(path, &self.registry, &|name| {
+            std::env::var(name).ok()
+        })?)
     }
 
     /// The current state, without locking.
@@ -177,7 +193,15 @@ impl Engine {
     /// [`Error::State`] or [`Error::Plan`].
     pub async fn plan(&self, config: &spec::Config, options: &plan::Options) -> Result<Plan> {
         let state = self.store.load().await?;
-        Ok(plan::compute(&self.registry, &self.context, config, state.as_ref(), options, &env).await?)
+        Ok(plan::compute(
+            &self.registry,
+            &self.context,
+            config,
+            state.as_ref(),
+            options,
+            &env,
+        )
+        .await?)
     }
 
     /// Takes the stack's lock for `command` and loads the state under it.
@@ -185,9 +209,16 @@ impl Engine {
     /// # Errors
     /// [`Error::State`] ([`state::Error::Locked`] names the holder).
     pub async fn lock(&self, command: &str) -> Result<Session<'_>> {
-        let guard = self.store.lock(LockInfo::current(command), self.lock_timeout).await?;
+        let guard = self
+            .store
+            .lock(LockInfo::current(command), self.lock_timeout)
+            .await?;
         match self.store.load().await {
-            Ok(state) => Ok(Session { engine: self, guard: Some(guard), state }),
+            Ok(state) => Ok(Session {
+                engine: self,
+                guard: Some(guard),
+                state,
+            }),
             Err(error) => {
                 let _ = guard.release().await;
                 Err(error.into())
@@ -209,7 +240,9 @@ pub struct Session<'a> {
 
 impl std::fmt::Debug for Session<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("engine", self.engine).finish()
+        f.debug_struct("Session")
+            .field("engine", self.engine)
+            .finish()
     }
 }
 
@@ -225,7 +258,15 @@ impl Session<'_> {
     /// [`Error::Plan`].
     pub async fn plan(&self, config: &spec::Config, options: &plan::Options) -> Result<Plan> {
         let engine = self.engine;
-        Ok(plan::compute(&engine.registry, &engine.context, config, self.state.as_ref(), options, &env).await?)
+        Ok(plan::compute(
+            &engine.registry,
+            &engine.context,
+            config,
+            self.state.as_ref(),
+            options,
+            &env,
+        )
+        .await?)
     }
 
     /// Applies `plan`, sending progress to `events`; cancel with `cancel`.
@@ -261,16 +302,40 @@ impl Session<'_> {
     /// [`Error::UnknownKind`], [`Error::AlreadyManaged`], [`Error::Provider`] or [`Error::State`].
     pub async fn import(&mut self, addr: &ResourceAddr, id: &str) -> Result<ResourceState> {
         let engine = self.engine;
-        let provider = engine.registry.provider(addr.kind()).ok_or_else(|| Error::UnknownKind { kind: addr.kind().to_owned() })?;
-        if let Some(existing) = self.state.as_ref().and_then(|state| state.resources.get(addr)) {
-            return Err(Error::AlreadyManaged { addr: addr.clone(), id: existing.id.clone() });
+        let provider = engine
+            .registry
+            .provider(addr.kind())
+            .ok_or_else(|| Error::UnknownKind {
+                kind: addr.kind().to_owned(),
+            })?;
+        if let Some(existing) = self
+            .state
+            .as_ref()
+            .and_then(|state| state.resources.get(addr))
+        {
+            return Err(Error::AlreadyManaged {
+                addr: addr.clone(),
+                id: existing.id.clone(),
+            });
         }
         let observed = provider
             .import(&engine.context, id)
             .await
-            .map_err(|source| Error::Provider { addr: addr.clone(), operation: "import", source })?;
-        let mut state = self.state.clone().unwrap_or_else(|| State::new(engine.context.stack.clone()));
-        let resource = ResourceState { kind: addr.kind().to_owned(), id: observed.id, attributes: observed.attributes, dependencies: Vec::new() };
+            .map_err(|source| Error::Provider {
+                addr: addr.clone(),
+                operation: "import",
+                source,
+            })?;
+        let mut state = self
+            .state
+            .clone()
+            .unwrap_or_else(|| State::new(engine.context.stack.clone()));
+        let resource = ResourceState {
+            kind: addr.kind().to_owned(),
+            id: observed.id,
+            attributes: observed.attributes,
+            dependencies: Vec::new(),
+        };
         state.resources.insert(addr.clone(), resource.clone());
         state.serial += 1;
         engine.store.persist(&state).await?;

@@ -128,7 +128,11 @@ pub struct ProviderError {
 impl ProviderError {
     /// A new error without a source.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), source: None }
+        Self {
+            kind,
+            message: message.into(),
+            source: None,
+        }
     }
 
     /// Attaches the underlying error.
@@ -155,10 +159,19 @@ pub trait Provider: Send + Sync {
 
     /// Looks up many resources in batched calls. The answer has one entry per
     /// target, in order: `None` when the resource does not exist.
-    async fn refresh(&self, context: &Context, targets: &[RefreshTarget]) -> Result<Vec<Option<Observed>>>;
+    async fn refresh(
+        &self,
+        context: &Context,
+        targets: &[RefreshTarget],
+    ) -> Result<Vec<Option<Observed>>>;
 
     /// Creates a resource with `attributes` (resolved arguments), tagging it with `owner`.
-    async fn create(&self, context: &Context, owner: &Owner, attributes: &Attrs) -> Result<Observed>;
+    async fn create(
+        &self,
+        context: &Context,
+        owner: &Owner,
+        attributes: &Attrs,
+    ) -> Result<Observed>;
 
     /// Updates `id` in place from `prior` to `attributes`; `changed` names the
     /// arguments that differ. `owner` carries the ownership tags to (re)write.

@@ -39,7 +39,9 @@ impl Type {
     pub fn accepts(&self, value: &Value) -> bool {
         match (self, value) {
             (_, Value::Unknown(_) | Value::Null) => true,
-            (Type::String, Value::String(_)) | (Type::Int, Value::Int(_)) | (Type::Bool, Value::Bool(_)) => true,
+            (Type::String, Value::String(_))
+            | (Type::Int, Value::Int(_))
+            | (Type::Bool, Value::Bool(_)) => true,
             (Type::List(inner), Value::List(items)) => items.iter().all(|item| inner.accepts(item)),
             (Type::Map(inner), Value::Map(map)) => map.values().all(|item| inner.accepts(item)),
             _ => false,
@@ -83,17 +85,31 @@ pub struct Attribute {
 impl Attribute {
     /// A required argument.
     pub fn required(name: &'static str, ty: Type) -> Self {
-        Self { name, ty, mode: Mode::Required, force_new: false, sensitive: false, default: None, check: None }
+        Self {
+            name,
+            ty,
+            mode: Mode::Required,
+            force_new: false,
+            sensitive: false,
+            default: None,
+            check: None,
+        }
     }
 
     /// An optional argument.
     pub fn optional(name: &'static str, ty: Type) -> Self {
-        Self { mode: Mode::Optional, ..Self::required(name, ty) }
+        Self {
+            mode: Mode::Optional,
+            ..Self::required(name, ty)
+        }
     }
 
     /// An attribute only the cloud sets.
     pub fn computed(name: &'static str, ty: Type) -> Self {
-        Self { mode: Mode::Computed, ..Self::required(name, ty) }
+        Self {
+            mode: Mode::Computed,
+            ..Self::required(name, ty)
+        }
     }
 
     /// Marks a change of this argument as forcing replacement.
@@ -158,17 +174,24 @@ pub struct Schema {
 impl Schema {
     /// The attribute named `name`.
     pub fn attribute(&self, name: &str) -> Option<&Attribute> {
-        self.attributes.iter().find(|attribute| attribute.name == name)
+        self.attributes
+            .iter()
+            .find(|attribute| attribute.name == name)
     }
 
     /// The arguments: attributes a user may set.
     pub fn arguments(&self) -> impl Iterator<Item = &Attribute> {
-        self.attributes.iter().filter(|attribute| attribute.is_argument())
+        self.attributes
+            .iter()
+            .filter(|attribute| attribute.is_argument())
     }
 }
 
 /// The closest of `candidates` to `word`, when one is close enough to suggest.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|candidate| (strsim::jaro_winkler(word, candidate), candidate))

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::provider::{Context, ErrorKind, Observed, Owner, Provider, ProviderError, RefreshTarget, Result};
+use crate::provider::{
+    Context, ErrorKind, Observed, Owner, Provider, ProviderError, RefreshTarget, Result,
+};
 use crate::schema::{Attribute, ReplaceOrder, Schema, Type};
 use crate::value::{Attrs, Value};
 
@@ -48,7 +50,9 @@ pub struct FakeProvider {
 
 impl std::fmt::Debug for FakeProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FakeProvider").field("kind", &self.schema.kind).finish()
+        f.debug_struct("FakeProvider")
+            .field("kind", &self.schema.kind)
+            .finish()
     }
 }
 
@@ -108,7 +112,12 @@ impl FakeProvider {
 
     /// The resources in the fake cloud, by id.
     pub fn cloud(&self) -> BTreeMap<String, Attrs> {
-        self.cloud.lock().expect("cloud mutex").iter().map(|(id, (attrs, _))| (id.clone(), attrs.clone())).collect()
+        self.cloud
+            .lock()
+            .expect("cloud mutex")
+            .iter()
+            .map(|(id, (attrs, _))| (id.clone(), attrs.clone()))
+            .collect()
     }
 
     /// Changes a resource behind jaam's back (drift).
@@ -146,7 +155,11 @@ impl FakeProvider {
     }
 
     fn observed(id: &str, attrs: &Attrs, owner: &Owner) -> Observed {
-        Observed { id: id.to_owned(), attributes: attrs.clone(), owner: Some(owner.clone()) }
+        Observed {
+            id: id.to_owned(),
+            attributes: attrs.clone(),
+            owner: Some(owner.clone()),
+        }
     }
 }
 
@@ -156,13 +169,19 @@ impl Provider for FakeProvider {
         &self.schema
     }
 
-    async fn refresh(&self, _context: &Context, targets: &[RefreshTarget]) -> Result<Vec<Option<Observed>>> {
+    async fn refresh(
+        &self,
+        _context: &Context,
+        targets: &[RefreshTarget],
+    ) -> Result<Vec<Option<Observed>>> {
         self.log(Call::Refresh(targets.len()));
         let cloud = self.cloud.lock().expect("cloud mutex");
         Ok(targets
             .iter()
             .map(|target| match &target.id {
-                Some(id) => cloud.get(id).map(|(attrs, owner)| Self::observed(id, attrs, owner)),
+                Some(id) => cloud
+                    .get(id)
+                    .map(|(attrs, owner)| Self::observed(id, attrs, owner)),
                 None => {
                     let name = target.attributes.get("name");
                     cloud
@@ -174,25 +193,51 @@ impl Provider for FakeProvider {
             .collect())
     }
 
-    async fn create(&self, _context: &Context, owner: &Owner, attributes: &Attrs) -> Result<Observed> {
-        let name = attributes.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
+    async fn create(
+        &self,
+        _context: &Context,
+        owner: &Owner,
+        attributes: &Attrs,
+    ) -> Result<Observed> {
+        let name = attributes
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         self.log(Call::Create(name.clone()));
         self.delay().await;
         if let Some(error) = self.on_create.as_ref().and_then(|hook| hook(&name)) {
             return Err(error);
         }
-        let id = format!("{}-{}", self.schema.kind, self.next_id.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "{}-{}",
+            self.schema.kind,
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        );
         let mut attrs = attributes.clone();
         attrs.insert("id".into(), Value::String(id.clone()));
-        self.cloud.lock().expect("cloud mutex").insert(id.clone(), (attrs.clone(), owner.clone()));
+        self.cloud
+            .lock()
+            .expect("cloud mutex")
+            .insert(id.clone(), (attrs.clone(), owner.clone()));
         Ok(Self::observed(&id, &attrs, owner))
     }
 
-    async fn update(&self, _context: &Context, _owner: &Owner, id: &str, _prior: &Attrs, attributes: &Attrs, _changed: &[String]) -> Result<Observed> {
+    async fn update(
+        &self,
+        _context: &Context,
+        _owner: &Owner,
+        id: &str,
+        _prior: &Attrs,
+        attributes: &Attrs,
+        _changed: &[String],
+    ) -> Result<Observed> {
         self.log(Call::Update(id.to_owned()));
         self.delay().await;
         let mut cloud = self.cloud.lock().expect("cloud mutex");
-        let (attrs, owner) = cloud.get_mut(id).ok_or_else(|| ProviderError::new(ErrorKind::NotFound, format!("no resource `{id}`")))?;
+        let (attrs, owner) = cloud.get_mut(id).ok_or_else(|| {
+            ProviderError::new(ErrorKind::NotFound, format!("no resource `{id}`"))
+        })?;
         let mut next = attributes.clone();
         next.insert("id".into(), Value::String(id.to_owned()));
         *attrs = next;
@@ -208,7 +253,9 @@ impl Provider for FakeProvider {
 
     async fn import(&self, _context: &Context, id: &str) -> Result<Observed> {
         let cloud = self.cloud.lock().expect("cloud mutex");
-        let (attrs, owner) = cloud.get(id).ok_or_else(|| ProviderError::new(ErrorKind::NotFound, format!("no resource `{id}`")))?;
+        let (attrs, owner) = cloud.get(id).ok_or_else(|| {
+            ProviderError::new(ErrorKind::NotFound, format!("no resource `{id}`"))
+        })?;
         Ok(Self::observed(id, attrs, owner))
     }
 

@@ -99,7 +99,9 @@ impl Value {
             Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
             Value::String(s) => J::String(s.clone()),
             Value::List(items) => J::Array(items.iter().map(Value::to_json).collect()),
-            Value::Map(map) => J::Object(map.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
+            Value::Map(map) => {
+                J::Object(map.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
+            }
             Value::Unknown(template) => {
                 let mut object = serde_json::Map::new();
                 object.insert(UNKNOWN_KEY.to_owned(), J::String(template.clone()));
@@ -114,7 +116,9 @@ impl Value {
         match json {
             J::Null => Value::Null,
             J::Bool(b) => Value::Bool(b),
-            J::Number(n) => n.as_i64().map_or_else(|| Value::Float(n.as_f64().unwrap_or(0.0)), Value::Int),
+            J::Number(n) => n
+                .as_i64()
+                .map_or_else(|| Value::Float(n.as_f64().unwrap_or(0.0)), Value::Int),
             J::String(s) => Value::String(s),
             J::Array(items) => Value::List(items.into_iter().map(Value::from_json).collect()),
             J::Object(mut object) => {
@@ -140,10 +144,20 @@ impl Value {
             Value::Unknown(_) => "(known after apply)".to_owned(),
             Value::String(s) => format!("{s:?}"),
             Value::Null => "null".to_owned(),
-            Value::List(items) => format!("[{}]", items.iter().map(Value::render).collect::<Vec<_>>().join(", ")),
+            Value::List(items) => format!(
+                "[{}]",
+                items
+                    .iter()
+                    .map(Value::render)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Value::Map(map) if map.is_empty() => "{}".to_owned(),
             Value::Map(map) => {
-                let entries: Vec<String> = map.iter().map(|(key, value)| format!("{key} = {}", value.render())).collect();
+                let entries: Vec<String> = map
+                    .iter()
+                    .map(|(key, value)| format!("{key} = {}", value.render()))
+                    .collect();
                 format!("{{ {} }}", entries.join(", "))
             }
             other => other.to_json().to_string(),
@@ -235,7 +249,10 @@ mod tests {
 
     #[test]
     fn unknown_should_survive_a_json_round_trip() {
-        let value = Value::List(vec![Value::Unknown("${instance.a.public_ip}".into()), 3.into()]);
+        let value = Value::List(vec![
+            Value::Unknown("${instance.a.public_ip}".into()),
+            3.into(),
+        ]);
         let json = serde_json::to_string(&value).unwrap();
         assert_eq!(json, r#"[{"$jaam:unknown":"${instance.a.public_ip}"},3]"#);
         assert_eq!(serde_json::from_str::<Value>(&json).unwrap(), value);
@@ -247,14 +264,23 @@ mod tests {
         let mut map = Attrs::new();
         map.insert("app".into(), "blog".into());
         map.insert("logs".into(), Value::Unknown("${log_group.a.arn}".into()));
-        assert_eq!(Value::Map(map).render(), r#"{ app = "blog", logs = (known after apply) }"#);
-        assert_eq!(Value::List(vec![1.into(), "x".into()]).render(), r#"[1, "x"]"#);
+        assert_eq!(
+            Value::Map(map).render(),
+            r#"{ app = "blog", logs = (known after apply) }"#
+        );
+        assert_eq!(
+            Value::List(vec![1.into(), "x".into()]).render(),
+            r#"[1, "x"]"#
+        );
     }
 
     #[test]
     fn secret_should_never_display_its_text() {
         let secret = Secret::new("hunter2");
-        assert_eq!(format!("{secret} {secret:?}"), "(sensitive) Secret(sensitive)");
+        assert_eq!(
+            format!("{secret} {secret:?}"),
+            "(sensitive) Secret(sensitive)"
+        );
         assert!(!secret.fingerprint("lineage").contains("hunter2"));
         assert_ne!(secret.fingerprint("a"), secret.fingerprint("b"));
     }

@@ -27,7 +27,12 @@ pub(crate) struct Global {
     #[arg(long, global = true, default_value = "specs", env = "JAAM_SPECS")]
     pub(crate) specs: PathBuf,
     /// State file.
-    #[arg(long, global = true, default_value = "jaam.state.json", env = "JAAM_STATE")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "jaam.state.json",
+        env = "JAAM_STATE"
+    )]
     pub(crate) state: PathBuf,
     /// Stack name (default: the specs' `stack.name`, else `default`).
     #[arg(long, global = true, env = "JAAM_STACK")]
@@ -167,9 +172,13 @@ pub(crate) struct OutputArgs {
 /// Parses `500ms`, `30s`, `2m`, `1h` (a bare number is seconds).
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("`{text}` is not a duration (try `30s` or `2m`)"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (try `30s` or `2m`)"))?;
     let seconds = match unit {
         "ms" => value / 1000.0,
         "" | "s" => value,
@@ -183,14 +192,29 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Rewrites Terraform's single-dash long options to clap's double-dash ones.
 pub(crate) fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
     const LONG: [&str; 11] = [
-        "out", "auto-approve", "target", "refresh", "detailed-exitcode", "parallelism", "json", "lock-timeout", "destroy",
-        "state", "no-color",
+        "out",
+        "auto-approve",
+        "target",
+        "refresh",
+        "detailed-exitcode",
+        "parallelism",
+        "json",
+        "lock-timeout",
+        "destroy",
+        "state",
+        "no-color",
     ];
     args.into_iter()
         .map(|arg| {
-            let Some(rest) = arg.strip_prefix('-').filter(|rest| !rest.starts_with('-')) else { return arg };
+            let Some(rest) = arg.strip_prefix('-').filter(|rest| !rest.starts_with('-')) else {
+                return arg;
+            };
             let name = rest.split('=').next().unwrap_or_default();
-            if LONG.contains(&name) { format!("-{arg}") } else { arg }
+            if LONG.contains(&name) {
+                format!("-{arg}")
+            } else {
+                arg
+            }
         })
         .collect()
 }
@@ -209,14 +233,38 @@ mod tests {
 
     #[test]
     fn terraform_single_dash_options_should_be_accepted() {
-        let args = normalize_args(["jaam", "plan", "-out=p.json", "-target", "log_group.a", "-x"].map(String::from));
-        assert_eq!(args, ["jaam", "plan", "--out=p.json", "--target", "log_group.a", "-x"]);
-        Cli::try_parse_from(normalize_args(["jaam", "apply", "-auto-approve", "--stack", "s"].map(String::from))).unwrap();
+        let args = normalize_args(
+            [
+                "jaam",
+                "plan",
+                "-out=p.json",
+                "-target",
+                "log_group.a",
+                "-x",
+            ]
+            .map(String::from),
+        );
+        assert_eq!(
+            args,
+            [
+                "jaam",
+                "plan",
+                "--out=p.json",
+                "--target",
+                "log_group.a",
+                "-x"
+            ]
+        );
+        Cli::try_parse_from(normalize_args(
+            ["jaam", "apply", "-auto-approve", "--stack", "s"].map(String::from),
+        ))
+        .unwrap();
     }
 
     #[test]
     fn global_options_should_work_after_the_subcommand() {
-        let cli = Cli::try_parse_from(["jaam", "plan", "--specs", "x", "--state", "y.json"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["jaam", "plan", "--specs", "x", "--state", "y.json"]).unwrap();
         assert_eq!(cli.global.specs, PathBuf::from("x"));
         assert_eq!(cli.global.state, PathBuf::from("y.json"));
     }

@@ -20,11 +20,18 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => {
             let _ = error.print();
-            return if error.use_stderr() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+            return if error.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     init_tracing(&cli.global.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: failed to start the async runtime: {error}");
@@ -76,8 +83,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("JAAM_LOG").unwrap_or_else(|_| "warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("JAAM_LOG").unwrap_or_else(|_| "warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -102,9 +112,16 @@ fn report(error: &anyhow::Error) {
     }
     eprintln!("error: {text}");
     let hint = error.chain().find_map(|cause| {
-        if let Some(jaam_core::state::Error::Locked { .. }) = cause.downcast_ref::<jaam_core::state::Error>() {
+        use jaam_core::{apply, state};
+        let locked = |e: &state::Error| matches!(e, state::Error::Locked { .. });
+        let stale = |e: &apply::Error| matches!(e, apply::Error::Stale { .. });
+        let is_locked = cause.downcast_ref::<state::Error>().is_some_and(locked)
+            || matches!(cause.downcast_ref::<jaam_core::Error>(), Some(jaam_core::Error::State(e)) if locked(e));
+        let is_stale = cause.downcast_ref::<apply::Error>().is_some_and(stale)
+            || matches!(cause.downcast_ref::<jaam_core::Error>(), Some(jaam_core::Error::Apply(e)) if stale(e));
+        if is_locked {
             Some("wait for it to finish, or pass `--lock-timeout 5m`; the lock is released automatically if that process dies")
-        } else if let Some(jaam_core::apply::Error::Stale { .. }) = cause.downcast_ref::<jaam_core::apply::Error>() {
+        } else if is_stale {
             Some("the state changed since the plan was made: run `jaam plan --out FILE` again and review it")
         } else {
             None

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use jaam_core::apply::{Event, Sequenced};
 use jaam_core::ResourceAddr;
+use jaam_core::apply::{Event, Sequenced};
 use tokio::sync::mpsc;
 
 fn verbs(action: &str) -> (&'static str, &'static str, &'static str) {
@@ -26,7 +26,11 @@ fn verbs(action: &str) -> (&'static str, &'static str, &'static str) {
 
 fn seconds(elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64();
-    if secs < 10.0 { format!("{secs:.1}s") } else { format!("{}s", elapsed.as_secs()) }
+    if secs < 10.0 {
+        format!("{secs:.1}s")
+    } else {
+        format!("{}s", elapsed.as_secs())
+    }
 }
 
 /// How to show progress.
@@ -67,16 +71,27 @@ pub(crate) async fn follow(mut events: mpsc::UnboundedReceiver<Sequenced>, mode:
                 eprintln!("{addr}: {}...", verbs(&action).0);
                 running.insert(addr, (action, Instant::now()));
             }
-            Event::Finished { addr, action, id, elapsed } => {
+            Event::Finished {
+                addr,
+                action,
+                id,
+                elapsed,
+            } => {
                 running.remove(&addr);
                 let id = id.map(|id| format!(" [id={id}]")).unwrap_or_default();
-                eprintln!("{addr}: {} complete after {}{id}", verbs(&action).1, seconds(elapsed));
+                eprintln!(
+                    "{addr}: {} complete after {}{id}",
+                    verbs(&action).1,
+                    seconds(elapsed)
+                );
             }
             Event::Failed { addr, message } => {
                 running.remove(&addr);
                 eprintln!("{addr}: failed: {message}");
             }
-            Event::Skipped { addr, because } => eprintln!("{addr}: skipped because `{because}` failed"),
+            Event::Skipped { addr, because } => {
+                eprintln!("{addr}: skipped because `{because}` failed")
+            }
             Event::NotStarted { addr } => eprintln!("{addr}: not started (apply interrupted)"),
             Event::StateSaved { serial } => tracing::info!(serial, "state saved"),
         }

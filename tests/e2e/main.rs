@@ -1,1 +1,10 @@
-//! e2e
+//! End-to-end tests: the `jaam` binary and the library against real emulators
+//! (started by `./scripts/test`). One test binary, one module per topic, to keep
+//! the number of SDK-sized links down.
+
+mod bad_input;
+mod crash;
+mod fixtures;
+mod lock;
+mod log_groups;
+mod refresh_cost;

@@ -17,11 +17,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use futures::future::try_join_all;
 
-use super::{Action, Error, Plan, ResourceChange, Result, FORMAT_VERSION};
+use super::{Action, Error, FORMAT_VERSION, Plan, ResourceChange, Result};
 use crate::addr::ResourceAddr;
 use crate::provider::{Context, Observed, RefreshTarget, Registry};
 use crate::schema::{Mode, ReplaceOrder, Schema};
-use crate::spec::{evaluate_args, Config};
+use crate::spec::{Config, evaluate_args};
 use crate::state::{Operation, State};
 use crate::value::{Attrs, Value};
 
@@ -38,7 +38,11 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { refresh: true, targets: Vec::new(), destroy: false }
+        Self {
+            refresh: true,
+            targets: Vec::new(),
+            destroy: false,
+        }
     }
 }
 
@@ -63,12 +67,17 @@ pub async fn compute(
 ) -> Result<Plan> {
     let empty = State::new(context.stack.clone());
     let recorded = state.unwrap_or(&empty);
-    let desired: BTreeMap<&ResourceAddr, _> =
-        if options.destroy { BTreeMap::new() } else { config.resources.iter().collect() };
+    let desired: BTreeMap<&ResourceAddr, _> = if options.destroy {
+        BTreeMap::new()
+    } else {
+        config.resources.iter().collect()
+    };
 
     for target in &options.targets {
         if !config.resources.contains_key(target) && !recorded.resources.contains_key(target) {
-            return Err(Error::UnknownTarget { addr: target.clone() });
+            return Err(Error::UnknownTarget {
+                addr: target.clone(),
+            });
         }
     }
     for addr in recorded.resources.keys() {
@@ -88,35 +97,55 @@ pub async fn compute(
             });
         }
         let mut lookups: BTreeMap<&ResourceAddr, Attrs> = BTreeMap::new();
-        for pending in recorded.pending.iter().filter(|p| p.operation == Operation::Create) {
+        for pending in recorded
+            .pending
+            .iter()
+            .filter(|p| p.operation == Operation::Create)
+        {
             lookups.insert(&pending.addr, pending.attributes.clone());
         }
         for (addr, resource) in &desired {
             if !recorded.resources.contains_key(*addr) && !lookups.contains_key(*addr) {
-                let schema = registry.schema(addr.kind()).expect("specs only hold known kinds");
+                let schema = registry
+                    .schema(addr.kind())
+                    .expect("specs only hold known kinds");
                 let literal = evaluate_args(resource, schema, &|_, _| None, &|name| env(name));
                 lookups.insert(addr, literal);
             }
         }
         for (addr, attributes) in lookups {
             if !recorded.resources.contains_key(addr) {
-                targets
-                    .entry(addr.kind())
-                    .or_default()
-                    .push(RefreshTarget { addr: addr.clone(), id: None, attributes });
+                targets.entry(addr.kind()).or_default().push(RefreshTarget {
+                    addr: addr.clone(),
+                    id: None,
+                    attributes,
+                });
             }
         }
     }
     let answers = try_join_all(targets.iter().map(|(kind, targets)| async move {
-        let provider = registry.provider(kind).ok_or_else(|| Error::UnknownKind { addr: targets[0].addr.clone() })?;
-        let observed = provider
-            .refresh(context, targets)
-            .await
-            .map_err(|source| Error::Refresh { kind: (*kind).to_owned(), source })?;
-        Ok::<_, Error>(targets.iter().map(|t| t.addr.clone()).zip(observed).collect::<Vec<_>>())
+        let provider = registry.provider(kind).ok_or_else(|| Error::UnknownKind {
+            addr: targets[0].addr.clone(),
+        })?;
+        let observed =
+            provider
+                .refresh(context, targets)
+                .await
+                .map_err(|source| Error::Refresh {
+                    kind: (*kind).to_owned(),
+                    source,
+                })?;
+        Ok::<_, Error>(
+            targets
+                .iter()
+                .map(|t| t.addr.clone())
+                .zip(observed)
+                .collect::<Vec<_>>(),
+        )
     }))
     .await?;
-    let observed: BTreeMap<ResourceAddr, Option<Observed>> = answers.into_iter().flatten().collect();
+    let observed: BTreeMap<ResourceAddr, Option<Observed>> =
+        answers.into_iter().flatten().collect();
 
     // 2. Drift, and what each address currently is.
     let mut drift = Vec::new();
@@ -126,7 +155,13 @@ pub async fn compute(
         let sensitive = sensitive_names(schema);
         match observed.get(addr) {
             None => {
-                current.insert(addr.clone(), Current { id: resource.id.clone(), attributes: resource.attributes.clone() });
+                current.insert(
+                    addr.clone(),
+                    Current {
+                        id: resource.id.clone(),
+                        attributes: resource.attributes.clone(),
+                    },
+                );
             }
             Some(None) => drift.push(ResourceChange {
                 addr: addr.clone(),
@@ -154,22 +189,37 @@ pub async fn compute(
                         reason: Some("changed outside jaam".into()),
                     });
                 }
-                current.insert(addr.clone(), Current { id: found.id.clone(), attributes: found.attributes.clone() });
+                current.insert(
+                    addr.clone(),
+                    Current {
+                        id: found.id.clone(),
+                        attributes: found.attributes.clone(),
+                    },
+                );
             }
         }
     }
-    let mut resolved_intents: Vec<uuid::Uuid> = recorded.pending.iter().map(|pending| pending.intent).collect();
+    let mut resolved_intents: Vec<uuid::Uuid> = recorded
+        .pending
+        .iter()
+        .map(|pending| pending.intent)
+        .collect();
     resolved_intents.sort();
     for (addr, found) in &observed {
         let Some(found) = found else { continue };
         if recorded.resources.contains_key(addr) {
             continue;
         }
-        let owned = found.owner.as_ref().is_some_and(|owner| owner.stack == context.stack && owner.addr == addr.to_string());
+        let owned = found
+            .owner
+            .as_ref()
+            .is_some_and(|owner| owner.stack == context.stack && owner.addr == addr.to_string());
         if !owned {
             continue;
         }
-        let schema = registry.schema(addr.kind()).expect("refreshed kinds are registered");
+        let schema = registry
+            .schema(addr.kind())
+            .expect("refreshed kinds are registered");
         drift.push(ResourceChange {
             addr: addr.clone(),
             kind: addr.kind().to_owned(),
@@ -181,18 +231,31 @@ pub async fn compute(
             sensitive: sensitive_names(schema),
             reason: Some("created by an interrupted apply; adopted into state".into()),
         });
-        current.insert(addr.clone(), Current { id: found.id.clone(), attributes: found.attributes.clone() });
+        current.insert(
+            addr.clone(),
+            Current {
+                id: found.id.clone(),
+                attributes: found.attributes.clone(),
+            },
+        );
     }
 
     // 3. Desired resources in dependency order.
-    let order = config.graph().topological_order().expect("specs are validated acyclic");
+    let order = config
+        .graph()
+        .topological_order()
+        .expect("specs are validated acyclic");
     let mut planned: BTreeMap<ResourceAddr, Attrs> = BTreeMap::new();
     let mut changes: BTreeMap<ResourceAddr, ResourceChange> = BTreeMap::new();
     for addr in order.iter().filter(|addr| desired.contains_key(addr)) {
         let resource = desired[addr];
-        let schema = registry.schema(addr.kind()).expect("specs only hold known kinds");
+        let schema = registry
+            .schema(addr.kind())
+            .expect("specs only hold known kinds");
         let lookup = |target: &ResourceAddr, attribute: &str| -> Option<Value> {
-            planned.get(target).map(|attrs| attrs.get(attribute).cloned().unwrap_or(Value::Null))
+            planned
+                .get(target)
+                .map(|attrs| attrs.get(attribute).cloned().unwrap_or(Value::Null))
         };
         let args = evaluate_args(resource, schema, &lookup, &|name| env(name));
         let existing = current.get(addr);
@@ -205,24 +268,36 @@ pub async fn compute(
         // and are unknown for anything created.
         for attribute in schema.attributes.iter().filter(|a| !a.is_argument()) {
             let value = match (&action, existing) {
-                (Action::NoOp | Action::Update { .. }, Some(existing)) => {
-                    existing.attributes.get(attribute.name).cloned().unwrap_or(Value::Null)
-                }
+                (Action::NoOp | Action::Update { .. }, Some(existing)) => existing
+                    .attributes
+                    .get(attribute.name)
+                    .cloned()
+                    .unwrap_or(Value::Null),
                 _ => Value::Unknown(String::new()),
             };
             after.insert(attribute.name.to_owned(), value);
         }
-        for attribute in schema.arguments().filter(|a| a.mode == Mode::OptionalComputed) {
+        for attribute in schema
+            .arguments()
+            .filter(|a| a.mode == Mode::OptionalComputed)
+        {
             if after.get(attribute.name).is_none_or(Value::is_null)
-                && let Some(existing) = existing.filter(|_| !matches!(action, Action::Replace { .. }))
+                && let Some(existing) =
+                    existing.filter(|_| !matches!(action, Action::Replace { .. }))
             {
-                let value = existing.attributes.get(attribute.name).cloned().unwrap_or(Value::Null);
+                let value = existing
+                    .attributes
+                    .get(attribute.name)
+                    .cloned()
+                    .unwrap_or(Value::Null);
                 after.insert(attribute.name.to_owned(), value);
             }
         }
         planned.insert(addr.clone(), after.clone());
         let reason = match (&action, existing) {
-            (Action::Create, None) if recorded.resources.contains_key(addr) => Some("deleted outside jaam".to_owned()),
+            (Action::Create, None) if recorded.resources.contains_key(addr) => {
+                Some("deleted outside jaam".to_owned())
+            }
             _ => None,
         };
         changes.insert(
@@ -255,8 +330,13 @@ pub async fn compute(
                 addr: addr.clone(),
                 kind: resource.kind.clone(),
                 action: Action::Delete,
-                id: Some(existing.map_or_else(|| resource.id.clone(), |existing| existing.id.clone())),
-                before: Some(existing.map_or_else(|| resource.attributes.clone(), |existing| existing.attributes.clone())),
+                id: Some(
+                    existing.map_or_else(|| resource.id.clone(), |existing| existing.id.clone()),
+                ),
+                before: Some(existing.map_or_else(
+                    || resource.attributes.clone(),
+                    |existing| existing.attributes.clone(),
+                )),
                 after: None,
                 dependencies: resource.dependencies.clone(),
                 sensitive: sensitive_names(schema),
@@ -272,7 +352,10 @@ pub async fn compute(
     }
     // Resources adopted but no longer desired are deleted too.
     for change in &drift {
-        if change.action == Action::Create && !desired.contains_key(&change.addr) && !changes.contains_key(&change.addr) {
+        if change.action == Action::Create
+            && !desired.contains_key(&change.addr)
+            && !changes.contains_key(&change.addr)
+        {
             let mut delete = change.clone();
             delete.action = Action::Delete;
             delete.before = change.after.clone();
@@ -304,7 +387,12 @@ pub async fn compute(
 }
 
 fn sensitive_names(schema: &Schema) -> Vec<String> {
-    schema.attributes.iter().filter(|a| a.sensitive).map(|a| a.name.to_owned()).collect()
+    schema
+        .attributes
+        .iter()
+        .filter(|a| a.sensitive)
+        .map(|a| a.name.to_owned())
+        .collect()
 }
 
 /// The attribute names whose values differ between two attribute maps.
@@ -312,7 +400,9 @@ pub fn changed_attributes(before: &Attrs, after: &Attrs) -> Vec<String> {
     let names: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
     names
         .into_iter()
-        .filter(|name| before.get(*name).unwrap_or(&Value::Null) != after.get(*name).unwrap_or(&Value::Null))
+        .filter(|name| {
+            before.get(*name).unwrap_or(&Value::Null) != after.get(*name).unwrap_or(&Value::Null)
+        })
         .cloned()
         .collect()
 }
@@ -337,7 +427,11 @@ fn diff_arguments(schema: &Schema, current: &Attrs, desired: &Attrs) -> Action {
     changed.sort();
     forcing.sort();
     if !forcing.is_empty() {
-        Action::Replace { order: schema.replace_order, changed, forcing }
+        Action::Replace {
+            order: schema.replace_order,
+            changed,
+            forcing,
+        }
     } else if !changed.is_empty() {
         Action::Update { changed }
     } else {

@@ -27,7 +27,7 @@ use crate::schema::ReplaceOrder;
 use crate::state::StateMeta;
 use crate::value::Attrs;
 
-pub use diff::{compute, Options};
+pub use diff::{Options, compute};
 
 /// The plan format version (`format_version` in JSON).
 pub const FORMAT_VERSION: u32 = 1;
@@ -65,8 +65,14 @@ impl Action {
             Action::NoOp => " ",
             Action::Create => "+",
             Action::Update { .. } => "~",
-            Action::Replace { order: ReplaceOrder::DeleteThenCreate, .. } => "-/+",
-            Action::Replace { order: ReplaceOrder::CreateThenDelete, .. } => "+/-",
+            Action::Replace {
+                order: ReplaceOrder::DeleteThenCreate,
+                ..
+            } => "-/+",
+            Action::Replace {
+                order: ReplaceOrder::CreateThenDelete,
+                ..
+            } => "+/-",
             Action::Delete => "-",
         }
     }

@@ -30,7 +30,11 @@ struct Painter {
 
 impl Painter {
     fn paint(&self, code: &str, text: &str) -> String {
-        if self.colour { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_owned() }
+        if self.colour {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
     }
 
     fn symbol(&self, symbol: &str) -> String {
@@ -72,7 +76,12 @@ fn heading(change: &ResourceChange, drift: bool) -> String {
 }
 
 fn name_width(attrs: &[&Attrs]) -> usize {
-    attrs.iter().flat_map(|a| a.keys()).map(String::len).max().unwrap_or(0)
+    attrs
+        .iter()
+        .flat_map(|a| a.keys())
+        .map(String::len)
+        .max()
+        .unwrap_or(0)
 }
 
 fn multiline_diff(out: &mut String, painter: &Painter, name: &str, before: &str, after: &str) {
@@ -92,7 +101,12 @@ fn multiline_diff(out: &mut String, painter: &Painter, name: &str, before: &str,
 fn block(out: &mut String, painter: &Painter, change: &ResourceChange, drift: bool) {
     let _ = writeln!(out, "{}", heading(change, drift));
     let symbol = change.action.symbol();
-    let _ = writeln!(out, "{} {} {{", painter.symbol(&format!("{symbol:>3}")), change.addr);
+    let _ = writeln!(
+        out,
+        "{} {} {{",
+        painter.symbol(&format!("{symbol:>3}")),
+        change.addr
+    );
     let empty = Attrs::new();
     let before = change.before.as_ref().unwrap_or(&empty);
     let after = change.after.as_ref().unwrap_or(&empty);
@@ -101,12 +115,22 @@ fn block(out: &mut String, painter: &Painter, change: &ResourceChange, drift: bo
     match &change.action {
         Action::Create => {
             for (name, value) in after.iter().filter(|(_, v)| !v.is_null()) {
-                let _ = writeln!(out, "      {} {name:<width$} = {}", painter.symbol("+"), display(value, is_sensitive(name)));
+                let _ = writeln!(
+                    out,
+                    "      {} {name:<width$} = {}",
+                    painter.symbol("+"),
+                    display(value, is_sensitive(name))
+                );
             }
         }
         Action::Delete => {
             for (name, value) in before.iter().filter(|(_, v)| !v.is_null()) {
-                let _ = writeln!(out, "      {} {name:<width$} = {}", painter.symbol("-"), display(value, is_sensitive(name)));
+                let _ = writeln!(
+                    out,
+                    "      {} {name:<width$} = {}",
+                    painter.symbol("-"),
+                    display(value, is_sensitive(name))
+                );
             }
         }
         Action::NoOp => {}
@@ -124,11 +148,17 @@ fn block(out: &mut String, painter: &Painter, change: &ResourceChange, drift: bo
                 let new = after.get(name).unwrap_or(&Value::Null);
                 let sensitive = is_sensitive(name);
                 match (old, new) {
-                    (Value::String(a), Value::String(b)) if !sensitive && (a.contains('\n') || b.contains('\n')) => {
+                    (Value::String(a), Value::String(b))
+                        if !sensitive && (a.contains('\n') || b.contains('\n')) =>
+                    {
                         multiline_diff(out, painter, name, a, b);
                     }
                     _ => {
-                        let note = if forcing.contains(name) { " # forces replacement" } else { "" };
+                        let note = if forcing.contains(name) {
+                            " # forces replacement"
+                        } else {
+                            ""
+                        };
                         let _ = writeln!(
                             out,
                             "      {} {name:<width$} = {} -> {}{note}",
@@ -142,13 +172,30 @@ fn block(out: &mut String, painter: &Painter, change: &ResourceChange, drift: bo
             if !drift {
                 // Computed attributes a replacement will re-assign.
                 if matches!(change.action, Action::Replace { .. }) {
-                    for (name, value) in after.iter().filter(|(n, v)| matches!(v, Value::Unknown(_)) && !shown.contains(n)) {
-                        let _ = writeln!(out, "      {} {name:<width$} = {}", painter.symbol("~"), value.render());
+                    for (name, value) in after
+                        .iter()
+                        .filter(|(n, v)| matches!(v, Value::Unknown(_)) && !shown.contains(n))
+                    {
+                        let _ = writeln!(
+                            out,
+                            "      {} {name:<width$} = {}",
+                            painter.symbol("~"),
+                            value.render()
+                        );
                     }
                 }
-                let hidden = after.iter().filter(|(n, v)| !shown.contains(n) && !v.is_null() && !matches!(v, Value::Unknown(_))).count();
+                let hidden = after
+                    .iter()
+                    .filter(|(n, v)| {
+                        !shown.contains(n) && !v.is_null() && !matches!(v, Value::Unknown(_))
+                    })
+                    .count();
                 if hidden > 0 {
-                    let _ = writeln!(out, "        # ({hidden} unchanged attribute{} hidden)", if hidden == 1 { "" } else { "s" });
+                    let _ = writeln!(
+                        out,
+                        "        # ({hidden} unchanged attribute{} hidden)",
+                        if hidden == 1 { "" } else { "s" }
+                    );
                 }
             }
         }
@@ -158,18 +205,26 @@ fn block(out: &mut String, painter: &Painter, change: &ResourceChange, drift: bo
 
 /// Renders `plan` as text.
 pub fn text(plan: &Plan, options: TextOptions) -> String {
-    let painter = Painter { colour: options.colour };
+    let painter = Painter {
+        colour: options.colour,
+    };
     let mut out = String::new();
     if !plan.drift.is_empty() {
         let _ = writeln!(out, "Note: objects have changed outside of jaam\n");
-        let _ = writeln!(out, "jaam detected the following changes made outside of jaam since the last apply:\n");
+        let _ = writeln!(
+            out,
+            "jaam detected the following changes made outside of jaam since the last apply:\n"
+        );
         for change in &plan.drift {
             block(&mut out, &painter, change, true);
             out.push('\n');
         }
     }
     if !plan.has_changes() {
-        let _ = writeln!(out, "No changes. Your infrastructure matches the configuration.");
+        let _ = writeln!(
+            out,
+            "No changes. Your infrastructure matches the configuration."
+        );
         return out;
     }
     let _ = writeln!(out, "jaam will perform the following actions:\n");

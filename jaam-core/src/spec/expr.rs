@@ -41,7 +41,9 @@ pub enum TemplateError {
     #[error("unterminated reference: `${{` without a closing `}}`")]
     Unterminated,
     /// The text between `${` and `}` is not `env.NAME` or `kind.name.attribute`.
-    #[error("`${{{0}}}` is not a reference (expected `${{kind.name.attribute}}` or `${{env.NAME}}`)")]
+    #[error(
+        "`${{{0}}}` is not a reference (expected `${{kind.name.attribute}}` or `${{env.NAME}}`)"
+    )]
     Malformed(String),
 }
 
@@ -77,7 +79,10 @@ impl Template {
         if !text.is_empty() {
             parts.push(Part::Text(text));
         }
-        Ok(Self { source: source.to_owned(), parts })
+        Ok(Self {
+            source: source.to_owned(),
+            parts,
+        })
     }
 
     /// Whether the template has any reference at all.
@@ -104,7 +109,9 @@ impl Template {
         let resolve = |part: &Part| -> Value {
             match part {
                 Part::Text(text) => Value::String(text.clone()),
-                Part::Resource { addr, attribute } => lookup(addr, attribute).unwrap_or(Value::Unknown(String::new())),
+                Part::Resource { addr, attribute } => {
+                    lookup(addr, attribute).unwrap_or(Value::Unknown(String::new()))
+                }
                 Part::Env(name) => env(name).map_or(Value::Unknown(String::new()), Value::String),
             }
         };
@@ -131,14 +138,25 @@ fn parse_reference(inner: &str) -> Result<Part, TemplateError> {
     let malformed = || TemplateError::Malformed(inner.to_owned());
     if let Some(name) = inner.strip_prefix("env.") {
         let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        return if valid { Ok(Part::Env(name.to_owned())) } else { Err(malformed()) };
+        return if valid {
+            Ok(Part::Env(name.to_owned()))
+        } else {
+            Err(malformed())
+        };
     }
     let (address, attribute) = inner.rsplit_once('.').ok_or_else(malformed)?;
     let addr: ResourceAddr = address.parse().map_err(|_| malformed())?;
-    if attribute.is_empty() || !attribute.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+    if attribute.is_empty()
+        || !attribute
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
         return Err(malformed());
     }
-    Ok(Part::Resource { addr, attribute: attribute.to_owned() })
+    Ok(Part::Resource {
+        addr,
+        attribute: attribute.to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -151,8 +169,14 @@ mod tests {
         assert_eq!(template.parts.len(), 3);
         assert_eq!(template.parts[2], Part::Text(":80/${x}".into()));
         assert!(Template::parse("plain").unwrap().is_literal());
-        assert_eq!(Template::parse("${oops").unwrap_err(), TemplateError::Unterminated);
-        assert!(matches!(Template::parse("${justone}"), Err(TemplateError::Malformed(_))));
+        assert_eq!(
+            Template::parse("${oops").unwrap_err(),
+            TemplateError::Unterminated
+        );
+        assert!(matches!(
+            Template::parse("${justone}"),
+            Err(TemplateError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -34,7 +34,7 @@ use yaml::{Node, NodeKind};
 use crate::addr::ResourceAddr;
 use crate::graph::Graph;
 use crate::provider::Registry;
-use crate::schema::{did_you_mean, Mode, Schema};
+use crate::schema::{Mode, Schema, did_you_mean};
 use crate::value::Value;
 
 /// A place in a spec file.
@@ -111,7 +111,10 @@ fn render_diagnostics(diagnostics: &[Diagnostic]) -> String {
         out.push_str(&diagnostic.to_string());
     }
     let count = diagnostics.len();
-    out.push_str(&format!("\n\n{count} error{} in specs", if count == 1 { "" } else { "s" }));
+    out.push_str(&format!(
+        "\n\n{count} error{} in specs",
+        if count == 1 { "" } else { "s" }
+    ));
     out
 }
 
@@ -150,10 +153,17 @@ impl Expr {
         match &self.kind {
             ExprKind::Literal(value) => value.clone(),
             ExprKind::Template(template) => template.evaluate(lookup, env),
-            ExprKind::List(items) => Value::List(items.iter().map(|item| item.evaluate(lookup, env)).collect()),
-            ExprKind::Map(map) => {
-                Value::Map(map.iter().map(|(key, item)| (key.clone(), item.evaluate(lookup, env))).collect())
-            }
+            ExprKind::List(items) => Value::List(
+                items
+                    .iter()
+                    .map(|item| item.evaluate(lookup, env))
+                    .collect(),
+            ),
+            ExprKind::Map(map) => Value::Map(
+                map.iter()
+                    .map(|(key, item)| (key.clone(), item.evaluate(lookup, env)))
+                    .collect(),
+            ),
         }
     }
 
@@ -175,7 +185,9 @@ impl Expr {
 
     /// The value with every reference unknown, for static type checks.
     fn shape(&self) -> Value {
-        self.evaluate(&|_, _| Some(Value::Unknown(String::new())), &|_| Some(String::new()))
+        self.evaluate(&|_, _| Some(Value::Unknown(String::new())), &|_| {
+            Some(String::new())
+        })
     }
 }
 
@@ -199,7 +211,12 @@ impl ResourceSpec {
             .args
             .values()
             .flat_map(Expr::templates)
-            .flat_map(|(template, _)| template.resource_refs().map(|(addr, _)| addr.clone()).collect::<Vec<_>>())
+            .flat_map(|(template, _)| {
+                template
+                    .resource_refs()
+                    .map(|(addr, _)| addr.clone())
+                    .collect::<Vec<_>>()
+            })
             .chain(self.depends_on.iter().cloned())
             .collect();
         out.sort();
@@ -257,18 +274,28 @@ impl Config {
 /// # Errors
 /// [`Error::Read`] when a file cannot be read; [`Error::Invalid`] with every
 /// mistake found.
-pub fn load(path: &Path, registry: &Registry, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
+pub fn load(
+    path: &Path,
+    registry: &Registry,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config> {
     let files = spec_files(path)?;
     let mut sources = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|source| Error::Read { path: file.clone(), source })?;
+        let text = std::fs::read_to_string(&file).map_err(|source| Error::Read {
+            path: file.clone(),
+            source,
+        })?;
         sources.push((file, text));
     }
     load_sources(&sources, registry, env)
 }
 
 fn spec_files(path: &Path) -> Result<Vec<PathBuf>> {
-    let read_error = |source| Error::Read { path: path.to_owned(), source };
+    let read_error = |source| Error::Read {
+        path: path.to_owned(),
+        source,
+    };
     let metadata = std::fs::metadata(path).map_err(read_error)?;
     if metadata.is_file() {
         return Ok(vec![path.to_owned()]);
@@ -276,9 +303,15 @@ fn spec_files(path: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut pending = vec![path.to_owned()];
     while let Some(dir) = pending.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|source| Error::Read { path: dir.clone(), source })?;
+        let entries = std::fs::read_dir(&dir).map_err(|source| Error::Read {
+            path: dir.clone(),
+            source,
+        })?;
         for entry in entries {
-            let entry = entry.map_err(|source| Error::Read { path: dir.clone(), source })?;
+            let entry = entry.map_err(|source| Error::Read {
+                path: dir.clone(),
+                source,
+            })?;
             let entry_path = entry.path();
             let name = entry.file_name();
             if name.to_string_lossy().starts_with('.') {
@@ -286,7 +319,10 @@ fn spec_files(path: &Path) -> Result<Vec<PathBuf>> {
             }
             if entry_path.is_dir() {
                 pending.push(entry_path);
-            } else if entry_path.extension().is_some_and(|ext| ext == "yaml" || ext == "yml") {
+            } else if entry_path
+                .extension()
+                .is_some_and(|ext| ext == "yaml" || ext == "yml")
+            {
                 out.push(entry_path);
             }
         }
@@ -304,12 +340,19 @@ pub fn load_sources(
     registry: &Registry,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config> {
-    let mut loader =
-        Loader { registry, env, diagnostics: Vec::new(), config: Config::default(), pending_depends: Vec::new() };
+    let mut loader = Loader {
+        registry,
+        env,
+        diagnostics: Vec::new(),
+        config: Config::default(),
+        pending_depends: Vec::new(),
+    };
     for (path, text) in sources {
         let file: Arc<Path> = Arc::from(path.as_path());
         match yaml::parse(&file, text) {
-            Ok(documents) => documents.into_iter().for_each(|document| loader.document(document)),
+            Ok(documents) => documents
+                .into_iter()
+                .for_each(|document| loader.document(document)),
             Err(error) => loader.diagnostics.push(Diagnostic {
                 location: Some(error.location),
                 addr: None,
@@ -339,8 +382,19 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    fn error(&mut self, location: &Location, addr: Option<&ResourceAddr>, message: String, hint: Option<String>) {
-        self.diagnostics.push(Diagnostic { location: Some(location.clone()), addr: addr.cloned(), message, hint });
+    fn error(
+        &mut self,
+        location: &Location,
+        addr: Option<&ResourceAddr>,
+        message: String,
+        hint: Option<String>,
+    ) {
+        self.diagnostics.push(Diagnostic {
+            location: Some(location.clone()),
+            addr: addr.cloned(),
+            message,
+            hint,
+        });
     }
 
     fn document(&mut self, document: Node) {
@@ -348,13 +402,23 @@ impl Loader<'_> {
             NodeKind::Null => return,
             NodeKind::Map(entries) => entries,
             _ => {
-                self.error(&document.location, None, "a spec file must be a map of resource addresses".into(), None);
+                self.error(
+                    &document.location,
+                    None,
+                    "a spec file must be a map of resource addresses".into(),
+                    None,
+                );
                 return;
             }
         };
         for (key, value) in entries {
             let NodeKind::String(key_text) = &key.kind else {
-                self.error(&key.location, None, "top-level keys must be resource addresses".into(), None);
+                self.error(
+                    &key.location,
+                    None,
+                    "top-level keys must be resource addresses".into(),
+                    None,
+                );
                 continue;
             };
             if key_text == "stack" {
@@ -382,7 +446,9 @@ impl Loader<'_> {
             let key_text = scalar_text(&key);
             match (key_text.as_str(), &value.kind) {
                 ("name", NodeKind::String(name)) => self.config.stack.name = Some(name.clone()),
-                ("drift", NodeKind::String(policy)) if policy == "heal" => self.config.stack.drift = DriftPolicy::Heal,
+                ("drift", NodeKind::String(policy)) if policy == "heal" => {
+                    self.config.stack.drift = DriftPolicy::Heal
+                }
                 ("drift", NodeKind::String(policy)) if policy == "report" => {
                     self.config.stack.drift = DriftPolicy::Report;
                 }
@@ -393,8 +459,14 @@ impl Loader<'_> {
                     Some("`name` is a string; `drift` is `heal` or `report`".into()),
                 ),
                 _ => {
-                    let hint = did_you_mean(&key_text, ["name", "drift"]).map(|m| format!("did you mean `{m}`?"));
-                    self.error(&key.location, None, format!("unknown stack setting `{key_text}`"), hint);
+                    let hint = did_you_mean(&key_text, ["name", "drift"])
+                        .map(|m| format!("did you mean `{m}`?"));
+                    self.error(
+                        &key.location,
+                        None,
+                        format!("unknown stack setting `{key_text}`"),
+                        hint,
+                    );
                 }
             }
         }
@@ -413,9 +485,16 @@ impl Loader<'_> {
         }
         let Some(schema) = self.registry.schema(addr.kind()) else {
             let kinds: Vec<&str> = self.registry.kinds().collect();
-            let hint = did_you_mean(addr.kind(), kinds.iter().copied())
-                .map_or_else(|| format!("known kinds: {}", kinds.join(", ")), |m| format!("did you mean `{m}`?"));
-            self.error(&location, Some(&addr), format!("unknown resource kind `{}`", addr.kind()), Some(hint));
+            let hint = did_you_mean(addr.kind(), kinds.iter().copied()).map_or_else(
+                || format!("known kinds: {}", kinds.join(", ")),
+                |m| format!("did you mean `{m}`?"),
+            );
+            self.error(
+                &location,
+                Some(&addr),
+                format!("unknown resource kind `{}`", addr.kind()),
+                Some(hint),
+            );
             return;
         };
         let schema = schema.clone();
@@ -423,11 +502,21 @@ impl Loader<'_> {
             NodeKind::Map(entries) => entries,
             NodeKind::Null => Vec::new(),
             _ => {
-                self.error(&node.location, Some(&addr), "a resource must be a map of arguments".into(), None);
+                self.error(
+                    &node.location,
+                    Some(&addr),
+                    "a resource must be a map of arguments".into(),
+                    None,
+                );
                 return;
             }
         };
-        let mut spec = ResourceSpec { addr: addr.clone(), args: BTreeMap::new(), depends_on: Vec::new(), location };
+        let mut spec = ResourceSpec {
+            addr: addr.clone(),
+            args: BTreeMap::new(),
+            depends_on: Vec::new(),
+            location,
+        };
         let mut written: Vec<String> = Vec::new();
         for (key, value) in entries {
             let name = scalar_text(&key);
@@ -437,13 +526,21 @@ impl Loader<'_> {
                 continue;
             }
             let Some(attribute) = schema.attribute(&name) else {
-                let hint = did_you_mean(&name, schema.arguments().map(|a| a.name).chain(["depends_on"]))
-                    .map(|m| format!("did you mean `{m}`?"));
+                let hint = did_you_mean(
+                    &name,
+                    schema.arguments().map(|a| a.name).chain(["depends_on"]),
+                )
+                .map(|m| format!("did you mean `{m}`?"));
                 let hint = hint.or_else(|| {
                     let names: Vec<&str> = schema.arguments().map(|a| a.name).collect();
                     Some(format!("`{}` takes: {}", schema.kind, names.join(", ")))
                 });
-                self.error(&key.location, Some(&addr), format!("unknown field `{name}`"), hint);
+                self.error(
+                    &key.location,
+                    Some(&addr),
+                    format!("unknown field `{name}`"),
+                    hint,
+                );
                 continue;
             };
             if !attribute.is_argument() {
@@ -455,13 +552,19 @@ impl Loader<'_> {
                 );
                 continue;
             }
-            let Some(expr) = self.expr(&addr, value) else { continue };
+            let Some(expr) = self.expr(&addr, value) else {
+                continue;
+            };
             let shape = expr.shape();
             if !attribute.ty.accepts(&shape) {
                 self.error(
                     &expr.location,
                     Some(&addr),
-                    format!("wrong type for `{name}`: expected {}, found {}", attribute.ty.describe(), shape.type_name()),
+                    format!(
+                        "wrong type for `{name}`: expected {}, found {}",
+                        attribute.ty.describe(),
+                        shape.type_name()
+                    ),
                     None,
                 );
                 continue;
@@ -471,16 +574,28 @@ impl Loader<'_> {
                 && !shape.is_null()
                 && let Err(message) = check(&shape)
             {
-                self.error(&expr.location, Some(&addr), format!("invalid value for `{name}`: {message}"), None);
+                self.error(
+                    &expr.location,
+                    Some(&addr),
+                    format!("invalid value for `{name}`: {message}"),
+                    None,
+                );
                 continue;
             }
             spec.args.insert(name, expr);
         }
         for attribute in &schema.attributes {
             // A field written but invalid was reported already; don't report it missing too.
-            if attribute.mode == Mode::Required && !written.iter().any(|name| name == attribute.name) {
+            if attribute.mode == Mode::Required
+                && !written.iter().any(|name| name == attribute.name)
+            {
                 let location = spec.location.clone();
-                self.error(&location, Some(&addr), format!("missing required field `{}`", attribute.name), None);
+                self.error(
+                    &location,
+                    Some(&addr),
+                    format!("missing required field `{}`", attribute.name),
+                    None,
+                );
             }
         }
         self.config.resources.insert(addr, spec);
@@ -488,7 +603,12 @@ impl Loader<'_> {
 
     fn depends_on(&mut self, addr: &ResourceAddr, node: Node) -> Vec<ResourceAddr> {
         let NodeKind::List(items) = node.kind else {
-            self.error(&node.location, Some(addr), "`depends_on` must be a list of resource addresses".into(), None);
+            self.error(
+                &node.location,
+                Some(addr),
+                "`depends_on` must be a list of resource addresses".into(),
+                None,
+            );
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -498,12 +618,20 @@ impl Loader<'_> {
                     Ok(target) => out.push((target, item.location.clone())),
                     Err(error) => self.error(&item.location, Some(addr), error.to_string(), None),
                 },
-                _ => self.error(&item.location, Some(addr), "`depends_on` entries must be addresses".into(), None),
+                _ => self.error(
+                    &item.location,
+                    Some(addr),
+                    "`depends_on` entries must be addresses".into(),
+                    None,
+                ),
             }
         }
         // Checked once every file is loaded, in `check_references`.
         let targets = out.iter().map(|(target, _)| target.clone()).collect();
-        self.pending_depends.extend(out.into_iter().map(|(target, location)| (addr.clone(), target, location)));
+        self.pending_depends.extend(
+            out.into_iter()
+                .map(|(target, location)| (addr.clone(), target, location)),
+        );
         targets
     }
 
@@ -536,7 +664,10 @@ impl Loader<'_> {
                 }
             },
             NodeKind::List(items) => {
-                let exprs: Vec<Option<Expr>> = items.into_iter().map(|item| self.expr(addr, item)).collect();
+                let exprs: Vec<Option<Expr>> = items
+                    .into_iter()
+                    .map(|item| self.expr(addr, item))
+                    .collect();
                 ExprKind::List(exprs.into_iter().collect::<Option<Vec<_>>>()?)
             }
             NodeKind::Map(entries) => {
@@ -544,7 +675,12 @@ impl Loader<'_> {
                 for (key, value) in entries {
                     let name = scalar_text(&key);
                     if name.starts_with('$') {
-                        self.error(&key.location, Some(addr), format!("map keys may not start with `$`: `{name}`"), None);
+                        self.error(
+                            &key.location,
+                            Some(addr),
+                            format!("map keys may not start with `$`: `{name}`"),
+                            None,
+                        );
                         continue;
                     }
                     if let Some(expr) = self.expr(addr, value) {
@@ -562,28 +698,53 @@ impl Loader<'_> {
         for (addr, resource) in &self.config.resources {
             for (template, location) in resource.args.values().flat_map(Expr::templates) {
                 for (target, attribute) in template.resource_refs() {
-                    found.push((addr.clone(), target.clone(), Some(attribute.to_owned()), location.clone()));
+                    found.push((
+                        addr.clone(),
+                        target.clone(),
+                        Some(attribute.to_owned()),
+                        location.clone(),
+                    ));
                 }
             }
         }
-        found.extend(std::mem::take(&mut self.pending_depends).into_iter().map(|(a, t, l)| (a, t, None, l)));
+        found.extend(
+            std::mem::take(&mut self.pending_depends)
+                .into_iter()
+                .map(|(a, t, l)| (a, t, None, l)),
+        );
         for (addr, target, attribute, location) in found {
             let Some(resource) = self.config.resources.get(&target) else {
-                let names: Vec<String> = self.config.resources.keys().map(ToString::to_string).collect();
+                let names: Vec<String> = self
+                    .config
+                    .resources
+                    .keys()
+                    .map(ToString::to_string)
+                    .collect();
                 let hint = did_you_mean(&target.to_string(), names.iter().map(String::as_str))
                     .map(|m| format!("did you mean `{m}`?"));
-                self.error(&location, Some(&addr), format!("reference to undeclared resource `{target}`"), hint);
+                self.error(
+                    &location,
+                    Some(&addr),
+                    format!("reference to undeclared resource `{target}`"),
+                    hint,
+                );
                 continue;
             };
             let Some(attribute) = attribute else { continue };
-            let schema = self.registry.schema(resource.addr.kind()).expect("declared resources have known kinds");
+            let schema = self
+                .registry
+                .schema(resource.addr.kind())
+                .expect("declared resources have known kinds");
             if schema.attribute(&attribute).is_none() {
                 let hint = did_you_mean(&attribute, schema.attributes.iter().map(|a| a.name))
                     .map(|m| format!("did you mean `{m}`?"));
                 self.error(
                     &location,
                     Some(&addr),
-                    format!("`{target}` has no attribute `{attribute}` (kind `{}`)", schema.kind),
+                    format!(
+                        "`{target}` has no attribute `{attribute}` (kind `{}`)",
+                        schema.kind
+                    ),
                     hint,
                 );
             }
@@ -594,7 +755,11 @@ impl Loader<'_> {
         if let Err(cycle) = self.config.graph().topological_order() {
             let first = &cycle[0];
             let location = self.config.resources[first].location.clone();
-            let path: Vec<String> = cycle.iter().chain(std::iter::once(first)).map(|a| format!("`{a}`")).collect();
+            let path: Vec<String> = cycle
+                .iter()
+                .chain(std::iter::once(first))
+                .map(|a| format!("`{a}`"))
+                .collect();
             self.error(
                 &location,
                 Some(first),

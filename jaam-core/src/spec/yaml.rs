@@ -40,7 +40,11 @@ pub(crate) struct SyntaxError {
 }
 
 fn location(file: &Arc<Path>, span: Span) -> Location {
-    Location { file: Arc::clone(file), line: span.start.line(), column: span.start.col() + 1 }
+    Location {
+        file: Arc::clone(file),
+        line: span.start.line(),
+        column: span.start.col() + 1,
+    }
 }
 
 fn resolve_plain(text: &str) -> NodeKind {
@@ -51,7 +55,10 @@ fn resolve_plain(text: &str) -> NodeKind {
         _ => {
             if let Ok(number) = text.parse::<i64>() {
                 NodeKind::Int(number)
-            } else if text.chars().next().is_some_and(|c| c.is_ascii_digit() || c == '-' || c == '.')
+            } else if text
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit() || c == '-' || c == '.')
                 && let Ok(number) = text.parse::<f64>()
             {
                 NodeKind::Float(number)
@@ -74,14 +81,17 @@ pub(crate) fn parse(file: &Arc<Path>, text: &str) -> Result<Vec<Node>, SyntaxErr
     let mut stack: Vec<(Frame, usize)> = Vec::new();
     let mut documents = Vec::new();
 
-    let finish = |node: Node, stack: &mut Vec<(Frame, usize)>, documents: &mut Vec<Node>| match stack.last_mut() {
-        None => documents.push(node),
-        Some((Frame::List(_, items), _)) => items.push(node),
-        Some((Frame::Map(_, entries, pending), _)) => match pending.take() {
-            None => *pending = Some(node),
-            Some(key) => entries.push((key, node)),
-        },
-    };
+    let finish =
+        |node: Node, stack: &mut Vec<(Frame, usize)>, documents: &mut Vec<Node>| match stack
+            .last_mut()
+        {
+            None => documents.push(node),
+            Some((Frame::List(_, items), _)) => items.push(node),
+            Some((Frame::Map(_, entries, pending), _)) => match pending.take() {
+                None => *pending = Some(node),
+                Some(key) => entries.push((key, node)),
+            },
+        };
 
     loop {
         let (event, span) = match parser.next_event() {
@@ -90,7 +100,11 @@ pub(crate) fn parse(file: &Arc<Path>, text: &str) -> Result<Vec<Node>, SyntaxErr
             Some(Err(error)) => {
                 let marker = error.marker();
                 return Err(SyntaxError {
-                    location: Location { file: Arc::clone(file), line: marker.line(), column: marker.col() + 1 },
+                    location: Location {
+                        file: Arc::clone(file),
+                        line: marker.line(),
+                        column: marker.col() + 1,
+                    },
                     message: error.info().to_owned(),
                 });
             }
@@ -104,7 +118,10 @@ pub(crate) fn parse(file: &Arc<Path>, text: &str) -> Result<Vec<Node>, SyntaxErr
                 } else {
                     NodeKind::String(text.into_owned())
                 };
-                let node = Node { kind, location: here };
+                let node = Node {
+                    kind,
+                    location: here,
+                };
                 if anchor > 0 {
                     anchors.insert(anchor, node.clone());
                 }
@@ -118,13 +135,34 @@ pub(crate) fn parse(file: &Arc<Path>, text: &str) -> Result<Vec<Node>, SyntaxErr
                 finish(node, &mut stack, &mut documents);
             }
             Event::SequenceStart(anchor, _) => {
-                stack.push((Frame::List(Node { kind: NodeKind::Null, location: here }, Vec::new()), anchor));
+                stack.push((
+                    Frame::List(
+                        Node {
+                            kind: NodeKind::Null,
+                            location: here,
+                        },
+                        Vec::new(),
+                    ),
+                    anchor,
+                ));
             }
             Event::MappingStart(anchor, _) => {
-                stack.push((Frame::Map(Node { kind: NodeKind::Null, location: here }, Vec::new(), None), anchor));
+                stack.push((
+                    Frame::Map(
+                        Node {
+                            kind: NodeKind::Null,
+                            location: here,
+                        },
+                        Vec::new(),
+                        None,
+                    ),
+                    anchor,
+                ));
             }
             Event::SequenceEnd | Event::MappingEnd => {
-                let Some((frame, anchor)) = stack.pop() else { continue };
+                let Some((frame, anchor)) = stack.pop() else {
+                    continue;
+                };
                 let node = match frame {
                     Frame::List(mut node, items) => {
                         node.kind = NodeKind::List(items);
@@ -158,11 +196,20 @@ mod tests {
     #[test]
     fn nodes_should_carry_line_and_column() {
         let node = parse_one("a:\n  b: 14\n  c: [x, \"2\"]\n");
-        let NodeKind::Map(entries) = node.kind else { panic!() };
-        let NodeKind::Map(inner) = &entries[0].1.kind else { panic!() };
-        assert_eq!((inner[0].1.location.line, inner[0].1.location.column), (2, 6));
+        let NodeKind::Map(entries) = node.kind else {
+            panic!()
+        };
+        let NodeKind::Map(inner) = &entries[0].1.kind else {
+            panic!()
+        };
+        assert_eq!(
+            (inner[0].1.location.line, inner[0].1.location.column),
+            (2, 6)
+        );
         assert!(matches!(inner[0].1.kind, NodeKind::Int(14)));
-        let NodeKind::List(items) = &inner[1].1.kind else { panic!() };
+        let NodeKind::List(items) = &inner[1].1.kind else {
+            panic!()
+        };
         assert!(matches!(&items[1].kind, NodeKind::String(s) if s == "2"));
     }
 

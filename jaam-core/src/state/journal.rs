@@ -12,7 +12,7 @@
 //!   journal that has a hole.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
@@ -45,7 +45,9 @@ pub struct Journal {
 
 impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Journal").field("commits", &self.commits()).finish()
+        f.debug_struct("Journal")
+            .field("commits", &self.commits())
+            .finish()
     }
 }
 
@@ -94,7 +96,11 @@ impl Journal {
                 }
             })
             .expect("spawning the journal thread");
-        Self { sender, worker: Some(worker), commits }
+        Self {
+            sender,
+            worker: Some(worker),
+            commits,
+        }
     }
 
     /// Queues `record` without waiting: it is written with the next durable batch.
@@ -108,7 +114,9 @@ impl Journal {
     /// [`Error::Journal`] when the write failed (now or earlier).
     pub async fn record_durable(&self, record: Record) -> Result<()> {
         let (waiter, done) = oneshot::channel();
-        self.sender.send(Message::Durable(record, waiter)).map_err(|_| closed())?;
+        self.sender
+            .send(Message::Durable(record, waiter))
+            .map_err(|_| closed())?;
         wait(done).await
     }
 
@@ -123,7 +131,9 @@ impl Journal {
     /// [`Error::Journal`] when a write failed.
     pub async fn close(mut self) -> Result<u64> {
         let (waiter, done) = oneshot::channel();
-        self.sender.send(Message::Close(waiter)).map_err(|_| closed())?;
+        self.sender
+            .send(Message::Close(waiter))
+            .map_err(|_| closed())?;
         let result = wait(done).await;
         if let Some(worker) = self.worker.take() {
             let _ = tokio::task::spawn_blocking(move || worker.join()).await;
@@ -139,7 +149,10 @@ fn closed() -> Error {
 async fn wait(done: oneshot::Receiver<std::result::Result<(), Arc<std::io::Error>>>) -> Result<()> {
     match done.await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(Error::Journal(std::io::Error::new(error.kind(), error.to_string()))),
+        Ok(Err(error)) => Err(Error::Journal(std::io::Error::new(
+            error.kind(),
+            error.to_string(),
+        ))),
         Err(_) => Err(closed()),
     }
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::lock::{LockGuard, LockInfo};
-use super::{fold, Error, JournalSink, Record, Result, State, StateFile, StateMeta, StateStore};
+use super::{Error, JournalSink, Record, Result, State, StateFile, StateMeta, StateStore, fold};
 use crate::backoff::{self, Backoff};
 
 /// State in a local file.
@@ -67,7 +67,11 @@ impl LocalStore {
     }
 
     fn io<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> Error + 'p {
-        move |source| Error::Io { action, path: path.display().to_string(), source }
+        move |source| Error::Io {
+            action,
+            path: path.display().to_string(),
+            source,
+        }
     }
 
     fn read_snapshot(&self, path: &Path) -> Result<Option<State>> {
@@ -87,7 +91,9 @@ impl LocalStore {
             Err(error) => return Err(Self::io("read", &journal_path)(error)),
         };
         let records = parse_journal(&text);
-        let Some(Record::Begin { base, stack }) = records.first().cloned() else { return Ok(snapshot) };
+        let Some(Record::Begin { base, stack }) = records.first().cloned() else {
+            return Ok(snapshot);
+        };
         let mut state = match snapshot {
             Some(state) if state.meta() == base => state,
             // The journal was folded into this snapshot already (crash before removal).
@@ -108,9 +114,15 @@ impl LocalStore {
     fn persist_blocking(&self, state: &State) -> Result<()> {
         let current = self.read_snapshot(&self.path)?;
         let found = current.as_ref().map_or(0, |current| current.serial);
-        let lineage_matches = current.as_ref().is_none_or(|current| current.lineage == state.lineage);
+        let lineage_matches = current
+            .as_ref()
+            .is_none_or(|current| current.lineage == state.lineage);
         if !lineage_matches || state.serial != found + 1 {
-            return Err(Error::Conflict { expected_lineage: state.lineage, expected_serial: state.serial - 1, found_serial: found });
+            return Err(Error::Conflict {
+                expected_lineage: state.lineage,
+                expected_serial: state.serial - 1,
+                found_serial: found,
+            });
         }
         let directory = self.directory();
         let temporary = self.sibling(&format!(".tmp-{}", std::process::id()));
@@ -122,7 +134,8 @@ impl LocalStore {
             .mode(0o600)
             .open(&temporary)
             .map_err(Self::io("create", &temporary))?;
-        file.write_all(text.as_bytes()).map_err(Self::io("write", &temporary))?;
+        file.write_all(text.as_bytes())
+            .map_err(Self::io("write", &temporary))?;
         file.sync_all().map_err(Self::io("fsync", &temporary))?;
         drop(file);
         if current.is_some() {
@@ -156,9 +169,13 @@ impl LocalStore {
             Ok(()) => {
                 file.set_len(0).map_err(Self::io("write", &path))?;
                 let text = serde_json::to_string(holder).expect("lock info serializes");
-                file.write_all(text.as_bytes()).map_err(Self::io("write", &path))?;
+                file.write_all(text.as_bytes())
+                    .map_err(Self::io("write", &path))?;
                 file.sync_data().map_err(Self::io("fsync", &path))?;
-                Ok(Some(FileLock { file, info: holder.clone() }))
+                Ok(Some(FileLock {
+                    file,
+                    info: holder.clone(),
+                }))
             }
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(error)) => Err(Self::io("lock", &path)(error)),
@@ -169,19 +186,28 @@ impl LocalStore {
         std::fs::read_to_string(self.lock_path())
             .ok()
             .and_then(|text| serde_json::from_str(&text).ok())
-            .unwrap_or_else(|| LockInfo { command: "(unknown: holder still writing its name)".into(), ..LockInfo::current("") })
+            .unwrap_or_else(|| LockInfo {
+                command: "(unknown: holder still writing its name)".into(),
+                ..LockInfo::current("")
+            })
     }
 }
 
 fn sync_directory(directory: &Path) -> Result<()> {
     File::open(directory)
         .and_then(|dir| dir.sync_all())
-        .map_err(|source| Error::Io { action: "fsync", path: directory.display().to_string(), source })
+        .map_err(|source| Error::Io {
+            action: "fsync",
+            path: directory.display().to_string(),
+            source,
+        })
 }
 
 /// Parses journal lines, stopping at the first line that does not parse (a torn write).
 pub(super) fn parse_journal(text: &str) -> Vec<Record> {
-    text.lines().map_while(|line| serde_json::from_str::<Record>(line).ok()).collect()
+    text.lines()
+        .map_while(|line| serde_json::from_str::<Record>(line).ok())
+        .collect()
 }
 
 struct LocalJournal {
@@ -214,7 +240,11 @@ impl LockGuard for FileLock {
 
     async fn release(self: Box<Self>) -> Result<()> {
         let _ = self.file.set_len(0);
-        self.file.unlock().map_err(|source| Error::Io { action: "unlock", path: "lock file".into(), source })
+        self.file.unlock().map_err(|source| Error::Io {
+            action: "unlock",
+            path: "lock file".into(),
+            source,
+        })
     }
 }
 
@@ -226,12 +256,16 @@ impl StateStore for LocalStore {
 
     async fn load(&self) -> Result<Option<State>> {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.load_blocking()).await.expect("load task")
+        tokio::task::spawn_blocking(move || store.load_blocking())
+            .await
+            .expect("load task")
     }
 
     async fn persist(&self, state: &State) -> Result<()> {
         let (store, state) = (self.clone(), state.clone());
-        tokio::task::spawn_blocking(move || store.persist_blocking(&state)).await.expect("persist task")
+        tokio::task::spawn_blocking(move || store.persist_blocking(&state))
+            .await
+            .expect("persist task")
     }
 
     async fn open_journal(&self, base: StateMeta, stack: &str) -> Result<Box<dyn JournalSink>> {
@@ -243,26 +277,42 @@ impl StateStore for LocalStore {
             .mode(0o600)
             .open(&path)
             .map_err(Self::io("create", &path))?;
-        let mut journal = LocalJournal { file, buffer: Vec::new() };
+        let mut journal = LocalJournal {
+            file,
+            buffer: Vec::new(),
+        };
         journal
-            .append(&[Record::Begin { base, stack: stack.to_owned() }])
+            .append(&[Record::Begin {
+                base,
+                stack: stack.to_owned(),
+            }])
             .map_err(Self::io("write", &path))?;
         sync_directory(&self.directory())?;
         Ok(Box::new(journal))
     }
 
     async fn lock(&self, holder: LockInfo, timeout: Duration) -> Result<Box<dyn LockGuard>> {
-        let backoff = Backoff { initial: Duration::from_millis(20), max: Duration::from_secs(1), deadline: timeout };
+        let backoff = Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_secs(1),
+            deadline: timeout,
+        };
         let outcome = backoff::poll(backoff, || {
             let store = self.clone();
             let holder = holder.clone();
-            async move { tokio::task::spawn_blocking(move || store.try_lock(&holder)).await.expect("lock task") }
+            async move {
+                tokio::task::spawn_blocking(move || store.try_lock(&holder))
+                    .await
+                    .expect("lock task")
+            }
         })
         .await;
         match outcome {
             Ok(lock) => Ok(Box::new(lock)),
             Err(backoff::Error::Failed(error)) => Err(error),
-            Err(backoff::Error::Timeout { .. }) => Err(Error::Locked { holder: self.holder() }),
+            Err(backoff::Error::Timeout { .. }) => Err(Error::Locked {
+                holder: self.holder(),
+            }),
         }
     }
 

@@ -36,13 +36,22 @@ impl LockInfo {
             .map(|text| text.trim().to_owned())
             .or_else(|_| std::env::var("HOSTNAME"))
             .unwrap_or_else(|_| "unknown".to_owned());
-        Self { id: Uuid::new_v4(), pid: std::process::id(), host, command: command.into(), since: Utc::now() }
+        Self {
+            id: Uuid::new_v4(),
+            pid: std::process::id(),
+            host,
+            command: command.into(),
+            since: Utc::now(),
+        }
     }
 }
 
 impl fmt::Display for LockInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let age = Utc::now().signed_duration_since(self.since).num_seconds().max(0);
+        let age = Utc::now()
+            .signed_duration_since(self.since)
+            .num_seconds()
+            .max(0);
         write!(
             f,
             "`{}` (pid {} on {}, lock id {}) since {} ({age}s ago)",

@@ -117,12 +117,21 @@ pub struct State {
 impl State {
     /// An empty state for a new stack (serial 0: nothing written yet).
     pub fn new(stack: impl Into<String>) -> Self {
-        Self { lineage: Uuid::new_v4(), serial: 0, stack: stack.into(), resources: BTreeMap::new(), pending: Vec::new() }
+        Self {
+            lineage: Uuid::new_v4(),
+            serial: 0,
+            stack: stack.into(),
+            resources: BTreeMap::new(),
+            pending: Vec::new(),
+        }
     }
 
     /// Its lineage and serial.
     pub fn meta(&self) -> StateMeta {
-        StateMeta { lineage: self.lineage, serial: self.serial }
+        StateMeta {
+            lineage: self.lineage,
+            serial: self.serial,
+        }
     }
 
     /// Checks internal consistency: every key's kind matches its record, ids are
@@ -133,7 +142,10 @@ impl State {
     pub fn validate(&self) -> Result<(), String> {
         for (addr, resource) in &self.resources {
             if addr.kind() != resource.kind {
-                return Err(format!("`{addr}` is recorded with kind `{}`", resource.kind));
+                return Err(format!(
+                    "`{addr}` is recorded with kind `{}`",
+                    resource.kind
+                ));
             }
             if resource.id.is_empty() {
                 return Err(format!("`{addr}` has an empty id"));
@@ -173,7 +185,10 @@ impl StateFile {
         struct Probe {
             version: u32,
         }
-        let corrupt = |source| Error::Corrupt { origin: origin.to_owned(), source };
+        let corrupt = |source| Error::Corrupt {
+            origin: origin.to_owned(),
+            source,
+        };
         let probe: Probe = serde_json::from_str(text).map_err(corrupt)?;
         match probe.version {
             // Version 1 is current; future versions add `upgrade_v1_to_v2` here.
@@ -181,7 +196,10 @@ impl StateFile {
                 let file: StateFile = serde_json::from_str(text).map_err(corrupt)?;
                 Ok(file.into())
             }
-            version => Err(Error::UnsupportedVersion { origin: origin.to_owned(), version }),
+            version => Err(Error::UnsupportedVersion {
+                origin: origin.to_owned(),
+                version,
+            }),
         }
     }
 
@@ -209,7 +227,13 @@ impl From<State> for StateFile {
 
 impl From<StateFile> for State {
     fn from(file: StateFile) -> Self {
-        Self { lineage: file.lineage, serial: file.serial, stack: file.stack, resources: file.resources, pending: file.pending }
+        Self {
+            lineage: file.lineage,
+            serial: file.serial,
+            stack: file.stack,
+            resources: file.resources,
+            pending: file.pending,
+        }
     }
 }
 
@@ -262,7 +286,11 @@ pub fn fold(state: &mut State, records: impl IntoIterator<Item = Record>) {
         match record {
             Record::Begin { .. } => {}
             Record::Intent(intent) => state.pending.push(intent),
-            Record::Outcome { intent, addr, result } => {
+            Record::Outcome {
+                intent,
+                addr,
+                result,
+            } => {
                 state.pending.retain(|pending| pending.intent != intent);
                 match result {
                     Outcome::Written { resource } => {
@@ -318,7 +346,9 @@ pub enum Error {
         holder: LockInfo,
     },
     /// The snapshot changed since it was read (another writer).
-    #[error("state changed underneath you: expected lineage {expected_lineage} serial {expected_serial}, found serial {found_serial}")]
+    #[error(
+        "state changed underneath you: expected lineage {expected_lineage} serial {expected_serial}, found serial {found_serial}"
+    )]
     Conflict {
         /// The lineage the writer expected.
         expected_lineage: Uuid,

@@ -12,8 +12,8 @@ use uuid::Uuid;
 use super::local::parse_journal;
 use super::lock::{LockGuard, LockInfo};
 use super::{
-    fold, Error, JournalSink, Operation, Outcome, PendingIntent, Record, ResourceState, Result, State, StateFile,
-    StateMeta, StateStore,
+    Error, JournalSink, Operation, Outcome, PendingIntent, Record, ResourceState, Result, State,
+    StateFile, StateMeta, StateStore, fold,
 };
 
 #[derive(Debug, Default)]
@@ -81,16 +81,28 @@ impl StateStore for MemoryStore {
 
     async fn load(&self) -> Result<Option<State>> {
         let inner = self.inner();
-        let snapshot = inner.snapshot.as_deref().map(|text| StateFile::parse(text, "memory")).transpose()?;
-        let Some(lines) = &inner.journal else { return Ok(snapshot) };
+        let snapshot = inner
+            .snapshot
+            .as_deref()
+            .map(|text| StateFile::parse(text, "memory"))
+            .transpose()?;
+        let Some(lines) = &inner.journal else {
+            return Ok(snapshot);
+        };
         let records = parse_journal(&lines.join("\n"));
-        let Some(Record::Begin { base, stack }) = records.first().cloned() else { return Ok(snapshot) };
+        let Some(Record::Begin { base, stack }) = records.first().cloned() else {
+            return Ok(snapshot);
+        };
         let mut state = match snapshot {
             Some(state) if state.meta() == base => state,
             Some(state) => return Ok(Some(state)),
-            None if base.serial == 0 => {
-                State { lineage: base.lineage, serial: 0, stack, resources: Default::default(), pending: Vec::new() }
-            }
+            None if base.serial == 0 => State {
+                lineage: base.lineage,
+                serial: 0,
+                stack,
+                resources: Default::default(),
+                pending: Vec::new(),
+            },
             None => return Ok(None),
         };
         fold(&mut state, records);
@@ -99,10 +111,22 @@ impl StateStore for MemoryStore {
 
     async fn persist(&self, state: &State) -> Result<()> {
         let mut inner = self.inner();
-        let current = inner.snapshot.as_deref().map(|text| StateFile::parse(text, "memory")).transpose()?;
+        let current = inner
+            .snapshot
+            .as_deref()
+            .map(|text| StateFile::parse(text, "memory"))
+            .transpose()?;
         let found = current.as_ref().map_or(0, |current| current.serial);
-        if current.as_ref().is_some_and(|current| current.lineage != state.lineage) || state.serial != found + 1 {
-            return Err(Error::Conflict { expected_lineage: state.lineage, expected_serial: state.serial - 1, found_serial: found });
+        if current
+            .as_ref()
+            .is_some_and(|current| current.lineage != state.lineage)
+            || state.serial != found + 1
+        {
+            return Err(Error::Conflict {
+                expected_lineage: state.lineage,
+                expected_serial: state.serial - 1,
+                found_serial: found,
+            });
         }
         inner.backup = inner.snapshot.take();
         inner.snapshot = Some(StateFile::render(state));
@@ -111,9 +135,15 @@ impl StateStore for MemoryStore {
     }
 
     async fn open_journal(&self, base: StateMeta, stack: &str) -> Result<Box<dyn JournalSink>> {
-        let begin = serde_json::to_string(&Record::Begin { base, stack: stack.to_owned() }).expect("record serializes");
+        let begin = serde_json::to_string(&Record::Begin {
+            base,
+            stack: stack.to_owned(),
+        })
+        .expect("record serializes");
         self.inner().journal = Some(vec![begin]);
-        Ok(Box::new(MemoryJournal { inner: Arc::clone(&self.inner) }))
+        Ok(Box::new(MemoryJournal {
+            inner: Arc::clone(&self.inner),
+        }))
     }
 
     async fn lock(&self, holder: LockInfo, timeout: Duration) -> Result<Box<dyn LockGuard>> {
@@ -124,10 +154,15 @@ impl StateStore for MemoryStore {
                 match &inner.lock {
                     None => {
                         inner.lock = Some(holder.clone());
-                        return Ok(Box::new(MemoryLock { inner: Arc::clone(&self.inner), info: holder }));
+                        return Ok(Box::new(MemoryLock {
+                            inner: Arc::clone(&self.inner),
+                            info: holder,
+                        }));
                     }
                     Some(current) if tokio::time::Instant::now() >= deadline => {
-                        return Err(Error::Locked { holder: current.clone() });
+                        return Err(Error::Locked {
+                            holder: current.clone(),
+                        });
                     }
                     Some(_) => {}
                 }
@@ -137,14 +172,23 @@ impl StateStore for MemoryStore {
     }
 
     async fn backup(&self) -> Result<Option<State>> {
-        self.inner().backup.as_deref().map(|text| StateFile::parse(text, "memory backup")).transpose()
+        self.inner()
+            .backup
+            .as_deref()
+            .map(|text| StateFile::parse(text, "memory backup"))
+            .transpose()
     }
 }
 
 fn sample_resource(id: &str) -> ResourceState {
     let mut attributes = crate::value::Attrs::new();
     attributes.insert("name".into(), id.into());
-    ResourceState { kind: "log_group".into(), id: id.to_owned(), attributes, dependencies: Vec::new() }
+    ResourceState {
+        kind: "log_group".into(),
+        id: id.to_owned(),
+        attributes,
+        dependencies: Vec::new(),
+    }
 }
 
 /// Runs the checks every [`StateStore`] must pass. `make` returns a fresh, empty
@@ -158,32 +202,52 @@ pub async fn conformance<S: StateStore, F: Fn() -> S>(make: F) {
 }
 
 async fn snapshots_round_trip_and_bump_serial(store: impl StateStore) {
-    assert!(store.load().await.unwrap().is_none(), "a new store must load as empty");
+    assert!(
+        store.load().await.unwrap().is_none(),
+        "a new store must load as empty"
+    );
     let mut state = State::new("conformance");
     state.serial = 1;
-    state.resources.insert("log_group.a".parse().unwrap(), sample_resource("a"));
+    state
+        .resources
+        .insert("log_group.a".parse().unwrap(), sample_resource("a"));
     store.persist(&state).await.unwrap();
-    assert_eq!(store.load().await.unwrap().as_ref(), Some(&state), "a persisted state must load back unchanged");
+    assert_eq!(
+        store.load().await.unwrap().as_ref(),
+        Some(&state),
+        "a persisted state must load back unchanged"
+    );
     assert!(
         matches!(store.persist(&state).await, Err(Error::Conflict { .. })),
         "writing the same serial twice must conflict"
     );
     let mut skipped = state.clone();
     skipped.serial = 3;
-    assert!(matches!(store.persist(&skipped).await, Err(Error::Conflict { .. })), "a serial gap must conflict");
+    assert!(
+        matches!(store.persist(&skipped).await, Err(Error::Conflict { .. })),
+        "a serial gap must conflict"
+    );
     let mut other_lineage = state.clone();
     other_lineage.lineage = Uuid::new_v4();
     other_lineage.serial = 2;
     assert!(
-        matches!(store.persist(&other_lineage).await, Err(Error::Conflict { .. })),
+        matches!(
+            store.persist(&other_lineage).await,
+            Err(Error::Conflict { .. })
+        ),
         "another lineage must conflict"
     );
     let mut next = state.clone();
     next.serial = 2;
-    next.resources.insert("log_group.b".parse().unwrap(), sample_resource("b"));
+    next.resources
+        .insert("log_group.b".parse().unwrap(), sample_resource("b"));
     store.persist(&next).await.unwrap();
     assert_eq!(store.load().await.unwrap(), Some(next));
-    assert_eq!(store.backup().await.unwrap(), Some(state), "the previous snapshot must be kept as backup");
+    assert_eq!(
+        store.backup().await.unwrap(),
+        Some(state),
+        "the previous snapshot must be kept as backup"
+    );
 }
 
 async fn journal_replays_after_a_crash(store: impl StateStore) {
@@ -194,18 +258,41 @@ async fn journal_replays_after_a_crash(store: impl StateStore) {
     let interrupted = Uuid::new_v4();
     let addr_a: crate::addr::ResourceAddr = "log_group.a".parse().unwrap();
     let addr_b: crate::addr::ResourceAddr = "log_group.b".parse().unwrap();
-    let mut sink = store.open_journal(state.meta(), &state.stack).await.unwrap();
-    let intent = |intent, addr: &crate::addr::ResourceAddr| {
-        Record::Intent(PendingIntent { intent, addr: addr.clone(), operation: Operation::Create, attributes: Default::default() })
-    };
-    sink.append(&[intent(created, &addr_a), intent(interrupted, &addr_b)]).unwrap();
-    sink.append(&[Record::Outcome { intent: created, addr: addr_a.clone(), result: Outcome::Written { resource: sample_resource("a") } }])
+    let mut sink = store
+        .open_journal(state.meta(), &state.stack)
+        .await
         .unwrap();
+    let intent = |intent, addr: &crate::addr::ResourceAddr| {
+        Record::Intent(PendingIntent {
+            intent,
+            addr: addr.clone(),
+            operation: Operation::Create,
+            attributes: Default::default(),
+        })
+    };
+    sink.append(&[intent(created, &addr_a), intent(interrupted, &addr_b)])
+        .unwrap();
+    sink.append(&[Record::Outcome {
+        intent: created,
+        addr: addr_a.clone(),
+        result: Outcome::Written {
+            resource: sample_resource("a"),
+        },
+    }])
+    .unwrap();
     drop(sink); // the crash: no fold, no persist
     let loaded = store.load().await.unwrap().expect("state after crash");
     assert_eq!(loaded.serial, 1, "replay must not bump the serial");
-    assert_eq!(loaded.resources.get(&addr_a), Some(&sample_resource("a")), "a journaled outcome must survive a crash");
-    assert_eq!(loaded.pending.len(), 1, "an intent without outcome must be pending");
+    assert_eq!(
+        loaded.resources.get(&addr_a),
+        Some(&sample_resource("a")),
+        "a journaled outcome must survive a crash"
+    );
+    assert_eq!(
+        loaded.pending.len(),
+        1,
+        "an intent without outcome must be pending"
+    );
     assert_eq!(loaded.pending[0].intent, interrupted);
     loaded.validate().unwrap();
 }
@@ -216,9 +303,18 @@ async fn journal_is_retired_by_the_snapshot_that_folds_it(store: impl StateStore
     store.persist(&state).await.unwrap();
     let addr: crate::addr::ResourceAddr = "log_group.a".parse().unwrap();
     let id = Uuid::new_v4();
-    let mut sink = store.open_journal(state.meta(), &state.stack).await.unwrap();
-    sink.append(&[Record::Outcome { intent: id, addr: addr.clone(), result: Outcome::Written { resource: sample_resource("a") } }])
+    let mut sink = store
+        .open_journal(state.meta(), &state.stack)
+        .await
         .unwrap();
+    sink.append(&[Record::Outcome {
+        intent: id,
+        addr: addr.clone(),
+        result: Outcome::Written {
+            resource: sample_resource("a"),
+        },
+    }])
+    .unwrap();
     drop(sink);
     let mut folded = store.load().await.unwrap().unwrap();
     folded.serial = 2;
@@ -229,34 +325,62 @@ async fn journal_is_retired_by_the_snapshot_that_folds_it(store: impl StateStore
     removed.serial = 3;
     store.persist(&removed).await.unwrap();
     let loaded = store.load().await.unwrap().unwrap();
-    assert!(loaded.resources.is_empty(), "a folded journal must not be replayed again");
+    assert!(
+        loaded.resources.is_empty(),
+        "a folded journal must not be replayed again"
+    );
 }
 
 async fn first_apply_journal_replays_without_a_snapshot(store: impl StateStore) {
     let state = State::new("conformance");
     let addr: crate::addr::ResourceAddr = "log_group.a".parse().unwrap();
-    let mut sink = store.open_journal(state.meta(), &state.stack).await.unwrap();
-    sink.append(&[Record::Outcome { intent: Uuid::new_v4(), addr: addr.clone(), result: Outcome::Written { resource: sample_resource("a") } }])
+    let mut sink = store
+        .open_journal(state.meta(), &state.stack)
+        .await
         .unwrap();
+    sink.append(&[Record::Outcome {
+        intent: Uuid::new_v4(),
+        addr: addr.clone(),
+        result: Outcome::Written {
+            resource: sample_resource("a"),
+        },
+    }])
+    .unwrap();
     drop(sink);
-    let loaded = store.load().await.unwrap().expect("a journal without snapshot must load");
+    let loaded = store
+        .load()
+        .await
+        .unwrap()
+        .expect("a journal without snapshot must load");
     assert_eq!(loaded.lineage, state.lineage);
     assert_eq!(loaded.serial, 0);
     assert!(loaded.resources.contains_key(&addr));
 }
 
 async fn lock_excludes_and_names_its_holder(store: impl StateStore) {
-    let first = store.lock(LockInfo::current("jaam apply"), Duration::ZERO).await.unwrap();
-    match store.lock(LockInfo::current("jaam plan"), Duration::from_millis(50)).await {
+    let first = store
+        .lock(LockInfo::current("jaam apply"), Duration::ZERO)
+        .await
+        .unwrap();
+    match store
+        .lock(LockInfo::current("jaam plan"), Duration::from_millis(50))
+        .await
+    {
         Err(Error::Locked { holder }) => {
-            assert_eq!(holder.command, "jaam apply", "the lock error must name the holder's command");
+            assert_eq!(
+                holder.command, "jaam apply",
+                "the lock error must name the holder's command"
+            );
             assert_eq!(holder.id, first.info().id);
         }
         Err(other) => panic!("expected Locked, got {other}"),
         Ok(_) => panic!("a second lock must not be granted while the first is held"),
     }
     first.release().await.unwrap();
-    let again = store.lock(LockInfo::current("jaam apply"), Duration::ZERO).await.unwrap();
+    let again = store
+        .lock(LockInfo::current("jaam apply"), Duration::ZERO)
+        .await
+        .unwrap();
     again.release().await.unwrap();
 }
 
@@ -289,7 +413,10 @@ mod tests {
         let mut state = State::new("s");
         state.serial = 1;
         store.persist(&state).await.unwrap();
-        let mode = std::fs::metadata(store.path()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(store.path())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -305,8 +432,19 @@ mod tests {
             let addr: crate::addr::ResourceAddr = format!("log_group.g{n}").parse().unwrap();
             let intent = Uuid::new_v4();
             sink.append(&[
-                Record::Intent(PendingIntent { intent, addr: addr.clone(), operation: Operation::Create, attributes: Default::default() }),
-                Record::Outcome { intent, addr, result: Outcome::Written { resource: sample_resource(&format!("g{n}")) } },
+                Record::Intent(PendingIntent {
+                    intent,
+                    addr: addr.clone(),
+                    operation: Operation::Create,
+                    attributes: Default::default(),
+                }),
+                Record::Outcome {
+                    intent,
+                    addr,
+                    result: Outcome::Written {
+                        resource: sample_resource(&format!("g{n}")),
+                    },
+                },
             ])
             .unwrap();
         }
@@ -317,7 +455,10 @@ mod tests {
             std::fs::write(store.journal_path(), &full[..cut]).unwrap();
             let loaded = store.load().await.unwrap().expect("every prefix loads");
             loaded.validate().unwrap();
-            assert!(loaded.resources.len() >= previous, "a longer prefix never loses a resource");
+            assert!(
+                loaded.resources.len() >= previous,
+                "a longer prefix never loses a resource"
+            );
             previous = loaded.resources.len();
         }
         assert_eq!(previous, 5);
@@ -326,6 +467,9 @@ mod tests {
     #[test]
     fn state_file_should_reject_unknown_versions() {
         let error = StateFile::parse(r#"{"version": 99}"#, "x").unwrap_err();
-        assert!(matches!(error, Error::UnsupportedVersion { version: 99, .. }));
+        assert!(matches!(
+            error,
+            Error::UnsupportedVersion { version: 99, .. }
+        ));
     }
 }

@@ -48,7 +48,11 @@ fn confirm(destroy: bool) -> anyhow::Result<bool> {
 
 pub(crate) async fn run(global: &Global, request: Request<'_>) -> anyhow::Result<ExitCode> {
     let registry = super::registry().await;
-    let command = if request.destroy { "jaam destroy" } else { "jaam apply" };
+    let command = if request.destroy {
+        "jaam destroy"
+    } else {
+        "jaam apply"
+    };
     let (plan, config) = match request.plan_file {
         Some(path) => (Some(super::read_plan(path)?), None),
         None if request.destroy && !global.specs.exists() => (None, Some(Config::default())),
@@ -99,19 +103,26 @@ async fn apply_locked(
     };
 
     let (sender, receiver) = mpsc::unbounded_channel();
-    let mode = view::Mode { json: request.json, terminal: std::io::stderr().is_terminal() };
+    let mode = view::Mode {
+        json: request.json,
+        terminal: std::io::stderr().is_terminal(),
+    };
     let viewer = tokio::spawn(view::follow(receiver, mode));
     let cancel = CancellationToken::new();
     let interrupt = {
         let cancel = cancel.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("\nInterrupt received: finishing operations in flight, then saving state...");
+                eprintln!(
+                    "\nInterrupt received: finishing operations in flight, then saving state..."
+                );
                 cancel.cancel();
             }
         })
     };
-    let options = apply::Options { parallelism: usize::from(request.parallelism) };
+    let options = apply::Options {
+        parallelism: usize::from(request.parallelism),
+    };
     let report = session.apply(&plan, &options, Some(sender), cancel).await;
     interrupt.abort();
     let _ = viewer.await;
@@ -147,7 +158,10 @@ fn summarize(plan: &jaam_core::Plan, report: &Report, json: bool) -> anyhow::Res
         eprintln!("\nerror: {}", apply::error_chain(error));
     }
     if !report.not_started.is_empty() {
-        eprintln!("\nerror: apply interrupted; {} resource(s) not started; state saved", report.not_started.len());
+        eprintln!(
+            "\nerror: apply interrupted; {} resource(s) not started; state saved",
+            report.not_started.len()
+        );
     }
     eprintln!(
         "\n{} succeeded, {} failed, {} skipped. State records exactly what happened; run `jaam apply` again to continue.",

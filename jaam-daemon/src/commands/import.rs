@@ -14,8 +14,14 @@ pub(crate) async fn run(global: &Global, args: &ImportArgs) -> anyhow::Result<Ex
     session.release().await?;
     let resource = result?;
     eprintln!("{}: import complete [id={}]", args.addr, resource.id);
-    if config.as_ref().is_some_and(|config| !config.resources.contains_key(&args.addr)) {
-        eprintln!("\nhint: `{}` is not in the specs yet; the next plan will delete it unless you declare it", args.addr);
+    if config
+        .as_ref()
+        .is_some_and(|config| !config.resources.contains_key(&args.addr))
+    {
+        eprintln!(
+            "\nhint: `{}` is not in the specs yet; the next plan will delete it unless you declare it",
+            args.addr
+        );
     }
     super::success()
 }

@@ -30,7 +30,9 @@ pub(crate) async fn registry() -> Registry {
 
 /// Loads the specs.
 pub(crate) fn load_specs(global: &Global, registry: &Registry) -> anyhow::Result<Config> {
-    Ok(jaam_core::spec::load(&global.specs, registry, &|name| std::env::var(name).ok())?)
+    Ok(jaam_core::spec::load(&global.specs, registry, &|name| {
+        std::env::var(name).ok()
+    })?)
 }
 
 /// The stack name: `--stack`, else the specs' `stack.name`, else the state's, else `default`.
@@ -44,7 +46,8 @@ pub(crate) fn stack_name(global: &Global, config: Option<&Config>) -> String {
 
 /// An engine over the local state file.
 pub(crate) fn engine(global: &Global, registry: Registry, stack: String) -> Engine {
-    Engine::new(registry, LocalStore::new(&global.state), stack).with_lock_timeout(global.lock_timeout)
+    Engine::new(registry, LocalStore::new(&global.state), stack)
+        .with_lock_timeout(global.lock_timeout)
 }
 
 /// Whether to colour stdout.
@@ -54,8 +57,10 @@ pub(crate) fn colour(global: &Global) -> bool {
 
 /// Reads a saved plan.
 pub(crate) fn read_plan(path: &Path) -> anyhow::Result<Plan> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("failed to read plan file `{}`", path.display()))?;
-    let plan: Plan = serde_json::from_str(&text).with_context(|| format!("`{}` is not a jaam plan file", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read plan file `{}`", path.display()))?;
+    let plan: Plan = serde_json::from_str(&text)
+        .with_context(|| format!("`{}` is not a jaam plan file", path.display()))?;
     anyhow::ensure!(
         plan.format_version == jaam_core::plan::FORMAT_VERSION,
         "plan file `{}` has format version {}, which this jaam does not know",

@@ -20,12 +20,24 @@ pub(crate) async fn run(global: &Global, args: &PlanArgs) -> anyhow::Result<Exit
     if args.json {
         println!("{}", serde_json::to_string_pretty(&render::json(&plan))?);
     } else {
-        print!("{}", render::text(&plan, render::TextOptions { colour: super::colour(global) }));
+        print!(
+            "{}",
+            render::text(
+                &plan,
+                render::TextOptions {
+                    colour: super::colour(global)
+                }
+            )
+        );
     }
     if let Some(path) = &args.out {
         super::write_plan(path, &plan)?;
         if !args.json {
-            println!("\nSaved the plan to `{}`. Apply exactly this plan with:\n    jaam apply {}", path.display(), path.display());
+            println!(
+                "\nSaved the plan to `{}`. Apply exactly this plan with:\n    jaam apply {}",
+                path.display(),
+                path.display()
+            );
         }
     }
     if args.detailed_exitcode && plan.has_changes() {

@@ -13,7 +13,15 @@ pub(crate) async fn run(global: &Global, args: &ShowArgs) -> anyhow::Result<Exit
         if args.json {
             println!("{}", serde_json::to_string_pretty(&render::json(&plan))?);
         } else {
-            print!("{}", render::text(&plan, render::TextOptions { colour: super::colour(global) }));
+            print!(
+                "{}",
+                render::text(
+                    &plan,
+                    render::TextOptions {
+                        colour: super::colour(global)
+                    }
+                )
+            );
         }
         return super::success();
     }
@@ -28,7 +36,12 @@ pub(crate) async fn run(global: &Global, args: &ShowArgs) -> anyhow::Result<Exit
     for (addr, resource) in &state.resources {
         println!("# {addr}:");
         println!("{addr} {{");
-        let width = resource.attributes.keys().map(String::len).max().unwrap_or(0);
+        let width = resource
+            .attributes
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(0);
         println!("    {:<width$} = {:?}", "id", resource.id);
         for (name, value) in &resource.attributes {
             println!("    {name:<width$} = {}", value.render());
@@ -36,7 +49,10 @@ pub(crate) async fn run(global: &Global, args: &ShowArgs) -> anyhow::Result<Exit
         println!("}}\n");
     }
     if !state.pending.is_empty() {
-        println!("{} interrupted operation(s) will be resolved by the next plan.", state.pending.len());
+        println!(
+            "{} interrupted operation(s) will be resolved by the next plan.",
+            state.pending.len()
+        );
     }
     super::success()
 }

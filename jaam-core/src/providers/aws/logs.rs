@@ -25,17 +25,21 @@ use std::collections::{BTreeMap, HashMap};
 use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_cloudwatchlogs::Client as LogsClient;
-use aws_sdk_resourcegroupstagging::types::TagFilter;
 use aws_sdk_resourcegroupstagging::Client as TaggingClient;
+use aws_sdk_resourcegroupstagging::types::TagFilter;
 
-use super::{classify, CallCounter};
-use crate::provider::{Context, ErrorKind, Observed, Owner, Provider, ProviderError, RefreshTarget, Result};
+use super::{CallCounter, classify};
+use crate::provider::{
+    Context, ErrorKind, Observed, Owner, Provider, ProviderError, RefreshTarget, Result,
+};
 use crate::schema::{Attribute, ReplaceOrder, Schema, Type};
 use crate::value::{Attrs, Value};
 
 /// The retention values CloudWatch Logs accepts, in days.
-pub const RETENTION_DAYS: [i64; 22] =
-    [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653];
+pub const RETENTION_DAYS: [i64; 22] = [
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
+    3288, 3653,
+];
 
 fn check_retention(value: &Value) -> Result<(), String> {
     match value.as_int() {
@@ -55,7 +59,8 @@ pub fn schema() -> Schema {
         attributes: vec![
             Attribute::required("name", Type::String).force_new(),
             Attribute::optional("retention_days", Type::Int).checked(check_retention),
-            Attribute::optional("tags", Type::Map(Box::new(Type::String))).default_value(Value::Map(BTreeMap::new())),
+            Attribute::optional("tags", Type::Map(Box::new(Type::String)))
+                .default_value(Value::Map(BTreeMap::new())),
             Attribute::computed("arn", Type::String),
         ],
         replace_order: ReplaceOrder::CreateThenDelete,
@@ -87,7 +92,10 @@ fn user_tags(tags: &BTreeMap<String, String>) -> Value {
 
 fn string_map(value: Option<&Value>) -> BTreeMap<String, String> {
     match value {
-        Some(Value::Map(map)) => map.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect(),
+        Some(Value::Map(map)) => map
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+            .collect(),
         _ => BTreeMap::new(),
     }
 }
@@ -105,7 +113,11 @@ fn common_prefix<'a>(names: impl Iterator<Item = &'a str>) -> String {
         prefix = Some(match prefix {
             None => name,
             Some(current) => {
-                let shared = current.char_indices().zip(name.chars()).take_while(|((_, a), b)| a == b).last();
+                let shared = current
+                    .char_indices()
+                    .zip(name.chars())
+                    .take_while(|((_, a), b)| a == b)
+                    .last();
                 shared.map_or("", |((index, c), _)| &current[..index + c.len_utf8()])
             }
         });
@@ -127,7 +139,11 @@ impl LogGroups {
             logs = logs.interceptor(counter.clone());
             tagging = tagging.interceptor(counter);
         }
-        Self { logs: LogsClient::from_conf(logs.build()), tagging: TaggingClient::from_conf(tagging.build()), schema: schema() }
+        Self {
+            logs: LogsClient::from_conf(logs.build()),
+            tagging: TaggingClient::from_conf(tagging.build()),
+            schema: schema(),
+        }
     }
 
     async fn describe(&self, prefix: &str) -> Result<HashMap<String, Group>> {
@@ -142,13 +158,21 @@ impl LogGroups {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| classify("DescribeLogGroups", e))?;
             for group in page.log_groups() {
-                let Some(name) = group.log_group_name() else { continue };
+                let Some(name) = group.log_group_name() else {
+                    continue;
+                };
                 let arn = group
                     .log_group_arn()
                     .map(str::to_owned)
                     .or_else(|| group.arn().map(|arn| arn.trim_end_matches(":*").to_owned()))
                     .unwrap_or_default();
-                groups.insert(name.to_owned(), Group { arn, retention: group.retention_in_days() });
+                groups.insert(
+                    name.to_owned(),
+                    Group {
+                        arn,
+                        retention: group.retention_in_days(),
+                    },
+                );
             }
         }
         Ok(groups)
@@ -163,7 +187,12 @@ impl LogGroups {
                 .tagging
                 .get_resources()
                 .resource_type_filters("logs")
-                .tag_filters(TagFilter::builder().key(Owner::STACK_TAG).values(stack).build())
+                .tag_filters(
+                    TagFilter::builder()
+                        .key(Owner::STACK_TAG)
+                        .values(stack)
+                        .build(),
+                )
                 .resources_per_page(100)
                 .tags_per_page(500)
                 .set_pagination_token(token.take())
@@ -171,8 +200,14 @@ impl LogGroups {
                 .await
                 .map_err(|e| classify("GetResources", e))?;
             for mapping in page.resource_tag_mapping_list() {
-                let Some(arn) = mapping.resource_arn() else { continue };
-                let tags = mapping.tags().iter().map(|tag| (tag.key().to_owned(), tag.value().to_owned())).collect();
+                let Some(arn) = mapping.resource_arn() else {
+                    continue;
+                };
+                let tags = mapping
+                    .tags()
+                    .iter()
+                    .map(|tag| (tag.key().to_owned(), tag.value().to_owned()))
+                    .collect();
                 out.insert(arn.trim_end_matches(":*").to_owned(), tags);
             }
             match page.pagination_token() {
@@ -191,22 +226,35 @@ impl LogGroups {
             .send()
             .await
             .map_err(|e| classify("ListTagsForResource", e))?;
-        Ok(answer.tags().map(|tags| tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default())
+        Ok(answer
+            .tags()
+            .map(|tags| tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default())
     }
 
     fn observed(name: &str, group: &Group, tags: &BTreeMap<String, String>) -> Observed {
         let mut attributes = Attrs::new();
         attributes.insert("name".into(), Value::String(name.to_owned()));
-        attributes.insert("retention_days".into(), group.retention.map_or(Value::Null, |days| Value::Int(days.into())));
+        attributes.insert(
+            "retention_days".into(),
+            group
+                .retention
+                .map_or(Value::Null, |days| Value::Int(days.into())),
+        );
         attributes.insert("tags".into(), user_tags(tags));
         attributes.insert("arn".into(), Value::String(group.arn.clone()));
-        Observed { id: name.to_owned(), attributes, owner: Owner::from_tags(tags) }
+        Observed {
+            id: name.to_owned(),
+            attributes,
+            owner: Owner::from_tags(tags),
+        }
     }
 
     async fn set_retention(&self, name: &str, retention: Option<i64>) -> Result<()> {
         match retention {
             Some(days) => {
-                let days = i32::try_from(days).map_err(|_| ProviderError::new(ErrorKind::Invalid, "retention too large"))?;
+                let days = i32::try_from(days)
+                    .map_err(|_| ProviderError::new(ErrorKind::Invalid, "retention too large"))?;
                 self.logs
                     .put_retention_policy()
                     .log_group_name(name)
@@ -229,7 +277,9 @@ impl LogGroups {
 
     async fn find(&self, name: &str) -> Result<Option<Observed>> {
         let groups = self.describe(name).await?;
-        let Some(group) = groups.get(name) else { return Ok(None) };
+        let Some(group) = groups.get(name) else {
+            return Ok(None);
+        };
         let tags = self.tags_of(&group.arn).await?;
         Ok(Some(Self::observed(name, group, &tags)))
     }
@@ -241,21 +291,38 @@ impl Provider for LogGroups {
         &self.schema
     }
 
-    async fn refresh(&self, context: &Context, targets: &[RefreshTarget]) -> Result<Vec<Option<Observed>>> {
+    async fn refresh(
+        &self,
+        context: &Context,
+        targets: &[RefreshTarget],
+    ) -> Result<Vec<Option<Observed>>> {
         let names: Vec<Option<&str>> = targets
             .iter()
-            .map(|target| target.id.as_deref().or_else(|| target.attributes.get("name").and_then(Value::as_str)))
+            .map(|target| {
+                target
+                    .id
+                    .as_deref()
+                    .or_else(|| target.attributes.get("name").and_then(Value::as_str))
+            })
             .collect();
         if names.iter().all(Option::is_none) {
             return Ok(vec![None; targets.len()]);
         }
         let prefix = common_prefix(names.iter().flatten().copied());
         let groups = self.describe(&prefix).await?;
-        let wanted = names.iter().flatten().any(|name| groups.contains_key(*name));
-        let mut tags = if wanted { self.owned_tags(&context.stack).await? } else { HashMap::new() };
+        let wanted = names
+            .iter()
+            .flatten()
+            .any(|name| groups.contains_key(*name));
+        let mut tags = if wanted {
+            self.owned_tags(&context.stack).await?
+        } else {
+            HashMap::new()
+        };
         let mut out = Vec::with_capacity(targets.len());
         for name in names {
-            let Some(group) = name.and_then(|name| groups.get(name).map(|group| (name, group))) else {
+            let Some(group) = name.and_then(|name| groups.get(name).map(|group| (name, group)))
+            else {
                 out.push(None);
                 continue;
             };
@@ -270,18 +337,33 @@ impl Provider for LogGroups {
         Ok(out)
     }
 
-    async fn create(&self, _context: &Context, owner: &Owner, attributes: &Attrs) -> Result<Observed> {
+    async fn create(
+        &self,
+        _context: &Context,
+        owner: &Owner,
+        attributes: &Attrs,
+    ) -> Result<Observed> {
         let name = name_of(attributes)?;
-        let mut tags: HashMap<String, String> = string_map(attributes.get("tags")).into_iter().collect();
+        let mut tags: HashMap<String, String> =
+            string_map(attributes.get("tags")).into_iter().collect();
         tags.extend(owner.tags());
-        match self.logs.create_log_group().log_group_name(name).set_tags(Some(tags)).send().await {
+        match self
+            .logs
+            .create_log_group()
+            .log_group_name(name)
+            .set_tags(Some(tags.clone()))
+            .send()
+            .await
+        {
             Ok(_) => {}
             Err(error) => {
                 let error = classify("CreateLogGroup", error);
                 if error.kind == ErrorKind::AlreadyExists {
                     return Err(ProviderError::new(
                         ErrorKind::AlreadyExists,
-                        format!("log group `{name}` already exists and is not managed by this stack (import it with `jaam import`)"),
+                        format!(
+                            "log group `{name}` already exists and is not managed by this stack (import it with `jaam import`)"
+                        ),
                     ));
                 }
                 return Err(error);
@@ -290,9 +372,15 @@ impl Provider for LogGroups {
         if let Some(days) = attributes.get("retention_days").and_then(Value::as_int) {
             self.set_retention(name, Some(days)).await?;
         }
-        self.find(name)
-            .await?
-            .ok_or_else(|| ProviderError::new(ErrorKind::Transient, format!("log group `{name}` not visible after create")))
+        // The ARN is the cloud's to assign: read it back (the tags are the ones just written).
+        let groups = self.describe(name).await?;
+        let group = groups.get(name).ok_or_else(|| {
+            ProviderError::new(
+                ErrorKind::Transient,
+                format!("log group `{name}` not visible after create"),
+            )
+        })?;
+        Ok(Self::observed(name, group, &tags.into_iter().collect()))
     }
 
     async fn update(
@@ -304,15 +392,24 @@ impl Provider for LogGroups {
         attributes: &Attrs,
         changed: &[String],
     ) -> Result<Observed> {
-        let arn = prior.get("arn").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let arn = prior
+            .get("arn")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         if changed.iter().any(|c| c == "retention_days") {
-            self.set_retention(id, attributes.get("retention_days").and_then(Value::as_int)).await?;
+            self.set_retention(id, attributes.get("retention_days").and_then(Value::as_int))
+                .await?;
         }
         let mut tags: HashMap<String, String> = HashMap::new();
         if changed.iter().any(|c| c == "tags") {
             let old = string_map(prior.get("tags"));
             let new = string_map(attributes.get("tags"));
-            let removed: Vec<String> = old.keys().filter(|key| !new.contains_key(*key)).cloned().collect();
+            let removed: Vec<String> = old
+                .keys()
+                .filter(|key| !new.contains_key(*key))
+                .cloned()
+                .collect();
             if !removed.is_empty() {
                 self.logs
                     .untag_resource()
@@ -335,7 +432,11 @@ impl Provider for LogGroups {
             .map_err(|e| classify("TagResource", e))?;
         let mut next = attributes.clone();
         next.insert("arn".into(), Value::String(arn));
-        Ok(Observed { id: id.to_owned(), attributes: next, owner: None })
+        Ok(Observed {
+            id: id.to_owned(),
+            attributes: next,
+            owner: None,
+        })
     }
 
     async fn delete(&self, _context: &Context, id: &str, _prior: &Attrs) -> Result<()> {
@@ -343,15 +444,22 @@ impl Provider for LogGroups {
             Ok(_) => Ok(()),
             Err(error) => {
                 let error = classify("DeleteLogGroup", error);
-                if error.kind == ErrorKind::NotFound { Ok(()) } else { Err(error) }
+                if error.kind == ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(error)
+                }
             }
         }
     }
 
     async fn import(&self, _context: &Context, id: &str) -> Result<Observed> {
-        self.find(id)
-            .await?
-            .ok_or_else(|| ProviderError::new(ErrorKind::NotFound, format!("log group `{id}` does not exist")))
+        self.find(id).await?.ok_or_else(|| {
+            ProviderError::new(
+                ErrorKind::NotFound,
+                format!("log group `{id}` does not exist"),
+            )
+        })
     }
 
     async fn list_owned(&self, context: &Context) -> Result<Vec<Observed>> {
@@ -360,7 +468,10 @@ impl Provider for LogGroups {
             .into_iter()
             .filter_map(|(arn, tags)| {
                 let name = name_from_arn(&arn)?.to_owned();
-                let group = Group { arn: arn.clone(), retention: None };
+                let group = Group {
+                    arn: arn.clone(),
+                    retention: None,
+                };
                 Some(Self::observed(&name, &group, &tags))
             })
             .collect())
@@ -373,7 +484,10 @@ mod tests {
 
     #[test]
     fn common_prefix_should_cover_every_name() {
-        assert_eq!(common_prefix(["/jaam/a/build", "/jaam/b/build"].into_iter()), "/jaam/");
+        assert_eq!(
+            common_prefix(["/jaam/a/build", "/jaam/b/build"].into_iter()),
+            "/jaam/"
+        );
         assert_eq!(common_prefix(["/x"].into_iter()), "/x");
         assert_eq!(common_prefix(["a", "b"].into_iter()), "");
     }
@@ -386,7 +500,13 @@ mod tests {
 
     #[test]
     fn name_should_be_read_from_either_arn_form() {
-        assert_eq!(name_from_arn("arn:aws:logs:us-east-1:1:log-group:/a/b:*"), Some("/a/b"));
-        assert_eq!(name_from_arn("arn:aws:logs:us-east-1:1:log-group:/a/b"), Some("/a/b"));
+        assert_eq!(
+            name_from_arn("arn:aws:logs:us-east-1:1:log-group:/a/b:*"),
+            Some("/a/b")
+        );
+        assert_eq!(
+            name_from_arn("arn:aws:logs:us-east-1:1:log-group:/a/b"),
+            Some("/a/b")
+        );
     }
 }

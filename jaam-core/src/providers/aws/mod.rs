@@ -9,14 +9,14 @@
 
 pub mod logs;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
@@ -83,17 +83,29 @@ where
 {
     let kind = match &error {
         SdkError::ServiceError(context) => match context.err().code().unwrap_or_default() {
-            "ResourceNotFoundException" | "NotFoundException" | "NoSuchEntity" => ErrorKind::NotFound,
-            "ResourceAlreadyExistsException" | "AlreadyExistsException" => ErrorKind::AlreadyExists,
-            "ThrottlingException" | "Throttling" | "RequestLimitExceeded" | "ServiceUnavailableException"
-            | "ServiceUnavailable" | "InternalFailure" | "PriorRequestNotComplete" => ErrorKind::Transient,
-            "AccessDeniedException" | "AccessDenied" | "UnrecognizedClientException" | "InvalidClientTokenId" => {
-                ErrorKind::Denied
+            "ResourceNotFoundException" | "NotFoundException" | "NoSuchEntity" => {
+                ErrorKind::NotFound
             }
-            "InvalidParameterException" | "InvalidParameterValue" | "ValidationException" => ErrorKind::Invalid,
+            "ResourceAlreadyExistsException" | "AlreadyExistsException" => ErrorKind::AlreadyExists,
+            "ThrottlingException"
+            | "Throttling"
+            | "RequestLimitExceeded"
+            | "ServiceUnavailableException"
+            | "ServiceUnavailable"
+            | "InternalFailure"
+            | "PriorRequestNotComplete" => ErrorKind::Transient,
+            "AccessDeniedException"
+            | "AccessDenied"
+            | "UnrecognizedClientException"
+            | "InvalidClientTokenId" => ErrorKind::Denied,
+            "InvalidParameterException" | "InvalidParameterValue" | "ValidationException" => {
+                ErrorKind::Invalid
+            }
             _ => ErrorKind::Other,
         },
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => ErrorKind::Transient,
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            ErrorKind::Transient
+        }
         _ => ErrorKind::Other,
     };
     let detail = match &error {
