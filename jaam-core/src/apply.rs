@@ -28,9 +28,11 @@
 //!
 //! [`Schema::adoptable`]: crate::schema::Schema::adoptable
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use futures::stream::{FuturesUnordered, StreamExt};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -238,7 +240,12 @@ struct Emitter {
 }
 
 impl Emitter {
-    fn emit(&self, event: Event) {
+    /// Emits the event `make` builds, building it only when someone listens.
+    fn emit(&self, make: impl FnOnce() -> Event) {
+        if self.sender.is_none() && !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
+        let event = make();
         tracing::debug!(?event, "apply event");
         if let Some(sender) = &self.sender {
             let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
@@ -257,36 +264,29 @@ fn action_name(action: &Action) -> &'static str {
     }
 }
 
-/// Everything one node's task needs.
-struct Shared {
-    registry: Registry,
-    context: Context,
+/// Everything a node's operation needs, borrowed by every operation in flight.
+struct Shared<'a> {
+    registry: &'a Registry,
+    context: &'a Context,
     journal: Journal,
     semaphore: Semaphore,
     emitter: Emitter,
-    /// Attributes of resources as they are now, for resolving references.
-    /// Guarded by its own mutex; never held across an await.
-    known: Mutex<BTreeMap<ResourceAddr, Attrs>>,
-    /// The state being built; updated with every record journaled.
+    /// The state being built: every journaled record is folded in, so it also
+    /// answers references to resources finished earlier in this apply.
     /// Guarded by its own mutex; never held across an await.
     state: Mutex<State>,
 }
 
-impl Shared {
+impl Shared<'_> {
     fn journal_lazy(&self, record: Record) {
-        fold(
-            &mut self.state.lock().expect("state mutex"),
-            [record.clone()],
-        );
-        self.journal.record(record);
+        self.journal.record(&record);
+        fold(&mut self.state.lock().expect("state mutex"), [record]);
     }
 
     async fn journal_durable(&self, record: Record) -> crate::state::Result<()> {
-        fold(
-            &mut self.state.lock().expect("state mutex"),
-            [record.clone()],
-        );
-        self.journal.record_durable(record).await
+        let durable = self.journal.record_durable(&record);
+        fold(&mut self.state.lock().expect("state mutex"), [record]);
+        durable.await
     }
 }
 
@@ -322,61 +322,44 @@ pub async fn apply(
         pending: Vec::new(),
     });
     let sink = store.open_journal(base.meta(), &base.stack).await?;
-    let known = base
-        .resources
-        .iter()
-        .map(|(addr, resource)| (addr.clone(), resource.attributes.clone()))
-        .collect();
-    let shared = Arc::new(Shared {
-        registry: registry.clone(),
-        context: context.clone(),
-        journal: Journal::start(sink),
-        semaphore: Semaphore::new(options.parallelism.max(1)),
-        emitter: Emitter {
-            sender: events,
-            seq: AtomicU64::new(0),
-        },
-        known: Mutex::new(known),
-        state: Mutex::new(base.clone()),
-    });
-
+    let base_serial = base.serial;
     // Refreshed or adopted resources that need no cloud call still update state.
+    let mut refreshed = Vec::new();
     for change in plan.changes.iter().filter(|c| c.action == Action::NoOp) {
-        let (Some(id), Some(before)) = (&change.id, &change.before) else {
-            continue;
-        };
-        let resource = ResourceState {
-            kind: change.kind.clone(),
-            id: id.clone(),
-            attributes: before.clone(),
-            dependencies: change.dependencies.clone(),
-        };
-        if base.resources.get(&change.addr) != Some(&resource) {
-            shared
-                .known
-                .lock()
-                .expect("known mutex")
-                .insert(change.addr.clone(), before.clone());
-            shared.journal_lazy(Record::Outcome {
-                intent: Uuid::new_v4(),
-                addr: change.addr.clone(),
-                result: Outcome::Written { resource },
-            });
+        let (Some(id), Some(before)) = (&change.id, &change.before) else { continue };
+        let unchanged = base.resources.get(&change.addr).is_some_and(|recorded| {
+            recorded.id == *id && recorded.attributes == *before && recorded.dependencies == change.dependencies
+        });
+        if !unchanged {
+            let resource = ResourceState {
+                kind: change.kind.clone(),
+                id: id.clone(),
+                attributes: before.clone(),
+                dependencies: change.dependencies.clone(),
+            };
+            refreshed.push(Record::Outcome { intent: Uuid::new_v4(), addr: change.addr.clone(), result: Outcome::Written { resource } });
         }
     }
+    let shared = Shared {
+        registry,
+        context,
+        journal: Journal::start(sink),
+        semaphore: Semaphore::new(options.parallelism.max(1)),
+        emitter: Emitter { sender: events, seq: AtomicU64::new(0) },
+        state: Mutex::new(base),
+    };
+    for record in refreshed {
+        shared.journal_lazy(record);
+    }
 
-    let walk = walk(Arc::clone(&shared), plan, cancel).await;
-    let shared = Arc::into_inner(shared).expect("all node tasks finished");
-    let journal_commits = shared.journal.close().await?;
-    let mut state = shared.state.into_inner().expect("state mutex");
-    state
-        .pending
-        .retain(|pending| !plan.resolved_intents.contains(&pending.intent));
-    state.serial = base.serial + 1;
+    let walk = walk(&shared, plan, cancel).await;
+    let Shared { journal, state, emitter, .. } = shared;
+    let journal_commits = journal.close().await?;
+    let mut state = state.into_inner().expect("state mutex");
+    state.pending.retain(|pending| !plan.resolved_intents.contains(&pending.intent));
+    state.serial = base_serial + 1;
     store.persist(&state).await?;
-    shared.emitter.emit(Event::StateSaved {
-        serial: state.serial,
-    });
+    emitter.emit(|| Event::StateSaved { serial: state.serial });
     Ok(Report {
         state,
         applied: walk.applied,
@@ -395,110 +378,75 @@ struct Walk {
     not_started: Vec<ResourceAddr>,
 }
 
-async fn walk(shared: Arc<Shared>, plan: &Plan, cancel: CancellationToken) -> Walk {
-    let nodes: BTreeMap<&ResourceAddr, &ResourceChange> = plan
-        .changes
-        .iter()
-        .filter(|c| c.action.is_change())
-        .map(|c| (&c.addr, c))
-        .collect();
-    // waits_for[a] = nodes that must finish before a starts.
-    let mut waits_for: BTreeMap<&ResourceAddr, BTreeSet<&ResourceAddr>> =
-        nodes.keys().map(|a| (*a, BTreeSet::new())).collect();
-    for (addr, change) in &nodes {
+async fn walk(shared: &Shared<'_>, plan: &Plan, cancel: CancellationToken) -> Walk {
+    // Nodes by index; edges as index lists (the walk is hot for large plans).
+    let nodes: Vec<&ResourceChange> = plan.changes.iter().filter(|c| c.action.is_change()).collect();
+    let index: HashMap<&ResourceAddr, usize> = nodes.iter().enumerate().map(|(i, c)| (&c.addr, i)).collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    let mut remaining: Vec<usize> = vec![0; nodes.len()];
+    for (node, change) in nodes.iter().enumerate() {
         for dependency in &change.dependencies {
-            let Some(target) = nodes.get(dependency) else {
+            let Some(&target) = index.get(dependency) else { continue };
+            let (before, after) = if change.action == Action::Delete {
+                // Reverse edge: a dependency is removed after its dependent.
+                if !matches!(nodes[target].action, Action::Delete | Action::Replace { .. }) {
+                    continue;
+                }
+                (node, target)
+            } else if nodes[target].action != Action::Delete {
+                (target, node)
+            } else {
                 continue;
             };
-            if change.action == Action::Delete {
-                // Reverse edge: the dependency is removed after its dependent.
-                if matches!(target.action, Action::Delete | Action::Replace { .. }) {
-                    waits_for.get_mut(dependency).expect("node").insert(addr);
-                }
-            } else if target.action != Action::Delete {
-                waits_for.get_mut(addr).expect("node").insert(&target.addr);
-            }
+            dependents[before].push(after);
+            remaining[after] += 1;
         }
     }
-    let mut dependents: BTreeMap<&ResourceAddr, Vec<&ResourceAddr>> = BTreeMap::new();
-    for (addr, before) in &waits_for {
-        for dependency in before {
-            dependents.entry(*dependency).or_default().push(addr);
-        }
-    }
-    let mut remaining: BTreeMap<&ResourceAddr, usize> =
-        waits_for.iter().map(|(a, w)| (*a, w.len())).collect();
-    let mut ready: VecDeque<&ResourceAddr> = remaining
-        .iter()
-        .filter(|(_, n)| **n == 0)
-        .map(|(a, _)| *a)
-        .collect();
-    // A JoinSet, not a channel: a finished entry means the task has dropped its
-    // handle on `shared`, which the caller takes back once the walk ends.
-    let mut tasks: tokio::task::JoinSet<(ResourceAddr, std::result::Result<(), ResourceError>)> =
-        tokio::task::JoinSet::new();
+    let mut ready: VecDeque<usize> = (0..nodes.len()).filter(|&n| remaining[n] == 0).collect();
+    let mut settled = vec![false; nodes.len()];
+    let mut running = FuturesUnordered::new();
     let mut report = Walk::default();
-    let mut settled: BTreeSet<ResourceAddr> = BTreeSet::new();
 
     loop {
         while !cancel.is_cancelled()
-            && let Some(addr) = ready.pop_front()
+            && let Some(node) = ready.pop_front()
         {
-            let change = nodes[addr].clone();
-            let shared = Arc::clone(&shared);
-            tasks.spawn(async move {
-                let result = run_node(&shared, &change).await;
-                (change.addr, result)
-            });
+            let change = nodes[node];
+            running.push(async move { (node, run_node(shared, change).await) });
         }
-        let Some(joined) = tasks.join_next().await else {
-            break;
-        };
-        let (addr, result) = joined.expect("apply node task panicked");
-        settled.insert(addr.clone());
-        let key = nodes
-            .get_key_value(&addr)
-            .map(|(k, _)| *k)
-            .expect("finished node is known");
+        let Some((node, result)) = running.next().await else { break };
+        settled[node] = true;
+        let addr = &nodes[node].addr;
         match result {
             Ok(()) => {
-                report.applied.push(addr);
-                for dependent in dependents.get(key).into_iter().flatten() {
-                    let count = remaining.get_mut(dependent).expect("node");
-                    *count -= 1;
-                    if *count == 0 && !settled.contains(*dependent) {
+                report.applied.push(addr.clone());
+                for &dependent in &dependents[node] {
+                    remaining[dependent] -= 1;
+                    if remaining[dependent] == 0 && !settled[dependent] {
                         ready.push_back(dependent);
                     }
                 }
             }
             Err(error) => {
-                shared.emitter.emit(Event::Failed {
-                    addr: addr.clone(),
-                    message: error_chain(&error),
-                });
+                shared.emitter.emit(|| Event::Failed { addr: addr.clone(), message: error_chain(&error) });
                 report.failed.push(error);
                 // Skip everything downstream of the failure.
-                let mut pending: Vec<&ResourceAddr> =
-                    dependents.get(key).cloned().unwrap_or_default();
+                let mut pending: Vec<usize> = dependents[node].clone();
                 while let Some(next) = pending.pop() {
-                    if settled.insert((*next).clone()) {
-                        shared.emitter.emit(Event::Skipped {
-                            addr: (*next).clone(),
-                            because: addr.clone(),
-                        });
-                        report.skipped.push(((*next).clone(), addr.clone()));
-                        pending.extend(dependents.get(next).cloned().unwrap_or_default());
+                    if !settled[next] {
+                        settled[next] = true;
+                        shared.emitter.emit(|| Event::Skipped { addr: nodes[next].addr.clone(), because: addr.clone() });
+                        report.skipped.push((nodes[next].addr.clone(), addr.clone()));
+                        pending.extend(&dependents[next]);
                     }
                 }
             }
         }
     }
-    for addr in nodes.keys() {
-        if !settled.contains(*addr) {
-            shared.emitter.emit(Event::NotStarted {
-                addr: (*addr).clone(),
-            });
-            report.not_started.push((*addr).clone());
+    for (node, change) in nodes.iter().enumerate() {
+        if !settled[node] {
+            shared.emitter.emit(|| Event::NotStarted { addr: change.addr.clone() });
+            report.not_started.push(change.addr.clone());
         }
     }
     report
@@ -516,33 +464,28 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     out
 }
 
-/// Resolves unknowns in `after` against what is known now and keeps only arguments.
-fn resolve(
-    shared: &Shared,
-    change: &ResourceChange,
-    schema: &Schema,
-) -> std::result::Result<Attrs, ResourceError> {
-    let known = shared.known.lock().expect("known mutex");
+/// Resolves unknowns in `after` against what exists now and keeps only arguments.
+fn resolve(shared: &Shared<'_>, change: &ResourceChange, schema: &Schema) -> std::result::Result<Attrs, ResourceError> {
+    let after = change.after.as_ref();
+    let has_unknown = after.is_some_and(|after| after.values().any(Value::has_unknown_template));
+    let state;
+    let lookup_state = if has_unknown {
+        state = Some(shared.state.lock().expect("state mutex"));
+        state.as_deref()
+    } else {
+        None
+    };
     let lookup = |addr: &ResourceAddr, attribute: &str| {
-        known
-            .get(addr)
-            .map(|attrs| attrs.get(attribute).cloned().unwrap_or(Value::Null))
+        let resource = lookup_state?.resources.get(addr)?;
+        Some(resource.attributes.get(attribute).cloned().unwrap_or(Value::Null))
     };
     let env = |name: &str| std::env::var(name).ok();
     let mut out = Attrs::new();
     for attribute in schema.arguments() {
-        let value = change
-            .after
-            .as_ref()
-            .and_then(|after| after.get(attribute.name))
-            .cloned()
-            .unwrap_or(Value::Null);
-        let value = resolve_value(value, &lookup, &env);
+        let value = after.and_then(|after| after.get(attribute.name)).cloned().unwrap_or(Value::Null);
+        let value = if has_unknown { resolve_value(value, &lookup, &env) } else { value };
         if let Some(template) = find_unknown(&value) {
-            return Err(ResourceError::Unresolved {
-                addr: change.addr.clone(),
-                template,
-            });
+            return Err(ResourceError::Unresolved { addr: change.addr.clone(), template });
         }
         out.insert(attribute.name.to_owned(), value);
     }
@@ -584,7 +527,7 @@ fn find_unknown(value: &Value) -> Option<String> {
 }
 
 async fn run_node(
-    shared: &Shared,
+    shared: &Shared<'_>,
     change: &ResourceChange,
 ) -> std::result::Result<(), ResourceError> {
     let addr = &change.addr;
@@ -617,7 +560,7 @@ async fn run_node(
         .acquire()
         .await
         .expect("semaphore never closed");
-    shared.emitter.emit(Event::Started {
+    shared.emitter.emit(|| Event::Started {
         addr: addr.clone(),
         action: action.to_owned(),
     });
@@ -759,20 +702,7 @@ async fn run_node(
     .await;
     drop(permit);
 
-    // Known attributes for dependents, then durability, then "done".
-    for record in &finals {
-        if let Record::Outcome {
-            result: Outcome::Written { resource },
-            ..
-        } = record
-        {
-            shared
-                .known
-                .lock()
-                .expect("known mutex")
-                .insert(addr.clone(), resource.attributes.clone());
-        }
-    }
+    // Durability, then "done".
     let last = finals.pop();
     for record in finals {
         shared.journal_lazy(record);
@@ -784,7 +714,7 @@ async fn run_node(
             .map_err(journal_error)?;
     }
     if result.is_ok() {
-        shared.emitter.emit(Event::Finished {
+        shared.emitter.emit(|| Event::Finished {
             addr: addr.clone(),
             action: action.to_owned(),
             id: outcome_id,
@@ -828,7 +758,7 @@ fn failed(intent: Uuid, addr: &ResourceAddr, error: &ProviderError) -> Record {
 
 /// Journals a delete intent and deletes the resource's current cloud object.
 async fn delete_old(
-    shared: &Shared,
+    shared: &Shared<'_>,
     provider: &dyn crate::provider::Provider,
     change: &ResourceChange,
 ) -> (Uuid, std::result::Result<(), ProviderError>) {

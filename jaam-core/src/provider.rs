@@ -77,15 +77,15 @@ impl Owner {
 }
 
 /// One resource to look up in a refresh.
-#[derive(Clone, Debug)]
-pub struct RefreshTarget {
+#[derive(Clone, Copy, Debug)]
+pub struct RefreshTarget<'a> {
     /// The resource.
-    pub addr: ResourceAddr,
+    pub addr: &'a ResourceAddr,
     /// The recorded id, or `None` to look it up by natural key (adoption after a
     /// crash, or a create whose outcome never reached the journal).
-    pub id: Option<String>,
+    pub id: Option<&'a str>,
     /// The recorded or desired attributes (for natural keys such as a log group name).
-    pub attributes: Attrs,
+    pub attributes: &'a Attrs,
 }
 
 /// What the engine passes to every provider call.
@@ -162,7 +162,7 @@ pub trait Provider: Send + Sync {
     async fn refresh(
         &self,
         context: &Context,
-        targets: &[RefreshTarget],
+        targets: &[RefreshTarget<'_>],
     ) -> Result<Vec<Option<Observed>>>;
 
     /// Creates a resource with `attributes` (resolved arguments), tagging it with `owner`.

@@ -148,8 +148,6 @@ impl FakeProvider {
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
-        } else {
-            tokio::task::yield_now().await;
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
@@ -172,13 +170,13 @@ impl Provider for FakeProvider {
     async fn refresh(
         &self,
         _context: &Context,
-        targets: &[RefreshTarget],
+        targets: &[RefreshTarget<'_>],
     ) -> Result<Vec<Option<Observed>>> {
         self.log(Call::Refresh(targets.len()));
         let cloud = self.cloud.lock().expect("cloud mutex");
         Ok(targets
             .iter()
-            .map(|target| match &target.id {
+            .map(|target| match target.id {
                 Some(id) => cloud
                     .get(id)
                     .map(|(attrs, owner)| Self::observed(id, attrs, owner)),

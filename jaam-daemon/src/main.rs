@@ -15,6 +15,11 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command};
 
+// mimalloc: the engine allocates per resource; glibc's malloc was a third of
+// the profile of a 10,000-resource plan.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse_from(cli::normalize_args(std::env::args())) {
         Ok(cli) => cli,

@@ -46,10 +46,11 @@ impl Default for Options {
     }
 }
 
-/// What refresh found for one address.
-struct Current {
-    id: String,
-    attributes: Attrs,
+/// What an address currently is: refreshed, or recorded without refresh.
+#[derive(Clone, Copy)]
+struct Current<'a> {
+    id: &'a str,
+    attributes: &'a Attrs,
 }
 
 /// Computes the plan for `config` against `state` (or a new stack when `None`).
@@ -67,17 +68,12 @@ pub async fn compute(
 ) -> Result<Plan> {
     let empty = State::new(context.stack.clone());
     let recorded = state.unwrap_or(&empty);
-    let desired: BTreeMap<&ResourceAddr, _> = if options.destroy {
-        BTreeMap::new()
-    } else {
-        config.resources.iter().collect()
-    };
+    let desired: BTreeMap<&ResourceAddr, _> =
+        if options.destroy { BTreeMap::new() } else { config.resources().iter().collect() };
 
     for target in &options.targets {
-        if !config.resources.contains_key(target) && !recorded.resources.contains_key(target) {
-            return Err(Error::UnknownTarget {
-                addr: target.clone(),
-            });
+        if !config.resources().contains_key(target) && !recorded.resources.contains_key(target) {
+            return Err(Error::UnknownTarget { addr: target.clone() });
         }
     }
     for addr in recorded.resources.keys() {
@@ -87,81 +83,51 @@ pub async fn compute(
     }
 
     // 1. Refresh.
-    let mut targets: BTreeMap<&str, Vec<RefreshTarget>> = BTreeMap::new();
+    let mut lookups: BTreeMap<&ResourceAddr, Attrs> = BTreeMap::new();
     if options.refresh {
-        for (addr, resource) in &recorded.resources {
-            targets.entry(addr.kind()).or_default().push(RefreshTarget {
-                addr: addr.clone(),
-                id: Some(resource.id.clone()),
-                attributes: resource.attributes.clone(),
-            });
-        }
-        let mut lookups: BTreeMap<&ResourceAddr, Attrs> = BTreeMap::new();
-        for pending in recorded
-            .pending
-            .iter()
-            .filter(|p| p.operation == Operation::Create)
-        {
-            lookups.insert(&pending.addr, pending.attributes.clone());
+        for pending in recorded.pending.iter().filter(|p| p.operation == Operation::Create) {
+            if !recorded.resources.contains_key(&pending.addr) {
+                lookups.insert(&pending.addr, pending.attributes.clone());
+            }
         }
         for (addr, resource) in &desired {
             if !recorded.resources.contains_key(*addr) && !lookups.contains_key(*addr) {
-                let schema = registry
-                    .schema(addr.kind())
-                    .expect("specs only hold known kinds");
-                let literal = evaluate_args(resource, schema, &|_, _| None, &|name| env(name));
-                lookups.insert(addr, literal);
-            }
-        }
-        for (addr, attributes) in lookups {
-            if !recorded.resources.contains_key(addr) {
-                targets.entry(addr.kind()).or_default().push(RefreshTarget {
-                    addr: addr.clone(),
-                    id: None,
-                    attributes,
-                });
+                let schema = registry.schema(addr.kind()).expect("specs only hold known kinds");
+                lookups.insert(addr, evaluate_args(resource, schema, &|_, _| None, &|name| env(name)));
             }
         }
     }
+    let mut targets: BTreeMap<&str, Vec<RefreshTarget<'_>>> = BTreeMap::new();
+    if options.refresh {
+        for (addr, resource) in &recorded.resources {
+            targets.entry(addr.kind()).or_default().push(RefreshTarget {
+                addr,
+                id: Some(&resource.id),
+                attributes: &resource.attributes,
+            });
+        }
+        for (addr, attributes) in &lookups {
+            targets.entry(addr.kind()).or_default().push(RefreshTarget { addr, id: None, attributes });
+        }
+    }
     let answers = try_join_all(targets.iter().map(|(kind, targets)| async move {
-        let provider = registry.provider(kind).ok_or_else(|| Error::UnknownKind {
-            addr: targets[0].addr.clone(),
-        })?;
-        let observed =
-            provider
-                .refresh(context, targets)
-                .await
-                .map_err(|source| Error::Refresh {
-                    kind: (*kind).to_owned(),
-                    source,
-                })?;
-        Ok::<_, Error>(
-            targets
-                .iter()
-                .map(|t| t.addr.clone())
-                .zip(observed)
-                .collect::<Vec<_>>(),
-        )
+        let provider = registry.provider(kind).ok_or_else(|| Error::UnknownKind { addr: targets[0].addr.clone() })?;
+        let observed = provider
+            .refresh(context, targets)
+            .await
+            .map_err(|source| Error::Refresh { kind: (*kind).to_owned(), source })?;
+        Ok::<_, Error>(targets.iter().map(|t| t.addr).zip(observed).collect::<Vec<_>>())
     }))
     .await?;
-    let observed: BTreeMap<ResourceAddr, Option<Observed>> =
-        answers.into_iter().flatten().collect();
+    let observed: BTreeMap<&ResourceAddr, Option<Observed>> = answers.into_iter().flatten().collect();
 
     // 2. Drift, and what each address currently is.
     let mut drift = Vec::new();
-    let mut current: BTreeMap<ResourceAddr, Current> = BTreeMap::new();
+    let mut current: BTreeMap<&ResourceAddr, Current<'_>> = BTreeMap::new();
     for (addr, resource) in &recorded.resources {
-        let schema = registry.schema(addr.kind()).expect("checked above");
-        let sensitive = sensitive_names(schema);
         match observed.get(addr) {
             None => {
-                current.insert(
-                    addr.clone(),
-                    Current {
-                        id: resource.id.clone(),
-                        attributes: resource.attributes.clone(),
-                    },
-                );
+                current.insert(addr, Current { id: &resource.id, attributes: &resource.attributes });
             }
             Some(None) => drift.push(ResourceChange {
                 addr: addr.clone(),
@@ -171,149 +137,101 @@ pub async fn compute(
                 before: Some(resource.attributes.clone()),
                 after: None,
                 dependencies: resource.dependencies.clone(),
-                sensitive,
+                sensitive: sensitive_names(registry.schema(addr.kind()).expect("checked above")),
                 reason: Some("deleted outside jaam".into()),
             }),
             Some(Some(found)) => {
-                let changed = changed_attributes(&resource.attributes, &found.attributes);
-                if !changed.is_empty() {
+                if found.attributes != resource.attributes {
                     drift.push(ResourceChange {
                         addr: addr.clone(),
                         kind: resource.kind.clone(),
-                        action: Action::Update { changed },
+                        action: Action::Update { changed: changed_attributes(&resource.attributes, &found.attributes) },
                         id: Some(found.id.clone()),
                         before: Some(resource.attributes.clone()),
                         after: Some(found.attributes.clone()),
                         dependencies: resource.dependencies.clone(),
-                        sensitive,
+                        sensitive: sensitive_names(registry.schema(addr.kind()).expect("checked above")),
                         reason: Some("changed outside jaam".into()),
                     });
                 }
-                current.insert(
-                    addr.clone(),
-                    Current {
-                        id: found.id.clone(),
-                        attributes: found.attributes.clone(),
-                    },
-                );
+                current.insert(addr, Current { id: &found.id, attributes: &found.attributes });
             }
         }
     }
-    let mut resolved_intents: Vec<uuid::Uuid> = recorded
-        .pending
-        .iter()
-        .map(|pending| pending.intent)
-        .collect();
+    let mut resolved_intents: Vec<uuid::Uuid> = recorded.pending.iter().map(|pending| pending.intent).collect();
     resolved_intents.sort();
     for (addr, found) in &observed {
         let Some(found) = found else { continue };
-        if recorded.resources.contains_key(addr) {
+        if recorded.resources.contains_key(*addr) {
             continue;
         }
-        let owned = found
-            .owner
-            .as_ref()
-            .is_some_and(|owner| owner.stack == context.stack && owner.addr == addr.to_string());
+        let owned = found.owner.as_ref().is_some_and(|owner| owner.stack == context.stack && owner.addr == addr.to_string());
         if !owned {
             continue;
         }
-        let schema = registry
-            .schema(addr.kind())
-            .expect("refreshed kinds are registered");
         drift.push(ResourceChange {
-            addr: addr.clone(),
+            addr: (*addr).clone(),
             kind: addr.kind().to_owned(),
             action: Action::Create,
             id: Some(found.id.clone()),
             before: None,
             after: Some(found.attributes.clone()),
             dependencies: Vec::new(),
-            sensitive: sensitive_names(schema),
+            sensitive: sensitive_names(registry.schema(addr.kind()).expect("refreshed kinds are registered")),
             reason: Some("created by an interrupted apply; adopted into state".into()),
         });
-        current.insert(
-            addr.clone(),
-            Current {
-                id: found.id.clone(),
-                attributes: found.attributes.clone(),
-            },
-        );
+        current.insert(addr, Current { id: &found.id, attributes: &found.attributes });
     }
 
-    // 3. Desired resources in dependency order.
-    let order = config
-        .graph()
-        .topological_order()
-        .expect("specs are validated acyclic");
-    let mut planned: BTreeMap<ResourceAddr, Attrs> = BTreeMap::new();
+    // 3. Desired resources in dependency order. A reference reads the planned
+    // `after` of its dependency's change (known, or unknown until apply).
+    let graph = config.graph();
+    let order = graph.topological_order().expect("specs are validated acyclic");
     let mut changes: BTreeMap<ResourceAddr, ResourceChange> = BTreeMap::new();
-    for addr in order.iter().filter(|addr| desired.contains_key(addr)) {
-        let resource = desired[addr];
-        let schema = registry
-            .schema(addr.kind())
-            .expect("specs only hold known kinds");
+    for addr in order {
+        let Some(resource) = desired.get(&addr) else { continue };
+        let schema = registry.schema(addr.kind()).expect("specs only hold known kinds");
         let lookup = |target: &ResourceAddr, attribute: &str| -> Option<Value> {
-            planned
-                .get(target)
-                .map(|attrs| attrs.get(attribute).cloned().unwrap_or(Value::Null))
+            let after = changes.get(target)?.after.as_ref()?;
+            Some(after.get(attribute).cloned().unwrap_or(Value::Null))
         };
-        let args = evaluate_args(resource, schema, &lookup, &|name| env(name));
-        let existing = current.get(addr);
+        let mut after = evaluate_args(resource, schema, &lookup, &|name| env(name));
+        let existing = current.get(&addr).copied();
         let action = match existing {
             None => Action::Create,
-            Some(existing) => diff_arguments(schema, &existing.attributes, &args),
+            Some(existing) => diff_arguments(schema, existing.attributes, &after),
         };
-        let mut after = args.clone();
+        let keeps_identity = matches!(action, Action::NoOp | Action::Update { .. });
         // What dependents may read: computed attributes survive an in-place update
         // and are unknown for anything created.
         for attribute in schema.attributes.iter().filter(|a| !a.is_argument()) {
-            let value = match (&action, existing) {
-                (Action::NoOp | Action::Update { .. }, Some(existing)) => existing
-                    .attributes
-                    .get(attribute.name)
-                    .cloned()
-                    .unwrap_or(Value::Null),
-                _ => Value::Unknown(String::new()),
+            let value = match existing.filter(|_| keeps_identity) {
+                Some(existing) => existing.attributes.get(attribute.name).cloned().unwrap_or(Value::Null),
+                None => Value::Unknown(String::new()),
             };
             after.insert(attribute.name.to_owned(), value);
         }
-        for attribute in schema
-            .arguments()
-            .filter(|a| a.mode == Mode::OptionalComputed)
-        {
-            if after.get(attribute.name).is_none_or(Value::is_null)
-                && let Some(existing) =
-                    existing.filter(|_| !matches!(action, Action::Replace { .. }))
-            {
-                let value = existing
-                    .attributes
-                    .get(attribute.name)
-                    .cloned()
-                    .unwrap_or(Value::Null);
-                after.insert(attribute.name.to_owned(), value);
+        if let Some(existing) = existing.filter(|_| keeps_identity) {
+            for attribute in schema.arguments().filter(|a| a.mode == Mode::OptionalComputed) {
+                if after.get(attribute.name).is_none_or(Value::is_null) {
+                    let value = existing.attributes.get(attribute.name).cloned().unwrap_or(Value::Null);
+                    after.insert(attribute.name.to_owned(), value);
+                }
             }
         }
-        planned.insert(addr.clone(), after.clone());
-        let reason = match (&action, existing) {
-            (Action::Create, None) if recorded.resources.contains_key(addr) => {
-                Some("deleted outside jaam".to_owned())
-            }
-            _ => None,
+        let reason = (existing.is_none() && recorded.resources.contains_key(&addr)).then(|| "deleted outside jaam".to_owned());
+        let change = ResourceChange {
+            addr: addr.clone(),
+            kind: addr.kind().to_owned(),
+            action,
+            id: existing.map(|existing| existing.id.to_owned()),
+            before: existing.map(|existing| existing.attributes.clone()),
+            after: Some(after),
+            dependencies: graph.dependencies(&addr),
+            sensitive: sensitive_names(schema),
+            reason,
         };
-        changes.insert(
-            addr.clone(),
-            ResourceChange {
-                addr: addr.clone(),
-                kind: addr.kind().to_owned(),
-                action,
-                id: existing.map(|existing| existing.id.clone()),
-                before: existing.map(|existing| existing.attributes.clone()),
-                after: Some(after),
-                dependencies: resource.dependencies(),
-                sensitive: sensitive_names(schema),
-                reason,
-            },
-        );
+        changes.insert(addr, change);
     }
 
     // 4. Deletes.
@@ -330,13 +248,8 @@ pub async fn compute(
                 addr: addr.clone(),
                 kind: resource.kind.clone(),
                 action: Action::Delete,
-                id: Some(
-                    existing.map_or_else(|| resource.id.clone(), |existing| existing.id.clone()),
-                ),
-                before: Some(existing.map_or_else(
-                    || resource.attributes.clone(),
-                    |existing| existing.attributes.clone(),
-                )),
+                id: Some(existing.map_or_else(|| resource.id.clone(), |existing| existing.id.to_owned())),
+                before: Some(existing.map_or_else(|| resource.attributes.clone(), |existing| existing.attributes.clone())),
                 after: None,
                 dependencies: resource.dependencies.clone(),
                 sensitive: sensitive_names(schema),
@@ -352,10 +265,7 @@ pub async fn compute(
     }
     // Resources adopted but no longer desired are deleted too.
     for change in &drift {
-        if change.action == Action::Create
-            && !desired.contains_key(&change.addr)
-            && !changes.contains_key(&change.addr)
-        {
+        if change.action == Action::Create && !desired.contains_key(&change.addr) && !changes.contains_key(&change.addr) {
             let mut delete = change.clone();
             delete.action = Action::Delete;
             delete.before = change.after.clone();
@@ -367,7 +277,7 @@ pub async fn compute(
 
     // 5. Targets.
     if !options.targets.is_empty() {
-        let mut scope: BTreeSet<ResourceAddr> = config.graph().with_dependencies(&options.targets);
+        let mut scope: BTreeSet<ResourceAddr> = graph.with_dependencies(&options.targets);
         scope.extend(options.targets.iter().cloned());
         changes.retain(|addr, _| scope.contains(addr));
         drift.retain(|change| scope.contains(&change.addr));

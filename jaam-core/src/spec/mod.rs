@@ -245,18 +245,32 @@ pub struct StackSettings {
     pub drift: DriftPolicy,
 }
 
-/// Everything the specs declare.
+/// Everything the specs declare. Immutable once loaded: its dependency graph is
+/// built once, when [`load`] checks for cycles, and kept.
 #[derive(Clone, Debug, Default)]
 pub struct Config {
-    /// Stack settings.
-    pub stack: StackSettings,
-    /// Resources by address.
-    pub resources: BTreeMap<ResourceAddr, ResourceSpec>,
+    stack: StackSettings,
+    resources: BTreeMap<ResourceAddr, ResourceSpec>,
+    graph: Graph,
 }
 
 impl Config {
+    /// Stack settings.
+    pub fn stack(&self) -> &StackSettings {
+        &self.stack
+    }
+
+    /// Resources by address.
+    pub fn resources(&self) -> &BTreeMap<ResourceAddr, ResourceSpec> {
+        &self.resources
+    }
+
     /// The dependency graph of the declared resources.
-    pub fn graph(&self) -> Graph {
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    fn build_graph(&self) -> Graph {
         let mut graph = Graph::default();
         for (addr, resource) in &self.resources {
             graph.add_node(addr.clone());
@@ -752,7 +766,8 @@ impl Loader<'_> {
     }
 
     fn check_cycles(&mut self) {
-        if let Err(cycle) = self.config.graph().topological_order() {
+        self.config.graph = self.config.build_graph();
+        if let Err(cycle) = self.config.graph.topological_order() {
             let first = &cycle[0];
             let location = self.config.resources[first].location.clone();
             let path: Vec<String> = cycle

@@ -39,9 +39,9 @@ fn valid_specs_should_load_with_references_and_depends_on() {
         "stack:\n  name: s\n  drift: report\nfake.a:\n  name: a\nfake.b:\n  name: b-${fake.a.id}\n  value: ${env.SET}\n  depends_on: [other.c]\n",
     ), ("b.yml", "other.c:\n  name: c\n")])
     .unwrap();
-    assert_eq!(config.stack.name.as_deref(), Some("s"));
-    assert_eq!(config.stack.drift, DriftPolicy::Report);
-    let b = &config.resources[&"fake.b".parse().unwrap()];
+    assert_eq!(config.stack().name.as_deref(), Some("s"));
+    assert_eq!(config.stack().drift, DriftPolicy::Report);
+    let b = &config.resources()[&"fake.b".parse().unwrap()];
     let deps: Vec<String> = b.dependencies().iter().map(ToString::to_string).collect();
     assert_eq!(deps, ["fake.a", "other.c"]);
 }
@@ -224,5 +224,5 @@ fn directory_loading_should_read_yaml_recursively_in_sorted_order() {
     std::fs::write(directory.path().join("notes.txt"), "not yaml").unwrap();
     std::fs::write(directory.path().join(".hidden.yaml"), "broken: [").unwrap();
     let config = super::load(directory.path(), &registry(), &|_| None).unwrap();
-    assert_eq!(config.resources.len(), 2);
+    assert_eq!(config.resources().len(), 2);
 }

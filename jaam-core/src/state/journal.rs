@@ -21,18 +21,33 @@ use super::{Error, Record, Result};
 
 /// A durable, append-only destination for journal records.
 pub trait JournalSink: Send {
-    /// Appends `records` and makes them durable (fsync) before returning.
+    /// Appends `batch` (records encoded by [`encode`], one JSON object per line)
+    /// and makes it durable (fsync) before returning.
     ///
     /// # Errors
     /// The I/O error; the journal is then unusable.
-    fn append(&mut self, records: &[Record]) -> std::io::Result<()>;
+    fn append(&mut self, batch: &[u8]) -> std::io::Result<()>;
+}
+
+/// Encodes records as journal lines.
+pub fn encode(records: &[Record]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for record in records {
+        encode_into(&mut out, record);
+    }
+    out
+}
+
+fn encode_into(out: &mut Vec<u8>, record: &Record) {
+    serde_json::to_writer(&mut *out, record).expect("journal records serialize");
+    out.push(b'\n');
 }
 
 type Waiter = oneshot::Sender<std::result::Result<(), Arc<std::io::Error>>>;
 
 enum Message {
-    Lazy(Record),
-    Durable(Record, Waiter),
+    Lazy(Vec<u8>),
+    Durable(Vec<u8>, Waiter),
     Close(Waiter),
 }
 
@@ -60,15 +75,15 @@ impl Journal {
         let worker = std::thread::Builder::new()
             .name("jaam-journal".to_owned())
             .spawn(move || {
-                let mut buffered: Vec<Record> = Vec::new();
+                let mut buffered: Vec<u8> = Vec::new();
                 let mut failed: Option<Arc<std::io::Error>> = None;
                 while let Ok(first) = receiver.recv() {
                     let mut waiters = Vec::new();
                     let mut closing = false;
-                    let mut take = |message: Message, buffered: &mut Vec<Record>| match message {
-                        Message::Lazy(record) => buffered.push(record),
-                        Message::Durable(record, waiter) => {
-                            buffered.push(record);
+                    let mut take = |message: Message, buffered: &mut Vec<u8>| match message {
+                        Message::Lazy(line) => buffered.extend_from_slice(&line),
+                        Message::Durable(line, waiter) => {
+                            buffered.extend_from_slice(&line);
                             waiters.push(waiter);
                         }
                         Message::Close(waiter) => {
@@ -104,20 +119,26 @@ impl Journal {
     }
 
     /// Queues `record` without waiting: it is written with the next durable batch.
-    pub fn record(&self, record: Record) {
-        let _ = self.sender.send(Message::Lazy(record));
+    /// The record is encoded by the caller, so encoding runs in parallel.
+    pub fn record(&self, record: &Record) {
+        let mut line = Vec::with_capacity(256);
+        encode_into(&mut line, record);
+        let _ = self.sender.send(Message::Lazy(line));
     }
 
-    /// Queues `record` and waits until it is durable.
+    /// Queues `record` now; the returned future resolves once it is durable.
     ///
     /// # Errors
-    /// [`Error::Journal`] when the write failed (now or earlier).
-    pub async fn record_durable(&self, record: Record) -> Result<()> {
+    /// The future fails with [`Error::Journal`] when the write failed (now or earlier).
+    pub fn record_durable(&self, record: &Record) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+        let mut line = Vec::with_capacity(256);
+        encode_into(&mut line, record);
         let (waiter, done) = oneshot::channel();
-        self.sender
-            .send(Message::Durable(record, waiter))
-            .map_err(|_| closed())?;
-        wait(done).await
+        let sent = self.sender.send(Message::Durable(line, waiter)).map_err(|_| closed());
+        async move {
+            sent?;
+            wait(done).await
+        }
     }
 
     /// How many group commits (write + fsync) have been made.

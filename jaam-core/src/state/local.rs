@@ -82,6 +82,15 @@ impl LocalStore {
         }
     }
 
+    /// The snapshot's lineage and serial, without building its resources.
+    fn read_meta(&self) -> Result<Option<StateMeta>> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) => StateFile::parse_meta(&text, &self.path.display().to_string()).map(Some),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(Self::io("read", &self.path)(error)),
+        }
+    }
+
     fn load_blocking(&self) -> Result<Option<State>> {
         let snapshot = self.read_snapshot(&self.path)?;
         let journal_path = self.journal_path();
@@ -111,22 +120,19 @@ impl LocalStore {
         Ok(Some(state))
     }
 
-    fn persist_blocking(&self, state: &State) -> Result<()> {
-        let current = self.read_snapshot(&self.path)?;
-        let found = current.as_ref().map_or(0, |current| current.serial);
-        let lineage_matches = current
-            .as_ref()
-            .is_none_or(|current| current.lineage == state.lineage);
-        if !lineage_matches || state.serial != found + 1 {
+    fn persist_blocking(&self, meta: StateMeta, text: &str) -> Result<()> {
+        let current = self.read_meta()?;
+        let found = current.map_or(0, |current| current.serial);
+        let lineage_matches = current.is_none_or(|current| current.lineage == meta.lineage);
+        if !lineage_matches || meta.serial != found + 1 {
             return Err(Error::Conflict {
-                expected_lineage: state.lineage,
-                expected_serial: state.serial - 1,
+                expected_lineage: meta.lineage,
+                expected_serial: meta.serial - 1,
                 found_serial: found,
             });
         }
         let directory = self.directory();
         let temporary = self.sibling(&format!(".tmp-{}", std::process::id()));
-        let text = StateFile::render(state);
         let mut file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -212,17 +218,11 @@ pub(super) fn parse_journal(text: &str) -> Vec<Record> {
 
 struct LocalJournal {
     file: File,
-    buffer: Vec<u8>,
 }
 
 impl JournalSink for LocalJournal {
-    fn append(&mut self, records: &[Record]) -> std::io::Result<()> {
-        self.buffer.clear();
-        for record in records {
-            serde_json::to_writer(&mut self.buffer, record).map_err(std::io::Error::other)?;
-            self.buffer.push(b'\n');
-        }
-        self.file.write_all(&self.buffer)?;
+    fn append(&mut self, batch: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(batch)?;
         self.file.sync_data()
     }
 }
@@ -262,8 +262,8 @@ impl StateStore for LocalStore {
     }
 
     async fn persist(&self, state: &State) -> Result<()> {
-        let (store, state) = (self.clone(), state.clone());
-        tokio::task::spawn_blocking(move || store.persist_blocking(&state))
+        let (store, meta, text) = (self.clone(), state.meta(), StateFile::render(state));
+        tokio::task::spawn_blocking(move || store.persist_blocking(meta, &text))
             .await
             .expect("persist task")
     }
@@ -277,15 +277,12 @@ impl StateStore for LocalStore {
             .mode(0o600)
             .open(&path)
             .map_err(Self::io("create", &path))?;
-        let mut journal = LocalJournal {
-            file,
-            buffer: Vec::new(),
-        };
+        let mut journal = LocalJournal { file };
         journal
-            .append(&[Record::Begin {
+            .append(&super::journal::encode(&[Record::Begin {
                 base,
                 stack: stack.to_owned(),
-            }])
+            }]))
             .map_err(Self::io("write", &path))?;
         sync_directory(&self.directory())?;
         Ok(Box::new(journal))

@@ -40,7 +40,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use journal::{Journal, JournalSink};
+pub use journal::{encode, Journal, JournalSink};
 pub use local::LocalStore;
 pub use lock::{LockGuard, LockInfo};
 
@@ -203,9 +203,44 @@ impl StateFile {
         }
     }
 
+    /// Reads only the lineage and serial of a snapshot (cheap: resources are skipped).
+    ///
+    /// # Errors
+    /// As [`StateFile::parse`].
+    pub fn parse_meta(text: &str, origin: &str) -> Result<StateMeta> {
+        #[derive(Deserialize)]
+        struct Probe {
+            version: u32,
+            lineage: Uuid,
+            serial: u64,
+        }
+        let probe: Probe = serde_json::from_str(text).map_err(|source| Error::Corrupt { origin: origin.to_owned(), source })?;
+        if probe.version != FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion { origin: origin.to_owned(), version: probe.version });
+        }
+        Ok(StateMeta { lineage: probe.lineage, serial: probe.serial })
+    }
+
     /// Serializes pretty-printed with a trailing newline.
     pub fn render(state: &State) -> String {
-        let file = StateFile::from(state.clone());
+        #[derive(Serialize)]
+        struct Borrowed<'a> {
+            version: u32,
+            lineage: &'a Uuid,
+            serial: u64,
+            stack: &'a str,
+            resources: &'a BTreeMap<ResourceAddr, ResourceState>,
+            #[serde(skip_serializing_if = "<[PendingIntent]>::is_empty")]
+            pending: &'a [PendingIntent],
+        }
+        let file = Borrowed {
+            version: FORMAT_VERSION,
+            lineage: &state.lineage,
+            serial: state.serial,
+            stack: &state.stack,
+            resources: &state.resources,
+            pending: &state.pending,
+        };
         let mut text = serde_json::to_string_pretty(&file).expect("state serializes");
         text.push('\n');
         text

@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use uuid::Uuid;
 
+use super::journal::encode;
 use super::local::parse_journal;
 use super::lock::{LockGuard, LockInfo};
 use super::{
@@ -46,12 +47,11 @@ struct MemoryJournal {
 }
 
 impl JournalSink for MemoryJournal {
-    fn append(&mut self, records: &[Record]) -> std::io::Result<()> {
+    fn append(&mut self, batch: &[u8]) -> std::io::Result<()> {
         let mut inner = self.inner.lock().expect("memory store lock poisoned");
         let journal = inner.journal.get_or_insert_with(Vec::new);
-        for record in records {
-            journal.push(serde_json::to_string(record).map_err(std::io::Error::other)?);
-        }
+        let text = std::str::from_utf8(batch).map_err(std::io::Error::other)?;
+        journal.extend(text.lines().map(str::to_owned));
         Ok(())
     }
 }
@@ -270,15 +270,15 @@ async fn journal_replays_after_a_crash(store: impl StateStore) {
             attributes: Default::default(),
         })
     };
-    sink.append(&[intent(created, &addr_a), intent(interrupted, &addr_b)])
+    sink.append(&encode(&[intent(created, &addr_a), intent(interrupted, &addr_b)]))
         .unwrap();
-    sink.append(&[Record::Outcome {
+    sink.append(&encode(&[Record::Outcome {
         intent: created,
         addr: addr_a.clone(),
         result: Outcome::Written {
             resource: sample_resource("a"),
         },
-    }])
+    }]))
     .unwrap();
     drop(sink); // the crash: no fold, no persist
     let loaded = store.load().await.unwrap().expect("state after crash");
@@ -307,13 +307,13 @@ async fn journal_is_retired_by_the_snapshot_that_folds_it(store: impl StateStore
         .open_journal(state.meta(), &state.stack)
         .await
         .unwrap();
-    sink.append(&[Record::Outcome {
+    sink.append(&encode(&[Record::Outcome {
         intent: id,
         addr: addr.clone(),
         result: Outcome::Written {
             resource: sample_resource("a"),
         },
-    }])
+    }]))
     .unwrap();
     drop(sink);
     let mut folded = store.load().await.unwrap().unwrap();
@@ -338,13 +338,13 @@ async fn first_apply_journal_replays_without_a_snapshot(store: impl StateStore) 
         .open_journal(state.meta(), &state.stack)
         .await
         .unwrap();
-    sink.append(&[Record::Outcome {
+    sink.append(&encode(&[Record::Outcome {
         intent: Uuid::new_v4(),
         addr: addr.clone(),
         result: Outcome::Written {
             resource: sample_resource("a"),
         },
-    }])
+    }]))
     .unwrap();
     drop(sink);
     let loaded = store
@@ -431,7 +431,7 @@ mod tests {
         for n in 0..5 {
             let addr: crate::addr::ResourceAddr = format!("log_group.g{n}").parse().unwrap();
             let intent = Uuid::new_v4();
-            sink.append(&[
+            sink.append(&encode(&[
                 Record::Intent(PendingIntent {
                     intent,
                     addr: addr.clone(),
@@ -445,7 +445,7 @@ mod tests {
                         resource: sample_resource(&format!("g{n}")),
                     },
                 },
-            ])
+            ]))
             .unwrap();
         }
         drop(sink);

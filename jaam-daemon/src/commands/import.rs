@@ -16,7 +16,7 @@ pub(crate) async fn run(global: &Global, args: &ImportArgs) -> anyhow::Result<Ex
     eprintln!("{}: import complete [id={}]", args.addr, resource.id);
     if config
         .as_ref()
-        .is_some_and(|config| !config.resources.contains_key(&args.addr))
+        .is_some_and(|config| !config.resources().contains_key(&args.addr))
     {
         eprintln!(
             "\nhint: `{}` is not in the specs yet; the next plan will delete it unless you declare it",

@@ -40,7 +40,7 @@ pub(crate) fn stack_name(global: &Global, config: Option<&Config>) -> String {
     global
         .stack
         .clone()
-        .or_else(|| config.and_then(|config| config.stack.name.clone()))
+        .or_else(|| config.and_then(|config| config.stack().name.clone()))
         .unwrap_or_else(|| "default".to_owned())
 }
 

@@ -7,7 +7,7 @@ use crate::cli::Global;
 pub(crate) async fn run(global: &Global) -> anyhow::Result<ExitCode> {
     let registry = super::registry().await;
     let config = super::load_specs(global, &registry)?;
-    let count = config.resources.len();
+    let count = config.resources().len();
     println!(
         "Success! {count} resource{} in `{}` are valid.",
         if count == 1 { "" } else { "s" },

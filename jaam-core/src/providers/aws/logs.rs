@@ -294,14 +294,13 @@ impl Provider for LogGroups {
     async fn refresh(
         &self,
         context: &Context,
-        targets: &[RefreshTarget],
+        targets: &[RefreshTarget<'_>],
     ) -> Result<Vec<Option<Observed>>> {
         let names: Vec<Option<&str>> = targets
             .iter()
             .map(|target| {
                 target
                     .id
-                    .as_deref()
                     .or_else(|| target.attributes.get("name").and_then(Value::as_str))
             })
             .collect();
