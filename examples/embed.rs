@@ -12,10 +12,10 @@
 
 use std::path::PathBuf;
 
+use jaam_core::Engine;
 use jaam_core::apply::{self, Event};
 use jaam_core::plan::{self, render};
 use jaam_core::state::LocalStore;
-use jaam_core::Engine;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -41,8 +41,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let printer = tokio::spawn(async move {
         while let Some(sequenced) = received.recv().await {
             match sequenced.event {
-                Event::Started { addr, action } => println!("#{} {addr}: {action} started", sequenced.seq),
-                Event::Finished { addr, elapsed, .. } => println!("#{} {addr}: done in {elapsed:?}", sequenced.seq),
+                Event::Started { addr, action } => {
+                    println!("#{} {addr}: {action} started", sequenced.seq)
+                }
+                Event::Finished { addr, elapsed, .. } => {
+                    println!("#{} {addr}: done in {elapsed:?}", sequenced.seq)
+                }
                 other => println!("#{} {other:?}", sequenced.seq),
             }
         }
@@ -55,9 +59,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
 
-    let report = session.apply(&plan, &apply::Options::default(), Some(events), cancel).await?;
+    let report = session
+        .apply(&plan, &apply::Options::default(), Some(events), cancel)
+        .await?;
     session.release().await?;
     printer.await?;
-    println!("applied {}, failed {}, state serial {}", report.applied.len(), report.failed.len(), report.state.serial);
+    println!(
+        "applied {}, failed {}, state serial {}",
+        report.applied.len(),
+        report.failed.len(),
+        report.state.serial
+    );
     Ok(())
 }

@@ -24,7 +24,7 @@ use jaam_core::plan::{self, Plan};
 use jaam_core::spec::{self, Config};
 use jaam_core::state::{LocalStore, StateStore};
 use jaam_core::testing::FakeProvider;
-use jaam_core::{apply, Context, Registry};
+use jaam_core::{Context, Registry, apply};
 use tokio_util::sync::CancellationToken;
 
 // The same allocator as the `jaam` binary: the engine allocates per resource,
@@ -39,7 +39,9 @@ fn specs(per_layer: usize) -> String {
     let mut text = String::with_capacity(per_layer * LAYERS * 64);
     for layer in 0..LAYERS {
         for index in 0..per_layer {
-            text.push_str(&format!("fake.l{layer}-{index}:\n  name: r-{layer}-{index}\n"));
+            text.push_str(&format!(
+                "fake.l{layer}-{index}:\n  name: r-{layer}-{index}\n"
+            ));
             if layer > 0 {
                 text.push_str(&format!("  value: ${{fake.l{}-{index}.id}}\n", layer - 1));
             }
@@ -50,29 +52,47 @@ fn specs(per_layer: usize) -> String {
 
 fn load(registry: &Registry, text: String) -> (Config, Duration) {
     let started = Instant::now();
-    let config = spec::load_sources(&[("bench.yaml".into(), text)], registry, &|_| None).expect("bench specs");
+    let config = spec::load_sources(&[("bench.yaml".into(), text)], registry, &|_| None)
+        .expect("bench specs");
     (config, started.elapsed())
 }
 
 async fn plan(registry: &Registry, store: &LocalStore, config: &Config) -> (Plan, Duration) {
     let started = Instant::now();
     let state = store.load().await.expect("load");
-    let plan = plan::compute(registry, &Context { stack: "bench".into() }, config, state.as_ref(), &Default::default(), &|_| None)
-        .await
-        .expect("plan");
+    let plan = plan::compute(
+        registry,
+        &Context {
+            stack: "bench".into(),
+        },
+        config,
+        state.as_ref(),
+        &Default::default(),
+        &|_| None,
+    )
+    .await
+    .expect("plan");
     (plan, started.elapsed())
 }
 
-async fn apply(registry: &Registry, store: &dyn StateStore, plan: &Plan) -> (apply::Report, Duration) {
+async fn apply(
+    registry: &Registry,
+    store: &dyn StateStore,
+    plan: &Plan,
+) -> (apply::Report, Duration) {
     let state = store.load().await.expect("load");
     let started = Instant::now();
     let report = apply::apply(
         registry,
-        &Context { stack: "bench".into() },
+        &Context {
+            stack: "bench".into(),
+        },
         store,
         state,
         plan,
-        &apply::Options { parallelism: PARALLELISM },
+        &apply::Options {
+            parallelism: PARALLELISM,
+        },
         None,
         CancellationToken::new(),
     )
@@ -85,7 +105,11 @@ async fn apply(registry: &Registry, store: &dyn StateStore, plan: &Plan) -> (app
 /// The disk's cost of one small append + fdatasync, as the journal does it.
 fn fsync_cost(directory: &std::path::Path) -> Duration {
     let path = directory.join("fsync-probe");
-    let mut file = OpenOptions::new().create(true).append(true).open(&path).expect("probe file");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .expect("probe file");
     let line = [b'x'; 2048];
     let rounds = 200;
     let started = Instant::now();
@@ -148,7 +172,10 @@ impl StateStore for SlowDisk {
         stack: &str,
     ) -> jaam_core::state::Result<Box<dyn jaam_core::state::JournalSink>> {
         let inner = self.inner.open_journal(base, stack).await?;
-        Ok(Box::new(SlowSink { inner, extra: self.extra }))
+        Ok(Box::new(SlowSink {
+            inner,
+            extra: self.extra,
+        }))
     }
     async fn lock(
         &self,
@@ -168,9 +195,18 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let directory = tempfile::tempdir_in(std::env::var("JAAM_BENCH_DIR").unwrap_or_else(|_| ".".into())).expect("bench dir");
-    let rounds: usize = std::env::var("JAAM_BENCH_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(5);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let directory =
+        tempfile::tempdir_in(std::env::var("JAAM_BENCH_DIR").unwrap_or_else(|_| ".".into()))
+            .expect("bench dir");
+    let rounds: usize = std::env::var("JAAM_BENCH_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(5);
     let mut missed = 0;
 
     // 1-3: 10,000 resources.
@@ -197,7 +233,9 @@ fn main() {
     let floor = fsync * total.div_ceil(PARALLELISM) as u32;
     let ratio = apply_time.as_secs_f64() / floor.as_secs_f64();
     let millis = |d: Duration| d.as_secs_f64() * 1e3;
-    println!("apply of {total} resources from empty, parallelism {PARALLELISM}, every outcome fsynced ({rounds} rounds):");
+    println!(
+        "apply of {total} resources from empty, parallelism {PARALLELISM}, every outcome fsynced ({rounds} rounds):"
+    );
     println!(
         "  median {:.0} ms (min {:.0}, max {:.0}); {commits} group commits; fsync on this disk {:.3} ms",
         millis(apply_time),
@@ -205,7 +243,11 @@ fn main() {
         millis(*applies.iter().max().expect("rounds")),
         millis(fsync)
     );
-    println!("  disk floor ceil(N/p) x fsync = {:.0} ms; ratio {ratio:.2} (target <= 1.5) {}", millis(floor), verdict(ratio <= 1.5));
+    println!(
+        "  disk floor ceil(N/p) x fsync = {:.0} ms; ratio {ratio:.2} (target <= 1.5) {}",
+        millis(floor),
+        verdict(ratio <= 1.5)
+    );
     missed += usize::from(ratio > 1.5);
 
     let (_fake, registry, store, config, load_time) = last.expect("rounds");
@@ -244,7 +286,10 @@ fn main() {
         missed += usize::from(best >= Duration::from_millis(200));
     });
     let rss = peak_rss_mb();
-    println!("peak RSS: {rss:.0} MB (target < 200 MB) {}", verdict(rss < 200.0));
+    println!(
+        "peak RSS: {rss:.0} MB (target < 200 MB) {}",
+        verdict(rss < 200.0)
+    );
     missed += usize::from(rss >= 200.0);
 
     // The same apply on a disk whose fsync costs 3.5 ms (emulated).
@@ -252,7 +297,10 @@ fn main() {
         let fake = Arc::new(FakeProvider::new("fake").without_call_log());
         let registry = jaam_core::testing::registry(&[Arc::clone(&fake)]);
         let extra = Duration::from_micros(3500).saturating_sub(fsync);
-        let store = SlowDisk { inner: LocalStore::new(directory.path().join("slow.json")), extra };
+        let store = SlowDisk {
+            inner: LocalStore::new(directory.path().join("slow.json")),
+            extra,
+        };
         let (config, _) = load(&registry, specs(1000));
         runtime.block_on(async {
             let (initial, _) = plan(&registry, &store.inner, &config).await;
@@ -273,7 +321,11 @@ fn main() {
     }
     // 4: 1,000 resources with 20 ms per operation.
     let latency = Duration::from_millis(20);
-    let fake = Arc::new(FakeProvider::new("fake").with_latency(latency).without_call_log());
+    let fake = Arc::new(
+        FakeProvider::new("fake")
+            .with_latency(latency)
+            .without_call_log(),
+    );
     let registry = jaam_core::testing::registry(&[Arc::clone(&fake)]);
     let store = LocalStore::new(directory.path().join("latency.json"));
     let (config, _) = load(&registry, specs(100));

@@ -161,7 +161,7 @@ pub enum ResourceError {
         addr: ResourceAddr,
         /// The state error.
         #[source]
-        source: crate::state::Error,
+        source: Box<crate::state::Error>,
     },
 }
 
@@ -297,6 +297,10 @@ impl Shared<'_> {
 /// [`Error::Stale`] when `current` is not the state the plan was made against;
 /// [`Error::State`] when the journal or the final snapshot cannot be written.
 /// Per-resource failures are not errors: they are in [`Report::failed`].
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the low-level entry point; `Session::apply` is the ergonomic one"
+)]
 pub async fn apply(
     registry: &Registry,
     context: &Context,
@@ -326,9 +330,13 @@ pub async fn apply(
     // Refreshed or adopted resources that need no cloud call still update state.
     let mut refreshed = Vec::new();
     for change in plan.changes.iter().filter(|c| c.action == Action::NoOp) {
-        let (Some(id), Some(before)) = (&change.id, &change.before) else { continue };
+        let (Some(id), Some(before)) = (&change.id, &change.before) else {
+            continue;
+        };
         let unchanged = base.resources.get(&change.addr).is_some_and(|recorded| {
-            recorded.id == *id && recorded.attributes == *before && recorded.dependencies == change.dependencies
+            recorded.id == *id
+                && recorded.attributes == *before
+                && recorded.dependencies == change.dependencies
         });
         if !unchanged {
             let resource = ResourceState {
@@ -337,7 +345,11 @@ pub async fn apply(
                 attributes: before.clone(),
                 dependencies: change.dependencies.clone(),
             };
-            refreshed.push(Record::Outcome { intent: Uuid::new_v4(), addr: change.addr.clone(), result: Outcome::Written { resource } });
+            refreshed.push(Record::Outcome {
+                intent: Uuid::new_v4(),
+                addr: change.addr.clone(),
+                result: Outcome::Written { resource },
+            });
         }
     }
     let shared = Shared {
@@ -345,7 +357,10 @@ pub async fn apply(
         context,
         journal: Journal::start(sink),
         semaphore: Semaphore::new(options.parallelism.max(1)),
-        emitter: Emitter { sender: events, seq: AtomicU64::new(0) },
+        emitter: Emitter {
+            sender: events,
+            seq: AtomicU64::new(0),
+        },
         state: Mutex::new(base),
     };
     for record in refreshed {
@@ -353,13 +368,22 @@ pub async fn apply(
     }
 
     let walk = walk(&shared, plan, cancel).await;
-    let Shared { journal, state, emitter, .. } = shared;
+    let Shared {
+        journal,
+        state,
+        emitter,
+        ..
+    } = shared;
     let journal_commits = journal.close().await?;
     let mut state = state.into_inner().expect("state mutex");
-    state.pending.retain(|pending| !plan.resolved_intents.contains(&pending.intent));
+    state
+        .pending
+        .retain(|pending| !plan.resolved_intents.contains(&pending.intent));
     state.serial = base_serial + 1;
     store.persist(&state).await?;
-    emitter.emit(|| Event::StateSaved { serial: state.serial });
+    emitter.emit(|| Event::StateSaved {
+        serial: state.serial,
+    });
     Ok(Report {
         state,
         applied: walk.applied,
@@ -380,16 +404,29 @@ struct Walk {
 
 async fn walk(shared: &Shared<'_>, plan: &Plan, cancel: CancellationToken) -> Walk {
     // Nodes by index; edges as index lists (the walk is hot for large plans).
-    let nodes: Vec<&ResourceChange> = plan.changes.iter().filter(|c| c.action.is_change()).collect();
-    let index: HashMap<&ResourceAddr, usize> = nodes.iter().enumerate().map(|(i, c)| (&c.addr, i)).collect();
+    let nodes: Vec<&ResourceChange> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action.is_change())
+        .collect();
+    let index: HashMap<&ResourceAddr, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (&c.addr, i))
+        .collect();
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
     let mut remaining: Vec<usize> = vec![0; nodes.len()];
     for (node, change) in nodes.iter().enumerate() {
         for dependency in &change.dependencies {
-            let Some(&target) = index.get(dependency) else { continue };
+            let Some(&target) = index.get(dependency) else {
+                continue;
+            };
             let (before, after) = if change.action == Action::Delete {
                 // Reverse edge: a dependency is removed after its dependent.
-                if !matches!(nodes[target].action, Action::Delete | Action::Replace { .. }) {
+                if !matches!(
+                    nodes[target].action,
+                    Action::Delete | Action::Replace { .. }
+                ) {
                     continue;
                 }
                 (node, target)
@@ -414,7 +451,9 @@ async fn walk(shared: &Shared<'_>, plan: &Plan, cancel: CancellationToken) -> Wa
             let change = nodes[node];
             running.push(async move { (node, run_node(shared, change).await) });
         }
-        let Some((node, result)) = running.next().await else { break };
+        let Some((node, result)) = running.next().await else {
+            break;
+        };
         settled[node] = true;
         let addr = &nodes[node].addr;
         match result {
@@ -428,15 +467,23 @@ async fn walk(shared: &Shared<'_>, plan: &Plan, cancel: CancellationToken) -> Wa
                 }
             }
             Err(error) => {
-                shared.emitter.emit(|| Event::Failed { addr: addr.clone(), message: error_chain(&error) });
+                shared.emitter.emit(|| Event::Failed {
+                    addr: addr.clone(),
+                    message: error_chain(&error),
+                });
                 report.failed.push(error);
                 // Skip everything downstream of the failure.
                 let mut pending: Vec<usize> = dependents[node].clone();
                 while let Some(next) = pending.pop() {
                     if !settled[next] {
                         settled[next] = true;
-                        shared.emitter.emit(|| Event::Skipped { addr: nodes[next].addr.clone(), because: addr.clone() });
-                        report.skipped.push((nodes[next].addr.clone(), addr.clone()));
+                        shared.emitter.emit(|| Event::Skipped {
+                            addr: nodes[next].addr.clone(),
+                            because: addr.clone(),
+                        });
+                        report
+                            .skipped
+                            .push((nodes[next].addr.clone(), addr.clone()));
                         pending.extend(&dependents[next]);
                     }
                 }
@@ -445,7 +492,9 @@ async fn walk(shared: &Shared<'_>, plan: &Plan, cancel: CancellationToken) -> Wa
     }
     for (node, change) in nodes.iter().enumerate() {
         if !settled[node] {
-            shared.emitter.emit(|| Event::NotStarted { addr: change.addr.clone() });
+            shared.emitter.emit(|| Event::NotStarted {
+                addr: change.addr.clone(),
+            });
             report.not_started.push(change.addr.clone());
         }
     }
@@ -465,7 +514,11 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Resolves unknowns in `after` against what exists now and keeps only arguments.
-fn resolve(shared: &Shared<'_>, change: &ResourceChange, schema: &Schema) -> std::result::Result<Attrs, ResourceError> {
+fn resolve(
+    shared: &Shared<'_>,
+    change: &ResourceChange,
+    schema: &Schema,
+) -> std::result::Result<Attrs, ResourceError> {
     let after = change.after.as_ref();
     let has_unknown = after.is_some_and(|after| after.values().any(Value::has_unknown_template));
     let state;
@@ -477,15 +530,31 @@ fn resolve(shared: &Shared<'_>, change: &ResourceChange, schema: &Schema) -> std
     };
     let lookup = |addr: &ResourceAddr, attribute: &str| {
         let resource = lookup_state?.resources.get(addr)?;
-        Some(resource.attributes.get(attribute).cloned().unwrap_or(Value::Null))
+        Some(
+            resource
+                .attributes
+                .get(attribute)
+                .cloned()
+                .unwrap_or(Value::Null),
+        )
     };
     let env = |name: &str| std::env::var(name).ok();
     let mut out = Attrs::new();
     for attribute in schema.arguments() {
-        let value = after.and_then(|after| after.get(attribute.name)).cloned().unwrap_or(Value::Null);
-        let value = if has_unknown { resolve_value(value, &lookup, &env) } else { value };
+        let value = after
+            .and_then(|after| after.get(attribute.name))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let value = if has_unknown {
+            resolve_value(value, &lookup, &env)
+        } else {
+            value
+        };
         if let Some(template) = find_unknown(&value) {
-            return Err(ResourceError::Unresolved { addr: change.addr.clone(), template });
+            return Err(ResourceError::Unresolved {
+                addr: change.addr.clone(),
+                template,
+            });
         }
         out.insert(attribute.name.to_owned(), value);
     }
@@ -540,9 +609,9 @@ async fn run_node(
     let schema = provider.schema();
     let started = Instant::now();
     let action = action_name(&change.action);
-    let journal_error = |source| ResourceError::Journal {
+    let journal_error = |source: crate::state::Error| ResourceError::Journal {
         addr: addr.clone(),
-        source,
+        source: Box::new(source),
     };
     let provider_error = |operation, source| ResourceError::Provider {
         addr: addr.clone(),
@@ -586,7 +655,7 @@ async fn run_node(
                     intent: None,
                 };
                 match provider
-                    .update(&shared.context, &owner, &id, &prior, &attributes, changed)
+                    .update(shared.context, &owner, &id, &prior, &attributes, changed)
                     .await
                 {
                     Ok(observed) => {
@@ -659,7 +728,7 @@ async fn run_node(
                     addr: addr.to_string(),
                     intent: Some(intent.to_string()),
                 };
-                let observed = match provider.create(&shared.context, &owner, &attributes).await {
+                let observed = match provider.create(shared.context, &owner, &attributes).await {
                     Ok(observed) => observed,
                     Err(source) => {
                         finals.push(failed(intent, addr, &source));
@@ -771,5 +840,5 @@ async fn delete_old(
     }));
     let id = change.id.clone().unwrap_or_default();
     let prior = change.before.clone().unwrap_or_default();
-    (intent, provider.delete(&shared.context, &id, &prior).await)
+    (intent, provider.delete(shared.context, &id, &prior).await)
 }

@@ -506,7 +506,10 @@ async fn plan_text_and_json_should_match_golden_files() {
         .plan("fake.a:\n  name: a\n  size: 2\n  value: |\n    line one\n    line 2\n  tags:\n    team: web\nfake.renamed:\n  name: new\nfake.new:\n  name: n\n  value: ${fake.a.id}\n  secret: s3cret\n")
         .await;
     // Cloud ids depend on creation order among independent resources: filter them.
-    let filters = vec![(r#""lineage": "[0-9a-f-]+""#, r#""lineage": "[lineage]""#), (r"fake-[0-9]+", "[id]")];
+    let filters = vec![
+        (r#""lineage": "[0-9a-f-]+""#, r#""lineage": "[lineage]""#),
+        (r"fake-[0-9]+", "[id]"),
+    ];
     let json = serde_json::to_string_pretty(&render::json(&plan)).unwrap();
     insta::with_settings!({ filters => filters }, {
         insta::assert_snapshot!("plan_text", render::text(&plan, Default::default()));

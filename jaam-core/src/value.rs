@@ -133,10 +133,10 @@ impl Value {
             J::String(s) => Value::String(s),
             J::Array(items) => Value::List(items.into_iter().map(Value::from_json).collect()),
             J::Object(mut object) => {
-                if object.len() == 1 {
-                    if let Some(J::String(template)) = object.get(UNKNOWN_KEY) {
-                        return Value::Unknown(template.clone());
-                    }
+                if object.len() == 1
+                    && let Some(J::String(template)) = object.get(UNKNOWN_KEY)
+                {
+                    return Value::Unknown(template.clone());
                 }
                 Value::Map(
                     std::mem::take(&mut object)

@@ -68,12 +68,17 @@ pub async fn compute(
 ) -> Result<Plan> {
     let empty = State::new(context.stack.clone());
     let recorded = state.unwrap_or(&empty);
-    let desired: BTreeMap<&ResourceAddr, _> =
-        if options.destroy { BTreeMap::new() } else { config.resources().iter().collect() };
+    let desired: BTreeMap<&ResourceAddr, _> = if options.destroy {
+        BTreeMap::new()
+    } else {
+        config.resources().iter().collect()
+    };
 
     for target in &options.targets {
         if !config.resources().contains_key(target) && !recorded.resources.contains_key(target) {
-            return Err(Error::UnknownTarget { addr: target.clone() });
+            return Err(Error::UnknownTarget {
+                addr: target.clone(),
+            });
         }
     }
     for addr in recorded.resources.keys() {
@@ -85,15 +90,24 @@ pub async fn compute(
     // 1. Refresh.
     let mut lookups: BTreeMap<&ResourceAddr, Attrs> = BTreeMap::new();
     if options.refresh {
-        for pending in recorded.pending.iter().filter(|p| p.operation == Operation::Create) {
+        for pending in recorded
+            .pending
+            .iter()
+            .filter(|p| p.operation == Operation::Create)
+        {
             if !recorded.resources.contains_key(&pending.addr) {
                 lookups.insert(&pending.addr, pending.attributes.clone());
             }
         }
         for (addr, resource) in &desired {
             if !recorded.resources.contains_key(*addr) && !lookups.contains_key(*addr) {
-                let schema = registry.schema(addr.kind()).expect("specs only hold known kinds");
-                lookups.insert(addr, evaluate_args(resource, schema, &|_, _| None, &|name| env(name)));
+                let schema = registry
+                    .schema(addr.kind())
+                    .expect("specs only hold known kinds");
+                lookups.insert(
+                    addr,
+                    evaluate_args(resource, schema, &|_, _| None, &|name| env(name)),
+                );
             }
         }
     }
@@ -107,19 +121,36 @@ pub async fn compute(
             });
         }
         for (addr, attributes) in &lookups {
-            targets.entry(addr.kind()).or_default().push(RefreshTarget { addr, id: None, attributes });
+            targets.entry(addr.kind()).or_default().push(RefreshTarget {
+                addr,
+                id: None,
+                attributes,
+            });
         }
     }
     let answers = try_join_all(targets.iter().map(|(kind, targets)| async move {
-        let provider = registry.provider(kind).ok_or_else(|| Error::UnknownKind { addr: targets[0].addr.clone() })?;
-        let observed = provider
-            .refresh(context, targets)
-            .await
-            .map_err(|source| Error::Refresh { kind: (*kind).to_owned(), source })?;
-        Ok::<_, Error>(targets.iter().map(|t| t.addr).zip(observed).collect::<Vec<_>>())
+        let provider = registry.provider(kind).ok_or_else(|| Error::UnknownKind {
+            addr: targets[0].addr.clone(),
+        })?;
+        let observed =
+            provider
+                .refresh(context, targets)
+                .await
+                .map_err(|source| Error::Refresh {
+                    kind: (*kind).to_owned(),
+                    source,
+                })?;
+        Ok::<_, Error>(
+            targets
+                .iter()
+                .map(|t| t.addr)
+                .zip(observed)
+                .collect::<Vec<_>>(),
+        )
     }))
     .await?;
-    let observed: BTreeMap<&ResourceAddr, Option<Observed>> = answers.into_iter().flatten().collect();
+    let observed: BTreeMap<&ResourceAddr, Option<Observed>> =
+        answers.into_iter().flatten().collect();
 
     // 2. Drift, and what each address currently is.
     let mut drift = Vec::new();
@@ -127,7 +158,13 @@ pub async fn compute(
     for (addr, resource) in &recorded.resources {
         match observed.get(addr) {
             None => {
-                current.insert(addr, Current { id: &resource.id, attributes: &resource.attributes });
+                current.insert(
+                    addr,
+                    Current {
+                        id: &resource.id,
+                        attributes: &resource.attributes,
+                    },
+                );
             }
             Some(None) => drift.push(ResourceChange {
                 addr: addr.clone(),
@@ -145,27 +182,44 @@ pub async fn compute(
                     drift.push(ResourceChange {
                         addr: addr.clone(),
                         kind: resource.kind.clone(),
-                        action: Action::Update { changed: changed_attributes(&resource.attributes, &found.attributes) },
+                        action: Action::Update {
+                            changed: changed_attributes(&resource.attributes, &found.attributes),
+                        },
                         id: Some(found.id.clone()),
                         before: Some(resource.attributes.clone()),
                         after: Some(found.attributes.clone()),
                         dependencies: resource.dependencies.clone(),
-                        sensitive: sensitive_names(registry.schema(addr.kind()).expect("checked above")),
+                        sensitive: sensitive_names(
+                            registry.schema(addr.kind()).expect("checked above"),
+                        ),
                         reason: Some("changed outside jaam".into()),
                     });
                 }
-                current.insert(addr, Current { id: &found.id, attributes: &found.attributes });
+                current.insert(
+                    addr,
+                    Current {
+                        id: &found.id,
+                        attributes: &found.attributes,
+                    },
+                );
             }
         }
     }
-    let mut resolved_intents: Vec<uuid::Uuid> = recorded.pending.iter().map(|pending| pending.intent).collect();
+    let mut resolved_intents: Vec<uuid::Uuid> = recorded
+        .pending
+        .iter()
+        .map(|pending| pending.intent)
+        .collect();
     resolved_intents.sort();
     for (addr, found) in &observed {
         let Some(found) = found else { continue };
         if recorded.resources.contains_key(*addr) {
             continue;
         }
-        let owned = found.owner.as_ref().is_some_and(|owner| owner.stack == context.stack && owner.addr == addr.to_string());
+        let owned = found
+            .owner
+            .as_ref()
+            .is_some_and(|owner| owner.stack == context.stack && owner.addr == addr.to_string());
         if !owned {
             continue;
         }
@@ -177,20 +231,36 @@ pub async fn compute(
             before: None,
             after: Some(found.attributes.clone()),
             dependencies: Vec::new(),
-            sensitive: sensitive_names(registry.schema(addr.kind()).expect("refreshed kinds are registered")),
+            sensitive: sensitive_names(
+                registry
+                    .schema(addr.kind())
+                    .expect("refreshed kinds are registered"),
+            ),
             reason: Some("created by an interrupted apply; adopted into state".into()),
         });
-        current.insert(addr, Current { id: &found.id, attributes: &found.attributes });
+        current.insert(
+            addr,
+            Current {
+                id: &found.id,
+                attributes: &found.attributes,
+            },
+        );
     }
 
     // 3. Desired resources in dependency order. A reference reads the planned
     // `after` of its dependency's change (known, or unknown until apply).
     let graph = config.graph();
-    let order = graph.topological_order().expect("specs are validated acyclic");
+    let order = graph
+        .topological_order()
+        .expect("specs are validated acyclic");
     let mut changes: BTreeMap<ResourceAddr, ResourceChange> = BTreeMap::new();
     for addr in order {
-        let Some(resource) = desired.get(&addr) else { continue };
-        let schema = registry.schema(addr.kind()).expect("specs only hold known kinds");
+        let Some(resource) = desired.get(&addr) else {
+            continue;
+        };
+        let schema = registry
+            .schema(addr.kind())
+            .expect("specs only hold known kinds");
         let lookup = |target: &ResourceAddr, attribute: &str| -> Option<Value> {
             let after = changes.get(target)?.after.as_ref()?;
             Some(after.get(attribute).cloned().unwrap_or(Value::Null))
@@ -206,20 +276,32 @@ pub async fn compute(
         // and are unknown for anything created.
         for attribute in schema.attributes.iter().filter(|a| !a.is_argument()) {
             let value = match existing.filter(|_| keeps_identity) {
-                Some(existing) => existing.attributes.get(attribute.name).cloned().unwrap_or(Value::Null),
+                Some(existing) => existing
+                    .attributes
+                    .get(attribute.name)
+                    .cloned()
+                    .unwrap_or(Value::Null),
                 None => Value::Unknown(String::new()),
             };
             after.insert(attribute.name.to_owned(), value);
         }
         if let Some(existing) = existing.filter(|_| keeps_identity) {
-            for attribute in schema.arguments().filter(|a| a.mode == Mode::OptionalComputed) {
+            for attribute in schema
+                .arguments()
+                .filter(|a| a.mode == Mode::OptionalComputed)
+            {
                 if after.get(attribute.name).is_none_or(Value::is_null) {
-                    let value = existing.attributes.get(attribute.name).cloned().unwrap_or(Value::Null);
+                    let value = existing
+                        .attributes
+                        .get(attribute.name)
+                        .cloned()
+                        .unwrap_or(Value::Null);
                     after.insert(attribute.name.to_owned(), value);
                 }
             }
         }
-        let reason = (existing.is_none() && recorded.resources.contains_key(&addr)).then(|| "deleted outside jaam".to_owned());
+        let reason = (existing.is_none() && recorded.resources.contains_key(&addr))
+            .then(|| "deleted outside jaam".to_owned());
         let change = ResourceChange {
             addr: addr.clone(),
             kind: addr.kind().to_owned(),
@@ -248,8 +330,13 @@ pub async fn compute(
                 addr: addr.clone(),
                 kind: resource.kind.clone(),
                 action: Action::Delete,
-                id: Some(existing.map_or_else(|| resource.id.clone(), |existing| existing.id.to_owned())),
-                before: Some(existing.map_or_else(|| resource.attributes.clone(), |existing| existing.attributes.clone())),
+                id: Some(
+                    existing.map_or_else(|| resource.id.clone(), |existing| existing.id.to_owned()),
+                ),
+                before: Some(existing.map_or_else(
+                    || resource.attributes.clone(),
+                    |existing| existing.attributes.clone(),
+                )),
                 after: None,
                 dependencies: resource.dependencies.clone(),
                 sensitive: sensitive_names(schema),
@@ -265,7 +352,10 @@ pub async fn compute(
     }
     // Resources adopted but no longer desired are deleted too.
     for change in &drift {
-        if change.action == Action::Create && !desired.contains_key(&change.addr) && !changes.contains_key(&change.addr) {
+        if change.action == Action::Create
+            && !desired.contains_key(&change.addr)
+            && !changes.contains_key(&change.addr)
+        {
             let mut delete = change.clone();
             delete.action = Action::Delete;
             delete.before = change.after.clone();

@@ -130,11 +130,17 @@ impl Journal {
     ///
     /// # Errors
     /// The future fails with [`Error::Journal`] when the write failed (now or earlier).
-    pub fn record_durable(&self, record: &Record) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+    pub fn record_durable(
+        &self,
+        record: &Record,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
         let mut line = Vec::with_capacity(256);
         encode_into(&mut line, record);
         let (waiter, done) = oneshot::channel();
-        let sent = self.sender.send(Message::Durable(line, waiter)).map_err(|_| closed());
+        let sent = self
+            .sender
+            .send(Message::Durable(line, waiter))
+            .map_err(|_| closed());
         async move {
             sent?;
             wait(done).await

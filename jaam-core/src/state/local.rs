@@ -74,7 +74,7 @@ impl LocalStore {
         }
     }
 
-    fn read_snapshot(&self, path: &Path) -> Result<Option<State>> {
+    fn read_snapshot(path: &Path) -> Result<Option<State>> {
         match std::fs::read_to_string(path) {
             Ok(text) => StateFile::parse(&text, &path.display().to_string()).map(Some),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -92,7 +92,7 @@ impl LocalStore {
     }
 
     fn load_blocking(&self) -> Result<Option<State>> {
-        let snapshot = self.read_snapshot(&self.path)?;
+        let snapshot = Self::read_snapshot(&self.path)?;
         let journal_path = self.journal_path();
         let text = match std::fs::read_to_string(&journal_path) {
             Ok(text) => text,
@@ -314,6 +314,6 @@ impl StateStore for LocalStore {
     }
 
     async fn backup(&self) -> Result<Option<State>> {
-        self.read_snapshot(&self.backup_path())
+        Self::read_snapshot(&self.backup_path())
     }
 }

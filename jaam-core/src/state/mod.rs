@@ -40,7 +40,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use journal::{encode, Journal, JournalSink};
+pub use journal::{Journal, JournalSink, encode};
 pub use local::LocalStore;
 pub use lock::{LockGuard, LockInfo};
 
@@ -214,11 +214,20 @@ impl StateFile {
             lineage: Uuid,
             serial: u64,
         }
-        let probe: Probe = serde_json::from_str(text).map_err(|source| Error::Corrupt { origin: origin.to_owned(), source })?;
+        let probe: Probe = serde_json::from_str(text).map_err(|source| Error::Corrupt {
+            origin: origin.to_owned(),
+            source,
+        })?;
         if probe.version != FORMAT_VERSION {
-            return Err(Error::UnsupportedVersion { origin: origin.to_owned(), version: probe.version });
+            return Err(Error::UnsupportedVersion {
+                origin: origin.to_owned(),
+                version: probe.version,
+            });
         }
-        Ok(StateMeta { lineage: probe.lineage, serial: probe.serial })
+        Ok(StateMeta {
+            lineage: probe.lineage,
+            serial: probe.serial,
+        })
     }
 
     /// Serializes pretty-printed with a trailing newline.

@@ -270,8 +270,11 @@ async fn journal_replays_after_a_crash(store: impl StateStore) {
             attributes: Default::default(),
         })
     };
-    sink.append(&encode(&[intent(created, &addr_a), intent(interrupted, &addr_b)]))
-        .unwrap();
+    sink.append(&encode(&[
+        intent(created, &addr_a),
+        intent(interrupted, &addr_b),
+    ]))
+    .unwrap();
     sink.append(&encode(&[Record::Outcome {
         intent: created,
         addr: addr_a.clone(),
