@@ -134,61 +134,6 @@ fn verdict(ok: bool) -> &'static str {
     if ok { "ok" } else { "MISSED" }
 }
 
-/// The local store with a slower disk under its journal: every group commit
-/// also waits `extra`, as if fsync took that much longer. Used only to show how
-/// the apply behaves on a disk like the one the issue assumed (3.5 ms per fsync).
-struct SlowDisk {
-    inner: LocalStore,
-    extra: Duration,
-}
-
-struct SlowSink {
-    inner: Box<dyn jaam_core::state::JournalSink>,
-    extra: Duration,
-}
-
-impl jaam_core::state::JournalSink for SlowSink {
-    fn append(&mut self, batch: &[u8]) -> std::io::Result<()> {
-        self.inner.append(batch)?;
-        std::thread::sleep(self.extra);
-        Ok(())
-    }
-}
-
-#[async_trait::async_trait]
-impl StateStore for SlowDisk {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn load(&self) -> jaam_core::state::Result<Option<jaam_core::state::State>> {
-        self.inner.load().await
-    }
-    async fn persist(&self, state: &jaam_core::state::State) -> jaam_core::state::Result<()> {
-        self.inner.persist(state).await
-    }
-    async fn open_journal(
-        &self,
-        base: jaam_core::state::StateMeta,
-        stack: &str,
-    ) -> jaam_core::state::Result<Box<dyn jaam_core::state::JournalSink>> {
-        let inner = self.inner.open_journal(base, stack).await?;
-        Ok(Box::new(SlowSink {
-            inner,
-            extra: self.extra,
-        }))
-    }
-    async fn lock(
-        &self,
-        holder: jaam_core::state::LockInfo,
-        timeout: Duration,
-    ) -> jaam_core::state::Result<Box<dyn jaam_core::state::LockGuard>> {
-        self.inner.lock(holder, timeout).await
-    }
-    async fn backup(&self) -> jaam_core::state::Result<Option<jaam_core::state::State>> {
-        self.inner.backup().await
-    }
-}
-
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
@@ -297,9 +242,9 @@ fn main() {
         let fake = Arc::new(FakeProvider::new("fake").without_call_log());
         let registry = jaam_core::testing::registry(&[Arc::clone(&fake)]);
         let extra = Duration::from_micros(3500).saturating_sub(fsync);
-        let store = SlowDisk {
+        let store = jaam_core::state::testing::SlowJournal {
             inner: LocalStore::new(directory.path().join("slow.json")),
-            extra,
+            delay: extra,
         };
         let (config, _) = load(&registry, specs(1000));
         runtime.block_on(async {

@@ -266,6 +266,8 @@ fn action_name(action: &Action) -> &'static str {
 
 /// Everything a node's operation needs, borrowed by every operation in flight.
 struct Shared<'a> {
+    /// The salt of secret fingerprints: the stack's lineage.
+    salt: String,
     registry: &'a Registry,
     context: &'a Context,
     journal: Journal,
@@ -353,6 +355,7 @@ pub async fn apply(
         }
     }
     let shared = Shared {
+        salt: base.lineage.to_string(),
         registry,
         context,
         journal: Journal::start(sink),
@@ -660,7 +663,14 @@ async fn run_node(
                 {
                     Ok(observed) => {
                         outcome_id = Some(observed.id.clone());
-                        finals.push(written(intent, change, observed.id, observed.attributes));
+                        finals.push(written(
+                            shared,
+                            schema,
+                            intent,
+                            change,
+                            observed.id,
+                            observed.attributes,
+                        ));
                         Ok(())
                     }
                     Err(source) => {
@@ -713,7 +723,11 @@ async fn run_node(
                     intent,
                     addr: addr.clone(),
                     operation: Operation::Create,
-                    attributes: attributes.clone(),
+                    attributes: {
+                        let mut sealed = attributes.clone();
+                        schema.seal(&shared.salt, &mut sealed);
+                        sealed
+                    },
                 });
                 if schema.adoptable {
                     shared.journal_lazy(record);
@@ -737,6 +751,8 @@ async fn run_node(
                 };
                 outcome_id = Some(observed.id.clone());
                 let created = written(
+                    shared,
+                    schema,
                     intent,
                     change,
                     observed.id.clone(),
@@ -793,7 +809,16 @@ async fn run_node(
     result
 }
 
-fn written(intent: Uuid, change: &ResourceChange, id: String, attributes: Attrs) -> Record {
+/// The outcome record of a resource that exists, with its secrets sealed.
+fn written(
+    shared: &Shared<'_>,
+    schema: &Schema,
+    intent: Uuid,
+    change: &ResourceChange,
+    id: String,
+    mut attributes: Attrs,
+) -> Record {
+    schema.seal(&shared.salt, &mut attributes);
     Record::Outcome {
         intent,
         addr: change.addr.clone(),

@@ -179,11 +179,41 @@ impl Schema {
             .find(|attribute| attribute.name == name)
     }
 
+    /// Replaces every sensitive value in `attributes` by its fingerprint
+    /// ([`crate::value::Secret::fingerprint`], salted with `salt`, the stack's lineage).
+    /// Values already sealed, nulls and unknowns are left as they are. State,
+    /// journal and refresh results go through this, so a secret is never stored.
+    pub fn seal(&self, salt: &str, attributes: &mut crate::value::Attrs) {
+        for attribute in self.attributes.iter().filter(|a| a.sensitive) {
+            if let Some(value) = attributes.get_mut(attribute.name) {
+                *value = seal_value(salt, value);
+            }
+        }
+    }
+
     /// The arguments: attributes a user may set.
     pub fn arguments(&self) -> impl Iterator<Item = &Attribute> {
         self.attributes
             .iter()
             .filter(|attribute| attribute.is_argument())
+    }
+}
+
+/// The sealed form of one value (see [`Schema::seal`]).
+pub fn seal_value(salt: &str, value: &Value) -> Value {
+    let is_fingerprint = |text: &str| {
+        text.strip_prefix("sha256:")
+            .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    match value {
+        Value::Null | Value::Unknown(_) => value.clone(),
+        Value::String(text) if is_fingerprint(text) => value.clone(),
+        Value::String(text) => {
+            Value::String(crate::value::Secret::new(text.clone()).fingerprint(salt))
+        }
+        other => {
+            Value::String(crate::value::Secret::new(other.to_json().to_string()).fingerprint(salt))
+        }
     }
 }
 

@@ -149,8 +149,16 @@ pub async fn compute(
         )
     }))
     .await?;
-    let observed: BTreeMap<&ResourceAddr, Option<Observed>> =
+    let mut observed: BTreeMap<&ResourceAddr, Option<Observed>> =
         answers.into_iter().flatten().collect();
+
+    // Secrets are compared and kept only as fingerprints.
+    let salt = recorded.lineage.to_string();
+    for (addr, found) in &mut observed {
+        if let (Some(found), Some(schema)) = (found.as_mut(), registry.schema(addr.kind())) {
+            schema.seal(&salt, &mut found.attributes);
+        }
+    }
 
     // 2. Drift, and what each address currently is.
     let mut drift = Vec::new();
@@ -269,7 +277,7 @@ pub async fn compute(
         let existing = current.get(&addr).copied();
         let action = match existing {
             None => Action::Create,
-            Some(existing) => diff_arguments(schema, existing.attributes, &after),
+            Some(existing) => diff_arguments(schema, &salt, existing.attributes, &after),
         };
         let keeps_identity = matches!(action, Action::NoOp | Action::Update { .. });
         // What dependents may read: computed attributes survive an in-place update
@@ -408,11 +416,19 @@ pub fn changed_attributes(before: &Attrs, after: &Attrs) -> Vec<String> {
 }
 
 /// Compares desired arguments with what exists, by the kind's schema.
-fn diff_arguments(schema: &Schema, current: &Attrs, desired: &Attrs) -> Action {
+fn diff_arguments(schema: &Schema, salt: &str, current: &Attrs, desired: &Attrs) -> Action {
     let mut changed = Vec::new();
     let mut forcing = Vec::new();
     for attribute in schema.arguments() {
         let want = desired.get(attribute.name).unwrap_or(&Value::Null);
+        // State holds only a secret's fingerprint: compare fingerprints.
+        let sealed;
+        let want = if attribute.sensitive {
+            sealed = crate::schema::seal_value(salt, want);
+            &sealed
+        } else {
+            want
+        };
         let have = current.get(attribute.name).unwrap_or(&Value::Null);
         if want.is_null() && attribute.mode == Mode::OptionalComputed {
             continue;

@@ -180,6 +180,61 @@ impl StateStore for MemoryStore {
     }
 }
 
+/// A store whose journal commits take `delay` longer, as on a disk with slow
+/// fsyncs: tests and the benchmark use it to show group commit at work.
+#[derive(Debug)]
+pub struct SlowJournal<S> {
+    /// The wrapped store.
+    pub inner: S,
+    /// Extra time per group commit.
+    pub delay: Duration,
+}
+
+struct SlowSink {
+    inner: Box<dyn JournalSink>,
+    delay: Duration,
+}
+
+impl JournalSink for SlowSink {
+    fn append(&mut self, batch: &[u8]) -> std::io::Result<()> {
+        self.inner.append(batch)?;
+        // Emulates the disk: this runs on the journal's own thread, never on the runtime.
+        std::thread::sleep(self.delay);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<S: StateStore> StateStore for SlowJournal<S> {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    async fn load(&self) -> Result<Option<State>> {
+        self.inner.load().await
+    }
+
+    async fn persist(&self, state: &State) -> Result<()> {
+        self.inner.persist(state).await
+    }
+
+    async fn open_journal(&self, base: StateMeta, stack: &str) -> Result<Box<dyn JournalSink>> {
+        let inner = self.inner.open_journal(base, stack).await?;
+        Ok(Box::new(SlowSink {
+            inner,
+            delay: self.delay,
+        }))
+    }
+
+    async fn lock(&self, holder: LockInfo, timeout: Duration) -> Result<Box<dyn LockGuard>> {
+        self.inner.lock(holder, timeout).await
+    }
+
+    async fn backup(&self) -> Result<Option<State>> {
+        self.inner.backup().await
+    }
+}
+
 fn sample_resource(id: &str) -> ResourceState {
     let mut attributes = crate::value::Attrs::new();
     attributes.insert("name".into(), id.into());
