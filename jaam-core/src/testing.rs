@@ -200,11 +200,12 @@ impl Provider for FakeProvider {
         let name = attributes
             .get("name")
             .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        self.log(Call::Create(name.clone()));
+            .unwrap_or_default();
+        if self.record_calls {
+            self.log(Call::Create(name.to_owned()));
+        }
         self.delay().await;
-        if let Some(error) = self.on_create.as_ref().and_then(|hook| hook(&name)) {
+        if let Some(error) = self.on_create.as_ref().and_then(|hook| hook(name)) {
             return Err(error);
         }
         let id = format!(
@@ -218,7 +219,12 @@ impl Provider for FakeProvider {
             .lock()
             .expect("cloud mutex")
             .insert(id.clone(), (attrs.clone(), owner.clone()));
-        Ok(Self::observed(&id, &attrs, owner))
+        // The engine reads ownership from refresh, not from a create's answer.
+        Ok(Observed {
+            id,
+            attributes: attrs,
+            owner: None,
+        })
     }
 
     async fn update(

@@ -26,12 +26,27 @@ use crate::backoff::{self, Backoff};
 #[derive(Clone, Debug)]
 pub struct LocalStore {
     path: PathBuf,
+    /// The snapshot this store last read or wrote: its meta, and the file's size and
+    /// modification time then. A compare-and-swap that finds the file unchanged
+    /// (same size and mtime) trusts this instead of re-parsing megabytes of state.
+    /// Guarded by its own mutex, never held across an await.
+    seen: std::sync::Arc<std::sync::Mutex<Option<Seen>>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Seen {
+    meta: StateMeta,
+    len: u64,
+    modified: std::time::SystemTime,
 }
 
 impl LocalStore {
     /// A store at `path` (the snapshot file; siblings get suffixes).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self {
+            path: path.into(),
+            seen: Default::default(),
+        }
     }
 
     /// The snapshot path.
@@ -83,7 +98,28 @@ impl LocalStore {
     }
 
     /// The snapshot's lineage and serial, without building its resources.
+    fn stat(&self) -> Option<(u64, std::time::SystemTime)> {
+        let metadata = std::fs::metadata(&self.path).ok()?;
+        Some((metadata.len(), metadata.modified().ok()?))
+    }
+
+    fn remember(&self, meta: StateMeta) {
+        let seen = self.stat().map(|(len, modified)| Seen {
+            meta,
+            len,
+            modified,
+        });
+        *self.seen.lock().expect("seen mutex") = seen;
+    }
+
     fn read_meta(&self) -> Result<Option<StateMeta>> {
+        let seen = *self.seen.lock().expect("seen mutex");
+        if let (Some(seen), Some((len, modified))) = (seen, self.stat())
+            && seen.len == len
+            && seen.modified == modified
+        {
+            return Ok(Some(seen.meta));
+        }
         match std::fs::read_to_string(&self.path) {
             Ok(text) => StateFile::parse_meta(&text, &self.path.display().to_string()).map(Some),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -92,7 +128,17 @@ impl LocalStore {
     }
 
     fn load_blocking(&self) -> Result<Option<State>> {
+        let before = self.stat();
         let snapshot = Self::read_snapshot(&self.path)?;
+        if let (Some(state), Some((len, modified))) = (&snapshot, before)
+            && self.stat() == before
+        {
+            *self.seen.lock().expect("seen mutex") = Some(Seen {
+                meta: state.meta(),
+                len,
+                modified,
+            });
+        }
         let journal_path = self.journal_path();
         let text = match std::fs::read_to_string(&journal_path) {
             Ok(text) => text,
@@ -153,6 +199,7 @@ impl LocalStore {
         }
         std::fs::rename(&temporary, &self.path).map_err(Self::io("rename", &temporary))?;
         sync_directory(&directory)?;
+        self.remember(meta);
         // The snapshot now contains everything the journal said; retire it.
         match std::fs::remove_file(self.journal_path()) {
             Ok(()) => sync_directory(&directory),

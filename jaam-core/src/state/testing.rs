@@ -522,6 +522,39 @@ mod tests {
         assert_eq!(previous, 5);
     }
 
+    #[tokio::test]
+    async fn local_store_should_see_a_write_made_by_another_process() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("jaam.state.json");
+        let (ours, theirs) = (LocalStore::new(&path), LocalStore::new(&path));
+        let mut state = State::new("s");
+        state.serial = 1;
+        ours.persist(&state).await.unwrap();
+        let mut their_state = theirs.load().await.unwrap().unwrap();
+        their_state.serial = 2;
+        their_state
+            .resources
+            .insert("log_group.x".parse().unwrap(), sample_resource("x"));
+        theirs.persist(&their_state).await.unwrap();
+        state.serial = 2;
+        let error = ours.persist(&state).await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                Error::Conflict {
+                    found_serial: 2,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert_eq!(
+            ours.load().await.unwrap().unwrap(),
+            their_state,
+            "the other writer's state is intact"
+        );
+    }
+
     #[test]
     fn state_file_should_reject_unknown_versions() {
         let error = StateFile::parse(r#"{"version": 99}"#, "x").unwrap_err();
