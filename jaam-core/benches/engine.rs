@@ -155,7 +155,10 @@ fn main() {
     let mut missed = 0;
 
     // 1-3: 10,000 resources.
-    let fsync = median((0..5).map(|_| fsync_cost(directory.path())).collect());
+    // The disk's speed drifts on a shared VM: probe it right before each round and
+    // compare each round with its own floor.
+    let mut fsyncs = Vec::new();
+    let mut ratios = Vec::new();
     let mut applies = Vec::new();
     let mut commits = 0;
     let mut total = 0;
@@ -168,15 +171,21 @@ fn main() {
         total = config.resources().len();
         runtime.block_on(async {
             let (initial, _) = plan(&registry, &store, &config).await;
+            let fsync = fsync_cost(directory.path());
             let (report, apply_time) = apply(&registry, &store, &initial).await;
+            let floor = fsync * total.div_ceil(PARALLELISM) as u32;
+            fsyncs.push(fsync);
+            ratios.push(apply_time.as_secs_f64() / floor.as_secs_f64());
             applies.push(apply_time);
             commits = report.journal_commits;
         });
         last = Some((fake, registry, store, config, load_time));
     }
     let apply_time = median(applies.clone());
+    let fsync = median(fsyncs);
     let floor = fsync * total.div_ceil(PARALLELISM) as u32;
-    let ratio = apply_time.as_secs_f64() / floor.as_secs_f64();
+    ratios.sort_by(f64::total_cmp);
+    let ratio = ratios[ratios.len() / 2];
     let millis = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "apply of {total} resources from empty, parallelism {PARALLELISM}, every outcome fsynced ({rounds} rounds):"
@@ -189,8 +198,10 @@ fn main() {
         millis(fsync)
     );
     println!(
-        "  disk floor ceil(N/p) x fsync = {:.0} ms; ratio {ratio:.2} (target <= 1.5) {}",
+        "  disk floor ceil(N/p) x fsync = {:.0} ms (median); ratio to each round's own floor: median {ratio:.2}, range {:.2}-{:.2} (target <= 1.5) {}",
         millis(floor),
+        ratios[0],
+        ratios[ratios.len() - 1],
         verdict(ratio <= 1.5)
     );
     missed += usize::from(ratio > 1.5);

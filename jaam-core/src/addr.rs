@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -10,10 +11,14 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Immutable once built. `Display` prints `kind.name`; `FromStr` accepts the same.
 /// Names may contain letters, digits, `-` and `_` (and `.` for the addresses
 /// that a composite such as `site` expands into, e.g. `site.blog.instance`).
+///
+/// The text is shared (`Arc<str>`): addresses are cloned into every map of a plan,
+/// an apply and a state, and a clone is a reference count, not two allocations.
+/// Addresses order by their text.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ResourceAddr {
-    kind: String,
-    name: String,
+    text: Arc<str>,
+    dot: usize,
 }
 
 /// Why a string is not a resource address.
@@ -43,9 +48,12 @@ impl ResourceAddr {
     /// [`AddrError::InvalidCharacter`] when a part is empty or holds a character
     /// other than letters, digits, `-` and `_`.
     pub fn new(kind: impl Into<String>, name: impl Into<String>) -> Result<Self, AddrError> {
-        let (kind, name) = (kind.into(), name.into());
+        let (kind, name): (String, String) = (kind.into(), name.into());
         if valid_part(&kind) && name.split('.').all(valid_part) {
-            Ok(Self { kind, name })
+            Ok(Self {
+                dot: kind.len(),
+                text: Arc::from(format!("{kind}.{name}")),
+            })
         } else {
             Err(AddrError::InvalidCharacter(format!("{kind}.{name}")))
         }
@@ -53,12 +61,17 @@ impl ResourceAddr {
 
     /// The resource kind: `instance` in `instance.blog`.
     pub fn kind(&self) -> &str {
-        &self.kind
+        &self.text[..self.dot]
     }
 
     /// The resource name: `blog` in `instance.blog`.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.text[self.dot + 1..]
+    }
+
+    /// The whole address, `kind.name`.
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 }
 
@@ -75,7 +88,7 @@ impl FromStr for ResourceAddr {
 
 impl fmt::Display for ResourceAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.kind, self.name)
+        f.write_str(&self.text)
     }
 }
 
