@@ -452,15 +452,18 @@ async fn walk(shared: &Shared<'_>, plan: &Plan, cancel: CancellationToken) -> Wa
             && let Some(node) = ready.pop_front()
         {
             let change = nodes[node];
-            running.push(async move { (node, run_node(shared, change).await) });
+            let cancel = &cancel;
+            running.push(async move { (node, run_node(shared, change, cancel).await) });
         }
         let Some((node, result)) = running.next().await else {
             break;
         };
-        settled[node] = true;
         let addr = &nodes[node].addr;
         match result {
-            Ok(()) => {
+            // Cancelled while waiting for a permit: reported as not started below.
+            Ok(false) => {}
+            Ok(true) => {
+                settled[node] = true;
                 report.applied.push(addr.clone());
                 for &dependent in &dependents[node] {
                     remaining[dependent] -= 1;
@@ -470,6 +473,7 @@ async fn walk(shared: &Shared<'_>, plan: &Plan, cancel: CancellationToken) -> Wa
                 }
             }
             Err(error) => {
+                settled[node] = true;
                 shared.emitter.emit(|| Event::Failed {
                     addr: addr.clone(),
                     message: error_chain(&error),
@@ -598,10 +602,12 @@ fn find_unknown(value: &Value) -> Option<String> {
     }
 }
 
+/// Runs one node; `Ok(false)` when the apply was cancelled before its cloud call.
 async fn run_node(
     shared: &Shared<'_>,
     change: &ResourceChange,
-) -> std::result::Result<(), ResourceError> {
+    cancel: &CancellationToken,
+) -> std::result::Result<bool, ResourceError> {
     let addr = &change.addr;
     let provider = Arc::clone(
         shared
@@ -632,6 +638,10 @@ async fn run_node(
         .acquire()
         .await
         .expect("semaphore never closed");
+    // Every node is queued at once; cancellation is honoured here, before the cloud call.
+    if cancel.is_cancelled() {
+        return Ok(false);
+    }
     shared.emitter.emit(|| Event::Started {
         addr: addr.clone(),
         action: action.to_owned(),
@@ -806,7 +816,7 @@ async fn run_node(
             elapsed: started.elapsed(),
         });
     }
-    result
+    result.map(|()| true)
 }
 
 /// The outcome record of a resource that exists, with its secrets sealed.

@@ -213,6 +213,22 @@ mod tests {
     }
 
     #[test]
+    fn dot_should_list_nodes_and_edges_sorted() {
+        let mut graph = Graph::default();
+        graph.add_edge(addr("record.www"), addr("instance.web"));
+        graph.add_node(addr("log_group.logs"));
+        insta::assert_snapshot!(graph.to_dot(), @r#"
+        digraph jaam {
+          rankdir = "RL";
+          "instance.web";
+          "log_group.logs";
+          "record.www";
+          "record.www" -> "instance.web";
+        }
+        "#);
+    }
+
+    #[test]
     fn cycle_should_be_reported_as_a_path() {
         let mut graph = Graph::default();
         graph.add_edge(addr("log_group.a"), addr("log_group.b"));

@@ -132,3 +132,63 @@ async fn killed_applies_should_leave_loadable_state_and_converge_on_rerun() {
         "the trials must really interrupt an apply ({interrupted} of 6 did)"
     );
 }
+
+#[tokio::test]
+async fn interrupted_apply_should_finish_in_flight_work_and_save_state() {
+    moto_endpoint();
+    let _moto = jaam_tests::MOTO.read().await;
+    let ws = Workspace::new(&unique("sigint"));
+    let prefix = format!("/jaam-test/{}/", ws.stack);
+    let specs: String = (0..150)
+        .map(|n| format!("log_group.g{n}:\n  name: {prefix}g{n}\n"))
+        .collect();
+    ws.write_specs(&specs);
+    let child = ws
+        .command(&["apply", "--auto-approve", "--parallelism", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let journal = ws.dir.path().join("jaam.state.json.journal");
+    let watch = Backoff {
+        initial: Duration::from_millis(2),
+        max: Duration::from_millis(20),
+        deadline: Duration::from_secs(60),
+    };
+    backoff::poll(watch, || {
+        let lines = std::fs::read_to_string(&journal)
+            .map(|text| text.lines().count())
+            .unwrap_or(0);
+        async move { Ok::<_, ()>((lines > 10).then_some(())) }
+    })
+    .await
+    .expect("the apply starts journaling");
+    let status = std::process::Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let run = jaam_tests::Run::from(child.wait_with_output().unwrap());
+    run.expect_code(1);
+    assert!(run.stderr.contains("Interrupt received"), "{}", run.stderr);
+    assert!(run.stderr.contains("not started"), "{}", run.stderr);
+    // State was saved: the journal is folded, and state holds exactly what exists.
+    assert!(
+        !journal.exists(),
+        "the journal was folded into the snapshot"
+    );
+    let state = LocalStore::new(ws.state()).load().await.unwrap().unwrap();
+    let created = log_groups(&logs_client().await, &prefix).await.len();
+    assert!(
+        created > 0 && created < 150,
+        "interrupted part way: {created}"
+    );
+    assert_eq!(
+        state.resources.len(),
+        created,
+        "state records exactly what exists"
+    );
+    ws.jaam(&["apply", "--auto-approve"]).expect_code(0);
+    assert_eq!(log_groups(&logs_client().await, &prefix).await.len(), 150);
+}

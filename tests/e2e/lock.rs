@@ -51,6 +51,19 @@ async fn second_apply_should_name_the_lock_holder_and_leave_state_intact() {
     );
     assert!(second.stderr.contains("hint:"), "{}", second.stderr);
 
+    // With --lock-timeout, a third apply waits for the holder instead of failing.
+    let third = ws
+        .command(&["apply", "--auto-approve", "--lock-timeout", "5m"])
+        .output()
+        .unwrap();
+    assert!(
+        first.try_wait().unwrap().is_some(),
+        "the third apply returned only after the first finished"
+    );
+    let third = jaam_tests::Run::from(third);
+    third.expect_code(0);
+    assert!(third.stdout.contains("No changes."), "{}", third.stdout);
+
     let status = first.wait().unwrap();
     assert!(status.success(), "the first apply finishes");
     assert_eq!(log_groups(&logs_client().await, &prefix).await.len(), 300);

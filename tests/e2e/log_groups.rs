@@ -168,7 +168,29 @@ async fn retention_changed_through_the_api_should_show_as_drift_and_be_corrected
     assert!(text.contains("~ retention_days = 14 -> 60"), "{text}");
     assert!(text.contains("~ retention_days = 60 -> 14"), "{text}");
 
-    ws.jaam(&["apply", "--auto-approve"]).expect_code(0);
+    let run = ws.jaam(&["apply", "--auto-approve", "--json"]);
+    run.expect_code(0);
+    // --json: progress as JSON lines on stdout, numbered from 1.
+    let events: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "finished" && e["action"] == "update"),
+        "{}",
+        run.stdout
+    );
     assert_eq!(log_groups(&logs, &name).await, [(name.clone(), Some(14))]);
     ws.jaam(&["plan", "--detailed-exitcode"]).expect_code(0);
 }
