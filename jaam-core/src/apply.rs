@@ -397,6 +397,15 @@ pub async fn apply(
     })
 }
 
+/// Which part of a change a walk node performs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// The whole change (for a create-then-delete replacement: the create).
+    Whole,
+    /// The delete of the object a create-then-delete replacement replaced.
+    Deposed,
+}
+
 #[derive(Default)]
 struct Walk {
     applied: Vec<ResourceAddr>,
@@ -407,39 +416,64 @@ struct Walk {
 
 async fn walk(shared: &Shared<'_>, plan: &Plan, cancel: CancellationToken) -> Walk {
     // Nodes by index; edges as index lists (the walk is hot for large plans).
-    let nodes: Vec<&ResourceChange> = plan
+    // A create-then-delete replacement is two nodes: the create, and the delete of
+    // the replaced ("deposed") object, which waits until every dependent has
+    // switched to the new one (a record follows the new instance before the old
+    // instance goes).
+    let mut nodes: Vec<(&ResourceChange, Phase)> = plan
         .changes
         .iter()
         .filter(|c| c.action.is_change())
+        .map(|c| (c, Phase::Whole))
         .collect();
     let index: HashMap<&ResourceAddr, usize> = nodes
         .iter()
         .enumerate()
-        .map(|(i, c)| (&c.addr, i))
+        .map(|(i, (c, _))| (&c.addr, i))
         .collect();
+    let wholes = nodes.len();
+    for node in 0..wholes {
+        if matches!(
+            nodes[node].0.action,
+            Action::Replace {
+                order: ReplaceOrder::CreateThenDelete,
+                ..
+            }
+        ) {
+            nodes.push((nodes[node].0, Phase::Deposed));
+        }
+    }
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
     let mut remaining: Vec<usize> = vec![0; nodes.len()];
-    for (node, change) in nodes.iter().enumerate() {
+    let mut edge = |before: usize, after: usize, dependents: &mut Vec<Vec<usize>>| {
+        dependents[before].push(after);
+        remaining[after] += 1;
+    };
+    for node in 0..wholes {
+        let change = nodes[node].0;
         for dependency in &change.dependencies {
             let Some(&target) = index.get(dependency) else {
                 continue;
             };
-            let (before, after) = if change.action == Action::Delete {
+            if change.action == Action::Delete {
                 // Reverse edge: a dependency is removed after its dependent.
-                if !matches!(
-                    nodes[target].action,
+                if matches!(
+                    nodes[target].0.action,
                     Action::Delete | Action::Replace { .. }
                 ) {
-                    continue;
+                    edge(node, target, &mut dependents);
                 }
-                (node, target)
-            } else if nodes[target].action != Action::Delete {
-                (target, node)
-            } else {
-                continue;
-            };
-            dependents[before].push(after);
-            remaining[after] += 1;
+            } else if nodes[target].0.action != Action::Delete {
+                edge(target, node, &mut dependents);
+            }
+        }
+    }
+    for deposed in wholes..nodes.len() {
+        let whole = index[&nodes[deposed].0.addr];
+        let switching: Vec<usize> = dependents[whole].clone();
+        edge(whole, deposed, &mut dependents);
+        for dependent in switching {
+            edge(dependent, deposed, &mut dependents);
         }
     }
     let mut ready: VecDeque<usize> = (0..nodes.len()).filter(|&n| remaining[n] == 0).collect();
@@ -451,20 +485,23 @@ async fn walk(shared: &Shared<'_>, plan: &Plan, cancel: CancellationToken) -> Wa
         while !cancel.is_cancelled()
             && let Some(node) = ready.pop_front()
         {
-            let change = nodes[node];
+            let (change, phase) = nodes[node];
             let cancel = &cancel;
-            running.push(async move { (node, run_node(shared, change, cancel).await) });
+            running.push(async move { (node, run_node(shared, change, phase, cancel).await) });
         }
         let Some((node, result)) = running.next().await else {
             break;
         };
-        let addr = &nodes[node].addr;
+        let (change, phase) = nodes[node];
+        let addr = &change.addr;
         match result {
             // Cancelled while waiting for a permit: reported as not started below.
             Ok(false) => {}
             Ok(true) => {
                 settled[node] = true;
-                report.applied.push(addr.clone());
+                if phase == Phase::Whole {
+                    report.applied.push(addr.clone());
+                }
                 for &dependent in &dependents[node] {
                     remaining[dependent] -= 1;
                     if remaining[dependent] == 0 && !settled[dependent] {
@@ -484,21 +521,25 @@ async fn walk(shared: &Shared<'_>, plan: &Plan, cancel: CancellationToken) -> Wa
                 while let Some(next) = pending.pop() {
                     if !settled[next] {
                         settled[next] = true;
+                        pending.extend(&dependents[next]);
+                        // A replaced object that is not deleted stays as it is,
+                        // serving; it is not a resource of its own to report.
+                        let (skipped, phase) = nodes[next];
+                        if phase == Phase::Deposed {
+                            continue;
+                        }
                         shared.emitter.emit(|| Event::Skipped {
-                            addr: nodes[next].addr.clone(),
+                            addr: skipped.addr.clone(),
                             because: addr.clone(),
                         });
-                        report
-                            .skipped
-                            .push((nodes[next].addr.clone(), addr.clone()));
-                        pending.extend(&dependents[next]);
+                        report.skipped.push((skipped.addr.clone(), addr.clone()));
                     }
                 }
             }
         }
     }
-    for (node, change) in nodes.iter().enumerate() {
-        if !settled[node] {
+    for (node, (change, phase)) in nodes.iter().enumerate() {
+        if !settled[node] && *phase == Phase::Whole {
             shared.emitter.emit(|| Event::NotStarted {
                 addr: change.addr.clone(),
             });
@@ -606,6 +647,7 @@ fn find_unknown(value: &Value) -> Option<String> {
 async fn run_node(
     shared: &Shared<'_>,
     change: &ResourceChange,
+    phase: Phase,
     cancel: &CancellationToken,
 ) -> std::result::Result<bool, ResourceError> {
     let addr = &change.addr;
@@ -617,6 +659,9 @@ async fn run_node(
     );
     let schema = provider.schema();
     let started = Instant::now();
+    if phase == Phase::Deposed {
+        return delete_deposed(shared, provider.as_ref(), change, cancel).await;
+    }
     let action = action_name(&change.action);
     let journal_error = |source: crate::state::Error| ResourceError::Journal {
         addr: addr.clone(),
@@ -768,28 +813,9 @@ async fn run_node(
                     observed.id.clone(),
                     observed.attributes.clone(),
                 );
-                if order == Some(ReplaceOrder::CreateThenDelete) {
-                    // The new resource must be durable before the old one goes.
-                    shared
-                        .journal_durable(created.clone())
-                        .await
-                        .map_err(journal_error)?;
-                    let (delete_intent, result) =
-                        delete_old(shared, provider.as_ref(), change).await;
-                    match result {
-                        Ok(()) => finals.push(Record::Outcome {
-                            intent: delete_intent,
-                            addr: addr.clone(),
-                            result: outcome_of(&created),
-                        }),
-                        Err(source) => {
-                            finals.push(failed(delete_intent, addr, &source));
-                            return Err(provider_error("delete of the replaced resource", source));
-                        }
-                    }
-                } else {
-                    finals.push(created);
-                }
+                // A create-then-delete replacement deletes the old object in its own
+                // `Phase::Deposed` node, once dependents have switched.
+                finals.push(created);
                 Ok(())
             }
         }
@@ -843,13 +869,6 @@ fn written(
     }
 }
 
-fn outcome_of(record: &Record) -> Outcome {
-    match record {
-        Record::Outcome { result, .. } => result.clone(),
-        _ => Outcome::Removed,
-    }
-}
-
 fn failed(intent: Uuid, addr: &ResourceAddr, error: &ProviderError) -> Record {
     Record::Outcome {
         intent,
@@ -857,6 +876,73 @@ fn failed(intent: Uuid, addr: &ResourceAddr, error: &ProviderError) -> Record {
         result: Outcome::Failed {
             message: error_chain(error),
         },
+    }
+}
+
+/// Deletes the object a create-then-delete replacement replaced; state keeps the new one.
+async fn delete_deposed(
+    shared: &Shared<'_>,
+    provider: &dyn crate::provider::Provider,
+    change: &ResourceChange,
+    cancel: &CancellationToken,
+) -> std::result::Result<bool, ResourceError> {
+    let addr = &change.addr;
+    let _permit = shared
+        .semaphore
+        .acquire()
+        .await
+        .expect("semaphore never closed");
+    if cancel.is_cancelled() {
+        return Ok(false);
+    }
+    let started = Instant::now();
+    shared.emitter.emit(|| Event::Started {
+        addr: addr.clone(),
+        action: "delete".to_owned(),
+    });
+    let (intent, result) = delete_old(shared, provider, change).await;
+    let current = shared
+        .state
+        .lock()
+        .expect("state mutex")
+        .resources
+        .get(addr)
+        .cloned();
+    let record = match (&result, current) {
+        (Ok(()), Some(resource)) => Record::Outcome {
+            intent,
+            addr: addr.clone(),
+            result: Outcome::Written { resource },
+        },
+        (Ok(()), None) => Record::Outcome {
+            intent,
+            addr: addr.clone(),
+            result: Outcome::Removed,
+        },
+        (Err(source), _) => failed(intent, addr, source),
+    };
+    shared
+        .journal_durable(record)
+        .await
+        .map_err(|source| ResourceError::Journal {
+            addr: addr.clone(),
+            source: Box::new(source),
+        })?;
+    match result {
+        Ok(()) => {
+            shared.emitter.emit(|| Event::Finished {
+                addr: addr.clone(),
+                action: "delete".to_owned(),
+                id: None,
+                elapsed: started.elapsed(),
+            });
+            Ok(true)
+        }
+        Err(source) => Err(ResourceError::Provider {
+            addr: addr.clone(),
+            operation: "delete of the replaced object",
+            source,
+        }),
     }
 }
 

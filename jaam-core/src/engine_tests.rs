@@ -198,6 +198,55 @@ async fn changes_should_plan_update_replace_and_delete() {
 }
 
 #[tokio::test]
+async fn create_before_destroy_should_switch_dependents_before_deleting_the_old_object() {
+    let h = harness();
+    let (_, report, _) = h
+        .apply("fake.a:\n  name: a\nfake.b:\n  name: b\n  value: ${fake.a.id}\n")
+        .await;
+    let old = report.state.resources[&addr("fake.a")].id.clone();
+    let b = report.state.resources[&addr("fake.b")].id.clone();
+    let before = h.fake.calls().len();
+    let (plan, report, events) = h
+        .apply("fake.a:\n  name: a2\nfake.b:\n  name: b\n  value: ${fake.a.id}\n")
+        .await;
+    assert!(report.succeeded());
+    assert_eq!(
+        plan.change(&addr("fake.b")).unwrap().action,
+        Action::Update {
+            changed: vec!["value".into()]
+        }
+    );
+    let calls = &h.fake.calls()[before..];
+    let position = |call: Call| {
+        calls
+            .iter()
+            .position(|c| *c == call)
+            .unwrap_or_else(|| panic!("{call:?} in {calls:?}"))
+    };
+    let created = position(Call::Create("a2".into()));
+    let switched = position(Call::Update(b));
+    let deleted = position(Call::Delete(old.clone()));
+    assert!(created < switched && switched < deleted, "{calls:?}");
+    let new = report.state.resources[&addr("fake.a")].id.clone();
+    assert_ne!(new, old);
+    assert_eq!(
+        report.state.resources[&addr("fake.b")].attributes["value"],
+        Value::String(new)
+    );
+    assert_eq!(
+        report.applied.len(),
+        2,
+        "the deposed delete is part of the replacement, not a resource of its own"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(&e.event, Event::Finished { action, .. } if action == "delete"))
+    );
+    assert!(!h.fake.cloud().contains_key(&old));
+}
+
+#[tokio::test]
 async fn destroy_should_delete_dependents_before_their_dependencies() {
     let h = harness();
     h.apply(CHAIN).await;

@@ -193,6 +193,25 @@ pub trait Provider: Send + Sync {
 
     /// Every resource of this kind that carries `stack`'s ownership tags, for `jaam gc`.
     async fn list_owned(&self, context: &Context) -> Result<Vec<Observed>>;
+
+    /// Resolves indirections in desired arguments at plan time, in one batch for
+    /// every desired resource of the kind (an AMI given as an SSM parameter path
+    /// becomes an image id). Returns rewrite rules: in argument `.0`, the value
+    /// `.1` becomes `.2`. The default resolves nothing.
+    async fn prepare(&self, _context: &Context, _desired: &[&Attrs]) -> Result<Vec<Rewrite>> {
+        Ok(Vec::new())
+    }
+}
+
+/// A plan-time rewrite of one argument value (see [`Provider::prepare`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rewrite {
+    /// The argument.
+    pub attribute: String,
+    /// The value as written.
+    pub from: crate::value::Value,
+    /// The value to plan with.
+    pub to: crate::value::Value,
 }
 
 /// The kinds jaam knows, each with its provider.

@@ -19,7 +19,7 @@ use futures::future::try_join_all;
 
 use super::{Action, Error, FORMAT_VERSION, Plan, ResourceChange, Result};
 use crate::addr::ResourceAddr;
-use crate::provider::{Context, Observed, RefreshTarget, Registry};
+use crate::provider::{Context, Observed, RefreshTarget, Registry, Rewrite};
 use crate::schema::{Mode, ReplaceOrder, Schema};
 use crate::spec::{Config, evaluate_args};
 use crate::state::{Operation, State};
@@ -255,6 +255,39 @@ pub async fn compute(
         );
     }
 
+    // 3a. Plan-time resolution (AMI parameter paths …), batched per kind.
+    let mut by_kind: BTreeMap<&str, Vec<Attrs>> = BTreeMap::new();
+    for (addr, resource) in &desired {
+        let schema = registry
+            .schema(addr.kind())
+            .expect("specs only hold known kinds");
+        by_kind.entry(addr.kind()).or_default().push(evaluate_args(
+            resource,
+            schema,
+            &|_, _| None,
+            &|name| env(name),
+        ));
+    }
+    let rewrites: BTreeMap<&str, Vec<Rewrite>> =
+        try_join_all(by_kind.iter().map(|(kind, desired)| async move {
+            let provider = registry
+                .provider(kind)
+                .expect("specs only hold known kinds");
+            let refs: Vec<&Attrs> = desired.iter().collect();
+            let rules =
+                provider
+                    .prepare(context, &refs)
+                    .await
+                    .map_err(|source| Error::Refresh {
+                        kind: (*kind).to_owned(),
+                        source,
+                    })?;
+            Ok::<_, Error>((*kind, rules))
+        }))
+        .await?
+        .into_iter()
+        .collect();
+
     // 3. Desired resources in dependency order. A reference reads the planned
     // `after` of its dependency's change (known, or unknown until apply).
     let graph = config.graph();
@@ -274,6 +307,13 @@ pub async fn compute(
             Some(after.get(attribute).cloned().unwrap_or(Value::Null))
         };
         let mut after = evaluate_args(resource, schema, &lookup, &|name| env(name));
+        for rule in rewrites.get(addr.kind()).into_iter().flatten() {
+            if let Some(value) = after.get_mut(&rule.attribute)
+                && *value == rule.from
+            {
+                *value = rule.to.clone();
+            }
+        }
         let existing = current.get(&addr).copied();
         let action = match existing {
             None => Action::Create,

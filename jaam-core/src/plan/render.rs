@@ -84,8 +84,16 @@ fn name_width(attrs: &[&Attrs]) -> usize {
         .unwrap_or(0)
 }
 
-fn multiline_diff(out: &mut String, painter: &Painter, name: &str, before: &str, after: &str) {
-    let _ = writeln!(out, "      {} {name} = <<-EOT", painter.symbol("~"));
+fn multiline_diff(
+    out: &mut String,
+    painter: &Painter,
+    name: &str,
+    before: &str,
+    after: &str,
+    forces: bool,
+) {
+    let note = if forces { " # forces replacement" } else { "" };
+    let _ = writeln!(out, "      {} {name} = <<-EOT{note}", painter.symbol("~"));
     let diff = TextDiff::from_lines(before, after);
     for change in diff.iter_all_changes() {
         let line = change.value().trim_end_matches('\n');
@@ -151,7 +159,7 @@ fn block(out: &mut String, painter: &Painter, change: &ResourceChange, drift: bo
                     (Value::String(a), Value::String(b))
                         if !sensitive && (a.contains('\n') || b.contains('\n')) =>
                     {
-                        multiline_diff(out, painter, name, a, b);
+                        multiline_diff(out, painter, name, a, b, forcing.contains(name));
                     }
                     _ => {
                         let note = if forcing.contains(name) {

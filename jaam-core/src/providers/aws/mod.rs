@@ -7,7 +7,9 @@
 //! attempts; what still fails is classified into a [`ProviderError`] whose
 //! `Transient` kind tells the daemon to retry later.
 
+pub mod ec2;
 pub mod logs;
+pub mod route53;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,6 +37,8 @@ pub async fn load_config() -> SdkConfig {
 /// Registers every AWS provider built with this crate.
 pub fn register(registry: &mut Registry, config: &SdkConfig) {
     registry.register(Arc::new(logs::LogGroups::new(config, None)));
+    registry.register(Arc::new(ec2::Instances::new(config, None)));
+    registry.register(Arc::new(route53::Records::new(config, None)));
 }
 
 /// Counts HTTP attempts made through the clients it is attached to (tests use it
@@ -82,6 +86,19 @@ where
     R: std::fmt::Debug + Send + Sync + 'static,
 {
     let kind = match &error {
+        SdkError::ServiceError(context)
+            if context
+                .err()
+                .code()
+                .is_some_and(|code| code.ends_with(".NotFound") || code == "NoSuchHostedZone")
+                || (context.err().code() == Some("InvalidChangeBatch")
+                    && context
+                        .err()
+                        .message()
+                        .is_some_and(|m| m.contains("not found"))) =>
+        {
+            ErrorKind::NotFound
+        }
         SdkError::ServiceError(context) => match context.err().code().unwrap_or_default() {
             "ResourceNotFoundException" | "NotFoundException" | "NoSuchEntity" => {
                 ErrorKind::NotFound

@@ -1,0 +1,682 @@
+//! `instance`: an EC2 instance.
+//!
+//! Arguments, and what a change does:
+//! - `ami` (required): an image id, or an SSM public parameter path such as
+//!   `/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64`,
+//!   resolved to an image id at plan time (one batched GetParameters per plan).
+//!   A new image — including the parameter moving to a newer AMI — **replaces**.
+//! - `instance_type` (required): **in place** by stop → modify → start.
+//! - `subnet_id` (optional; AWS picks when unset): **replaces**.
+//! - `security_group_ids` (optional; AWS picks when unset): **in place**.
+//! - `key_name`, `iam_instance_profile` (by name), `user_data`, `root_volume_gb`:
+//!   **replace**.
+//! - `tags`: **in place**.
+//!
+//! Computed: `id`, `public_ip`, `private_ip`, `public_dns`, `state`.
+//!
+//! # Crash safety
+//! RunInstances writes the ownership tags (`jaam:stack`, `jaam:address`,
+//! `jaam:intent`) in the same call through TagSpecifications and passes the
+//! journal intent as ClientToken. Real AWS deduplicates on the token; moto does
+//! not, so the guarantee rests on the tags: after a crash, refresh finds the
+//! instance by `jaam:address` and the engine adopts it (the kind is adoptable).
+//!
+//! # Refresh cost
+//! One paginated DescribeInstances filtered on `tag:jaam:stack` (1,000 per page)
+//! covers every instance jaam created for the stack; recorded instances without
+//! the tag (imported) cost one more DescribeInstances by id for all of them.
+//! DescribeInstances does not return user data or volume sizes: those are kept
+//! as recorded, so a change to them made outside jaam is not seen as drift.
+//! Instances still `pending` are waited for (backoff, deadline) so a refresh
+//! never records a half-started instance.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::SdkConfig;
+use aws_sdk_ec2::Client as Ec2Client;
+use aws_sdk_ec2::types::{
+    AttributeValue, BlockDeviceMapping, EbsBlockDevice, Filter, IamInstanceProfileSpecification,
+    Instance, InstanceStateName, InstanceType, ResourceType, Tag, TagSpecification,
+};
+use aws_sdk_ssm::Client as SsmClient;
+
+use super::{CallCounter, classify};
+use crate::backoff::{self, Backoff};
+use crate::provider::{
+    Context, ErrorKind, Observed, Owner, Provider, ProviderError, RefreshTarget, Result, Rewrite,
+};
+use crate::schema::{Attribute, Mode, ReplaceOrder, Schema, Type};
+use crate::value::{Attrs, Value};
+
+/// How long an instance may take to reach a state (real AWS: ~30 s to run).
+const WAIT: Backoff = Backoff {
+    initial: Duration::from_millis(200),
+    max: Duration::from_secs(10),
+    deadline: Duration::from_secs(900),
+};
+
+/// The `instance` schema.
+pub fn schema() -> Schema {
+    let string_list = || Type::List(Box::new(Type::String));
+    Schema {
+        kind: "instance",
+        attributes: vec![
+            Attribute::required("ami", Type::String).force_new(),
+            Attribute::required("instance_type", Type::String),
+            Attribute {
+                mode: Mode::OptionalComputed,
+                ..Attribute::optional("subnet_id", Type::String).force_new()
+            },
+            Attribute {
+                mode: Mode::OptionalComputed,
+                ..Attribute::optional("security_group_ids", string_list())
+            },
+            Attribute::optional("key_name", Type::String).force_new(),
+            Attribute::optional("iam_instance_profile", Type::String).force_new(),
+            Attribute::optional("user_data", Type::String).force_new(),
+            Attribute::optional("root_volume_gb", Type::Int).force_new(),
+            Attribute::optional("tags", Type::Map(Box::new(Type::String)))
+                .default_value(Value::Map(BTreeMap::new())),
+            Attribute::computed("id", Type::String),
+            Attribute::computed("public_ip", Type::String),
+            Attribute::computed("private_ip", Type::String),
+            Attribute::computed("public_dns", Type::String),
+            Attribute::computed("state", Type::String),
+        ],
+        // The new instance serves (and its record follows it) before the old one goes.
+        replace_order: ReplaceOrder::CreateThenDelete,
+        adoptable: true,
+    }
+}
+
+/// The EC2 provider.
+#[derive(Debug)]
+pub struct Instances {
+    ec2: Ec2Client,
+    ssm: SsmClient,
+    schema: Schema,
+}
+
+fn text(attributes: &Attrs, name: &str) -> Option<String> {
+    attributes
+        .get(name)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+fn string_map(value: Option<&Value>) -> BTreeMap<String, String> {
+    match value {
+        Some(Value::Map(map)) => map
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+fn tags_of(instance: &Instance) -> BTreeMap<String, String> {
+    instance
+        .tags()
+        .iter()
+        .filter_map(|tag| Some((tag.key()?.to_owned(), tag.value()?.to_owned())))
+        .collect()
+}
+
+fn is_gone(instance: &Instance) -> bool {
+    matches!(
+        instance.state().and_then(|state| state.name()),
+        Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
+    )
+}
+
+fn state_name(instance: &Instance) -> &str {
+    instance
+        .state()
+        .and_then(|state| state.name())
+        .map_or("unknown", InstanceStateName::as_str)
+}
+
+fn optional(value: Option<&str>) -> Value {
+    value
+        .filter(|text| !text.is_empty())
+        .map_or(Value::Null, |text| Value::String(text.to_owned()))
+}
+
+/// What the cloud reports, plus what DescribeInstances cannot (`user_data`,
+/// `root_volume_gb`), taken from `known`.
+fn observe(instance: &Instance, known: &Attrs) -> Observed {
+    let tags = tags_of(instance);
+    let mut groups: Vec<Value> = instance
+        .security_groups()
+        .iter()
+        .filter_map(|group| group.group_id())
+        .map(Value::from)
+        .collect();
+    groups.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+    let profile = instance
+        .iam_instance_profile()
+        .and_then(|profile| profile.arn())
+        .and_then(|arn| arn.rsplit('/').next())
+        .map(str::to_owned);
+    let id = instance.instance_id().unwrap_or_default().to_owned();
+    let mut attributes = Attrs::new();
+    attributes.insert("ami".into(), optional(instance.image_id()));
+    attributes.insert(
+        "instance_type".into(),
+        optional(instance.instance_type().map(InstanceType::as_str)),
+    );
+    attributes.insert("subnet_id".into(), optional(instance.subnet_id()));
+    attributes.insert("security_group_ids".into(), Value::List(groups));
+    attributes.insert("key_name".into(), optional(instance.key_name()));
+    attributes.insert(
+        "iam_instance_profile".into(),
+        profile.map_or(Value::Null, Value::String),
+    );
+    attributes.insert(
+        "user_data".into(),
+        known.get("user_data").cloned().unwrap_or(Value::Null),
+    );
+    attributes.insert(
+        "root_volume_gb".into(),
+        known.get("root_volume_gb").cloned().unwrap_or(Value::Null),
+    );
+    attributes.insert(
+        "tags".into(),
+        Value::Map(
+            tags.iter()
+                .filter(|(key, _)| !key.starts_with("jaam:"))
+                .map(|(key, value)| (key.clone(), Value::String(value.clone())))
+                .collect(),
+        ),
+    );
+    attributes.insert("id".into(), Value::String(id.clone()));
+    attributes.insert("public_ip".into(), optional(instance.public_ip_address()));
+    attributes.insert("private_ip".into(), optional(instance.private_ip_address()));
+    attributes.insert("public_dns".into(), optional(instance.public_dns_name()));
+    attributes.insert(
+        "state".into(),
+        Value::String(state_name(instance).to_owned()),
+    );
+    Observed {
+        id,
+        attributes,
+        owner: Owner::from_tags(&tags),
+    }
+}
+
+impl Instances {
+    /// A provider using `config`; `counter` counts every HTTP attempt (tests).
+    pub fn new(config: &SdkConfig, counter: Option<CallCounter>) -> Self {
+        let mut ec2 = aws_sdk_ec2::config::Builder::from(config);
+        let mut ssm = aws_sdk_ssm::config::Builder::from(config);
+        if let Some(counter) = counter {
+            ec2 = ec2.interceptor(counter.clone());
+            ssm = ssm.interceptor(counter);
+        }
+        Self {
+            ec2: Ec2Client::from_conf(ec2.build()),
+            ssm: SsmClient::from_conf(ssm.build()),
+            schema: schema(),
+        }
+    }
+
+    /// Every live instance carrying `stack`'s tag (one paginated call).
+    async fn describe_stack(&self, stack: &str) -> Result<Vec<Instance>> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .ec2
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{}", Owner::STACK_TAG))
+                    .values(stack)
+                    .build(),
+            )
+            .max_results(1000)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("DescribeInstances", e))?;
+            out.extend(
+                page.reservations()
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .filter(|i| !is_gone(i))
+                    .cloned(),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Instances by id, in one call; unknown ids are simply absent.
+    async fn describe_ids(&self, ids: &[String]) -> Result<Vec<Instance>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let answer = self
+            .ec2
+            .describe_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .send()
+            .await;
+        match answer {
+            Ok(answer) => Ok(answer
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .cloned()
+                .collect()),
+            Err(error) => {
+                let error = classify("DescribeInstances", error);
+                if error.kind != ErrorKind::NotFound {
+                    return Err(error);
+                }
+                // One unknown id fails the whole call: fall back to asking by filter.
+                let mut out = Vec::new();
+                let mut pages = self
+                    .ec2
+                    .describe_instances()
+                    .filters(
+                        Filter::builder()
+                            .name("instance-id")
+                            .set_values(Some(ids.to_vec()))
+                            .build(),
+                    )
+                    .into_paginator()
+                    .send();
+                while let Some(page) = pages.next().await {
+                    let page = page.map_err(|e| classify("DescribeInstances", e))?;
+                    out.extend(
+                        page.reservations()
+                            .iter()
+                            .flat_map(|r| r.instances())
+                            .cloned(),
+                    );
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Waits until every one of `ids` is in `wanted` (or gone, when `wanted` is terminated).
+    async fn wait_for(&self, ids: &[String], wanted: InstanceStateName) -> Result<Vec<Instance>> {
+        let outcome = backoff::poll(WAIT, || async {
+            let found = self.describe_ids(ids).await?;
+            let done = ids.iter().all(|id| {
+                let instance = found.iter().find(|i| i.instance_id() == Some(id.as_str()));
+                match (&wanted, instance) {
+                    (InstanceStateName::Terminated, None) => true,
+                    (_, Some(instance)) => instance.state().and_then(|s| s.name()) == Some(&wanted),
+                    _ => false,
+                }
+            });
+            Ok::<_, ProviderError>(done.then_some(found))
+        })
+        .await;
+        match outcome {
+            Ok(found) => Ok(found),
+            Err(backoff::Error::Failed(error)) => Err(error),
+            Err(backoff::Error::Timeout { waited, .. }) => Err(ProviderError::new(
+                ErrorKind::Transient,
+                format!(
+                    "instances {ids:?} did not reach `{}` within {waited:?}",
+                    wanted.as_str()
+                ),
+            )),
+        }
+    }
+
+    async fn resolve_amis(&self, paths: Vec<String>) -> Result<HashMap<String, String>> {
+        let mut out = HashMap::new();
+        for chunk in paths.chunks(10) {
+            let answer = self
+                .ssm
+                .get_parameters()
+                .set_names(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(|e| classify("GetParameters", e))?;
+            for parameter in answer.parameters() {
+                if let (Some(name), Some(value)) = (parameter.name(), parameter.value()) {
+                    out.insert(name.to_owned(), value.to_owned());
+                }
+            }
+            if let Some(missing) = answer.invalid_parameters().first() {
+                return Err(ProviderError::new(
+                    ErrorKind::Invalid,
+                    format!("AMI parameter `{missing}` does not exist"),
+                ));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Provider for Instances {
+    fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    async fn prepare(&self, _context: &Context, desired: &[&Attrs]) -> Result<Vec<Rewrite>> {
+        let mut paths: Vec<String> = desired
+            .iter()
+            .filter_map(|attrs| text(attrs, "ami"))
+            .filter(|ami| ami.starts_with('/'))
+            .collect();
+        paths.sort();
+        paths.dedup();
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let resolved = self.resolve_amis(paths).await?;
+        Ok(resolved
+            .into_iter()
+            .map(|(path, ami)| Rewrite {
+                attribute: "ami".into(),
+                from: Value::String(path),
+                to: Value::String(ami),
+            })
+            .collect())
+    }
+
+    async fn refresh(
+        &self,
+        context: &Context,
+        targets: &[RefreshTarget<'_>],
+    ) -> Result<Vec<Option<Observed>>> {
+        let mut owned = self.describe_stack(&context.stack).await?;
+        // Recorded instances that do not carry the stack tag (imported): by id, in one call.
+        let missing: Vec<String> = targets
+            .iter()
+            .filter_map(|t| t.id)
+            .filter(|id| !owned.iter().any(|i| i.instance_id() == Some(*id)))
+            .map(str::to_owned)
+            .collect();
+        owned.extend(
+            self.describe_ids(&missing)
+                .await?
+                .into_iter()
+                .filter(|i| !is_gone(i)),
+        );
+        // Never record a half-started instance: wait for pending ones.
+        let pending: Vec<String> = owned
+            .iter()
+            .filter(|i| i.state().and_then(|s| s.name()) == Some(&InstanceStateName::Pending))
+            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .collect();
+        if !pending.is_empty() {
+            let running = self.wait_for(&pending, InstanceStateName::Running).await?;
+            owned.retain(|i| {
+                !i.instance_id()
+                    .is_some_and(|id| pending.iter().any(|p| p == id))
+            });
+            owned.extend(running);
+        }
+        Ok(targets
+            .iter()
+            .map(|target| {
+                let instance = match target.id {
+                    Some(id) => owned.iter().find(|i| i.instance_id() == Some(id)),
+                    None => {
+                        let addr = target.addr.to_string();
+                        owned
+                            .iter()
+                            .find(|i| tags_of(i).get(Owner::ADDRESS_TAG) == Some(&addr))
+                    }
+                };
+                instance.map(|instance| observe(instance, target.attributes))
+            })
+            .collect())
+    }
+
+    async fn create(
+        &self,
+        _context: &Context,
+        owner: &Owner,
+        attributes: &Attrs,
+    ) -> Result<Observed> {
+        let ami = text(attributes, "ami")
+            .ok_or_else(|| ProviderError::new(ErrorKind::Invalid, "no ami"))?;
+        let instance_type = text(attributes, "instance_type").unwrap_or_default();
+        let mut tags: Vec<Tag> = string_map(attributes.get("tags"))
+            .into_iter()
+            .chain(owner.tags())
+            .map(|(key, value)| Tag::builder().key(key).value(value).build())
+            .collect();
+        tags.sort_by(|a, b| a.key().cmp(&b.key()));
+        let groups = match attributes.get("security_group_ids") {
+            Some(Value::List(items)) => Some(
+                items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            _ => None,
+        };
+        let mut request = self
+            .ec2
+            .run_instances()
+            .image_id(ami)
+            .instance_type(InstanceType::from(instance_type.as_str()))
+            .min_count(1)
+            .max_count(1)
+            .set_subnet_id(text(attributes, "subnet_id"))
+            .set_security_group_ids(groups)
+            .set_key_name(text(attributes, "key_name"))
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Instance)
+                    .set_tags(Some(tags))
+                    .build(),
+            )
+            .set_client_token(owner.intent.clone());
+        if let Some(profile) = text(attributes, "iam_instance_profile") {
+            request = request.iam_instance_profile(
+                IamInstanceProfileSpecification::builder()
+                    .name(profile)
+                    .build(),
+            );
+        }
+        if let Some(user_data) = text(attributes, "user_data") {
+            request = request.user_data(aws_smithy_types::base64::encode(user_data));
+        }
+        if let Some(size) = attributes.get("root_volume_gb").and_then(Value::as_int) {
+            let size = i32::try_from(size)
+                .map_err(|_| ProviderError::new(ErrorKind::Invalid, "root_volume_gb too large"))?;
+            request = request.block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name("/dev/xvda")
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .volume_size(size)
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        let answer = request
+            .send()
+            .await
+            .map_err(|e| classify("RunInstances", e))?;
+        let id = answer
+            .instances()
+            .first()
+            .and_then(|i| i.instance_id())
+            .ok_or_else(|| {
+                ProviderError::new(ErrorKind::Other, "RunInstances returned no instance")
+            })?
+            .to_owned();
+        let running = self
+            .wait_for(std::slice::from_ref(&id), InstanceStateName::Running)
+            .await?;
+        let instance = running
+            .iter()
+            .find(|i| i.instance_id() == Some(id.as_str()))
+            .ok_or_else(|| {
+                ProviderError::new(
+                    ErrorKind::Transient,
+                    format!("instance `{id}` not visible after launch"),
+                )
+            })?;
+        Ok(observe(instance, attributes))
+    }
+
+    async fn update(
+        &self,
+        _context: &Context,
+        owner: &Owner,
+        id: &str,
+        prior: &Attrs,
+        attributes: &Attrs,
+        changed: &[String],
+    ) -> Result<Observed> {
+        let ids = [id.to_owned()];
+        if changed.iter().any(|c| c == "tags") {
+            let old = string_map(prior.get("tags"));
+            let new = string_map(attributes.get("tags"));
+            let removed: Vec<Tag> = old
+                .keys()
+                .filter(|key| !new.contains_key(*key))
+                .map(|key| Tag::builder().key(key).build())
+                .collect();
+            if !removed.is_empty() {
+                self.ec2
+                    .delete_tags()
+                    .resources(id)
+                    .set_tags(Some(removed))
+                    .send()
+                    .await
+                    .map_err(|e| classify("DeleteTags", e))?;
+            }
+        }
+        // Tags (and ownership, so an imported instance becomes owned).
+        let tags: Vec<Tag> = string_map(attributes.get("tags"))
+            .into_iter()
+            .chain(owner.tags())
+            .map(|(key, value)| Tag::builder().key(key).value(value).build())
+            .collect();
+        self.ec2
+            .create_tags()
+            .resources(id)
+            .set_tags(Some(tags))
+            .send()
+            .await
+            .map_err(|e| classify("CreateTags", e))?;
+        if changed.iter().any(|c| c == "security_group_ids")
+            && let Some(Value::List(items)) = attributes.get("security_group_ids")
+        {
+            let groups: Vec<String> = items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect();
+            self.ec2
+                .modify_instance_attribute()
+                .instance_id(id)
+                .set_groups(Some(groups))
+                .send()
+                .await
+                .map_err(|e| classify("ModifyInstanceAttribute", e))?;
+        }
+        if changed.iter().any(|c| c == "instance_type") {
+            let instance_type = text(attributes, "instance_type").unwrap_or_default();
+            self.ec2
+                .stop_instances()
+                .instance_ids(id)
+                .send()
+                .await
+                .map_err(|e| classify("StopInstances", e))?;
+            self.wait_for(&ids, InstanceStateName::Stopped).await?;
+            self.ec2
+                .modify_instance_attribute()
+                .instance_id(id)
+                .instance_type(AttributeValue::builder().value(instance_type).build())
+                .send()
+                .await
+                .map_err(|e| classify("ModifyInstanceAttribute", e))?;
+            self.ec2
+                .start_instances()
+                .instance_ids(id)
+                .send()
+                .await
+                .map_err(|e| classify("StartInstances", e))?;
+        }
+        let found = self.wait_for(&ids, InstanceStateName::Running).await?;
+        let instance = found
+            .iter()
+            .find(|i| i.instance_id() == Some(id))
+            .ok_or_else(|| {
+                ProviderError::new(ErrorKind::NotFound, format!("instance `{id}` disappeared"))
+            })?;
+        Ok(observe(instance, attributes))
+    }
+
+    async fn delete(&self, _context: &Context, id: &str, _prior: &Attrs) -> Result<()> {
+        match self.ec2.terminate_instances().instance_ids(id).send().await {
+            Ok(_) => {}
+            Err(error) => {
+                let error = classify("TerminateInstances", error);
+                if error.kind == ErrorKind::NotFound {
+                    return Ok(());
+                }
+                return Err(error);
+            }
+        }
+        // Terminated instances stay listed for a while: wait for the state, not absence.
+        let outcome = backoff::poll(WAIT, || async {
+            let found = self.describe_ids(&[id.to_owned()]).await?;
+            Ok::<_, ProviderError>(found.iter().all(is_gone).then_some(()))
+        })
+        .await;
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(backoff::Error::Failed(error)) => Err(error),
+            Err(backoff::Error::Timeout { waited, .. }) => Err(ProviderError::new(
+                ErrorKind::Transient,
+                format!("instance `{id}` not terminated after {waited:?}"),
+            )),
+        }
+    }
+
+    async fn import(&self, _context: &Context, id: &str) -> Result<Observed> {
+        let found = self.describe_ids(&[id.to_owned()]).await?;
+        let instance = found
+            .iter()
+            .find(|i| i.instance_id() == Some(id) && !is_gone(i))
+            .ok_or_else(|| {
+                ProviderError::new(
+                    ErrorKind::NotFound,
+                    format!("instance `{id}` does not exist"),
+                )
+            })?;
+        Ok(observe(instance, &Attrs::new()))
+    }
+
+    async fn list_owned(&self, context: &Context) -> Result<Vec<Observed>> {
+        Ok(self
+            .describe_stack(&context.stack)
+            .await?
+            .iter()
+            .map(|i| observe(i, &Attrs::new()))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_should_replace_on_image_and_update_type_in_place() {
+        let schema = schema();
+        assert!(schema.attribute("ami").unwrap().force_new);
+        assert!(schema.attribute("user_data").unwrap().force_new);
+        assert!(!schema.attribute("instance_type").unwrap().force_new);
+        assert!(!schema.attribute("tags").unwrap().force_new);
+    }
+}
