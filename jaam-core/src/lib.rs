@@ -93,6 +93,15 @@ pub enum Error {
         #[source]
         source: provider::ProviderError,
     },
+    /// Listing a kind's resources (for `jaam gc`) failed.
+    #[error("failed to list `{kind}` resources")]
+    List {
+        /// The kind.
+        kind: String,
+        /// The provider's error.
+        #[source]
+        source: provider::ProviderError,
+    },
     /// The address's kind has no provider.
     #[error("unknown resource kind `{kind}`")]
     UnknownKind {
@@ -202,6 +211,71 @@ impl Engine {
             &env,
         )
         .await?)
+    }
+
+    /// Resources that carry this stack's ownership tags but that state does not
+    /// know: left behind by a crash, a failed replacement, or a lost state file.
+    /// One `list_owned` call per kind (kinds without tags, like records, report none).
+    ///
+    /// # Errors
+    /// [`Error::State`], or [`Error::List`] naming the kind.
+    pub async fn orphans(&self) -> Result<Vec<(&'static str, provider::Observed)>> {
+        let state = self.store.load().await?;
+        let mut out = Vec::new();
+        for kind in self.registry.kinds() {
+            let provider = self
+                .registry
+                .provider(kind)
+                .expect("listed kinds are registered");
+            let owned =
+                provider
+                    .list_owned(&self.context)
+                    .await
+                    .map_err(|source| Error::Provider {
+                        addr: ResourceAddr::new(kind, "*")
+                            .unwrap_or_else(|_| "gc.gc".parse().expect("valid address")),
+                        operation: "listing owned resources",
+                        source,
+                    })?;
+            for observed in owned {
+                let known = state.as_ref().is_some_and(|state| {
+                    state
+                        .resources
+                        .iter()
+                        .any(|(addr, resource)| addr.kind() == kind && resource.id == observed.id)
+                });
+                if !known {
+                    out.push((kind, observed));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes one orphan found by [`Engine::orphans`].
+    ///
+    /// # Errors
+    /// [`Error::Provider`].
+    pub async fn delete_orphan(&self, kind: &str, orphan: &provider::Observed) -> Result<()> {
+        let provider = self
+            .registry
+            .provider(kind)
+            .ok_or_else(|| Error::UnknownKind {
+                kind: kind.to_owned(),
+            })?;
+        let addr = orphan
+            .owner
+            .as_ref()
+            .and_then(|owner| owner.addr.parse().ok())
+            .unwrap_or_else(|| ResourceAddr::new(kind, "orphan").expect("valid address"));
+        provider
+            .delete(&self.context, &orphan.id, &orphan.attributes)
+            .await
+            .map_err(|source| Error::Provider {
+                addr,
+                operation: "delete",
+                source,
+            })
     }
 
     /// Takes the stack's lock for `command` and loads the state under it.

@@ -70,6 +70,19 @@ pub(crate) enum Command {
     State(StateCommand),
     /// Print recorded attributes: all, one resource's, or one value (`ADDR.ATTR`).
     Output(OutputArgs),
+    /// List resources tagged as this stack's that state does not know; `--delete` removes them.
+    Gc(GcArgs),
+}
+
+/// `jaam gc`.
+#[derive(Debug, Args)]
+pub(crate) struct GcArgs {
+    /// Delete what is found (after confirmation).
+    #[arg(long)]
+    pub(crate) delete: bool,
+    /// Delete without asking.
+    #[arg(long)]
+    pub(crate) auto_approve: bool,
 }
 
 /// Plan selection options shared by plan, apply and destroy.

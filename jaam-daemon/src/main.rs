@@ -84,6 +84,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Import(args) => commands::import::run(global, args).await,
         Command::State(command) => commands::state::run(global, command).await,
         Command::Output(args) => commands::output::run(global, args).await,
+        Command::Gc(args) => commands::gc::run(global, args).await,
     }
 }
 

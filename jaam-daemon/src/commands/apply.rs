@@ -30,7 +30,7 @@ pub(crate) struct Request<'a> {
     pub(crate) destroy: bool,
 }
 
-fn confirm(destroy: bool) -> anyhow::Result<bool> {
+pub(crate) fn confirm(destroy: bool) -> anyhow::Result<bool> {
     if !std::io::stdin().is_terminal() {
         bail!(
             "refusing to {} without confirmation: stdin is not a terminal\n\nhint: review the plan, then run again with `--auto-approve`, or save it with `jaam plan --out FILE` and run `jaam apply FILE`",

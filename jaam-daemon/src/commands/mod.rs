@@ -1,6 +1,7 @@
 //! One module per subcommand; this module holds what they share.
 
 pub(crate) mod apply;
+pub(crate) mod gc;
 pub(crate) mod graph;
 pub(crate) mod import;
 pub(crate) mod output;
