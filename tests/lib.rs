@@ -202,3 +202,254 @@ impl Run {
             .join("\n")
     }
 }
+
+/// An EC2 client on moto.
+pub async fn ec2_client() -> aws_sdk_ec2::Client {
+    aws_sdk_ec2::Client::new(&aws_config().await)
+}
+
+/// A Route53 client on moto.
+pub async fn route53_client() -> aws_sdk_route53::Client {
+    aws_sdk_route53::Client::new(&aws_config().await)
+}
+
+/// Creates a hosted zone for `domain` and returns its id.
+pub async fn hosted_zone(domain: &str) -> String {
+    let answer = route53_client()
+        .await
+        .create_hosted_zone()
+        .name(domain)
+        .caller_reference(uuid::Uuid::new_v4().to_string())
+        .send()
+        .await
+        .expect("CreateHostedZone");
+    answer
+        .hosted_zone()
+        .expect("zone")
+        .id()
+        .trim_start_matches("/hostedzone/")
+        .to_owned()
+}
+
+/// Running (or pending) instances tagged for `stack`: (id, `jaam:address`, public ip).
+pub async fn stack_instances(stack: &str) -> Vec<(String, String, Option<String>)> {
+    use aws_sdk_ec2::types::{Filter, InstanceStateName};
+    let client = ec2_client().await;
+    let mut out = Vec::new();
+    let mut pages = client
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("tag:jaam:stack")
+                .values(stack)
+                .build(),
+        )
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        for instance in page
+            .expect("DescribeInstances")
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+        {
+            let state = instance.state().and_then(|s| s.name());
+            if !matches!(
+                state,
+                Some(InstanceStateName::Running | InstanceStateName::Pending)
+            ) {
+                continue;
+            }
+            let addr = instance
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some("jaam:address"))
+                .and_then(|t| t.value())
+                .unwrap_or_default();
+            out.push((
+                instance.instance_id().unwrap_or_default().to_owned(),
+                addr.to_owned(),
+                instance.public_ip_address().map(str::to_owned),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The record sets of a zone other than SOA and NS: (name without dot, type, values).
+pub async fn zone_records(zone_id: &str) -> Vec<(String, String, Vec<String>)> {
+    let client = route53_client().await;
+    let mut out = Vec::new();
+    let mut start: Option<(String, aws_sdk_route53::types::RrType)> = None;
+    loop {
+        let mut request = client.list_resource_record_sets().hosted_zone_id(zone_id);
+        if let Some((name, kind)) = start.take() {
+            request = request.start_record_name(name).start_record_type(kind);
+        }
+        let page = request.send().await.expect("ListResourceRecordSets");
+        for set in page.resource_record_sets() {
+            let kind = set.r#type().as_str().to_owned();
+            if kind == "SOA" || kind == "NS" {
+                continue;
+            }
+            let values = set
+                .resource_records()
+                .iter()
+                .map(|r| r.value().to_owned())
+                .collect();
+            out.push((set.name().trim_end_matches('.').to_owned(), kind, values));
+        }
+        match (
+            page.is_truncated(),
+            page.next_record_name(),
+            page.next_record_type(),
+        ) {
+            (true, Some(name), Some(kind)) => start = Some((name.to_owned(), kind.clone())),
+            _ => break,
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A reverse proxy in front of moto that answers one request in `every` with a
+/// throttling error, without forwarding it (a throttled request is not
+/// executed), as AWS would: `RequestLimitExceeded` (503) for EC2, `Throttling`
+/// (400) for Route53, `ThrottlingException` (400) for the JSON protocols.
+/// Every other request is forwarded as it is. Connections close after each
+/// response, as moto's do.
+pub struct FaultProxy {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Faults injected so far.
+    pub faults: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Requests seen so far.
+    pub requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FaultProxy {
+    /// Starts the proxy in front of `upstream` (`http://127.0.0.1:PORT`).
+    pub async fn start(upstream: &str, every: usize) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let url = format!("http://{}", listener.local_addr().expect("proxy address"));
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let faults = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (fault_count, request_count) = (Arc::clone(&faults), Arc::clone(&requests));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let upstream = upstream.clone();
+                let n = request_count.fetch_add(1, Ordering::Relaxed) + 1;
+                let fault = n % every == 0;
+                if fault {
+                    fault_count.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::spawn(async move {
+                    let _ = proxy_one(client, &upstream, fault).await;
+                });
+            }
+        });
+        Self {
+            url,
+            faults,
+            requests,
+            task,
+        }
+    }
+}
+
+async fn proxy_one(
+    mut client: tokio::net::TcpStream,
+    upstream: &str,
+    fault: bool,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request = Vec::new();
+    let mut buffer = [0u8; 16384];
+    let header_end = loop {
+        let read = client.read(&mut buffer).await?;
+        if read == 0 {
+            return Ok(());
+        }
+        request.extend_from_slice(&buffer[..read]);
+        if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&request[..header_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0);
+    while request.len() < header_end + length {
+        let read = client.read(&mut buffer).await?;
+        if read == 0 {
+            break;
+        }
+        request.extend_from_slice(&buffer[..read]);
+    }
+    if fault {
+        let service = head
+            .split("/aws4_request")
+            .next()
+            .and_then(|scope| scope.rsplit('/').next())
+            .unwrap_or("");
+        let (status, content_type, body) = match service {
+            "ec2" => (
+                "503 Service Unavailable",
+                "text/xml",
+                "<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>fault</RequestID></Response>".to_owned(),
+            ),
+            "route53" => (
+                "400 Bad Request",
+                "text/xml",
+                "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>fault</RequestId></ErrorResponse>".to_owned(),
+            ),
+            _ => ("400 Bad Request", "application/x-amz-json-1.1", r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#.to_owned()),
+        };
+        let response = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        client.write_all(response.as_bytes()).await?;
+        return client.shutdown().await;
+    }
+    let mut server = tokio::net::TcpStream::connect(upstream).await?;
+    server.write_all(&request).await?;
+    let mut response = Vec::new();
+    server.read_to_end(&mut response).await?;
+    client.write_all(&response).await?;
+    client.shutdown().await
+}
+
+/// The value of an SSM parameter on moto (the AMI the public parameter names).
+pub async fn ssm_parameter(name: &str) -> String {
+    let client = aws_sdk_ssm::Client::new(&aws_config().await);
+    let answer = client
+        .get_parameter()
+        .name(name)
+        .send()
+        .await
+        .expect("GetParameter");
+    answer
+        .parameter()
+        .and_then(|p| p.value())
+        .expect("value")
+        .to_owned()
+}

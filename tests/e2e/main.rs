@@ -5,6 +5,7 @@
 mod bad_input;
 mod crash;
 mod fixtures;
+mod instances;
 mod lock;
 mod log_groups;
 mod refresh_cost;

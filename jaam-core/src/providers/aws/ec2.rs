@@ -8,8 +8,8 @@
 //! - `instance_type` (required): **in place** by stop → modify → start.
 //! - `subnet_id` (optional; AWS picks when unset): **replaces**.
 //! - `security_group_ids` (optional; AWS picks when unset): **in place**.
-//! - `key_name`, `iam_instance_profile` (by name), `user_data`, `root_volume_gb`:
-//!   **replace**.
+//! - `key_name`, `iam_instance_profile` (by name), `user_data`, `root_volume_gb`
+//!   (AWS's default when unset): **replace**.
 //! - `tags`: **in place**.
 //!
 //! Computed: `id`, `public_ip`, `private_ip`, `public_dns`, `state`.
@@ -76,7 +76,10 @@ pub fn schema() -> Schema {
             Attribute::optional("key_name", Type::String).force_new(),
             Attribute::optional("iam_instance_profile", Type::String).force_new(),
             Attribute::optional("user_data", Type::String).force_new(),
-            Attribute::optional("root_volume_gb", Type::Int).force_new(),
+            Attribute {
+                mode: Mode::OptionalComputed,
+                ..Attribute::optional("root_volume_gb", Type::Int).force_new()
+            },
             Attribute::optional("tags", Type::Map(Box::new(Type::String)))
                 .default_value(Value::Map(BTreeMap::new())),
             Attribute::computed("id", Type::String),
@@ -654,7 +657,45 @@ impl Provider for Instances {
                     format!("instance `{id}` does not exist"),
                 )
             })?;
-        Ok(observe(instance, &Attrs::new()))
+        // What refresh cannot see, read once here (one resource: per-resource calls are fine).
+        let mut known = Attrs::new();
+        let user_data = self
+            .ec2
+            .describe_instance_attribute()
+            .instance_id(id)
+            .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeInstanceAttribute", e))?;
+        if let Some(encoded) = user_data.user_data().and_then(|value| value.value()) {
+            let bytes = aws_smithy_types::base64::decode(encoded).map_err(|e| {
+                ProviderError::new(ErrorKind::Other, format!("user data is not base64: {e}"))
+            })?;
+            known.insert(
+                "user_data".into(),
+                Value::String(String::from_utf8_lossy(&bytes).into_owned()),
+            );
+        }
+        let root = instance.root_device_name().unwrap_or("/dev/xvda");
+        let volume = instance
+            .block_device_mappings()
+            .iter()
+            .find(|mapping| mapping.device_name() == Some(root))
+            .and_then(|mapping| mapping.ebs())
+            .and_then(|ebs| ebs.volume_id());
+        if let Some(volume) = volume {
+            let answer = self
+                .ec2
+                .describe_volumes()
+                .volume_ids(volume)
+                .send()
+                .await
+                .map_err(|e| classify("DescribeVolumes", e))?;
+            if let Some(size) = answer.volumes().first().and_then(|v| v.size()) {
+                known.insert("root_volume_gb".into(), Value::Int(size.into()));
+            }
+        }
+        Ok(observe(instance, &known))
     }
 
     async fn list_owned(&self, context: &Context) -> Result<Vec<Observed>> {
