@@ -318,7 +318,8 @@ pub async fn zone_records(zone_id: &str) -> Vec<(String, String, Vec<String>)> {
 /// executed), as AWS would: `RequestLimitExceeded` (503) for EC2, `Throttling`
 /// (400) for Route53, `ThrottlingException` (400) for the JSON protocols.
 /// Every other request is forwarded as it is. Connections close after each
-/// response, as moto's do.
+/// response, as moto's do. It runs on the caller's tokio runtime: a test that
+/// blocks on a child process meanwhile needs a multi-threaded runtime.
 pub struct FaultProxy {
     /// `http://127.0.0.1:PORT`.
     pub url: String,

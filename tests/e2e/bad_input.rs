@@ -183,3 +183,19 @@ fn several_mistakes_should_all_be_reported_at_once() {
         ],
     );
 }
+
+#[test]
+fn the_demo_specs_should_be_valid() {
+    let ws = Workspace::new(&unique("demo"));
+    let specs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs");
+    let run = jaam_tests::Run::from(
+        std::process::Command::new(jaam_tests::jaam_binary())
+            .args(["validate", "--specs"])
+            .arg(&specs)
+            .current_dir(ws.dir.path())
+            .output()
+            .unwrap(),
+    );
+    run.expect_code(0);
+    assert!(run.stdout.contains("5 resources"), "{}", run.stdout);
+}

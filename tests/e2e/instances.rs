@@ -352,7 +352,8 @@ async fn killed_applies_should_never_create_an_instance_twice() {
     );
 }
 
-#[tokio::test]
+// Multi-threaded: the proxy's tasks must run while this test blocks on the `jaam` process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_should_converge_through_throttling_without_duplicates() {
     let upstream = moto_endpoint();
     let _moto = jaam_tests::MOTO.read().await;

@@ -57,3 +57,73 @@ async fn refresh_of_500_log_groups_should_cost_at_most_15_calls() {
     println!("refresh of 500 log groups: {calls} API calls");
     assert!(calls <= 15, "refresh made {calls} calls");
 }
+
+#[tokio::test]
+async fn refresh_of_200_instances_and_200_records_should_cost_at_most_6_calls() {
+    use jaam_core::providers::aws::{ec2::Instances, route53::Records};
+    let config = aws_config().await;
+    let _exclusive = jaam_tests::MOTO.write().await;
+    let counter = CallCounter::new();
+    let mut registry = Registry::new();
+    registry.register(Arc::new(Instances::new(&config, Some(counter.clone()))));
+    registry.register(Arc::new(Records::new(&config, Some(counter.clone()))));
+    let stack = unique("fleet");
+    let domain = format!("{stack}.test");
+    jaam_tests::hosted_zone(&domain).await;
+    let directory = tempfile::tempdir().unwrap();
+    let engine = Engine::new(
+        registry,
+        LocalStore::new(directory.path().join("state.json")),
+        stack.clone(),
+    );
+    let text: String = (0..200)
+        .map(|n| {
+            format!(
+                "instance.i{n}:\n  ami: /aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64\n  instance_type: t3.micro\n\
+                 record.r{n}:\n  zone: {domain}\n  name: r{n}.{domain}\n  type: A\n  values: [\"${{instance.i{n}.public_ip}}\"]\n"
+            )
+        })
+        .collect();
+    let specs =
+        jaam_core::spec::load_sources(&[("fleet.yaml".into(), text)], engine.registry(), &|_| None)
+            .unwrap();
+    let mut session = engine.lock("test").await.unwrap();
+    let plan = session
+        .plan(&specs, &plan::Options::default())
+        .await
+        .unwrap();
+    let report = session
+        .apply(&plan, &Default::default(), None, CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(report.succeeded(), "{:?}", report.failed);
+    session.release().await.unwrap();
+
+    counter.reset();
+    let plan = engine
+        .plan(&specs, &plan::Options::default())
+        .await
+        .unwrap();
+    let calls = counter.count();
+    assert!(
+        !plan.has_changes(),
+        "{}",
+        jaam_core::plan::render::text(&plan, Default::default())
+    );
+    assert_eq!(plan.changes.len(), 400);
+    println!("refresh of 200 instances and 200 records: {calls} API calls");
+    assert!(calls <= 6, "refresh made {calls} calls");
+
+    // Clean up what this test made, so the shared emulator stays small.
+    let destroy = plan::Options {
+        destroy: true,
+        ..Default::default()
+    };
+    let mut session = engine.lock("test").await.unwrap();
+    let plan = session.plan(&specs, &destroy).await.unwrap();
+    session
+        .apply(&plan, &Default::default(), None, CancellationToken::new())
+        .await
+        .unwrap();
+    session.release().await.unwrap();
+}
