@@ -389,3 +389,48 @@ async fn apply_should_converge_through_throttling_without_duplicates() {
     );
     run.expect_code(0);
 }
+
+#[tokio::test]
+async fn instance_type_should_change_in_place_by_stop_modify_start() {
+    moto_endpoint();
+    let _moto = jaam_tests::MOTO.read().await;
+    let ws = Workspace::new(&unique("resize"));
+    let specs = |size: &str| {
+        format!("instance.app:\n  ami: {AMI}\n  instance_type: {size}\n  tags:\n    app: resize\n")
+    };
+    ws.write_specs(&specs("t3.micro"));
+    ws.jaam(&["apply", "--auto-approve"]).expect_code(0);
+    let (id, _, _) = stack_instances(&ws.stack).await.remove(0);
+
+    ws.write_specs(&specs("t3.small"));
+    let run = ws.jaam(&["plan", "--detailed-exitcode"]);
+    run.expect_code(2);
+    let text = run.squashed();
+    assert!(text.contains("~ instance.app {"), "{text}");
+    assert!(
+        text.contains("~ instance_type = \"t3.micro\" -> \"t3.small\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("Plan: 0 to add, 1 to change, 0 to destroy."),
+        "{text}"
+    );
+    ws.jaam(&["apply", "--auto-approve"]).expect_code(0);
+
+    let instances = stack_instances(&ws.stack).await;
+    assert_eq!(instances.len(), 1);
+    assert_eq!(instances[0].0, id, "the same instance, resized");
+    let ec2 = jaam_tests::ec2_client().await;
+    let described = ec2
+        .describe_instances()
+        .instance_ids(&id)
+        .send()
+        .await
+        .unwrap();
+    let instance = &described.reservations()[0].instances()[0];
+    assert_eq!(
+        instance.instance_type().map(|t| t.as_str()),
+        Some("t3.small")
+    );
+    ws.jaam(&["plan", "--detailed-exitcode"]).expect_code(0);
+}
