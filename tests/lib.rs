@@ -454,3 +454,32 @@ pub async fn ssm_parameter(name: &str) -> String {
         .expect("value")
         .to_owned()
 }
+
+/// Waits until `journal` holds more than `records` records, then SIGKILLs
+/// `child`. Returns whether it really interrupted the run (false when the child
+/// finished first). Choosing when to pull the plug polls a file, not the cloud.
+pub async fn kill_after_journal_records(
+    child: &mut std::process::Child,
+    journal: &Path,
+    records: usize,
+) -> bool {
+    use jaam_core::backoff::{self, Backoff};
+    use std::time::Duration;
+    let watch = Backoff {
+        initial: Duration::from_millis(1),
+        max: Duration::from_millis(5),
+        deadline: Duration::from_secs(60),
+    };
+    let reached = backoff::poll(watch, || {
+        let lines = std::fs::read_to_string(journal)
+            .map(|text| text.lines().count())
+            .unwrap_or(0);
+        let exited = lines <= records && child.try_wait().ok().flatten().is_some();
+        async move { Ok::<_, ()>((lines > records || exited).then_some(lines > records)) }
+    })
+    .await
+    .expect("the child journals or exits within a minute");
+    child.kill().ok();
+    child.wait().expect("reap the child");
+    reached
+}

@@ -58,22 +58,7 @@ async fn killed_applies_should_leave_loadable_state_and_converge_on_rerun() {
         // between the first intent and the last outcome of this run.
         let records = rand::rng().random_range(1..GROUPS * 2 - 4);
         let journal = ws.dir.path().join("jaam.state.json.journal");
-        let watch = Backoff {
-            initial: Duration::from_millis(1),
-            max: Duration::from_millis(5),
-            deadline: Duration::from_secs(60),
-        };
-        let reached = backoff::poll(watch, || {
-            let lines = std::fs::read_to_string(&journal)
-                .map(|text| text.lines().count())
-                .unwrap_or(0);
-            let exited = lines <= records && child.try_wait().ok().flatten().is_some();
-            async move { Ok::<_, ()>((lines > records || exited).then_some(lines > records)) }
-        })
-        .await
-        .unwrap();
-        child.kill().ok();
-        child.wait().unwrap();
+        let reached = jaam_tests::kill_after_journal_records(&mut child, &journal, records).await;
         if reached {
             interrupted += 1;
         }

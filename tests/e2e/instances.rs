@@ -1,9 +1,6 @@
 //! Instances and records against moto: ordering, replacement, failures, drift,
 //! import, crash-exact creates, fault injection and batched refresh.
 
-use std::time::Duration;
-
-use jaam_core::backoff::{self, Backoff};
 use jaam_core::state::{LocalStore, StateStore};
 use jaam_tests::{Workspace, hosted_zone, moto_endpoint, stack_instances, unique, zone_records};
 use rand::Rng;
@@ -296,22 +293,7 @@ async fn killed_applies_should_never_create_an_instance_twice() {
             .unwrap();
         let records = rand::rng().random_range(1..70);
         let journal = ws.dir.path().join("jaam.state.json.journal");
-        let watch = Backoff {
-            initial: Duration::from_millis(1),
-            max: Duration::from_millis(5),
-            deadline: Duration::from_secs(60),
-        };
-        let reached = backoff::poll(watch, || {
-            let lines = std::fs::read_to_string(&journal)
-                .map(|text| text.lines().count())
-                .unwrap_or(0);
-            let exited = lines <= records && child.try_wait().ok().flatten().is_some();
-            async move { Ok::<_, ()>((lines > records || exited).then_some(lines > records)) }
-        })
-        .await
-        .unwrap();
-        child.kill().ok();
-        child.wait().unwrap();
+        let reached = jaam_tests::kill_after_journal_records(&mut child, &journal, records).await;
         interrupted += usize::from(reached);
 
         let state = LocalStore::new(ws.state())

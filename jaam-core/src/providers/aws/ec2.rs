@@ -42,7 +42,7 @@ use aws_sdk_ec2::types::{
 };
 use aws_sdk_ssm::Client as SsmClient;
 
-use super::{CallCounter, classify};
+use super::{CallCounter, classify, string_map, waited};
 use crate::backoff::{self, Backoff};
 use crate::provider::{
     Context, ErrorKind, Observed, Owner, Provider, ProviderError, RefreshTarget, Result, Rewrite,
@@ -107,16 +107,6 @@ fn text(attributes: &Attrs, name: &str) -> Option<String> {
         .get(name)
         .and_then(Value::as_str)
         .map(str::to_owned)
-}
-
-fn string_map(value: Option<&Value>) -> BTreeMap<String, String> {
-    match value {
-        Some(Value::Map(map)) => map
-            .iter()
-            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-            .collect(),
-        _ => BTreeMap::new(),
-    }
 }
 
 fn tags_of(instance: &Instance) -> BTreeMap<String, String> {
@@ -318,17 +308,9 @@ impl Instances {
             Ok::<_, ProviderError>(done.then_some(found))
         })
         .await;
-        match outcome {
-            Ok(found) => Ok(found),
-            Err(backoff::Error::Failed(error)) => Err(error),
-            Err(backoff::Error::Timeout { waited, .. }) => Err(ProviderError::new(
-                ErrorKind::Transient,
-                format!(
-                    "instances {ids:?} did not reach `{}` within {waited:?}",
-                    wanted.as_str()
-                ),
-            )),
-        }
+        waited(outcome, || {
+            format!("instances {ids:?} did not reach `{}`", wanted.as_str())
+        })
     }
 
     async fn resolve_amis(&self, paths: Vec<String>) -> Result<HashMap<String, String>> {
@@ -636,14 +618,7 @@ impl Provider for Instances {
             Ok::<_, ProviderError>(found.iter().all(is_gone).then_some(()))
         })
         .await;
-        match outcome {
-            Ok(()) => Ok(()),
-            Err(backoff::Error::Failed(error)) => Err(error),
-            Err(backoff::Error::Timeout { waited, .. }) => Err(ProviderError::new(
-                ErrorKind::Transient,
-                format!("instance `{id}` not terminated after {waited:?}"),
-            )),
-        }
+        waited(outcome, || format!("instance `{id}` not terminated"))
     }
 
     async fn import(&self, _context: &Context, id: &str) -> Result<Observed> {

@@ -28,7 +28,7 @@ use aws_sdk_cloudwatchlogs::Client as LogsClient;
 use aws_sdk_resourcegroupstagging::Client as TaggingClient;
 use aws_sdk_resourcegroupstagging::types::TagFilter;
 
-use super::{CallCounter, classify};
+use super::{CallCounter, classify, string_map};
 use crate::provider::{
     Context, ErrorKind, Observed, Owner, Provider, ProviderError, RefreshTarget, Result,
 };
@@ -88,16 +88,6 @@ fn user_tags(tags: &BTreeMap<String, String>) -> Value {
             .map(|(key, value)| (key.clone(), Value::String(value.clone())))
             .collect(),
     )
-}
-
-fn string_map(value: Option<&Value>) -> BTreeMap<String, String> {
-    match value {
-        Some(Value::Map(map)) => map
-            .iter()
-            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-            .collect(),
-        _ => BTreeMap::new(),
-    }
 }
 
 fn name_of(attributes: &Attrs) -> Result<&str> {

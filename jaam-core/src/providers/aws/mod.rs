@@ -79,6 +79,36 @@ impl Intercept for CallCounter {
     }
 }
 
+/// A map-of-strings argument (`tags`) as a plain map; anything else is empty.
+pub(crate) fn string_map(
+    value: Option<&crate::value::Value>,
+) -> std::collections::BTreeMap<String, String> {
+    match value {
+        Some(crate::value::Value::Map(map)) => map
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+            .collect(),
+        _ => std::collections::BTreeMap::new(),
+    }
+}
+
+/// The result of a [`crate::backoff::poll`] as a provider result: a timeout
+/// becomes a transient error saying what did not happen (`what`) and how long
+/// it was waited for.
+pub(crate) fn waited<T>(
+    outcome: std::result::Result<T, crate::backoff::Error<ProviderError>>,
+    what: impl FnOnce() -> String,
+) -> std::result::Result<T, ProviderError> {
+    match outcome {
+        Ok(value) => Ok(value),
+        Err(crate::backoff::Error::Failed(error)) => Err(error),
+        Err(crate::backoff::Error::Timeout { waited, .. }) => Err(ProviderError::new(
+            ErrorKind::Transient,
+            format!("{} after {waited:?}", what()),
+        )),
+    }
+}
+
 /// Turns an SDK error into an address-free [`ProviderError`].
 pub(crate) fn classify<E, R>(operation: &str, error: SdkError<E, R>) -> ProviderError
 where

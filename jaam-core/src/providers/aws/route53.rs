@@ -425,14 +425,7 @@ where
             }
         })
         .await;
-    match outcome {
-        Ok(()) => Ok(()),
-        Err(backoff::Error::Failed(error)) => Err(error),
-        Err(backoff::Error::Timeout { waited, .. }) => Err(ProviderError::new(
-            ErrorKind::Transient,
-            format!("DNS change not INSYNC after {waited:?}"),
-        )),
-    }
+    super::waited(outcome, || "DNS change not INSYNC".to_owned())
 }
 
 #[async_trait]
