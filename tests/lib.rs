@@ -483,3 +483,20 @@ pub async fn kill_after_journal_records(
     child.wait().expect("reap the child");
     reached
 }
+
+/// Creates an S3 bucket on moto and returns its name.
+pub async fn bucket(name: &str) -> String {
+    let config = aws_config().await;
+    let client = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    );
+    client
+        .create_bucket()
+        .bucket(name)
+        .send()
+        .await
+        .expect("CreateBucket");
+    name.to_owned()
+}

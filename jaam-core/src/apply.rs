@@ -326,6 +326,7 @@ pub async fn apply(
         stack: plan.stack.clone(),
         resources: BTreeMap::new(),
         pending: Vec::new(),
+        lease_generation: None,
     });
     let sink = store.open_journal(base.meta(), &base.stack).await?;
     let base_serial = base.serial;

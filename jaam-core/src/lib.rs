@@ -156,6 +156,23 @@ impl Engine {
         }
     }
 
+    /// An engine over a shared store (`Arc<dyn StateStore>`), for callers that pick
+    /// the backend at run time.
+    pub fn from_store(
+        registry: Registry,
+        store: Arc<dyn StateStore>,
+        stack: impl Into<String>,
+    ) -> Self {
+        Self {
+            registry,
+            store,
+            context: Context {
+                stack: stack.into(),
+            },
+            lock_timeout: Duration::ZERO,
+        }
+    }
+
     /// How long to wait for another holder's lock (default: fail at once).
     #[must_use]
     pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {

@@ -12,7 +12,13 @@ use jaam_core::ResourceAddr;
 
 /// jaam: infrastructure as code for deploying web apps from GitHub to AWS.
 #[derive(Debug, Parser)]
-#[command(name = "jaam", version, about, propagate_version = true)]
+#[command(
+    name = "jaam",
+    version,
+    about,
+    propagate_version = true,
+    args_override_self = true
+)]
 pub(crate) struct Cli {
     #[command(flatten)]
     pub(crate) global: Global,
@@ -26,7 +32,7 @@ pub(crate) struct Global {
     /// Spec directory (or one spec file).
     #[arg(long, global = true, default_value = "specs", env = "JAAM_SPECS")]
     pub(crate) specs: PathBuf,
-    /// State file.
+    /// State: a local file, or `s3://bucket/key` (shared, with an expiring lease).
     #[arg(
         long,
         global = true,
@@ -34,6 +40,10 @@ pub(crate) struct Global {
         env = "JAAM_STATE"
     )]
     pub(crate) state: PathBuf,
+    /// How long an S3 state lease lasts without renewal (a crashed holder's lease
+    /// lapses after this long).
+    #[arg(long, global = true, default_value = "60s", value_parser = parse_duration)]
+    pub(crate) lease_ttl: Duration,
     /// Stack name (default: the specs' `stack.name`, else `default`).
     #[arg(long, global = true, env = "JAAM_STACK")]
     pub(crate) stack: Option<String>,
@@ -72,6 +82,15 @@ pub(crate) enum Command {
     Output(OutputArgs),
     /// List resources tagged as this stack's that state does not know; `--delete` removes them.
     Gc(GcArgs),
+    /// Break an S3 state lease held by a process that cannot release it.
+    ForceUnlock(ForceUnlockArgs),
+}
+
+/// `jaam force-unlock`.
+#[derive(Debug, Args)]
+pub(crate) struct ForceUnlockArgs {
+    /// The lease id, as a "state is locked" error shows it.
+    pub(crate) lease_id: uuid::Uuid,
 }
 
 /// `jaam gc`.

@@ -85,6 +85,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::State(command) => commands::state::run(global, command).await,
         Command::Output(args) => commands::output::run(global, args).await,
         Command::Gc(args) => commands::gc::run(global, args).await,
+        Command::ForceUnlock(args) => commands::unlock::run(global, args).await,
     }
 }
 

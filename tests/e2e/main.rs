@@ -9,3 +9,4 @@ mod instances;
 mod lock;
 mod log_groups;
 mod refresh_cost;
+mod s3_state;

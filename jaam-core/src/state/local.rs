@@ -159,6 +159,7 @@ impl LocalStore {
                 stack,
                 resources: Default::default(),
                 pending: Vec::new(),
+                lease_generation: None,
             },
             None => return Ok(None),
         };

@@ -31,6 +31,9 @@
 mod journal;
 mod local;
 pub mod lock;
+#[cfg(feature = "aws")]
+#[cfg_attr(docsrs, doc(cfg(feature = "aws")))]
+pub mod s3;
 pub mod testing;
 
 use std::collections::BTreeMap;
@@ -112,6 +115,10 @@ pub struct State {
     pub resources: BTreeMap<ResourceAddr, ResourceState>,
     /// Interrupted operations awaiting resolution.
     pub pending: Vec<PendingIntent>,
+    /// The generation of the lease under which this snapshot was written, for
+    /// stores with expiring leases (S3): a holder whose lease was taken over
+    /// cannot write over it. `None` for stores with OS locks.
+    pub lease_generation: Option<u64>,
 }
 
 impl State {
@@ -123,6 +130,7 @@ impl State {
             stack: stack.into(),
             resources: BTreeMap::new(),
             pending: Vec::new(),
+            lease_generation: None,
         }
     }
 
@@ -172,6 +180,9 @@ pub struct StateFile {
     /// Interrupted operations.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<PendingIntent>,
+    /// The lease generation it was written under (S3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_generation: Option<u64>,
 }
 
 impl StateFile {
@@ -241,6 +252,8 @@ impl StateFile {
             resources: &'a BTreeMap<ResourceAddr, ResourceState>,
             #[serde(skip_serializing_if = "<[PendingIntent]>::is_empty")]
             pending: &'a [PendingIntent],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            lease_generation: Option<u64>,
         }
         let file = Borrowed {
             version: FORMAT_VERSION,
@@ -249,6 +262,7 @@ impl StateFile {
             stack: &state.stack,
             resources: &state.resources,
             pending: &state.pending,
+            lease_generation: state.lease_generation,
         };
         let mut text = serde_json::to_string_pretty(&file).expect("state serializes");
         text.push('\n');
@@ -265,6 +279,7 @@ impl From<State> for StateFile {
             stack: state.stack,
             resources: state.resources,
             pending: state.pending,
+            lease_generation: state.lease_generation,
         }
     }
 }
@@ -277,6 +292,7 @@ impl From<StateFile> for State {
             stack: file.stack,
             resources: file.resources,
             pending: file.pending,
+            lease_generation: file.lease_generation,
         }
     }
 }
@@ -400,6 +416,14 @@ pub enum Error {
         expected_serial: u64,
         /// The serial found.
         found_serial: u64,
+    },
+    /// This process's lease was taken over by another holder: it may not write.
+    #[error(
+        "the state lease (generation {generation}) was taken over by another process; this write is refused"
+    )]
+    Fenced {
+        /// The generation this process held.
+        generation: u64,
     },
     /// The journal could not be written; the apply must stop.
     #[error("journal write failed")]

@@ -102,6 +102,7 @@ impl StateStore for MemoryStore {
                 stack,
                 resources: Default::default(),
                 pending: Vec::new(),
+                lease_generation: None,
             },
             None => return Ok(None),
         };

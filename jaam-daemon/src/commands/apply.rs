@@ -62,7 +62,7 @@ pub(crate) async fn run(global: &Global, request: Request<'_>) -> anyhow::Result
         Some(plan) => global.stack.clone().unwrap_or_else(|| plan.stack.clone()),
         None => super::stack_name(global, config.as_ref()),
     };
-    let engine = super::engine(global, registry, stack);
+    let engine = super::engine(global, registry, stack).await?;
     let mut session = engine.lock(command).await?;
     let result = apply_locked(global, &request, &mut session, plan, config).await;
     session.release().await?;

@@ -10,7 +10,7 @@ pub(crate) async fn run(global: &Global, args: &GcArgs) -> anyhow::Result<ExitCo
     let registry = super::registry().await;
     let config = super::load_specs(global, &registry).ok();
     let stack = super::stack_name(global, config.as_ref());
-    let engine = super::engine(global, registry, stack);
+    let engine = super::engine(global, registry, stack).await?;
     // Under the lock: an apply running now would otherwise look like orphans.
     let session = engine.lock("jaam gc").await?;
     let result = async {

@@ -8,7 +8,7 @@ pub(crate) async fn run(global: &Global, args: &ImportArgs) -> anyhow::Result<Ex
     let registry = super::registry().await;
     let config = super::load_specs(global, &registry).ok();
     let stack = super::stack_name(global, config.as_ref());
-    let engine = super::engine(global, registry, stack);
+    let engine = super::engine(global, registry, stack).await?;
     let mut session = engine.lock("jaam import").await?;
     let result = session.import(&args.addr, &args.id).await;
     session.release().await?;

@@ -8,6 +8,7 @@ pub(crate) mod output;
 pub(crate) mod plan;
 pub(crate) mod show;
 pub(crate) mod state;
+pub(crate) mod unlock;
 pub(crate) mod validate;
 
 use std::io::IsTerminal;
@@ -46,9 +47,33 @@ pub(crate) fn stack_name(global: &Global, config: Option<&Config>) -> String {
 }
 
 /// An engine over the local state file.
-pub(crate) fn engine(global: &Global, registry: Registry, stack: String) -> Engine {
-    Engine::new(registry, LocalStore::new(&global.state), stack)
-        .with_lock_timeout(global.lock_timeout)
+/// The state store `--state` names: a local file, or `s3://bucket/key`.
+pub(crate) async fn store(
+    global: &Global,
+) -> anyhow::Result<std::sync::Arc<dyn jaam_core::state::StateStore>> {
+    let text = global.state.to_string_lossy();
+    if text.starts_with("s3://") {
+        let (bucket, key) = jaam_core::state::s3::S3Store::parse_url(&text)
+            .with_context(|| format!("`{text}` is not `s3://bucket/key`"))?;
+        let config = jaam_core::providers::aws::load_config().await;
+        return Ok(std::sync::Arc::new(jaam_core::state::s3::S3Store::new(
+            &config,
+            bucket,
+            key,
+            global.lease_ttl,
+        )));
+    }
+    Ok(std::sync::Arc::new(LocalStore::new(&global.state)))
+}
+
+/// An engine over the state `--state` names.
+pub(crate) async fn engine(
+    global: &Global,
+    registry: Registry,
+    stack: String,
+) -> anyhow::Result<Engine> {
+    Ok(Engine::from_store(registry, store(global).await?, stack)
+        .with_lock_timeout(global.lock_timeout))
 }
 
 /// Whether to colour stdout.

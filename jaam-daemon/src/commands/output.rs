@@ -3,13 +3,13 @@
 use std::process::ExitCode;
 
 use anyhow::{Context as _, anyhow};
-use jaam_core::state::{LocalStore, StateStore};
 use jaam_core::{ResourceAddr, Value};
 
 use crate::cli::{Global, OutputArgs};
 
 pub(crate) async fn run(global: &Global, args: &OutputArgs) -> anyhow::Result<ExitCode> {
-    let state = LocalStore::new(&global.state)
+    let state = super::store(global)
+        .await?
         .load()
         .await?
         .unwrap_or_else(|| jaam_core::state::State::new("default"));

@@ -10,7 +10,7 @@ pub(crate) async fn run(global: &Global, args: &PlanArgs) -> anyhow::Result<Exit
     let registry = super::registry().await;
     let config = super::load_specs(global, &registry)?;
     let stack = super::stack_name(global, Some(&config));
-    let engine = super::engine(global, registry, stack);
+    let engine = super::engine(global, registry, stack).await?;
     let options = plan::Options {
         refresh: args.selection.refresh,
         targets: args.selection.targets.clone(),

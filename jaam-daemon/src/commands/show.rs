@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use jaam_core::plan::render;
-use jaam_core::state::{LocalStore, StateFile, StateStore};
+use jaam_core::state::StateFile;
 
 use crate::cli::{Global, ShowArgs};
 
@@ -25,7 +25,7 @@ pub(crate) async fn run(global: &Global, args: &ShowArgs) -> anyhow::Result<Exit
         }
         return super::success();
     }
-    let Some(state) = LocalStore::new(&global.state).load().await? else {
+    let Some(state) = super::store(global).await?.load().await? else {
         println!("No state.");
         return super::success();
     };

@@ -2,14 +2,12 @@
 
 use std::process::ExitCode;
 
-use jaam_core::state::{LocalStore, StateStore};
-
 use crate::cli::{Global, StateCommand};
 
 pub(crate) async fn run(global: &Global, command: &StateCommand) -> anyhow::Result<ExitCode> {
     match command {
         StateCommand::List => {
-            if let Some(state) = LocalStore::new(&global.state).load().await? {
+            if let Some(state) = super::store(global).await?.load().await? {
                 for addr in state.resources.keys() {
                     println!("{addr}");
                 }
