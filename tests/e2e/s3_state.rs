@@ -186,3 +186,239 @@ async fn two_applies_on_one_s3_state_should_not_lose_an_update() {
     );
     assert_eq!(state.load().await.unwrap().unwrap().resources.len(), 150);
 }
+
+/// `jaam` with `--state` pointing at S3 (the last `--state` wins).
+fn on_s3(ws: &Workspace, url: &str, args: &[&str]) -> std::process::Command {
+    let mut command = ws.command(args);
+    command.arg("--state").arg(url);
+    command
+}
+
+async fn journal_objects(bucket: &str, key: &str) -> i32 {
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&aws_config().await)
+            .force_path_style(true)
+            .build(),
+    );
+    let listed = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(format!("{key}.journal/"))
+        .send()
+        .await
+        .unwrap();
+    listed.key_count().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_stopped_holder_should_be_taken_over_and_its_late_writes_refused() {
+    moto_endpoint();
+    let _moto = jaam_tests::MOTO.read().await;
+    let bucket = bucket(&unique("stop")).await;
+    let url = format!("s3://{bucket}/jaam.state.json");
+    let ws = Workspace::new(&unique("s3stop"));
+    let prefix = format!("/jaam-test/{}/", ws.stack);
+    ws.write_specs(
+        &(0..120)
+            .map(|n| format!("log_group.g{n}:\n  name: {prefix}g{n}\n"))
+            .collect::<String>(),
+    );
+    let first = on_s3(
+        &ws,
+        &url,
+        &[
+            "apply",
+            "--auto-approve",
+            "--parallelism",
+            "1",
+            "--lease-ttl",
+            "2s",
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let wait = jaam_core::backoff::Backoff {
+        initial: Duration::from_millis(5),
+        max: Duration::from_millis(50),
+        deadline: Duration::from_secs(60),
+    };
+    jaam_core::backoff::poll(wait, || {
+        let bucket = bucket.clone();
+        async move { Ok::<_, ()>((journal_objects(&bucket, "jaam.state.json").await > 5).then_some(())) }
+    })
+    .await
+    .expect("the first apply is under way");
+    // Stall the holder: it keeps its lease object but stops renewing it.
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &first.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    let second = jaam_tests::Run::from(
+        on_s3(
+            &ws,
+            &url,
+            &[
+                "apply",
+                "--auto-approve",
+                "--lease-ttl",
+                "2s",
+                "--lock-timeout",
+                "60s",
+            ],
+        )
+        .output()
+        .unwrap(),
+    );
+    second.expect_code(0);
+
+    // The stalled holder resumes: every write it tries is refused.
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-CONT", &first.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let output = first.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "the fenced holder must fail:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("taken over")
+            || stderr.contains("state changed underneath you")
+            || stderr.contains("journal write failed"),
+        "{stderr}"
+    );
+
+    // No lost update: state holds all 120 groups and matches the cloud.
+    let state = jaam_core::state::s3::S3Store::new(
+        &aws_config().await,
+        &bucket,
+        "jaam.state.json",
+        Duration::from_secs(30),
+    );
+    let loaded = state.load().await.unwrap().unwrap();
+    loaded.validate().unwrap();
+    assert_eq!(loaded.resources.len(), 120);
+    assert_eq!(
+        jaam_tests::log_groups(&jaam_tests::logs_client().await, &prefix)
+            .await
+            .len(),
+        120
+    );
+    jaam_tests::Run::from(
+        on_s3(&ws, &url, &["plan", "--detailed-exitcode"])
+            .output()
+            .unwrap(),
+    )
+    .expect_code(0);
+}
+
+#[tokio::test]
+async fn a_saved_plan_should_be_refused_when_s3_state_changed() {
+    moto_endpoint();
+    let _moto = jaam_tests::MOTO.read().await;
+    let bucket = bucket(&unique("stale")).await;
+    let url = format!("s3://{bucket}/jaam.state.json");
+    let ws = Workspace::new(&unique("s3stale"));
+    let name = format!("/jaam-test/{}/", ws.stack);
+    ws.write_specs(&format!("log_group.a:\n  name: {name}a\n"));
+    jaam_tests::Run::from(
+        on_s3(&ws, &url, &["plan", "--out", "plan.json"])
+            .output()
+            .unwrap(),
+    )
+    .expect_code(0);
+    jaam_tests::Run::from(
+        on_s3(&ws, &url, &["apply", "--auto-approve"])
+            .output()
+            .unwrap(),
+    )
+    .expect_code(0);
+    let run = jaam_tests::Run::from(on_s3(&ws, &url, &["apply", "plan.json"]).output().unwrap());
+    run.expect_code(1);
+    assert!(run.stderr.contains("plan is stale"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn killed_writers_should_never_leave_s3_state_unparsable() {
+    moto_endpoint();
+    let _moto = jaam_tests::MOTO.read().await;
+    let bucket = bucket(&unique("kills")).await;
+    let url = format!("s3://{bucket}/jaam.state.json");
+    let ws = Workspace::new(&unique("s3kill"));
+    let prefix = format!("/jaam-test/{}/", ws.stack);
+    ws.write_specs(
+        &(0..40)
+            .map(|n| format!("log_group.g{n}:\n  name: {prefix}g{n}\n"))
+            .collect::<String>(),
+    );
+    let store = jaam_core::state::s3::S3Store::new(
+        &aws_config().await,
+        &bucket,
+        "jaam.state.json",
+        Duration::from_secs(30),
+    );
+    for trial in 0..5 {
+        let destroying = trial % 2 == 1;
+        let args: &[&str] = if destroying {
+            &["destroy", "--auto-approve", "--lease-ttl", "1s"]
+        } else {
+            &["apply", "--auto-approve", "--lease-ttl", "1s"]
+        };
+        let mut child = on_s3(&ws, &url, args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let objects = rand::Rng::random_range(&mut rand::rng(), 2..30);
+        let wait = jaam_core::backoff::Backoff {
+            initial: Duration::from_millis(2),
+            max: Duration::from_millis(20),
+            deadline: Duration::from_secs(60),
+        };
+        let _ = jaam_core::backoff::poll(wait, || {
+            let bucket = bucket.clone();
+            let done = child.try_wait().ok().flatten().is_some();
+            async move {
+                Ok::<_, ()>(
+                    (done || journal_objects(&bucket, "jaam.state.json").await > objects)
+                        .then_some(()),
+                )
+            }
+        })
+        .await;
+        child.kill().ok();
+        child.wait().unwrap();
+        if let Some(state) = store
+            .load()
+            .await
+            .unwrap_or_else(|e| panic!("trial {trial}: state unparsable: {e}"))
+        {
+            state.validate().unwrap();
+        }
+        // The killed holder's lease lapses after 1 s; the rerun waits for it.
+        let rerun = jaam_tests::Run::from(
+            on_s3(
+                &ws,
+                &url,
+                &[args[0], "--auto-approve", "--lock-timeout", "30s"],
+            )
+            .output()
+            .unwrap(),
+        );
+        rerun.expect_code(0);
+        let found = jaam_tests::log_groups(&jaam_tests::logs_client().await, &prefix)
+            .await
+            .len();
+        assert_eq!(found, if destroying { 0 } else { 40 }, "trial {trial}");
+    }
+}
