@@ -785,7 +785,7 @@ async fn run_node(
                         sealed
                     },
                 });
-                if schema.adoptable {
+                if schema.adoptable && schema.in_flight_grace.is_zero() {
                     shared.journal_lazy(record);
                 } else {
                     shared

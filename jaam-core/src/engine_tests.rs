@@ -410,6 +410,50 @@ async fn interrupted_create_should_be_adopted_not_created_twice() {
 }
 
 #[tokio::test]
+async fn a_create_still_in_flight_after_a_crash_should_be_waited_for_and_adopted() {
+    let h = harness_with(FakeProvider::new("fake").with_in_flight_grace(Duration::from_secs(5)));
+    // The crashed run's durable intent, and its launch landing 300 ms into the next plan.
+    let intent = uuid::Uuid::new_v4();
+    let mut attributes = crate::value::Attrs::new();
+    attributes.insert("name".into(), "a".into());
+    let mut state = crate::state::State::new("test");
+    state.serial = 1;
+    state.pending.push(PendingIntent {
+        intent,
+        addr: addr("fake.a"),
+        operation: Operation::Create,
+        attributes: attributes.clone(),
+    });
+    h.store.persist(&state).await.unwrap();
+    let fake = Arc::clone(&h.fake);
+    let landing = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let owner = Owner {
+            stack: "test".into(),
+            addr: "fake.a".into(),
+            intent: Some(intent.to_string()),
+        };
+        fake.create(
+            &crate::provider::Context {
+                stack: "test".into(),
+            },
+            &owner,
+            &attributes,
+        )
+        .await
+        .unwrap();
+    });
+    let plan = h.plan("fake.a:\n  name: a\n").await;
+    landing.await.unwrap();
+    assert_eq!(
+        plan.change(&addr("fake.a")).unwrap().action,
+        Action::NoOp,
+        "adopted, not created twice"
+    );
+    assert_eq!(plan.drift.len(), 1);
+}
+
+#[tokio::test]
 async fn someone_elses_resource_with_the_same_name_should_not_be_adopted() {
     let h = harness();
     let owner = Owner {

@@ -169,6 +169,13 @@ pub struct Schema {
     /// ownership tags or natural key. When true, an intent record need not be durable
     /// before the create call; when false the engine waits for its fsync first.
     pub adoptable: bool,
+    /// How long a create interrupted by a crash may still be in flight at the
+    /// cloud (a request sent just before the crash can land after the next run's
+    /// refresh). When non-zero, the create's intent is made durable before the
+    /// call, and the next plan, finding nothing for such an intent, looks again
+    /// with backoff for up to this long before planning a new create. Kinds whose
+    /// natural key is unique in the cloud (log group names, record sets) need none.
+    pub in_flight_grace: std::time::Duration,
 }
 
 impl Schema {

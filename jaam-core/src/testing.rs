@@ -72,6 +72,7 @@ impl FakeProvider {
                 ],
                 replace_order: ReplaceOrder::CreateThenDelete,
                 adoptable: true,
+                in_flight_grace: std::time::Duration::ZERO,
             },
             cloud: Mutex::default(),
             calls: Mutex::default(),
@@ -88,6 +89,13 @@ impl FakeProvider {
     #[must_use]
     pub fn with_latency(mut self, latency: Duration) -> Self {
         self.latency = latency;
+        self
+    }
+
+    /// Declares that creates may land late (see [`Schema::in_flight_grace`]).
+    #[must_use]
+    pub fn with_in_flight_grace(mut self, grace: Duration) -> Self {
+        self.schema.in_flight_grace = grace;
         self
     }
 

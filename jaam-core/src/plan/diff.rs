@@ -152,6 +152,79 @@ pub async fn compute(
     let mut observed: BTreeMap<&ResourceAddr, Option<Observed>> =
         answers.into_iter().flatten().collect();
 
+    // Interrupted creates: a launch sent just before a crash may land only now.
+    // For kinds that ask for it, look again with backoff before planning a create.
+    let waiting: Vec<&ResourceAddr> = recorded
+        .pending
+        .iter()
+        .filter(|pending| pending.operation == Operation::Create)
+        .map(|pending| &pending.addr)
+        .filter(|addr| matches!(observed.get(addr), Some(None)))
+        .filter(|addr| {
+            registry
+                .schema(addr.kind())
+                .is_some_and(|schema| !schema.in_flight_grace.is_zero())
+        })
+        .collect();
+    if !waiting.is_empty() {
+        let grace = waiting
+            .iter()
+            .filter_map(|addr| {
+                registry
+                    .schema(addr.kind())
+                    .map(|schema| schema.in_flight_grace)
+            })
+            .max()
+            .unwrap_or_default();
+        let settle = crate::backoff::Backoff {
+            initial: std::time::Duration::from_millis(250),
+            max: std::time::Duration::from_secs(3),
+            deadline: grace,
+        };
+        let started = tokio::time::Instant::now();
+        let mut missing = waiting;
+        let mut attempt = 0;
+        loop {
+            let delay = settle.delay(attempt);
+            attempt += 1;
+            if started.elapsed() + delay > grace {
+                // Not there after the grace period: it never launched; plan the create.
+                break;
+            }
+            tokio::time::sleep(delay).await;
+            for (kind, targets) in &targets {
+                let wanted: Vec<RefreshTarget<'_>> = targets
+                    .iter()
+                    .filter(|t| missing.contains(&t.addr))
+                    .copied()
+                    .collect();
+                if wanted.is_empty() {
+                    continue;
+                }
+                let provider = registry
+                    .provider(kind)
+                    .expect("refreshed kinds are registered");
+                let answers =
+                    provider
+                        .refresh(context, &wanted)
+                        .await
+                        .map_err(|source| Error::Refresh {
+                            kind: (*kind).to_owned(),
+                            source,
+                        })?;
+                for (target, answer) in wanted.iter().zip(answers) {
+                    if answer.is_some() {
+                        missing.retain(|addr| *addr != target.addr);
+                        observed.insert(target.addr, answer);
+                    }
+                }
+            }
+            if missing.is_empty() {
+                break;
+            }
+        }
+    }
+
     // Secrets are compared and kept only as fingerprints.
     let salt = recorded.lineage.to_string();
     for (addr, found) in &mut observed {

@@ -91,6 +91,9 @@ pub fn schema() -> Schema {
         // The new instance serves (and its record follows it) before the old one goes.
         replace_order: ReplaceOrder::CreateThenDelete,
         adoptable: true,
+        // RunInstances is not idempotent on a new client token: wait out a
+        // launch the crashed run may still have in flight.
+        in_flight_grace: Duration::from_secs(10),
     }
 }
 

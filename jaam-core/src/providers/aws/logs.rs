@@ -65,6 +65,7 @@ pub fn schema() -> Schema {
         ],
         replace_order: ReplaceOrder::CreateThenDelete,
         adoptable: true,
+        in_flight_grace: std::time::Duration::ZERO,
     }
 }
 

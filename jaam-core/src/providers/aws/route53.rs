@@ -87,6 +87,7 @@ pub fn schema() -> Schema {
         ],
         replace_order: ReplaceOrder::DeleteThenCreate,
         adoptable: true,
+        in_flight_grace: std::time::Duration::ZERO,
     }
 }
 
