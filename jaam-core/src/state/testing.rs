@@ -148,27 +148,29 @@ impl StateStore for MemoryStore {
     }
 
     async fn lock(&self, holder: LockInfo, timeout: Duration) -> Result<Box<dyn LockGuard>> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            {
-                let mut inner = self.inner();
-                match &inner.lock {
-                    None => {
-                        inner.lock = Some(holder.clone());
-                        return Ok(Box::new(MemoryLock {
-                            inner: Arc::clone(&self.inner),
-                            info: holder,
-                        }));
-                    }
-                    Some(current) if tokio::time::Instant::now() >= deadline => {
-                        return Err(Error::Locked {
-                            holder: current.clone(),
-                        });
-                    }
-                    Some(_) => {}
-                }
+        let wait = crate::backoff::Backoff {
+            initial: Duration::from_millis(5),
+            max: Duration::from_millis(200),
+            deadline: timeout,
+        };
+        let taken = crate::backoff::poll(wait, || {
+            let mut inner = self.inner();
+            let taken = inner.lock.is_none();
+            if taken {
+                inner.lock = Some(holder.clone());
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            async move { Ok::<_, Error>(taken.then_some(())) }
+        })
+        .await;
+        match taken {
+            Ok(()) => Ok(Box::new(MemoryLock {
+                inner: Arc::clone(&self.inner),
+                info: holder,
+            })),
+            Err(crate::backoff::Error::Failed(error)) => Err(error),
+            Err(crate::backoff::Error::Timeout { .. }) => Err(Error::Locked {
+                holder: self.inner().lock.clone().unwrap_or(holder),
+            }),
         }
     }
 
