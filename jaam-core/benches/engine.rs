@@ -145,9 +145,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let directory =
-        tempfile::tempdir_in(std::env::var("JAAM_BENCH_DIR").unwrap_or_else(|_| ".".into()))
-            .expect("bench dir");
+    let directory = tempfile::tempdir_in(
+        std::env::var("JAAM_BENCH_DIR")
+            .map_or_else(|_| std::env::temp_dir(), std::path::PathBuf::from),
+    )
+    .expect("bench dir");
     let rounds: usize = std::env::var("JAAM_BENCH_ROUNDS")
         .ok()
         .and_then(|n| n.parse().ok())
