@@ -327,6 +327,7 @@ pub async fn apply(
         resources: BTreeMap::new(),
         pending: Vec::new(),
         lease_generation: None,
+        deposed: Vec::new(),
     });
     let sink = store.open_journal(base.meta(), &base.stack).await?;
     let base_serial = base.serial;
@@ -444,6 +445,9 @@ async fn walk(shared: &Shared<'_>, plan: &Plan, cancel: CancellationToken) -> Wa
             nodes.push((nodes[node].0, Phase::Deposed));
         }
     }
+    // Objects deposed by an earlier apply: deleted now, with nothing to wait for.
+    let leftovers = nodes.len();
+    nodes.extend(plan.deposed.iter().map(|change| (change, Phase::Deposed)));
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
     let mut remaining: Vec<usize> = vec![0; nodes.len()];
     let mut edge = |before: usize, after: usize, dependents: &mut Vec<Vec<usize>>| {
@@ -469,7 +473,7 @@ async fn walk(shared: &Shared<'_>, plan: &Plan, cancel: CancellationToken) -> Wa
             }
         }
     }
-    for deposed in wholes..nodes.len() {
+    for deposed in wholes..leftovers {
         let whole = index[&nodes[deposed].0.addr];
         let switching: Vec<usize> = dependents[whole].clone();
         edge(whole, deposed, &mut dependents);
@@ -753,6 +757,23 @@ async fn run_node(
                 }
             }
             Action::Create | Action::Replace { .. } => {
+                // A create where state still has a record: the object was deleted
+                // outside jaam. Forget it first, so it is not taken for a replaced
+                // object awaiting deletion.
+                if change.action == Action::Create
+                    && shared
+                        .state
+                        .lock()
+                        .expect("state mutex")
+                        .resources
+                        .contains_key(addr)
+                {
+                    shared.journal_lazy(Record::Outcome {
+                        intent: Uuid::new_v4(),
+                        addr: addr.clone(),
+                        result: Outcome::Removed,
+                    });
+                }
                 let order = match &change.action {
                     Action::Replace { order, .. } => Some(*order),
                     _ => None,
@@ -902,25 +923,15 @@ async fn delete_deposed(
         action: "delete".to_owned(),
     });
     let (intent, result) = delete_old(shared, provider, change).await;
-    let current = shared
-        .state
-        .lock()
-        .expect("state mutex")
-        .resources
-        .get(addr)
-        .cloned();
-    let record = match (&result, current) {
-        (Ok(()), Some(resource)) => Record::Outcome {
+    let record = match &result {
+        Ok(()) => Record::Outcome {
             intent,
             addr: addr.clone(),
-            result: Outcome::Written { resource },
+            result: Outcome::DeposedRemoved {
+                id: change.id.clone().unwrap_or_default(),
+            },
         },
-        (Ok(()), None) => Record::Outcome {
-            intent,
-            addr: addr.clone(),
-            result: Outcome::Removed,
-        },
-        (Err(source), _) => failed(intent, addr, source),
+        Err(source) => failed(intent, addr, source),
     };
     shared
         .journal_durable(record)

@@ -247,6 +247,42 @@ async fn create_before_destroy_should_switch_dependents_before_deleting_the_old_
 }
 
 #[tokio::test]
+async fn a_replaced_object_whose_delete_did_not_happen_should_be_deleted_by_the_next_apply() {
+    let fake = FakeProvider::new("fake").with_update_hook(Box::new(|name| {
+        (name == "b").then(|| ProviderError::new(ErrorKind::Transient, "throttled"))
+    }));
+    let h = harness_with(fake);
+    let (_, report, _) = h
+        .apply("fake.a:\n  name: a\nfake.b:\n  name: b\n  value: ${fake.a.id}\n")
+        .await;
+    let old = report.state.resources[&addr("fake.a")].id.clone();
+    // Replace a; switching b fails, so the old a must not be deleted yet.
+    let spec = "fake.a:\n  name: a2\nfake.b:\n  name: b\n  value: ${fake.a.id}\n";
+    let (_, report, _) = h.apply(spec).await;
+    assert_eq!(report.failed.len(), 1);
+    assert!(
+        h.fake.cloud().contains_key(&old),
+        "the old object still serves b"
+    );
+    let state = h.store.load().await.unwrap().unwrap();
+    assert_eq!(state.deposed.len(), 1, "recorded as deposed, not lost");
+    assert_eq!(state.deposed[0].resource.id, old);
+
+    // The next plan deletes it (and retries b).
+    let plan = h.plan(spec).await;
+    assert_eq!(plan.deposed.len(), 1);
+    let text = squash(&render::text(&plan, Default::default()));
+    assert!(text.contains(&format!("deposed object `{old}`")), "{text}");
+    let (report, _) = h.apply_plan(&plan, CancellationToken::new()).await;
+    assert_eq!(report.failed.len(), 1, "b still fails to update");
+    assert!(
+        !h.fake.cloud().contains_key(&old),
+        "the deposed object is gone"
+    );
+    assert!(h.store.load().await.unwrap().unwrap().deposed.is_empty());
+}
+
+#[tokio::test]
 async fn destroy_should_delete_dependents_before_their_dependencies() {
     let h = harness();
     h.apply(CHAIN).await;

@@ -46,6 +46,8 @@ pub struct FakeProvider {
     record_calls: bool,
     /// Called before every create; a `Some` error fails it.
     pub on_create: Option<Hook>,
+    /// Called before every update with the resource's name; a `Some` error fails it.
+    pub on_update: Option<Hook>,
 }
 
 impl std::fmt::Debug for FakeProvider {
@@ -82,6 +84,7 @@ impl FakeProvider {
             latency: Duration::ZERO,
             record_calls: true,
             on_create: None,
+            on_update: None,
         }
     }
 
@@ -89,6 +92,13 @@ impl FakeProvider {
     #[must_use]
     pub fn with_latency(mut self, latency: Duration) -> Self {
         self.latency = latency;
+        self
+    }
+
+    /// Makes updates fail when `hook` says so.
+    #[must_use]
+    pub fn with_update_hook(mut self, hook: Hook) -> Self {
+        self.on_update = Some(hook);
         self
     }
 
@@ -246,6 +256,13 @@ impl Provider for FakeProvider {
     ) -> Result<Observed> {
         self.log(Call::Update(id.to_owned()));
         self.delay().await;
+        let name = attributes
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if let Some(error) = self.on_update.as_ref().and_then(|hook| hook(name)) {
+            return Err(error);
+        }
         let mut cloud = self.cloud.lock().expect("cloud mutex");
         let (attrs, owner) = cloud.get_mut(id).ok_or_else(|| {
             ProviderError::new(ErrorKind::NotFound, format!("no resource `{id}`"))

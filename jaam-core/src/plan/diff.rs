@@ -494,8 +494,33 @@ pub async fn compute(
         drift.retain(|change| scope.contains(&change.addr));
     }
 
+    // 6. Deposed objects of earlier replacements: delete them now.
+    let deposed = recorded
+        .deposed
+        .iter()
+        .filter(|deposed| options.targets.is_empty() || options.targets.contains(&deposed.addr))
+        .map(|deposed| ResourceChange {
+            addr: deposed.addr.clone(),
+            kind: deposed.resource.kind.clone(),
+            action: Action::Delete,
+            id: Some(deposed.resource.id.clone()),
+            before: Some(deposed.resource.attributes.clone()),
+            after: None,
+            dependencies: Vec::new(),
+            sensitive: registry
+                .schema(deposed.addr.kind())
+                .map(sensitive_names)
+                .unwrap_or_default(),
+            reason: Some(format!(
+                "deposed object `{}` left by an interrupted replacement",
+                deposed.resource.id
+            )),
+        })
+        .collect();
+
     drift.sort_by(|a, b| a.addr.cmp(&b.addr));
     Ok(Plan {
+        deposed,
         format_version: FORMAT_VERSION,
         stack: context.stack.clone(),
         prior: state.map(State::meta),

@@ -126,6 +126,10 @@ pub struct Plan {
     pub drift: Vec<ResourceChange>,
     /// One entry per resource in scope, sorted by address.
     pub changes: Vec<ResourceChange>,
+    /// Old objects of earlier create-then-delete replacements to delete now
+    /// (see [`crate::state::State::deposed`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deposed: Vec<ResourceChange>,
     /// Interrupted intents this plan resolved (adopted or found absent).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resolved_intents: Vec<Uuid>,
@@ -145,7 +149,7 @@ pub struct Summary {
 impl Plan {
     /// Whether applying would change anything in the cloud or in state.
     pub fn has_changes(&self) -> bool {
-        self.changes.iter().any(|change| change.action.is_change())
+        self.changes.iter().any(|change| change.action.is_change()) || !self.deposed.is_empty()
     }
 
     /// The counts.
@@ -163,6 +167,7 @@ impl Plan {
                 Action::Delete => summary.destroy += 1,
             }
         }
+        summary.destroy += self.deposed.len();
         summary
     }
 

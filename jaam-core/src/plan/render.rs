@@ -236,7 +236,12 @@ pub fn text(plan: &Plan, options: TextOptions) -> String {
         return out;
     }
     let _ = writeln!(out, "jaam will perform the following actions:\n");
-    for change in plan.changes.iter().filter(|c| c.action.is_change()) {
+    for change in plan
+        .changes
+        .iter()
+        .filter(|c| c.action.is_change())
+        .chain(&plan.deposed)
+    {
         block(&mut out, &painter, change, false);
         out.push('\n');
     }
@@ -275,5 +280,6 @@ pub fn json(plan: &Plan) -> serde_json::Value {
         "summary": plan.summary(),
         "drift": plan.drift.iter().map(redact).collect::<Vec<_>>(),
         "changes": plan.changes.iter().map(redact).collect::<Vec<_>>(),
+        "deposed": plan.deposed.iter().map(redact).collect::<Vec<_>>(),
     })
 }

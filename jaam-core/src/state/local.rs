@@ -160,6 +160,7 @@ impl LocalStore {
                 resources: Default::default(),
                 pending: Vec::new(),
                 lease_generation: None,
+                deposed: Vec::new(),
             },
             None => return Ok(None),
         };

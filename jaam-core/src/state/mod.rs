@@ -119,6 +119,19 @@ pub struct State {
     /// stores with expiring leases (S3): a holder whose lease was taken over
     /// cannot write over it. `None` for stores with OS locks.
     pub lease_generation: Option<u64>,
+    /// Old objects of create-then-delete replacements whose delete has not
+    /// happened yet (a dependent failed, the apply was cancelled or crashed):
+    /// the next apply deletes them.
+    pub deposed: Vec<Deposed>,
+}
+
+/// The old object of a create-then-delete replacement, awaiting deletion.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Deposed {
+    /// The address it was replaced under.
+    pub addr: ResourceAddr,
+    /// The object as last recorded.
+    pub resource: ResourceState,
 }
 
 impl State {
@@ -131,6 +144,7 @@ impl State {
             resources: BTreeMap::new(),
             pending: Vec::new(),
             lease_generation: None,
+            deposed: Vec::new(),
         }
     }
 
@@ -183,6 +197,9 @@ pub struct StateFile {
     /// The lease generation it was written under (S3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_generation: Option<u64>,
+    /// Replaced objects awaiting deletion.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deposed: Vec<Deposed>,
 }
 
 impl StateFile {
@@ -254,6 +271,8 @@ impl StateFile {
             pending: &'a [PendingIntent],
             #[serde(skip_serializing_if = "Option::is_none")]
             lease_generation: Option<u64>,
+            #[serde(skip_serializing_if = "<[Deposed]>::is_empty")]
+            deposed: &'a [Deposed],
         }
         let file = Borrowed {
             version: FORMAT_VERSION,
@@ -263,6 +282,7 @@ impl StateFile {
             resources: &state.resources,
             pending: &state.pending,
             lease_generation: state.lease_generation,
+            deposed: &state.deposed,
         };
         let mut text = serde_json::to_string_pretty(&file).expect("state serializes");
         text.push('\n');
@@ -280,6 +300,7 @@ impl From<State> for StateFile {
             resources: state.resources,
             pending: state.pending,
             lease_generation: state.lease_generation,
+            deposed: state.deposed,
         }
     }
 }
@@ -293,6 +314,7 @@ impl From<StateFile> for State {
             resources: file.resources,
             pending: file.pending,
             lease_generation: file.lease_generation,
+            deposed: file.deposed,
         }
     }
 }
@@ -337,6 +359,11 @@ pub enum Outcome {
         /// Why.
         message: String,
     },
+    /// A deposed object (the old side of a create-then-delete replacement) was deleted.
+    DeposedRemoved {
+        /// Its cloud id.
+        id: String,
+    },
 }
 
 /// Applies journal `records` to `state` (replay after a crash, or the fold at the end
@@ -354,7 +381,23 @@ pub fn fold(state: &mut State, records: impl IntoIterator<Item = Record>) {
                 state.pending.retain(|pending| pending.intent != intent);
                 match result {
                     Outcome::Written { resource } => {
+                        // A new object under an address that had another one: the old
+                        // one (a create-then-delete replacement's) is deposed until
+                        // its delete is recorded.
+                        if let Some(old) = state.resources.get(&addr)
+                            && old.id != resource.id
+                            && !state.deposed.iter().any(|d| d.resource.id == old.id)
+                        {
+                            let resource = old.clone();
+                            state.deposed.push(Deposed {
+                                addr: addr.clone(),
+                                resource,
+                            });
+                        }
                         state.resources.insert(addr, resource);
+                    }
+                    Outcome::DeposedRemoved { id } => {
+                        state.deposed.retain(|deposed| deposed.resource.id != id);
                     }
                     Outcome::Removed => {
                         state.resources.remove(&addr);

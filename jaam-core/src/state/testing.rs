@@ -103,6 +103,7 @@ impl StateStore for MemoryStore {
                 resources: Default::default(),
                 pending: Vec::new(),
                 lease_generation: None,
+                deposed: Vec::new(),
             },
             None => return Ok(None),
         };
