@@ -7,6 +7,12 @@
 
 mod cli;
 mod commands;
+// The daemon's queue lands ahead of `jaam daemon` (issue 7), tested on its own.
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "used by `jaam daemon`, which issue 7 adds")
+)]
+mod queue;
 mod view;
 
 use std::process::ExitCode;
