@@ -134,14 +134,10 @@ pub(crate) struct PlanArgs {
     pub(crate) destroy: bool,
 }
 
-/// `jaam apply`.
-#[derive(Debug, Args)]
-pub(crate) struct ApplyArgs {
-    /// A plan saved by `jaam plan --out`; applied without asking.
-    pub(crate) plan_file: Option<PathBuf>,
-    #[command(flatten)]
-    pub(crate) selection: Selection,
-    /// Apply without asking for confirmation.
+/// How apply and destroy run.
+#[derive(Debug, Args, Clone, Copy)]
+pub(crate) struct Run {
+    /// Go ahead without asking for confirmation.
     #[arg(long)]
     pub(crate) auto_approve: bool,
     /// How many operations run at once.
@@ -152,20 +148,24 @@ pub(crate) struct ApplyArgs {
     pub(crate) json: bool,
 }
 
+/// `jaam apply`.
+#[derive(Debug, Args)]
+pub(crate) struct ApplyArgs {
+    /// A plan saved by `jaam plan --out`; applied without asking.
+    pub(crate) plan_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) selection: Selection,
+    #[command(flatten)]
+    pub(crate) run: Run,
+}
+
 /// `jaam destroy`.
 #[derive(Debug, Args)]
 pub(crate) struct DestroyArgs {
     #[command(flatten)]
     pub(crate) selection: Selection,
-    /// Destroy without asking for confirmation.
-    #[arg(long)]
-    pub(crate) auto_approve: bool,
-    /// How many operations run at once.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
-    pub(crate) parallelism: u16,
-    /// Print progress events as JSON lines on stdout.
-    #[arg(long)]
-    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) run: Run,
 }
 
 /// `jaam show`.

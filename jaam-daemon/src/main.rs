@@ -67,9 +67,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let request = commands::apply::Request {
                 plan_file: args.plan_file.as_deref(),
                 selection: &args.selection,
-                auto_approve: args.auto_approve,
-                parallelism: args.parallelism,
-                json: args.json,
+                run: args.run,
                 destroy: false,
             };
             commands::apply::run(global, request).await
@@ -78,9 +76,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let request = commands::apply::Request {
                 plan_file: None,
                 selection: &args.selection,
-                auto_approve: args.auto_approve,
-                parallelism: args.parallelism,
-                json: args.json,
+                run: args.run,
                 destroy: true,
             };
             commands::apply::run(global, request).await

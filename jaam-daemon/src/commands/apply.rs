@@ -24,9 +24,7 @@ use crate::view;
 pub(crate) struct Request<'a> {
     pub(crate) plan_file: Option<&'a std::path::Path>,
     pub(crate) selection: &'a Selection,
-    pub(crate) auto_approve: bool,
-    pub(crate) parallelism: u16,
-    pub(crate) json: bool,
+    pub(crate) run: crate::cli::Run,
     pub(crate) destroy: bool,
 }
 
@@ -87,14 +85,14 @@ async fn apply_locked(
                 destroy: request.destroy,
             };
             let plan = session.plan(&config, &options).await?;
-            if !request.json {
+            if !request.run.json {
                 print!("{}", render::text(&plan, render::TextOptions { colour }));
             }
             let needs_state_write = !plan.drift.is_empty() || !plan.resolved_intents.is_empty();
             if !plan.has_changes() && !needs_state_write {
                 return super::success();
             }
-            if plan.has_changes() && !request.auto_approve && !confirm(request.destroy)? {
+            if plan.has_changes() && !request.run.auto_approve && !confirm(request.destroy)? {
                 eprintln!("\nApply cancelled.");
                 return Ok(ExitCode::FAILURE);
             }
@@ -104,7 +102,7 @@ async fn apply_locked(
 
     let (sender, receiver) = mpsc::unbounded_channel();
     let mode = view::Mode {
-        json: request.json,
+        json: request.run.json,
         terminal: std::io::stderr().is_terminal(),
     };
     let viewer = tokio::spawn(view::follow(receiver, mode));
@@ -121,13 +119,13 @@ async fn apply_locked(
         })
     };
     let options = apply::Options {
-        parallelism: usize::from(request.parallelism),
+        parallelism: usize::from(request.run.parallelism),
     };
     let report = session.apply(&plan, &options, Some(sender), cancel).await;
     interrupt.abort();
     let _ = viewer.await;
     let report = report?;
-    summarize(&plan, &report, request.json)
+    summarize(&plan, &report, request.run.json)
 }
 
 fn summarize(plan: &jaam_core::Plan, report: &Report, json: bool) -> anyhow::Result<ExitCode> {

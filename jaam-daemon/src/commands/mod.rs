@@ -112,6 +112,25 @@ pub(crate) fn write_plan(path: &Path, plan: &Plan) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints a plan as text (coloured on a terminal) or as the documented JSON.
+pub(crate) fn print_plan(global: &Global, plan: &Plan, json: bool) -> anyhow::Result<()> {
+    use jaam_core::plan::render;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&render::json(plan))?);
+    } else {
+        print!(
+            "{}",
+            render::text(
+                plan,
+                render::TextOptions {
+                    colour: colour(global)
+                }
+            )
+        );
+    }
+    Ok(())
+}
+
 /// Exit code 0.
 pub(crate) fn success() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)

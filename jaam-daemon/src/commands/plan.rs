@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use jaam_core::plan::{self, render};
+use jaam_core::plan;
 
 use crate::cli::{Global, PlanArgs};
 
@@ -17,19 +17,7 @@ pub(crate) async fn run(global: &Global, args: &PlanArgs) -> anyhow::Result<Exit
         destroy: args.destroy,
     };
     let plan = engine.plan(&config, &options).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&render::json(&plan))?);
-    } else {
-        print!(
-            "{}",
-            render::text(
-                &plan,
-                render::TextOptions {
-                    colour: super::colour(global)
-                }
-            )
-        );
-    }
+    super::print_plan(global, &plan, args.json)?;
     if let Some(path) = &args.out {
         super::write_plan(path, &plan)?;
         if !args.json {

@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use jaam_core::plan::render;
 use jaam_core::state::StateFile;
 
 use crate::cli::{Global, ShowArgs};
@@ -10,19 +9,7 @@ use crate::cli::{Global, ShowArgs};
 pub(crate) async fn run(global: &Global, args: &ShowArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.plan_file {
         let plan = super::read_plan(path)?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&render::json(&plan))?);
-        } else {
-            print!(
-                "{}",
-                render::text(
-                    &plan,
-                    render::TextOptions {
-                        colour: super::colour(global)
-                    }
-                )
-            );
-        }
+        super::print_plan(global, &plan, args.json)?;
         return super::success();
     }
     let Some(state) = super::store(global).await?.load().await? else {

@@ -218,18 +218,13 @@ impl Instances {
         }
     }
 
-    /// Every live instance carrying `stack`'s tag (one paginated call).
-    async fn describe_stack(&self, stack: &str) -> Result<Vec<Instance>> {
+    /// Every instance matching `filter`, through all pages (1,000 per page).
+    async fn describe_where(&self, filter: Filter) -> Result<Vec<Instance>> {
         let mut out = Vec::new();
         let mut pages = self
             .ec2
             .describe_instances()
-            .filters(
-                Filter::builder()
-                    .name(format!("tag:{}", Owner::STACK_TAG))
-                    .values(stack)
-                    .build(),
-            )
+            .filters(filter)
             .max_results(1000)
             .into_paginator()
             .send();
@@ -239,10 +234,20 @@ impl Instances {
                 page.reservations()
                     .iter()
                     .flat_map(|r| r.instances())
-                    .filter(|i| !is_gone(i))
                     .cloned(),
             );
         }
+        Ok(out)
+    }
+
+    /// Every live instance carrying `stack`'s tag (one paginated call).
+    async fn describe_stack(&self, stack: &str) -> Result<Vec<Instance>> {
+        let filter = Filter::builder()
+            .name(format!("tag:{}", Owner::STACK_TAG))
+            .values(stack)
+            .build();
+        let mut out = self.describe_where(filter).await?;
+        out.retain(|instance| !is_gone(instance));
         Ok(out)
     }
 
@@ -270,28 +275,13 @@ impl Instances {
                     return Err(error);
                 }
                 // One unknown id fails the whole call: fall back to asking by filter.
-                let mut out = Vec::new();
-                let mut pages = self
-                    .ec2
-                    .describe_instances()
-                    .filters(
-                        Filter::builder()
-                            .name("instance-id")
-                            .set_values(Some(ids.to_vec()))
-                            .build(),
-                    )
-                    .into_paginator()
-                    .send();
-                while let Some(page) = pages.next().await {
-                    let page = page.map_err(|e| classify("DescribeInstances", e))?;
-                    out.extend(
-                        page.reservations()
-                            .iter()
-                            .flat_map(|r| r.instances())
-                            .cloned(),
-                    );
-                }
-                Ok(out)
+                self.describe_where(
+                    Filter::builder()
+                        .name("instance-id")
+                        .set_values(Some(ids.to_vec()))
+                        .build(),
+                )
+                .await
             }
         }
     }
