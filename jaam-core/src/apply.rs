@@ -683,19 +683,9 @@ async fn run_node(
         resolve(shared, change, schema)?
     };
 
-    let permit = shared
-        .semaphore
-        .acquire()
-        .await
-        .expect("semaphore never closed");
-    // Every node is queued at once; cancellation is honoured here, before the cloud call.
-    if cancel.is_cancelled() {
+    let Some(permit) = begin(shared, addr, action, cancel).await else {
         return Ok(false);
-    }
-    shared.emitter.emit(|| Event::Started {
-        addr: addr.clone(),
-        action: action.to_owned(),
-    });
+    };
     let mut finals: Vec<Record> = Vec::new();
     let mut outcome_id: Option<String> = None;
 
@@ -757,23 +747,6 @@ async fn run_node(
                 }
             }
             Action::Create | Action::Replace { .. } => {
-                // A create where state still has a record: the object was deleted
-                // outside jaam. Forget it first, so it is not taken for a replaced
-                // object awaiting deletion.
-                if change.action == Action::Create
-                    && shared
-                        .state
-                        .lock()
-                        .expect("state mutex")
-                        .resources
-                        .contains_key(addr)
-                {
-                    shared.journal_lazy(Record::Outcome {
-                        intent: Uuid::new_v4(),
-                        addr: addr.clone(),
-                        result: Outcome::Removed,
-                    });
-                }
                 let order = match &change.action {
                     Action::Replace { order, .. } => Some(*order),
                     _ => None,
@@ -827,17 +800,27 @@ async fn run_node(
                     }
                 };
                 outcome_id = Some(observed.id.clone());
-                let created = written(
-                    shared,
-                    schema,
-                    intent,
-                    change,
-                    observed.id.clone(),
-                    observed.attributes.clone(),
-                );
+                let resource = sealed(shared, schema, change, observed.id, observed.attributes);
                 // A create-then-delete replacement deletes the old object in its own
-                // `Phase::Deposed` node, once dependents have switched.
-                finals.push(created);
+                // `Phase::Deposed` node, once dependents have switched; until then
+                // state keeps it as deposed.
+                let result = match (order, &change.id) {
+                    (Some(ReplaceOrder::CreateThenDelete), Some(old_id)) => Outcome::Replaced {
+                        resource,
+                        deposed: ResourceState {
+                            kind: change.kind.clone(),
+                            id: old_id.clone(),
+                            attributes: change.before.clone().unwrap_or_default(),
+                            dependencies: change.dependencies.clone(),
+                        },
+                    },
+                    _ => Outcome::Written { resource },
+                };
+                finals.push(Record::Outcome {
+                    intent,
+                    addr: addr.clone(),
+                    result,
+                });
                 Ok(())
             }
         }
@@ -867,27 +850,37 @@ async fn run_node(
     result.map(|()| true)
 }
 
-/// The outcome record of a resource that exists, with its secrets sealed.
+/// A resource's record as it exists now, with its secrets sealed.
+fn sealed(
+    shared: &Shared<'_>,
+    schema: &Schema,
+    change: &ResourceChange,
+    id: String,
+    mut attributes: Attrs,
+) -> ResourceState {
+    schema.seal(&shared.salt, &mut attributes);
+    ResourceState {
+        kind: change.kind.clone(),
+        id,
+        attributes,
+        dependencies: change.dependencies.clone(),
+    }
+}
+
+/// The outcome record of a resource that exists.
 fn written(
     shared: &Shared<'_>,
     schema: &Schema,
     intent: Uuid,
     change: &ResourceChange,
     id: String,
-    mut attributes: Attrs,
+    attributes: Attrs,
 ) -> Record {
-    schema.seal(&shared.salt, &mut attributes);
+    let resource = sealed(shared, schema, change, id, attributes);
     Record::Outcome {
         intent,
         addr: change.addr.clone(),
-        result: Outcome::Written {
-            resource: ResourceState {
-                kind: change.kind.clone(),
-                id,
-                attributes,
-                dependencies: change.dependencies.clone(),
-            },
-        },
+        result: Outcome::Written { resource },
     }
 }
 
@@ -901,6 +894,30 @@ fn failed(intent: Uuid, addr: &ResourceAddr, error: &ProviderError) -> Record {
     }
 }
 
+/// Waits for a cloud-call permit, then — unless the apply was cancelled meanwhile
+/// (every node is queued at once, so cancellation is honoured here) — reports the
+/// operation started.
+async fn begin<'a>(
+    shared: &'a Shared<'_>,
+    addr: &ResourceAddr,
+    action: &str,
+    cancel: &CancellationToken,
+) -> Option<tokio::sync::SemaphorePermit<'a>> {
+    let permit = shared
+        .semaphore
+        .acquire()
+        .await
+        .expect("semaphore never closed");
+    if cancel.is_cancelled() {
+        return None;
+    }
+    shared.emitter.emit(|| Event::Started {
+        addr: addr.clone(),
+        action: action.to_owned(),
+    });
+    Some(permit)
+}
+
 /// Deletes the object a create-then-delete replacement replaced; state keeps the new one.
 async fn delete_deposed(
     shared: &Shared<'_>,
@@ -909,19 +926,10 @@ async fn delete_deposed(
     cancel: &CancellationToken,
 ) -> std::result::Result<bool, ResourceError> {
     let addr = &change.addr;
-    let _permit = shared
-        .semaphore
-        .acquire()
-        .await
-        .expect("semaphore never closed");
-    if cancel.is_cancelled() {
+    let Some(_permit) = begin(shared, addr, "delete", cancel).await else {
         return Ok(false);
-    }
+    };
     let started = Instant::now();
-    shared.emitter.emit(|| Event::Started {
-        addr: addr.clone(),
-        action: "delete".to_owned(),
-    });
     let (intent, result) = delete_old(shared, provider, change).await;
     let record = match &result {
         Ok(()) => Record::Outcome {

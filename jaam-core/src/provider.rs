@@ -201,6 +201,12 @@ pub trait Provider: Send + Sync {
     async fn prepare(&self, _context: &Context, _desired: &[&Attrs]) -> Result<Vec<Rewrite>> {
         Ok(Vec::new())
     }
+
+    /// Whether [`Provider::prepare`] does anything; when false the planner skips
+    /// evaluating every desired resource for it.
+    fn prepares(&self) -> bool {
+        false
+    }
 }
 
 /// A plan-time rewrite of one argument value (see [`Provider::prepare`]).

@@ -9,6 +9,37 @@ use jaam_core::{Engine, Registry, plan};
 use jaam_tests::{aws_config, unique};
 use tokio_util::sync::CancellationToken;
 
+/// An engine over a temporary local state, with `text` loaded and applied.
+async fn applied(
+    registry: Registry,
+    stack: &str,
+    text: String,
+) -> (Engine, jaam_core::spec::Config, tempfile::TempDir) {
+    let directory = tempfile::tempdir().unwrap();
+    let engine = Engine::new(
+        registry,
+        LocalStore::new(directory.path().join("state.json")),
+        stack,
+    );
+    let specs =
+        jaam_core::spec::load_sources(&[("specs.yaml".into(), text)], engine.registry(), &|_| None)
+            .unwrap();
+    run(&engine, &specs, &plan::Options::default()).await;
+    (engine, specs, directory)
+}
+
+/// Plans and applies under the lock; every change must succeed.
+async fn run(engine: &Engine, specs: &jaam_core::spec::Config, options: &plan::Options) {
+    let mut session = engine.lock("test").await.unwrap();
+    let plan = session.plan(specs, options).await.unwrap();
+    let report = session
+        .apply(&plan, &Default::default(), None, CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(report.succeeded(), "{:?}", report.failed);
+    session.release().await.unwrap();
+}
+
 #[tokio::test]
 async fn refresh_of_500_log_groups_should_cost_at_most_15_calls() {
     let config = aws_config().await;
@@ -17,34 +48,12 @@ async fn refresh_of_500_log_groups_should_cost_at_most_15_calls() {
     let mut registry = Registry::new();
     registry.register(Arc::new(LogGroups::new(&config, Some(counter.clone()))));
     let stack = unique("refresh");
-    let directory = tempfile::tempdir().unwrap();
-    let engine = Engine::new(
-        registry,
-        LocalStore::new(directory.path().join("state.json")),
-        stack.clone(),
-    );
     let text: String = (0..500)
         .map(|n| {
             format!("log_group.g{n}:\n  name: /jaam-test/{stack}/g{n:03}\n  retention_days: 30\n")
         })
         .collect();
-    let specs =
-        jaam_core::spec::load_sources(&[("refresh.yaml".into(), text)], engine.registry(), &|_| {
-            None
-        })
-        .unwrap();
-
-    let mut session = engine.lock("test").await.unwrap();
-    let plan = session
-        .plan(&specs, &plan::Options::default())
-        .await
-        .unwrap();
-    let report = session
-        .apply(&plan, &Default::default(), None, CancellationToken::new())
-        .await
-        .unwrap();
-    assert!(report.succeeded(), "{:?}", report.failed);
-    session.release().await.unwrap();
+    let (engine, specs, _directory) = applied(registry, &stack, text).await;
 
     counter.reset();
     let plan = engine
@@ -70,12 +79,6 @@ async fn refresh_of_200_instances_and_200_records_should_cost_at_most_6_calls() 
     let stack = unique("fleet");
     let domain = format!("{stack}.test");
     jaam_tests::hosted_zone(&domain).await;
-    let directory = tempfile::tempdir().unwrap();
-    let engine = Engine::new(
-        registry,
-        LocalStore::new(directory.path().join("state.json")),
-        stack.clone(),
-    );
     let text: String = (0..200)
         .map(|n| {
             format!(
@@ -84,20 +87,7 @@ async fn refresh_of_200_instances_and_200_records_should_cost_at_most_6_calls() 
             )
         })
         .collect();
-    let specs =
-        jaam_core::spec::load_sources(&[("fleet.yaml".into(), text)], engine.registry(), &|_| None)
-            .unwrap();
-    let mut session = engine.lock("test").await.unwrap();
-    let plan = session
-        .plan(&specs, &plan::Options::default())
-        .await
-        .unwrap();
-    let report = session
-        .apply(&plan, &Default::default(), None, CancellationToken::new())
-        .await
-        .unwrap();
-    assert!(report.succeeded(), "{:?}", report.failed);
-    session.release().await.unwrap();
+    let (engine, specs, _directory) = applied(registry, &stack, text).await;
 
     counter.reset();
     let plan = engine
@@ -115,15 +105,13 @@ async fn refresh_of_200_instances_and_200_records_should_cost_at_most_6_calls() 
     assert!(calls <= 6, "refresh made {calls} calls");
 
     // Clean up what this test made, so the shared emulator stays small.
-    let destroy = plan::Options {
-        destroy: true,
-        ..Default::default()
-    };
-    let mut session = engine.lock("test").await.unwrap();
-    let plan = session.plan(&specs, &destroy).await.unwrap();
-    session
-        .apply(&plan, &Default::default(), None, CancellationToken::new())
-        .await
-        .unwrap();
-    session.release().await.unwrap();
+    run(
+        &engine,
+        &specs,
+        &plan::Options {
+            destroy: true,
+            ..Default::default()
+        },
+    )
+    .await;
 }

@@ -20,7 +20,7 @@ use futures::future::try_join_all;
 use super::{Action, Error, FORMAT_VERSION, Plan, ResourceChange, Result};
 use crate::addr::ResourceAddr;
 use crate::provider::{Context, Observed, RefreshTarget, Registry, Rewrite};
-use crate::schema::{Mode, ReplaceOrder, Schema};
+use crate::schema::{Mode, Schema};
 use crate::spec::{Config, evaluate_args};
 use crate::state::{Operation, State};
 use crate::value::{Attrs, Value};
@@ -331,9 +331,13 @@ pub async fn compute(
     // 3a. Plan-time resolution (AMI parameter paths …), batched per kind.
     let mut by_kind: BTreeMap<&str, Vec<Attrs>> = BTreeMap::new();
     for (addr, resource) in &desired {
-        let schema = registry
-            .schema(addr.kind())
+        let provider = registry
+            .provider(addr.kind())
             .expect("specs only hold known kinds");
+        if !provider.prepares() {
+            continue;
+        }
+        let schema = provider.schema();
         by_kind.entry(addr.kind()).or_default().push(evaluate_args(
             resource,
             schema,
@@ -590,13 +594,5 @@ fn diff_arguments(schema: &Schema, salt: &str, current: &Attrs, desired: &Attrs)
         Action::Update { changed }
     } else {
         Action::NoOp
-    }
-}
-
-/// The replace order of `action`, when it is a replacement.
-pub fn replace_order(action: &Action) -> Option<ReplaceOrder> {
-    match action {
-        Action::Replace { order, .. } => Some(*order),
-        _ => None,
     }
 }

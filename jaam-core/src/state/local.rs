@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::lock::{LockGuard, LockInfo};
-use super::{Error, JournalSink, Record, Result, State, StateFile, StateMeta, StateStore, fold};
+use super::{Error, JournalSink, Record, Result, State, StateFile, StateMeta, StateStore};
 use crate::backoff::{self, Backoff};
 
 /// State in a local file.
@@ -146,26 +146,7 @@ impl LocalStore {
             Err(error) => return Err(Self::io("read", &journal_path)(error)),
         };
         let records = parse_journal(&text);
-        let Some(Record::Begin { base, stack }) = records.first().cloned() else {
-            return Ok(snapshot);
-        };
-        let mut state = match snapshot {
-            Some(state) if state.meta() == base => state,
-            // The journal was folded into this snapshot already (crash before removal).
-            Some(state) => return Ok(Some(state)),
-            None if base.serial == 0 => State {
-                lineage: base.lineage,
-                serial: 0,
-                stack,
-                resources: Default::default(),
-                pending: Vec::new(),
-                lease_generation: None,
-                deposed: Vec::new(),
-            },
-            None => return Ok(None),
-        };
-        fold(&mut state, records);
-        Ok(Some(state))
+        Ok(super::replay(snapshot, records))
     }
 
     fn persist_blocking(&self, meta: StateMeta, text: &str) -> Result<()> {

@@ -359,11 +359,40 @@ pub enum Outcome {
         /// Why.
         message: String,
     },
+    /// A create-then-delete replacement made its new object; the old one is
+    /// deposed until its delete is recorded.
+    Replaced {
+        /// The new object's record.
+        resource: ResourceState,
+        /// The old object, to delete.
+        deposed: ResourceState,
+    },
     /// A deposed object (the old side of a create-then-delete replacement) was deleted.
     DeposedRemoved {
         /// Its cloud id.
         id: String,
     },
+}
+
+/// The state after a crash: `snapshot` with the journal `records` replayed when
+/// the journal was begun on it (or on no snapshot yet). A journal begun on an
+/// older snapshot was folded already and is ignored; an empty or torn-at-birth
+/// journal changes nothing.
+pub fn replay(snapshot: Option<State>, records: Vec<Record>) -> Option<State> {
+    let Some(Record::Begin { base, stack }) = records.first().cloned() else {
+        return snapshot;
+    };
+    let mut state = match snapshot {
+        Some(state) if state.meta() == base => state,
+        Some(state) => return Some(state),
+        None if base.serial == 0 => State {
+            lineage: base.lineage,
+            ..State::new(stack)
+        },
+        None => return None,
+    };
+    fold(&mut state, records);
+    Some(state)
 }
 
 /// Applies journal `records` to `state` (replay after a crash, or the fold at the end
@@ -381,19 +410,13 @@ pub fn fold(state: &mut State, records: impl IntoIterator<Item = Record>) {
                 state.pending.retain(|pending| pending.intent != intent);
                 match result {
                     Outcome::Written { resource } => {
-                        // A new object under an address that had another one: the old
-                        // one (a create-then-delete replacement's) is deposed until
-                        // its delete is recorded.
-                        if let Some(old) = state.resources.get(&addr)
-                            && old.id != resource.id
-                            && !state.deposed.iter().any(|d| d.resource.id == old.id)
-                        {
-                            let resource = old.clone();
-                            state.deposed.push(Deposed {
-                                addr: addr.clone(),
-                                resource,
-                            });
-                        }
+                        state.resources.insert(addr, resource);
+                    }
+                    Outcome::Replaced { resource, deposed } => {
+                        state.deposed.push(Deposed {
+                            addr: addr.clone(),
+                            resource: deposed,
+                        });
                         state.resources.insert(addr, resource);
                     }
                     Outcome::DeposedRemoved { id } => {

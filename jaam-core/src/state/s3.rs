@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::lock::{LockGuard, LockInfo};
-use super::{Error, JournalSink, Record, Result, State, StateFile, StateMeta, StateStore, fold};
+use super::{Error, JournalSink, Record, Result, State, StateFile, StateMeta, StateStore};
 use crate::backoff::{self, Backoff};
 
 /// The lease object's content.
@@ -284,7 +284,7 @@ impl S3Store {
             }
             None => None,
         };
-        let (mut state, etag) = match snapshot {
+        let (state, etag) = match snapshot {
             Some((state, etag)) => (state, Some(etag)),
             None => {
                 // No snapshot yet: a first apply's journal, if any (serial 0, newest generation).
@@ -302,12 +302,9 @@ impl S3Store {
                     .filter(|key| key.starts_with(&prefix))
                     .collect();
                 let records = self.records(&journal).await?;
-                let Some(Record::Begin { base, stack }) = records.first().cloned() else {
+                let Some(state) = super::replay(None, records) else {
                     return Ok(None);
                 };
-                let mut state = State::new(stack);
-                state.lineage = base.lineage;
-                fold(&mut state, records);
                 return Ok(Some((state, None, journal)));
             }
         };
@@ -317,9 +314,7 @@ impl S3Store {
             .list(&self.journal_prefix(generation, state.serial))
             .await?;
         let records = self.records(&journal).await?;
-        if matches!(records.first(), Some(Record::Begin { base, .. }) if *base == state.meta()) {
-            fold(&mut state, records);
-        }
+        let state = super::replay(Some(state), records).expect("a snapshot replays to a state");
         Ok(Some((state, etag, journal)))
     }
 

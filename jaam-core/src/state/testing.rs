@@ -14,7 +14,7 @@ use super::local::parse_journal;
 use super::lock::{LockGuard, LockInfo};
 use super::{
     Error, JournalSink, Operation, Outcome, PendingIntent, Record, ResourceState, Result, State,
-    StateFile, StateMeta, StateStore, fold,
+    StateFile, StateMeta, StateStore,
 };
 
 #[derive(Debug, Default)]
@@ -90,25 +90,7 @@ impl StateStore for MemoryStore {
             return Ok(snapshot);
         };
         let records = parse_journal(&lines.join("\n"));
-        let Some(Record::Begin { base, stack }) = records.first().cloned() else {
-            return Ok(snapshot);
-        };
-        let mut state = match snapshot {
-            Some(state) if state.meta() == base => state,
-            Some(state) => return Ok(Some(state)),
-            None if base.serial == 0 => State {
-                lineage: base.lineage,
-                serial: 0,
-                stack,
-                resources: Default::default(),
-                pending: Vec::new(),
-                lease_generation: None,
-                deposed: Vec::new(),
-            },
-            None => return Ok(None),
-        };
-        fold(&mut state, records);
-        Ok(Some(state))
+        Ok(super::replay(snapshot, records))
     }
 
     async fn persist(&self, state: &State) -> Result<()> {

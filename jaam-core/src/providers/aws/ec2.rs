@@ -338,6 +338,10 @@ impl Provider for Instances {
         &self.schema
     }
 
+    fn prepares(&self) -> bool {
+        true
+    }
+
     async fn prepare(&self, _context: &Context, desired: &[&Attrs]) -> Result<Vec<Rewrite>> {
         let mut paths: Vec<String> = desired
             .iter()

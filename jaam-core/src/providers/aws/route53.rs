@@ -435,6 +435,10 @@ impl Provider for Records {
         &self.schema
     }
 
+    fn prepares(&self) -> bool {
+        true
+    }
+
     async fn prepare(&self, _context: &Context, desired: &[&Attrs]) -> Result<Vec<Rewrite>> {
         let mut ids: Vec<String> = desired
             .iter()
