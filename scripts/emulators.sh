@@ -11,12 +11,28 @@ JAAM_CACHE="${JAAM_CACHE:-$HOME/.cache/jaam}"
 EMU_VENV="$JAAM_CACHE/venv-emu"
 EMU_PIDS=()
 
+EMU_NODE="$JAAM_CACHE/node"
+EMU_SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
 emulators_install() {
   mkdir -p "$JAAM_CACHE"
   if [ ! -x "$EMU_VENV/bin/moto_server" ]; then
     echo "==> installing moto[server] into $EMU_VENV" >&2
     python3 -m venv "$EMU_VENV"
     "$EMU_VENV/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
+  fi
+  # Pebble (ACME CA + its DNS test server) from Debian.
+  if ! command -v pebble >/dev/null || ! command -v pebble-challtestsrv >/dev/null; then
+    echo "==> installing pebble from Debian" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pebble >/dev/null
+  fi
+  # GitHub's schema-validating simulator, webhook payloads and signer from npm.
+  mkdir -p "$EMU_NODE"
+  cp "$EMU_SCRIPTS/../tests/node/package.json" "$EMU_SCRIPTS/../tests/node/"*.mjs "$EMU_NODE/"
+  if ! cmp -s "$EMU_NODE/package.json" "$EMU_NODE/.installed" 2>/dev/null; then
+    echo "==> installing the GitHub test servers from npm into $EMU_NODE" >&2
+    (cd "$EMU_NODE" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+    cp "$EMU_NODE/package.json" "$EMU_NODE/.installed"
   fi
 }
 
@@ -55,6 +71,76 @@ moto_start() {
   export AWS_EC2_METADATA_DISABLED=true
   unset AWS_PROFILE AWS_SESSION_TOKEN
   echo "==> moto listening on $AWS_ENDPOINT_URL (pid ${EMU_PIDS[-1]})" >&2
+}
+
+# Waits (with backoff, under a deadline) until a TCP port on 127.0.0.1 accepts.
+wait_for_port() {
+  python3 - "$1" "${2:-60}" <<'PY'
+import socket, sys, time
+port, deadline = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
+delay = 0.05
+while True:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        sys.exit(0)
+    except OSError:
+        if time.monotonic() + delay > deadline:
+            sys.exit(f"error: 127.0.0.1:{port} did not accept in time")
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+PY
+}
+
+# Pebble with pebble-challtestsrv as its DNS: DNS-01 is really checked (no
+# PEBBLE_VA_ALWAYS_VALID). A throwaway CA signs Pebble's HTTPS certificate;
+# jaam trusts it through JAAM_ACME_ROOT_CA. Certificates live
+# JAAM_PEBBLE_VALIDITY seconds (default 40) so renewal is testable.
+pebble_start() {
+  local dir acme mgmt dns dns_mgmt
+  dir=$(mktemp -d "${TMPDIR:-/tmp}/jaam-pebble.XXXXXX")
+  acme=$(free_port); mgmt=$(free_port); dns=$(free_port); dns_mgmt=$(free_port)
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=jaam test ACME TLS root" -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -subj "/CN=127.0.0.1" -keyout "$dir/tls.key" -out "$dir/tls.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$dir/ext"
+  openssl x509 -req -in "$dir/tls.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
+    -days 2 -extfile "$dir/ext" -out "$dir/tls.pem" 2>/dev/null
+  cat >"$dir/pebble.json" <<JSON
+{"pebble": {"listenAddress": "127.0.0.1:$acme", "managementListenAddress": "127.0.0.1:$mgmt",
+  "certificate": "$dir/tls.pem", "privateKey": "$dir/tls.key",
+  "httpPort": 5002, "tlsPort": 5001, "ocspResponderURL": "",
+  "externalAccountBindingRequired": false,
+  "certificateValidityPeriod": ${JAAM_PEBBLE_VALIDITY:-40}}}
+JSON
+  pebble-challtestsrv -management "127.0.0.1:$dns_mgmt" -dns01 "127.0.0.1:$dns" \
+    -http01 '' -https01 '' -tlsalpn01 '' -defaultIPv4 127.0.0.1 \
+    >"$dir/challtestsrv.log" 2>&1 &
+  EMU_PIDS+=("$!")
+  trap emulators_stop EXIT
+  PEBBLE_VA_NOSLEEP=1 pebble -config "$dir/pebble.json" -dnsserver "127.0.0.1:$dns" -strict \
+    >"$dir/pebble.log" 2>&1 &
+  EMU_PIDS+=("$!")
+  wait_for_port "$dns_mgmt" 30
+  wait_for_port "$acme" 30
+  export JAAM_ACME_ROOT_CA="$dir/ca.pem"
+  export JAAM_TEST_ACME_DIRECTORY="https://127.0.0.1:$acme/dir"
+  export JAAM_TEST_PEBBLE_MANAGEMENT="https://127.0.0.1:$mgmt"
+  export JAAM_TEST_CHALLTESTSRV="http://127.0.0.1:$dns_mgmt"
+  echo "==> pebble at $JAAM_TEST_ACME_DIRECTORY, challtestsrv DNS on 127.0.0.1:$dns (logs in $dir)" >&2
+}
+
+# @simulacrum/github-api-simulator: checks every request against GitHub's schema.
+github_simulator_start() {
+  local port
+  port=$(free_port)
+  (cd "$EMU_NODE" && exec node github-simulator.mjs "$port") >"$JAAM_CACHE/github-simulator-$port.log" 2>&1 &
+  EMU_PIDS+=("$!")
+  trap emulators_stop EXIT
+  wait_for_port "$port" 60
+  export JAAM_TEST_GITHUB_SIMULATOR="http://127.0.0.1:$port"
+  export JAAM_TEST_NODE_MODULES="$EMU_NODE/node_modules"
+  echo "==> github-api-simulator at $JAAM_TEST_GITHUB_SIMULATOR" >&2
 }
 
 emulators_stop() {

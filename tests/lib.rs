@@ -5,6 +5,9 @@
 //! A test that needs an emulator panics with instructions when it is missing;
 //! it never skips.
 
+pub mod acme;
+pub mod github;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -374,18 +377,18 @@ impl FaultProxy {
     }
 }
 
-async fn proxy_one(
-    mut client: tokio::net::TcpStream,
-    upstream: &str,
-    fault: bool,
-) -> std::io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// Reads one whole HTTP/1.1 request (head and `content-length` body); `None`
+/// when the client closed first. Returns the bytes and where the body starts.
+pub async fn read_request(
+    client: &mut tokio::net::TcpStream,
+) -> std::io::Result<Option<(Vec<u8>, usize)>> {
+    use tokio::io::AsyncReadExt;
     let mut request = Vec::new();
     let mut buffer = [0u8; 16384];
     let header_end = loop {
         let read = client.read(&mut buffer).await?;
         if read == 0 {
-            return Ok(());
+            return Ok(None);
         }
         request.extend_from_slice(&buffer[..read]);
         if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -405,6 +408,34 @@ async fn proxy_one(
         }
         request.extend_from_slice(&buffer[..read]);
     }
+    Ok(Some((request, header_end)))
+}
+
+/// Sends `request` to `upstream` and copies the whole answer back to `client`.
+pub async fn forward(
+    mut client: tokio::net::TcpStream,
+    upstream: &str,
+    request: &[u8],
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = tokio::net::TcpStream::connect(upstream).await?;
+    server.write_all(request).await?;
+    let mut response = Vec::new();
+    server.read_to_end(&mut response).await?;
+    client.write_all(&response).await?;
+    client.shutdown().await
+}
+
+async fn proxy_one(
+    mut client: tokio::net::TcpStream,
+    upstream: &str,
+    fault: bool,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let Some((request, header_end)) = read_request(&mut client).await? else {
+        return Ok(());
+    };
+    let head = String::from_utf8_lossy(&request[..header_end]).to_ascii_lowercase();
     if fault {
         let service = head
             .split("/aws4_request")
@@ -431,12 +462,7 @@ async fn proxy_one(
         client.write_all(response.as_bytes()).await?;
         return client.shutdown().await;
     }
-    let mut server = tokio::net::TcpStream::connect(upstream).await?;
-    server.write_all(&request).await?;
-    let mut response = Vec::new();
-    server.read_to_end(&mut response).await?;
-    client.write_all(&response).await?;
-    client.shutdown().await
+    forward(client, upstream, &request).await
 }
 
 /// The value of an SSM parameter on moto (the AMI the public parameter names).
@@ -445,6 +471,23 @@ pub async fn ssm_parameter(name: &str) -> String {
     let answer = client
         .get_parameter()
         .name(name)
+        .send()
+        .await
+        .expect("GetParameter");
+    answer
+        .parameter()
+        .and_then(|p| p.value())
+        .expect("value")
+        .to_owned()
+}
+
+/// The decrypted value of a SecureString parameter on moto.
+pub async fn ssm_parameter_decrypted(name: &str) -> String {
+    let client = aws_sdk_ssm::Client::new(&aws_config().await);
+    let answer = client
+        .get_parameter()
+        .name(name)
+        .with_decryption(true)
         .send()
         .await
         .expect("GetParameter");

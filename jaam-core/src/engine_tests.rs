@@ -397,6 +397,37 @@ async fn drift_should_be_reported_before_the_correction() {
 }
 
 #[tokio::test]
+async fn a_resource_the_provider_reports_due_should_be_updated_with_the_reason() {
+    let h = harness();
+    let (_, report, _) = h.apply(CHAIN).await;
+    let a = report.state.resources[&addr("fake.a")].id.clone();
+    h.fake.set_due(&a, "renewal due: expires in 3 days");
+    let plan = h.plan(CHAIN).await;
+    let change = plan.change(&addr("fake.a")).unwrap();
+    assert_eq!(change.action, Action::Update { changed: vec![] });
+    assert_eq!(
+        change.reason.as_deref(),
+        Some("renewal due: expires in 3 days")
+    );
+    assert!(plan.drift.is_empty(), "being due is not drift");
+    // It keeps its identity: its dependents have nothing to do.
+    assert_eq!(plan.change(&addr("fake.b")).unwrap().action, Action::NoOp);
+    let text = squash(&render::text(&plan, Default::default()));
+    assert!(
+        text.contains("# fake.a will be updated in place (renewal due: expires in 3 days)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Plan: 0 to add, 1 to change, 0 to destroy."),
+        "{text}"
+    );
+    let (report, _) = h.apply_plan(&plan, CancellationToken::new()).await;
+    assert!(report.succeeded());
+    assert!(h.fake.calls().contains(&Call::Update(a)));
+    assert!(!h.plan(CHAIN).await.has_changes());
+}
+
+#[tokio::test]
 async fn interrupted_create_should_be_adopted_not_created_twice() {
     let h = harness();
     // What a crash leaves: the resource exists with its ownership tags, and state

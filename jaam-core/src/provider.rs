@@ -33,6 +33,11 @@ pub struct Observed {
     pub attributes: Attrs,
     /// The ownership tags, when the resource carries them.
     pub owner: Option<Owner>,
+    /// Why the resource needs an in-place update although its arguments match
+    /// (a certificate inside its renewal window: "expires in 12 days"). The plan
+    /// shows an update with this reason and the provider's `update` is called
+    /// with no changed arguments.
+    pub due: Option<String>,
 }
 
 /// The ownership tags jaam writes on every taggable resource.

@@ -44,6 +44,7 @@ pub struct FakeProvider {
     max_in_flight: AtomicU64,
     latency: Duration,
     record_calls: bool,
+    due: Mutex<BTreeMap<String, String>>,
     /// Called before every create; a `Some` error fails it.
     pub on_create: Option<Hook>,
     /// Called before every update with the resource's name; a `Some` error fails it.
@@ -85,6 +86,7 @@ impl FakeProvider {
             record_calls: true,
             on_create: None,
             on_update: None,
+            due: Mutex::default(),
         }
     }
 
@@ -145,6 +147,15 @@ impl FakeProvider {
         }
     }
 
+    /// Makes refresh report `id` as due for an update (like a certificate
+    /// inside its renewal window) until the next update of it.
+    pub fn set_due(&self, id: &str, reason: &str) {
+        self.due
+            .lock()
+            .expect("due mutex")
+            .insert(id.to_owned(), reason.to_owned());
+    }
+
     /// Deletes a resource behind jaam's back.
     pub fn remove(&self, id: &str) {
         self.cloud.lock().expect("cloud mutex").remove(id);
@@ -175,6 +186,7 @@ impl FakeProvider {
             id: id.to_owned(),
             attributes: attrs.clone(),
             owner: Some(owner.clone()),
+            due: None,
         }
     }
 }
@@ -192,12 +204,14 @@ impl Provider for FakeProvider {
     ) -> Result<Vec<Option<Observed>>> {
         self.log(Call::Refresh(targets.len()));
         let cloud = self.cloud.lock().expect("cloud mutex");
+        let due = self.due.lock().expect("due mutex");
         Ok(targets
             .iter()
             .map(|target| match target.id {
-                Some(id) => cloud
-                    .get(id)
-                    .map(|(attrs, owner)| Self::observed(id, attrs, owner)),
+                Some(id) => cloud.get(id).map(|(attrs, owner)| Observed {
+                    due: due.get(id).cloned(),
+                    ..Self::observed(id, attrs, owner)
+                }),
                 None => {
                     let name = target.attributes.get("name");
                     cloud
@@ -242,6 +256,7 @@ impl Provider for FakeProvider {
             id,
             attributes: attrs,
             owner: None,
+            due: None,
         })
     }
 
@@ -255,6 +270,7 @@ impl Provider for FakeProvider {
         _changed: &[String],
     ) -> Result<Observed> {
         self.log(Call::Update(id.to_owned()));
+        self.due.lock().expect("due mutex").remove(id);
         self.delay().await;
         let name = attributes
             .get("name")

@@ -39,6 +39,9 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&cli.global.log_format);
+    // Several TLS stacks meet in one process (AWS SDK, ACME, GitHub): pick one
+    // crypto provider for all of them.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -3,6 +3,7 @@
 //! the number of SDK-sized links down.
 
 mod bad_input;
+mod certificates;
 mod crash;
 mod fixtures;
 mod instances;
@@ -10,3 +11,4 @@ mod lock;
 mod log_groups;
 mod refresh_cost;
 mod s3_state;
+mod webhooks;

@@ -392,14 +392,25 @@ pub async fn compute(
             }
         }
         let existing = current.get(&addr).copied();
+        // A provider may ask for an update although the arguments match (renewal).
+        let due = existing
+            .and(observed.get(&addr))
+            .and_then(|found| found.as_ref()?.due.clone());
         let action = match existing {
             None => Action::Create,
-            Some(existing) => diff_arguments(schema, &salt, existing.attributes, &after),
+            Some(existing) => match diff_arguments(schema, &salt, existing.attributes, &after) {
+                Action::NoOp if due.is_some() => Action::Update {
+                    changed: Vec::new(),
+                },
+                action => action,
+            },
         };
         let keeps_identity = matches!(action, Action::NoOp | Action::Update { .. });
         // What dependents may read: computed attributes survive an in-place update
         // and are unknown for anything created.
         for attribute in schema.attributes.iter().filter(|a| !a.is_argument()) {
+            // A due update (a renewal) keeps the identity: dependents read the
+            // values they had, and catch up with a later plan if one changed.
             let value = match existing.filter(|_| keeps_identity) {
                 Some(existing) => existing
                     .attributes
@@ -425,8 +436,13 @@ pub async fn compute(
                 }
             }
         }
-        let reason = (existing.is_none() && recorded.resources.contains_key(&addr))
-            .then(|| "deleted outside jaam".to_owned());
+        let reason = if existing.is_none() && recorded.resources.contains_key(&addr) {
+            Some("deleted outside jaam".to_owned())
+        } else if matches!(action, Action::Update { .. }) {
+            due
+        } else {
+            None
+        };
         let change = ResourceChange {
             addr: addr.clone(),
             kind: addr.kind().to_owned(),

@@ -7,6 +7,14 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "aws")))]
 pub mod aws;
 
+#[cfg(feature = "acme")]
+#[cfg_attr(docsrs, doc(cfg(feature = "acme")))]
+pub mod acme;
+
+#[cfg(feature = "github")]
+#[cfg_attr(docsrs, doc(cfg(feature = "github")))]
+pub mod github;
+
 use crate::provider::Registry;
 
 /// A registry with every provider this build has, configured from the
@@ -16,6 +24,13 @@ pub async fn default_registry() -> Registry {
     #[allow(unused_mut)]
     let mut registry = Registry::new();
     #[cfg(feature = "aws")]
-    aws::register(&mut registry, &aws::load_config().await);
+    {
+        let config = aws::load_config().await;
+        aws::register(&mut registry, &config);
+        #[cfg(feature = "acme")]
+        registry.register(std::sync::Arc::new(acme::Certificates::new(&config, None)));
+        #[cfg(feature = "github")]
+        registry.register(std::sync::Arc::new(github::Webhooks::from_env(&config)));
+    }
     registry
 }

