@@ -19,7 +19,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct ResourceAddr {
     text: Arc<str>,
     dot: usize,
+    /// Where the kind starts: 0, or after the last dot of an expanded address.
+    kind_start: usize,
 }
+
+/// The composite kinds: their addresses expand into `composite.name.kind`.
+pub const COMPOSITES: [&str; 1] = ["site"];
 
 /// Why a string is not a resource address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,23 +55,45 @@ impl ResourceAddr {
     pub fn new(kind: impl Into<String>, name: impl Into<String>) -> Result<Self, AddrError> {
         let (kind, name): (String, String) = (kind.into(), name.into());
         if valid_part(&kind) && name.split('.').all(valid_part) {
+            let text = format!("{kind}.{name}");
+            // `site.blog.instance` is an `instance` that `site.blog` expanded into.
+            let kind_start = match name.rfind('.') {
+                Some(last) if COMPOSITES.contains(&kind.as_str()) => kind.len() + 1 + last + 1,
+                _ => 0,
+            };
             Ok(Self {
                 dot: kind.len(),
-                text: Arc::from(format!("{kind}.{name}")),
+                kind_start,
+                text: Arc::from(text),
             })
         } else {
             Err(AddrError::InvalidCharacter(format!("{kind}.{name}")))
         }
     }
 
-    /// The resource kind: `instance` in `instance.blog`.
+    /// The resource kind: `instance` in `instance.blog`, and in
+    /// `site.blog.instance` (what the composite `site.blog` expanded into).
     pub fn kind(&self) -> &str {
-        &self.text[..self.dot]
+        if self.kind_start == 0 {
+            &self.text[..self.dot]
+        } else {
+            &self.text[self.kind_start..]
+        }
     }
 
-    /// The resource name: `blog` in `instance.blog`.
+    /// The resource name: `blog` in `instance.blog`, `blog.instance` in
+    /// `site.blog.instance`.
     pub fn name(&self) -> &str {
         &self.text[self.dot + 1..]
+    }
+
+    /// The composite this address was expanded from: `site.blog` for
+    /// `site.blog.instance`.
+    pub fn composite(&self) -> Option<ResourceAddr> {
+        if self.kind_start == 0 {
+            return None;
+        }
+        self.text[..self.kind_start - 1].parse().ok()
     }
 
     /// The whole address, `kind.name`.
@@ -132,5 +159,18 @@ mod tests {
         assert!("log group.x".parse::<ResourceAddr>().is_err());
         assert!("log_group.".parse::<ResourceAddr>().is_err());
         assert!("site.blog.instance".parse::<ResourceAddr>().is_ok());
+    }
+
+    #[test]
+    fn expanded_addresses_should_have_the_kind_they_expanded_into() {
+        let addr: ResourceAddr = "site.blog.instance".parse().unwrap();
+        assert_eq!(addr.kind(), "instance");
+        assert_eq!(addr.name(), "blog.instance");
+        assert_eq!(addr.composite(), Some("site.blog".parse().unwrap()));
+        let site: ResourceAddr = "site.blog".parse().unwrap();
+        assert_eq!(site.kind(), "site");
+        assert_eq!(site.composite(), None);
+        let dotted: ResourceAddr = "log_group.a.b".parse().unwrap();
+        assert_eq!(dotted.kind(), "log_group");
     }
 }

@@ -794,8 +794,25 @@ async fn run_node(
                 };
                 let observed = match provider.create(shared.context, &owner, &attributes).await {
                     Ok(observed) => observed,
-                    Err(source) => {
-                        finals.push(failed(intent, addr, &source));
+                    Err(mut source) => {
+                        // Made but not finished: record what exists, and fail.
+                        let record = match source.partial.take() {
+                            Some(partial) => Record::Outcome {
+                                intent,
+                                addr: addr.clone(),
+                                result: Outcome::Written {
+                                    resource: sealed(
+                                        shared,
+                                        schema,
+                                        change,
+                                        partial.id,
+                                        partial.attributes,
+                                    ),
+                                },
+                            },
+                            None => failed(intent, addr, &source),
+                        };
+                        finals.push(record);
                         return Err(provider_error("create", source));
                     }
                 };

@@ -128,6 +128,10 @@ pub struct ProviderError {
     /// The underlying error.
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// A create that made the resource but failed a later step (an instance
+    /// running whose first deploy failed): what exists, so state records it
+    /// instead of losing it. The apply still fails.
+    pub partial: Option<Box<Observed>>,
 }
 
 impl ProviderError {
@@ -137,7 +141,15 @@ impl ProviderError {
             kind,
             message: message.into(),
             source: None,
+            partial: None,
         }
+    }
+
+    /// Records what a failed create did make (see [`ProviderError::partial`]).
+    #[must_use]
+    pub fn with_partial(mut self, observed: Observed) -> Self {
+        self.partial = Some(Box::new(observed));
+        self
     }
 
     /// Attaches the underlying error.

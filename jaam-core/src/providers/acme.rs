@@ -70,8 +70,7 @@ use sha2::{Digest, Sha256};
 
 use super::aws::parameters::{self, Parameters};
 use super::aws::route53::Records;
-use super::aws::{CallCounter, classify};
-use crate::backoff::{self, Backoff};
+use super::aws::CallCounter;
 use crate::provider::{
     Context, ErrorKind, Observed, Owner, Provider, ProviderError, RefreshTarget, Result,
 };
@@ -89,13 +88,6 @@ const ORDER_POLL: RetryPolicy = RetryPolicy::new()
     .initial_delay(Duration::from_millis(250))
     .backoff(2.0)
     .timeout(Duration::from_secs(300));
-
-/// How long to wait for an SSM command on an instance.
-const COMMAND: Backoff = Backoff {
-    initial: Duration::from_millis(200),
-    max: Duration::from_secs(5),
-    deadline: Duration::from_secs(300),
-};
 
 fn check_key_type(value: &Value) -> Result<(), String> {
     match value.as_str() {
@@ -589,13 +581,15 @@ impl Certificates {
             "if command -v nginx >/dev/null 2>&1; then nginx -t && systemctl reload nginx; fi"
                 .to_owned(),
         ];
-        send_command(
+        super::aws::ssm::send_command(
             self.parameters.client(),
             instances,
             &format!("jaam: install certificate {name}"),
             script,
+            super::aws::ssm::COMMAND,
         )
         .await
+        .map(|_| ())
     }
 
     fn observed(
@@ -682,71 +676,6 @@ fn file_name(addr: &str) -> String {
     addr.split_once('.')
         .map_or(addr, |(_, name)| name)
         .replace(['/', ' '], "_")
-}
-
-/// Runs a shell script on `instances` with SSM SendCommand and waits, with
-/// backoff under a deadline, until each has a terminal status.
-///
-/// # Errors
-/// A failed call, a command that did not succeed on an instance (with its
-/// error output), or a transient error at the deadline.
-pub async fn send_command(
-    client: &aws_sdk_ssm::Client,
-    instances: &[String],
-    comment: &str,
-    script: Vec<String>,
-) -> Result<()> {
-    let answer = client
-        .send_command()
-        .document_name("AWS-RunShellScript")
-        .set_instance_ids(Some(instances.to_vec()))
-        .comment(comment)
-        .parameters("commands", script)
-        .send()
-        .await
-        .map_err(|e| classify("SendCommand", e))?;
-    let command_id = answer
-        .command()
-        .and_then(|command| command.command_id())
-        .unwrap_or_default()
-        .to_owned();
-    for instance in instances {
-        let outcome = backoff::poll(COMMAND, || async {
-            let invocation = match client
-                .get_command_invocation()
-                .command_id(&command_id)
-                .instance_id(instance)
-                .send()
-                .await
-            {
-                Ok(invocation) => invocation,
-                // Right after SendCommand the invocation may not exist yet.
-                Err(error) => {
-                    let error = classify("GetCommandInvocation", error);
-                    if error.message.contains("InvocationDoesNotExist") {
-                        return Ok(None);
-                    }
-                    return Err(error);
-                }
-            };
-            use aws_sdk_ssm::types::CommandInvocationStatus as Status;
-            match invocation.status() {
-                Some(Status::Success) => Ok(Some(())),
-                Some(Status::Pending | Status::InProgress | Status::Delayed) | None => Ok(None),
-                Some(status) => Err(ProviderError::new(
-                    ErrorKind::Other,
-                    format!(
-                        "command on {instance} ended {}: {}",
-                        status.as_str(),
-                        invocation.standard_error_content().unwrap_or("").trim()
-                    ),
-                )),
-            }
-        })
-        .await;
-        super::aws::waited(outcome, || format!("command on {instance} did not finish"))?;
-    }
-    Ok(())
 }
 
 #[async_trait]

@@ -11,6 +11,16 @@
 //! - `key_name`, `iam_instance_profile` (by name), `user_data`, `root_volume_gb`
 //!   (AWS's default when unset): **replace**.
 //! - `tags`: **in place**.
+//! - `revision` (optional): a git commit the instance should serve. At create
+//!   (once running) and whenever it changes, **in place**, apply runs
+//!   `deploy_command REVISION` (default `/opt/jaam/bin/deploy`, which a
+//!   `site`'s user data installs) over SSM Run Command and waits for it; a
+//!   failed deploy fails the apply with the tail of its output (the build log)
+//!   and leaves the recorded revision as it was. A revision written as
+//!   `github:owner/repo@branch` is resolved to the branch head at plan time
+//!   (through the resolver given with [`Instances::with_heads`]), so a plan
+//!   shows the commit it will deploy.
+//! - `deploy_command`: **in place**, used by the next deploy.
 //!
 //! Computed: `id`, `public_ip`, `private_ip`, `public_dns`, `state`.
 //!
@@ -57,6 +67,22 @@ const WAIT: Backoff = Backoff {
     deadline: Duration::from_secs(900),
 };
 
+/// Where a `site`'s user data installs its deploy script.
+pub const DEPLOY_COMMAND: &str = "/opt/jaam/bin/deploy";
+
+/// The prefix of a revision to resolve to a branch head at plan time.
+pub const BRANCH_HEAD: &str = "github:";
+
+/// Resolves `(owner/repo, branch)` to the branch's head commit.
+pub type HeadResolver = std::sync::Arc<
+    dyn Fn(String, String) -> futures::future::BoxFuture<'static, Result<String>> + Send + Sync,
+>;
+
+/// Splits `github:owner/repo@branch`.
+pub fn parse_branch_head(revision: &str) -> Option<(&str, &str)> {
+    revision.strip_prefix(BRANCH_HEAD)?.split_once('@')
+}
+
 /// The `instance` schema.
 pub fn schema() -> Schema {
     let string_list = || Type::List(Box::new(Type::String));
@@ -82,6 +108,9 @@ pub fn schema() -> Schema {
             },
             Attribute::optional("tags", Type::Map(Box::new(Type::String)))
                 .default_value(Value::Map(BTreeMap::new())),
+            Attribute::optional("revision", Type::String),
+            Attribute::optional("deploy_command", Type::String)
+                .default_value(DEPLOY_COMMAND),
             Attribute::computed("id", Type::String),
             Attribute::computed("public_ip", Type::String),
             Attribute::computed("private_ip", Type::String),
@@ -98,11 +127,17 @@ pub fn schema() -> Schema {
 }
 
 /// The EC2 provider.
-#[derive(Debug)]
 pub struct Instances {
     ec2: Ec2Client,
     ssm: SsmClient,
     schema: Schema,
+    heads: Option<HeadResolver>,
+}
+
+impl std::fmt::Debug for Instances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instances").finish_non_exhaustive()
+    }
 }
 
 fn text(attributes: &Attrs, name: &str) -> Option<String> {
@@ -174,10 +209,13 @@ fn observe(instance: &Instance, known: &Attrs) -> Observed {
         "user_data".into(),
         known.get("user_data").cloned().unwrap_or(Value::Null),
     );
-    attributes.insert(
-        "root_volume_gb".into(),
-        known.get("root_volume_gb").cloned().unwrap_or(Value::Null),
-    );
+    // Neither can be read from EC2: kept as recorded.
+    for name in ["root_volume_gb", "revision", "deploy_command"] {
+        attributes.insert(
+            name.into(),
+            known.get(name).cloned().unwrap_or(Value::Null),
+        );
+    }
     attributes.insert(
         "tags".into(),
         Value::Map(
@@ -216,7 +254,43 @@ impl Instances {
             ec2: Ec2Client::from_conf(ec2.build()),
             ssm: SsmClient::from_conf(ssm.build()),
             schema: schema(),
+            heads: None,
         }
+    }
+
+    /// Resolves `github:owner/repo@branch` revisions with `heads`.
+    #[must_use]
+    pub fn with_heads(mut self, heads: HeadResolver) -> Self {
+        self.heads = Some(heads);
+        self
+    }
+
+    /// Runs the deploy command for `attributes`' revision on `id`, if it has one.
+    async fn deploy(&self, id: &str, attributes: &Attrs) -> Result<()> {
+        let Some(revision) = text(attributes, "revision") else {
+            return Ok(());
+        };
+        if revision.starts_with(BRANCH_HEAD) || !revision.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c)) {
+            return Err(ProviderError::new(
+                ErrorKind::Invalid,
+                format!("revision `{revision}` is not a commit or branch name"),
+            ));
+        }
+        let command = text(attributes, "deploy_command").unwrap_or_else(|| DEPLOY_COMMAND.to_owned());
+        tracing::info!(instance = id, %revision, "deploying");
+        super::ssm::send_command(
+            &self.ssm,
+            &[id.to_owned()],
+            &format!("jaam: deploy {revision}"),
+            vec![format!("{command} {revision}")],
+            super::ssm::DEPLOY,
+        )
+        .await
+        .map_err(|error| ProviderError {
+            message: format!("deploy of {revision} failed: {}", error.message),
+            ..error
+        })?;
+        Ok(())
     }
 
     /// Every instance matching `filter`, through all pages (1,000 per page).
@@ -307,6 +381,39 @@ impl Instances {
         })
     }
 
+    /// Branch heads for `github:owner/repo@branch` revisions, one call per branch.
+    async fn resolve_heads(&self, desired: &[&Attrs]) -> Result<Vec<Rewrite>> {
+        let mut wanted: Vec<String> = desired
+            .iter()
+            .filter_map(|attrs| text(attrs, "revision"))
+            .filter(|revision| revision.starts_with(BRANCH_HEAD))
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        let mut rewrites = Vec::new();
+        for revision in wanted {
+            let (repo, branch) = parse_branch_head(&revision).ok_or_else(|| {
+                ProviderError::new(
+                    ErrorKind::Invalid,
+                    format!("`{revision}` is not github:owner/repo@branch"),
+                )
+            })?;
+            let heads = self.heads.as_ref().ok_or_else(|| {
+                ProviderError::new(
+                    ErrorKind::Invalid,
+                    format!("cannot resolve `{revision}`: this build has no GitHub client"),
+                )
+            })?;
+            let sha = heads(repo.to_owned(), branch.to_owned()).await?;
+            rewrites.push(Rewrite {
+                attribute: "revision".into(),
+                from: Value::String(revision.clone()),
+                to: Value::String(sha),
+            });
+        }
+        Ok(rewrites)
+    }
+
     async fn resolve_amis(&self, paths: Vec<String>) -> Result<HashMap<String, String>> {
         let mut out = HashMap::new();
         for chunk in paths.chunks(10) {
@@ -344,6 +451,7 @@ impl Provider for Instances {
     }
 
     async fn prepare(&self, _context: &Context, desired: &[&Attrs]) -> Result<Vec<Rewrite>> {
+        let mut rewrites = self.resolve_heads(desired).await?;
         let mut paths: Vec<String> = desired
             .iter()
             .filter_map(|attrs| text(attrs, "ami"))
@@ -352,17 +460,15 @@ impl Provider for Instances {
         paths.sort();
         paths.dedup();
         if paths.is_empty() {
-            return Ok(Vec::new());
+            return Ok(rewrites);
         }
         let resolved = self.resolve_amis(paths).await?;
-        Ok(resolved
-            .into_iter()
-            .map(|(path, ami)| Rewrite {
-                attribute: "ami".into(),
-                from: Value::String(path),
-                to: Value::String(ami),
-            })
-            .collect())
+        rewrites.extend(resolved.into_iter().map(|(path, ami)| Rewrite {
+            attribute: "ami".into(),
+            from: Value::String(path),
+            to: Value::String(ami),
+        }));
+        Ok(rewrites)
     }
 
     async fn refresh(
@@ -506,7 +612,19 @@ impl Provider for Instances {
                     format!("instance `{id}` not visible after launch"),
                 )
             })?;
-        Ok(observe(instance, attributes))
+        let observed = observe(instance, attributes);
+        // The instance exists whatever the deploy does: a failed first deploy
+        // is recorded with no revision, so the next apply deploys again.
+        if let Err(error) = self.deploy(&id, attributes).await {
+            let mut partial = observed;
+            partial.attributes.insert("revision".into(), Value::Null);
+            return Err(ProviderError {
+                message: format!("instance `{id}` is running, but its {}", error.message),
+                ..error
+            }
+            .with_partial(partial));
+        }
+        Ok(observed)
     }
 
     async fn update(
@@ -596,6 +714,9 @@ impl Provider for Instances {
             .ok_or_else(|| {
                 ProviderError::new(ErrorKind::NotFound, format!("instance `{id}` disappeared"))
             })?;
+        if changed.iter().any(|c| c == "revision" || c == "instance_type") {
+            self.deploy(id, attributes).await?;
+        }
         Ok(observe(instance, attributes))
     }
 

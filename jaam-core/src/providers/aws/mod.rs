@@ -11,6 +11,7 @@ pub mod ec2;
 pub mod logs;
 pub mod parameters;
 pub mod route53;
+pub mod ssm;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
