@@ -21,10 +21,25 @@ emulators_install() {
     python3 -m venv "$EMU_VENV"
     "$EMU_VENV/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
   fi
-  # Pebble (ACME CA + its DNS test server) from Debian.
-  if ! command -v pebble >/dev/null || ! command -v pebble-challtestsrv >/dev/null; then
-    echo "==> installing pebble from Debian" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pebble >/dev/null
+  # From Debian: Pebble (ACME CA + its DNS test server), nginx (the deploy
+  # script is run for real behind it) and shellcheck (lints generated scripts).
+  local missing=()
+  command -v pebble >/dev/null && command -v pebble-challtestsrv >/dev/null || missing+=(pebble)
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+  command -v shellcheck >/dev/null || missing+=(shellcheck)
+  command -v git >/dev/null || missing+=(git)
+  command -v curl >/dev/null || missing+=(curl)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "==> installing ${missing[*]} from Debian" >&2
+    apt-get update -qq
+    # Debian would start nginx on port 80 after installing it: not wanted here.
+    local policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      policy=/usr/sbin/policy-rc.d
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy"
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    if [ -n "$policy" ]; then rm -f "$policy"; fi
   fi
   # GitHub's schema-validating simulator, webhook payloads and signer from npm.
   mkdir -p "$EMU_NODE"

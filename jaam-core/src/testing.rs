@@ -90,6 +90,14 @@ impl FakeProvider {
         }
     }
 
+    /// A fake with another kind's schema (to load specs that use real kinds).
+    pub fn with_schema(schema: Schema) -> Self {
+        Self {
+            schema,
+            ..Self::new("fake")
+        }
+    }
+
     /// Adds `latency` to every create, update and delete.
     #[must_use]
     pub fn with_latency(mut self, latency: Duration) -> Self {

@@ -11,4 +11,5 @@ mod lock;
 mod log_groups;
 mod refresh_cost;
 mod s3_state;
+mod sites;
 mod webhooks;

@@ -42,8 +42,9 @@
 //! SSM SendCommand (`AWS-RunShellScript`) makes each instance read the two
 //! parameters itself (`aws ssm get-parameter --with-decryption`; its instance
 //! profile needs `ssm:GetParameter` on the path), write
-//! `/etc/jaam/tls/<name>/fullchain.pem` and `privkey.pem` (mode 0600), and
-//! reload nginx when it is installed. The key never travels in the command.
+//! `/etc/jaam/tls/<name>/fullchain.pem` and `privkey.pem` (mode 0600), then
+//! run `/etc/jaam/tls/<name>/on-install` when it exists (a `site` puts one
+//! there that switches its nginx to HTTPS), else reload nginx when installed. The key never travels in the command.
 //! Apply waits for every instance's result with backoff.
 //!
 //! # Decisions
@@ -68,9 +69,9 @@ use instant_acme::{
 };
 use sha2::{Digest, Sha256};
 
+use super::aws::CallCounter;
 use super::aws::parameters::{self, Parameters};
 use super::aws::route53::Records;
-use super::aws::CallCounter;
 use crate::provider::{
     Context, ErrorKind, Observed, Owner, Provider, ProviderError, RefreshTarget, Result,
 };
@@ -578,8 +579,11 @@ impl Certificates {
             ),
             format!("mv {dir}/fullchain.pem.new {dir}/fullchain.pem"),
             format!("mv {dir}/privkey.pem.new {dir}/privkey.pem"),
-            "if command -v nginx >/dev/null 2>&1; then nginx -t && systemctl reload nginx; fi"
-                .to_owned(),
+            // A site installs a hook that switches its nginx to HTTPS.
+            format!(
+                "if [ -x {dir}/on-install ]; then {dir}/on-install; \
+                 elif command -v nginx >/dev/null 2>&1; then nginx -t && systemctl reload nginx; fi"
+            ),
         ];
         super::aws::ssm::send_command(
             self.parameters.client(),

@@ -134,18 +134,16 @@ impl Answer {
     }
 }
 
-/// The `webhook` provider.
-pub struct Webhooks {
-    schema: Schema,
+/// A GitHub REST client (octocrab) that waits out rate limits.
+#[derive(Clone)]
+pub struct Api {
     client: std::result::Result<octocrab::Octocrab, String>,
     token: bool,
-    parameters: Parameters,
 }
 
-impl Webhooks {
-    /// A provider for `base_url` with `token` (None: calls fail with a clear
-    /// error); secrets go to Parameter Store through `config`.
-    pub fn new(config: &SdkConfig, base_url: &str, token: Option<String>) -> Self {
+impl Api {
+    /// A client for `base_url` with `token` (None: calls fail with a clear error).
+    pub fn new(base_url: &str, token: Option<String>) -> Self {
         let mut builder = octocrab::Octocrab::builder();
         let has_token = token.is_some();
         if let Some(token) = token {
@@ -162,20 +160,51 @@ impl Webhooks {
                     .map_err(|e| format!("GitHub client: {e}"))
             });
         Self {
-            schema: schema(),
             client,
             token: has_token,
-            parameters: Parameters::new(config, None),
         }
     }
 
-    /// A provider configured from `GITHUB_API_URL`/`JAAM_GITHUB_API_URL` and `GITHUB_TOKEN`.
-    pub fn from_env(config: &SdkConfig) -> Self {
+    /// A client configured from `GITHUB_API_URL`/`JAAM_GITHUB_API_URL` and `GITHUB_TOKEN`.
+    pub fn from_env() -> Self {
         let base = std::env::var("JAAM_GITHUB_API_URL")
             .or_else(|_| std::env::var("GITHUB_API_URL"))
             .unwrap_or_else(|_| GITHUB_API.to_owned());
         let token = std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty());
-        Self::new(config, &base, token)
+        Self::new(&base, token)
+    }
+
+    /// The head commit of `branch` in `repo` (`owner/name`).
+    ///
+    /// # Errors
+    /// A failed call, or an unknown repository or branch.
+    pub async fn branch_head(&self, repo: &str, branch: &str) -> Result<String> {
+        let answer = self
+            .expect(
+                Method::GET,
+                &format!("/repos/{repo}/branches/{branch}"),
+                None,
+            )
+            .await
+            .map_err(|error| ProviderError {
+                message: format!("head of `{repo}@{branch}`: {}", error.message),
+                ..error
+            })?;
+        answer
+            .json("branch")?
+            .pointer("/commit/sha")
+            .and_then(Json::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| ProviderError::new(ErrorKind::Other, "branch without a commit"))
+    }
+
+    /// [`Api::branch_head`] as the instance provider's revision resolver.
+    pub fn head_resolver(&self) -> super::aws::ec2::HeadResolver {
+        let api = self.clone();
+        std::sync::Arc::new(move |repo, branch| {
+            let api = api.clone();
+            Box::pin(async move { api.branch_head(&repo, &branch).await })
+        })
     }
 
     /// Sends one request, waiting out rate limits.
@@ -245,12 +274,42 @@ impl Webhooks {
             format!("{method} {path}: {} {message}", answer.status.as_u16()),
         ))
     }
+}
+
+/// The `webhook` provider.
+pub struct Webhooks {
+    schema: Schema,
+    api: Api,
+    parameters: Parameters,
+}
+
+impl Webhooks {
+    /// A provider for `base_url` with `token` (None: calls fail with a clear
+    /// error); secrets go to Parameter Store through `config`.
+    pub fn new(config: &SdkConfig, base_url: &str, token: Option<String>) -> Self {
+        Self::with_api(config, Api::new(base_url, token))
+    }
+
+    /// A provider using `api`.
+    pub fn with_api(config: &SdkConfig, api: Api) -> Self {
+        Self {
+            schema: schema(),
+            api,
+            parameters: Parameters::new(config, None),
+        }
+    }
+
+    /// A provider configured from the environment (see [`Api::from_env`]).
+    pub fn from_env(config: &SdkConfig) -> Self {
+        Self::with_api(config, Api::from_env())
+    }
 
     /// Every hook of `repo`, following pagination.
     async fn hooks(&self, repo: &str) -> Result<Vec<Json>> {
         let mut hooks = Vec::new();
         for page in 1.. {
             let answer = self
+                .api
                 .expect(
                     Method::GET,
                     &format!("/repos/{repo}/hooks?per_page=100&page={page}"),
@@ -497,6 +556,7 @@ impl Provider for Webhooks {
             }
         };
         let answer = self
+            .api
             .expect(
                 Method::POST,
                 &format!("/repos/{repo}/hooks"),
@@ -527,6 +587,7 @@ impl Provider for Webhooks {
                 .unwrap_or(Value::Null),
         );
         let answer = self
+            .api
             .expect(
                 Method::PATCH,
                 &format!("/repos/{repo}/hooks/{hook_id}"),
@@ -540,6 +601,7 @@ impl Provider for Webhooks {
     async fn delete(&self, _context: &Context, id: &str, prior: &Attrs) -> Result<()> {
         let (repo, hook_id) = split_id(id)?;
         match self
+            .api
             .expect(
                 Method::DELETE,
                 &format!("/repos/{repo}/hooks/{hook_id}"),
@@ -560,6 +622,7 @@ impl Provider for Webhooks {
     async fn import(&self, _context: &Context, id: &str) -> Result<Observed> {
         let (repo, hook_id) = split_id(id)?;
         let answer = self
+            .api
             .expect(Method::GET, &format!("/repos/{repo}/hooks/{hook_id}"), None)
             .await?;
         observe(repo, &answer.json("hook")?, &Attrs::new(), None)

@@ -30,7 +30,15 @@ pub async fn default_registry() -> Registry {
         #[cfg(feature = "acme")]
         registry.register(std::sync::Arc::new(acme::Certificates::new(&config, None)));
         #[cfg(feature = "github")]
-        registry.register(std::sync::Arc::new(github::Webhooks::from_env(&config)));
+        {
+            let api = github::Api::from_env();
+            registry.register(std::sync::Arc::new(
+                aws::ec2::Instances::new(&config, None).with_heads(api.head_resolver()),
+            ));
+            registry.register(std::sync::Arc::new(github::Webhooks::with_api(
+                &config, api,
+            )));
+        }
     }
     registry
 }

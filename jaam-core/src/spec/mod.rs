@@ -21,6 +21,7 @@
 //! converted to the provider's typed struct with serde.
 
 mod expr;
+pub mod site;
 mod yaml;
 
 use std::collections::BTreeMap;
@@ -487,6 +488,10 @@ impl Loader<'_> {
     }
 
     fn resource(&mut self, addr: ResourceAddr, location: Location, node: Node) {
+        if addr.kind() == "site" && addr.composite().is_none() {
+            self.site(addr, location, node);
+            return;
+        }
         if let Some(existing) = self.config.resources.get(&addr) {
             let first = existing.location.clone();
             self.error(
@@ -498,7 +503,7 @@ impl Loader<'_> {
             return;
         }
         let Some(schema) = self.registry.schema(addr.kind()) else {
-            let kinds: Vec<&str> = self.registry.kinds().collect();
+            let kinds: Vec<&str> = self.registry.kinds().chain(["site"]).collect();
             let hint = did_you_mean(addr.kind(), kinds.iter().copied()).map_or_else(
                 || format!("known kinds: {}", kinds.join(", ")),
                 |m| format!("did you mean `{m}`?"),
@@ -512,6 +517,68 @@ impl Loader<'_> {
             return;
         };
         let schema = schema.clone();
+        if let Some(spec) = self.arguments(&addr, &schema, location, node) {
+            self.config.resources.insert(addr, spec);
+        }
+    }
+
+    /// Expands `site.<name>` into its primitives (see [`site`]).
+    fn site(&mut self, addr: ResourceAddr, location: Location, node: Node) {
+        let schema = site::schema();
+        let Some(spec) = self.arguments(&addr, &schema, location.clone(), node) else {
+            return;
+        };
+        // Site arguments shape the generated user data: no references to resources.
+        let mut referencing = false;
+        for (template, at) in spec.args.values().flat_map(Expr::templates) {
+            if let Some((target, _)) = template.resource_refs().next() {
+                self.diagnostics.push(Diagnostic {
+                    location: Some(at.clone()),
+                    addr: Some(addr.clone()),
+                    message: format!(
+                        "a site's arguments may read `${{env.…}}` but not other resources (`{target}`)"
+                    ),
+                    hint: Some(
+                        "declare what needs the reference as its own resource beside the site"
+                            .into(),
+                    ),
+                });
+                referencing = true;
+            }
+        }
+        if referencing {
+            return;
+        }
+        let attrs = evaluate_args(&spec, &schema, &|_, _| None, self.env);
+        for mut expanded in site::expand(&addr, &attrs, &spec.args, &location) {
+            if let Some(existing) = self.config.resources.get(&expanded.addr) {
+                let first = existing.location.clone();
+                self.error(
+                    &location,
+                    Some(&expanded.addr),
+                    format!("`{addr}` expands into an address declared at {first}"),
+                    Some("remove one of them".into()),
+                );
+                continue;
+            }
+            if expanded.addr.kind() == "instance" {
+                expanded.depends_on.extend(spec.depends_on.iter().cloned());
+            }
+            self.config
+                .resources
+                .insert(expanded.addr.clone(), expanded);
+        }
+    }
+
+    /// Checks a resource's arguments against `schema`: `None` when it is not a map.
+    fn arguments(
+        &mut self,
+        addr: &ResourceAddr,
+        schema: &Schema,
+        location: Location,
+        node: Node,
+    ) -> Option<ResourceSpec> {
+        let addr = addr.clone();
         let entries = match node.kind {
             NodeKind::Map(entries) => entries,
             NodeKind::Null => Vec::new(),
@@ -522,7 +589,7 @@ impl Loader<'_> {
                     "a resource must be a map of arguments".into(),
                     None,
                 );
-                return;
+                return None;
             }
         };
         let mut spec = ResourceSpec {
@@ -612,7 +679,7 @@ impl Loader<'_> {
                 );
             }
         }
-        self.config.resources.insert(addr, spec);
+        Some(spec)
     }
 
     fn depends_on(&mut self, addr: &ResourceAddr, node: Node) -> Vec<ResourceAddr> {

@@ -71,7 +71,7 @@ const WAIT: Backoff = Backoff {
 pub const DEPLOY_COMMAND: &str = "/opt/jaam/bin/deploy";
 
 /// The prefix of a revision to resolve to a branch head at plan time.
-pub const BRANCH_HEAD: &str = "github:";
+pub use crate::spec::site::BRANCH_HEAD;
 
 /// Resolves `(owner/repo, branch)` to the branch's head commit.
 pub type HeadResolver = std::sync::Arc<
@@ -109,8 +109,7 @@ pub fn schema() -> Schema {
             Attribute::optional("tags", Type::Map(Box::new(Type::String)))
                 .default_value(Value::Map(BTreeMap::new())),
             Attribute::optional("revision", Type::String),
-            Attribute::optional("deploy_command", Type::String)
-                .default_value(DEPLOY_COMMAND),
+            Attribute::optional("deploy_command", Type::String).default_value(DEPLOY_COMMAND),
             Attribute::computed("id", Type::String),
             Attribute::computed("public_ip", Type::String),
             Attribute::computed("private_ip", Type::String),
@@ -211,10 +210,7 @@ fn observe(instance: &Instance, known: &Attrs) -> Observed {
     );
     // Neither can be read from EC2: kept as recorded.
     for name in ["root_volume_gb", "revision", "deploy_command"] {
-        attributes.insert(
-            name.into(),
-            known.get(name).cloned().unwrap_or(Value::Null),
-        );
+        attributes.insert(name.into(), known.get(name).cloned().unwrap_or(Value::Null));
     }
     attributes.insert(
         "tags".into(),
@@ -270,13 +266,18 @@ impl Instances {
         let Some(revision) = text(attributes, "revision") else {
             return Ok(());
         };
-        if revision.starts_with(BRANCH_HEAD) || !revision.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c)) {
+        if revision.starts_with(BRANCH_HEAD)
+            || !revision
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
+        {
             return Err(ProviderError::new(
                 ErrorKind::Invalid,
                 format!("revision `{revision}` is not a commit or branch name"),
             ));
         }
-        let command = text(attributes, "deploy_command").unwrap_or_else(|| DEPLOY_COMMAND.to_owned());
+        let command =
+            text(attributes, "deploy_command").unwrap_or_else(|| DEPLOY_COMMAND.to_owned());
         tracing::info!(instance = id, %revision, "deploying");
         super::ssm::send_command(
             &self.ssm,
@@ -714,7 +715,10 @@ impl Provider for Instances {
             .ok_or_else(|| {
                 ProviderError::new(ErrorKind::NotFound, format!("instance `{id}` disappeared"))
             })?;
-        if changed.iter().any(|c| c == "revision" || c == "instance_type") {
+        if changed
+            .iter()
+            .any(|c| c == "revision" || c == "instance_type")
+        {
             self.deploy(id, attributes).await?;
         }
         Ok(observe(instance, attributes))

@@ -7,6 +7,8 @@
 #                     first, for server apps), then keep the last @@KEEP@@ releases
 #   deploy rollback   switch back to the release before the current one, at once
 #   deploy current    print the sha being served
+#   deploy run PORT   run the app of the release on PORT's slot (the
+#                     systemd unit's ExecStart; no lock)
 #
 # A failed build changes nothing: the previous release keeps serving. Build
 # output goes to logs/build.log (the CloudWatch agent ships it to the site's
@@ -21,13 +23,18 @@ NAME=@@NAME@@
 ROOT="${JAAM_SITE_ROOT:-@@ROOT@@}"
 REPO_URL=@@REPO_URL@@
 FRAMEWORK=@@FRAMEWORK@@
+# The commands run later through `bash -c`: their `$` expand then, not here.
+# shellcheck disable=SC2016
 INSTALL_CMD=@@INSTALL@@
+# shellcheck disable=SC2016
 BUILD_CMD=@@BUILD@@
+# shellcheck disable=SC2016
 START_CMD=@@START@@
 OUTPUT_DIR=@@OUTPUT_DIR@@
 PORTS=(@@PORT_A@@ @@PORT_B@@)
 KEEP=@@KEEP@@
 NGINX_RELOAD="${JAAM_NGINX_RELOAD:-systemctl reload nginx}"
+FETCH_SECRETS="${JAAM_FETCH_SECRETS:-/opt/jaam/bin/fetch-secrets}"
 
 LOG="$ROOT/logs/build.log"
 mkdir -p "$ROOT/releases" "$ROOT/logs" "$ROOT/run"
@@ -40,6 +47,16 @@ log() {
 fail() {
   log "error: $*"
   exit 1
+}
+
+# Exports the site's variables: plain ones, then secrets fetched at deploy.
+load_env() {
+  set -a
+  # shellcheck disable=SC1091
+  if [ -f "$ROOT/env" ]; then . "$ROOT/env"; fi
+  # shellcheck disable=SC1091
+  if [ -f "$ROOT/env.secrets" ]; then . "$ROOT/env.secrets"; fi
+  set +a
 }
 
 current_sha() {
@@ -69,14 +86,8 @@ app_start() {
   mv -T "$ROOT/slot-$2.new" "$ROOT/slot-$2"
   if [ "${JAAM_NO_SYSTEMD:-}" = "1" ]; then
     app_stop "$2"
-    (
-      cd "$ROOT/slot-$2"
-      set -a
-      # shellcheck disable=SC1091
-      [ -f "$ROOT/env" ] && . "$ROOT/env"
-      set +a
-      PORT="$2" exec setsid bash -c "$START_CMD"
-    ) >>"$ROOT/logs/app.log" 2>&1 &
+    # (fd 9 is the deploy lock: the app must not keep it.)
+    setsid bash "$0" run "$2" >>"$ROOT/logs/app.log" 2>&1 9>&- &
     echo "$!" >"$ROOT/run/app-$2.pid"
   else
     systemctl restart "jaam-site-$NAME@$2.service"
@@ -94,16 +105,17 @@ app_stop() {
   fi
 }
 
-# Waits, with backoff under a deadline, until the app answers on port $1.
+# Waits, with backoff (0.1 s doubling to 2 s) under a 60 s deadline, until
+# the app answers on port $1.
 wait_healthy() {
-  local delay=0.1 waited=0
-  while ! curl -fsS -o /dev/null "http://127.0.0.1:$1/"; do
-    if [ "$(printf '%s > 60\n' "$waited" | bc)" = "1" ]; then
+  local delay=1 waited=0
+  while ! curl -fs -o /dev/null "http://127.0.0.1:$1/"; do
+    if [ "$waited" -ge 600 ]; then
       return 1
     fi
-    sleep "$delay"
-    waited=$(printf '%s + %s\n' "$waited" "$delay" | bc)
-    delay=$(printf 'if (%s * 2 > 2) 2 else %s * 2\n' "$delay" "$delay" | bc)
+    sleep "$((delay / 10)).$((delay % 10))"
+    waited=$((waited + delay))
+    delay=$((delay * 2 > 20 ? 20 : delay * 2))
   done
 }
 
@@ -126,7 +138,7 @@ activate() {
   printf 'server 127.0.0.1:%s;\n' "$new" >"$ROOT/upstream.conf.new"
   mv -T "$ROOT/upstream.conf.new" "$ROOT/upstream.conf"
   echo "$new" >"$ROOT/run/port"
-  $NGINX_RELOAD
+  bash -c "$NGINX_RELOAD"
   switch_to "$sha"
   if [ -n "$old" ] && [ "$old" != "$new" ]; then
     # Let nginx's old workers finish their requests first.
@@ -142,10 +154,7 @@ build() {
   git -C "$ROOT/repo.git" archive "$sha" | tar -x -C "$work"
   (
     cd "$work"
-    set -a
-    # shellcheck disable=SC1091
-    [ -f "$ROOT/env" ] && . "$ROOT/env"
-    set +a
+    load_env
     if [ -n "$INSTALL_CMD" ]; then
       log "install: $INSTALL_CMD"
       bash -c "$INSTALL_CMD"
@@ -185,6 +194,9 @@ deploy() {
   local wanted="$1" sha previous
   previous=$(current_sha)
   log "deploy $wanted (serving ${previous:-nothing})"
+  if [ -x "$FETCH_SECRETS" ]; then
+    "$FETCH_SECRETS" || fail "could not read the site's secrets from SSM Parameter Store"
+  fi
   if [ ! -d "$ROOT/repo.git" ]; then
     git init --quiet --bare "$ROOT/repo.git"
   fi
@@ -221,12 +233,22 @@ rollback() {
   log "serving $target"
 }
 
-exec 9>"$ROOT/run/deploy.lock"
-flock 9
+run_app() {
+  cd "$ROOT/slot-$1"
+  load_env
+  PORT="$1"
+  export PORT
+  exec bash -c "$START_CMD"
+}
 
 case "${1:-}" in
-  rollback) rollback ;;
+  run) run_app "${2:?usage: deploy run PORT}" ;;
   current) current_sha ;;
   "") fail "usage: deploy REVISION | rollback | current" ;;
-  *) deploy "$1" ;;
+  *)
+    # One deploy or rollback at a time.
+    exec 9>"$ROOT/run/deploy.lock"
+    flock 9
+    if [ "$1" = "rollback" ]; then rollback; else deploy "$1"; fi
+    ;;
 esac

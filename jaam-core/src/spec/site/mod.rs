@@ -1,0 +1,756 @@
+//! `site`: one spec that deploys a GitHub repository, expanded like a module.
+//!
+//! ```yaml
+//! site.blog:
+//!   repo: acme/blog
+//!   framework: static        # nextjs | static | node
+//!   domain: blog.example.com
+//!   zone: example.com
+//!   webhook_url: https://jaam.example.com/hooks/github
+//! ```
+//!
+//! expands, when the specs load, into five primitives whose addresses are the
+//! site's plus their kind:
+//!
+//! | address | kind | what |
+//! |---|---|---|
+//! | `site.blog.log_group` | `log_group` | `/jaam/sites/<domain>`: build and app logs |
+//! | `site.blog.instance` | `instance` | builds and serves the app; user data installs node, nginx, git, the CloudWatch agent and the deploy script; `revision` is the commit it serves |
+//! | `site.blog.record` | `record` | `A <domain>` → the instance's public IP |
+//! | `site.blog.certificate` | `certificate` | for `<domain>`, installed on the instance (with `https`, the default) |
+//! | `site.blog.webhook` | `webhook` | push and pull_request deliveries to `webhook_url` (when set) |
+//!
+//! `jaam plan` and `jaam graph` show the expansion.
+//!
+//! # Arguments
+//! Site arguments may read `${env.NAME}` but not other resources (they shape
+//! the generated user data, which is fixed when the specs load).
+//! - `repo` (`owner/name`), `branch` (default `main`), `repo_url` (the clone
+//!   URL; default `https://github.com/<repo>.git`).
+//! - `framework`: `nextjs` (`npm start` behind nginx), `static` (the build
+//!   output served by nginx with a fallback to `index.html` for client-side
+//!   routes) or `node` (your `start` command behind nginx).
+//! - `install`, `build`, `start`: shell commands, with per-framework defaults
+//!   ([`Framework::defaults`]); `output_dir` (static, default `dist`);
+//!   `node_version` (default 20); `port` (server apps; the deploy script uses
+//!   it and the next one, alternately, for zero-downtime switches).
+//! - `env`: plain variables, written to the instance's env file (visible in
+//!   user data and state: nothing secret). `secrets`: variable → SSM Parameter
+//!   Store name; the deploy script reads them on the instance at deploy time,
+//!   so their values are never in user data or state.
+//! - `domain`, `zone`, `https` (default true), `acme_directory`, `contact_email`.
+//! - `instance_type` (default `t3.micro`), `ami` (default the latest Amazon
+//!   Linux 2023 through its SSM public parameter), `subnet_id`,
+//!   `security_group_ids`, `key_name`, `iam_instance_profile` (it needs SSM
+//!   managed-instance permissions, `ssm:GetParameter` on the site's secrets and
+//!   certificate, and CloudWatch Logs writes).
+//! - `revision`: the commit to serve; by default the branch head at plan time,
+//!   read through the GitHub API. A new revision is an in-place update of
+//!   `site.blog.instance` that runs the deploy script over SSM.
+//! - `webhook_url`, `webhook_secret` (sensitive; when unset jaam generates
+//!   one into Parameter Store), `log_retention_days` (default 14),
+//!   `keep_releases` (default 5).
+//!
+//! # On the instance
+//! Everything lives under `/srv/jaam/<site>`: `repo.git` (a bare mirror),
+//! `releases/<sha>` (one build each), `current` (a symlink to the release
+//! being served, switched with one rename), `logs/build.log` and
+//! `logs/app.log` (shipped to the log group as streams `build` and `app`).
+//! `/opt/jaam/bin/deploy REVISION | rollback | current` is the deploy script
+//! ([`deploy_script`]). nginx serves HTTP until the certificate is installed;
+//! the certificate's install hook then enables HTTPS and redirects HTTP to it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::{Expr, ExprKind, Location, ResourceSpec, Template};
+use crate::addr::ResourceAddr;
+use crate::schema::{Attribute, ReplaceOrder, Schema, Type};
+use crate::value::{Attrs, Value};
+
+/// The prefix of a revision resolved to a branch head at plan time
+/// (`github:owner/repo@branch`; see the `instance` kind).
+pub const BRANCH_HEAD: &str = "github:";
+
+/// The AMI a site runs on unless it says otherwise.
+pub const DEFAULT_AMI: &str =
+    "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64";
+
+/// The kinds of app a site builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framework {
+    /// Next.js, server-rendered: `npm start` behind nginx.
+    Nextjs,
+    /// A static build output served by nginx.
+    Static,
+    /// A Node server started with the site's `start` command.
+    Node,
+}
+
+/// The commands a framework builds and starts with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Commands {
+    /// Dependencies.
+    pub install: String,
+    /// The build.
+    pub build: String,
+    /// The server (empty for static sites).
+    pub start: String,
+}
+
+const NPM_INSTALL: &str = "if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi";
+
+impl Framework {
+    /// The framework named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "nextjs" => Some(Self::Nextjs),
+            "static" => Some(Self::Static),
+            "node" => Some(Self::Node),
+            _ => None,
+        }
+    }
+
+    /// Its name in specs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Nextjs => "nextjs",
+            Self::Static => "static",
+            Self::Node => "node",
+        }
+    }
+
+    /// Whether the app is a server behind nginx (not static files).
+    pub fn is_server(self) -> bool {
+        self != Self::Static
+    }
+
+    /// The default commands.
+    pub fn defaults(self) -> Commands {
+        let install = NPM_INSTALL.to_owned();
+        match self {
+            Self::Nextjs => Commands {
+                install,
+                build: "npm run build".into(),
+                start: "npm start -- -p \"$PORT\"".into(),
+            },
+            Self::Static => Commands {
+                install,
+                build: "npm run build".into(),
+                start: String::new(),
+            },
+            Self::Node => Commands {
+                install,
+                build: "if grep -q '\"build\"' package.json; then npm run build; fi".into(),
+                start: "npm start".into(),
+            },
+        }
+    }
+}
+
+fn check_framework(value: &Value) -> Result<(), String> {
+    match value.as_str() {
+        Some(name) if Framework::parse(name).is_some() => Ok(()),
+        _ => Err(format!(
+            "{} is not a framework jaam builds; use nextjs, static or node",
+            value.render()
+        )),
+    }
+}
+
+fn check_repo(value: &Value) -> Result<(), String> {
+    match value.as_str() {
+        Some(repo)
+            if repo.split_once('/').is_some_and(|(owner, name)| {
+                !owner.is_empty() && !name.is_empty() && !name.contains('/')
+            }) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "{} is not a repository; write owner/name",
+            value.render()
+        )),
+    }
+}
+
+fn check_secrets(value: &Value) -> Result<(), String> {
+    let Value::Map(map) = value else {
+        return Ok(());
+    };
+    for (name, parameter) in map {
+        if !is_env_name(name) {
+            return Err(format!("`{name}` is not an environment variable name"));
+        }
+        if !parameter.as_str().is_some_and(|p| p.starts_with('/')) {
+            return Err(format!(
+                "`{name}` must name an SSM parameter such as /blog/DATABASE_URL"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_env(value: &Value) -> Result<(), String> {
+    let Value::Map(map) = value else {
+        return Ok(());
+    };
+    match map.keys().find(|name| !is_env_name(name)) {
+        Some(name) => Err(format!("`{name}` is not an environment variable name")),
+        None => Ok(()),
+    }
+}
+
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The `site` schema (a composite: checked like a kind, then expanded).
+pub fn schema() -> Schema {
+    let strings = || Type::List(Box::new(Type::String));
+    let string_map = || Type::Map(Box::new(Type::String));
+    Schema {
+        kind: "site",
+        attributes: vec![
+            Attribute::required("repo", Type::String).checked(check_repo),
+            Attribute::optional("branch", Type::String).default_value("main"),
+            Attribute::optional("repo_url", Type::String),
+            Attribute::optional("framework", Type::String)
+                .default_value("static")
+                .checked(check_framework),
+            Attribute::optional("install", Type::String),
+            Attribute::optional("build", Type::String),
+            Attribute::optional("start", Type::String),
+            Attribute::optional("output_dir", Type::String).default_value("dist"),
+            Attribute::optional("node_version", Type::String).default_value("20"),
+            Attribute::optional("port", Type::Int).default_value(3000),
+            Attribute::optional("env", string_map())
+                .default_value(Value::Map(BTreeMap::new()))
+                .checked(check_env),
+            Attribute::optional("secrets", string_map())
+                .default_value(Value::Map(BTreeMap::new()))
+                .checked(check_secrets),
+            Attribute::required("domain", Type::String),
+            Attribute::required("zone", Type::String),
+            Attribute::optional("https", Type::Bool).default_value(true),
+            Attribute::optional("acme_directory", Type::String),
+            Attribute::optional("contact_email", Type::String),
+            Attribute::optional("instance_type", Type::String).default_value("t3.micro"),
+            Attribute::optional("ami", Type::String).default_value(DEFAULT_AMI),
+            Attribute::optional("subnet_id", Type::String),
+            Attribute::optional("security_group_ids", strings()),
+            Attribute::optional("key_name", Type::String),
+            Attribute::optional("iam_instance_profile", Type::String),
+            Attribute::optional("revision", Type::String),
+            Attribute::optional("webhook_url", Type::String),
+            Attribute::optional("webhook_secret", Type::String).sensitive(),
+            Attribute::optional("log_retention_days", Type::Int).default_value(14),
+            Attribute::optional("keep_releases", Type::Int).default_value(5),
+        ],
+        replace_order: ReplaceOrder::CreateThenDelete,
+        adoptable: false,
+        in_flight_grace: std::time::Duration::ZERO,
+    }
+}
+
+/// A site's arguments, evaluated (defaults applied).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Site {
+    /// The site's name (`blog` in `site.blog`).
+    pub name: String,
+    /// `owner/name`.
+    pub repo: String,
+    /// The branch deployed.
+    pub branch: String,
+    /// The clone URL.
+    pub repo_url: String,
+    /// The framework.
+    pub framework: Framework,
+    /// Install, build and start commands.
+    pub commands: Commands,
+    /// The static build's output directory.
+    pub output_dir: String,
+    /// Node's major version.
+    pub node_version: String,
+    /// The first of the two ports a server app alternates between.
+    pub port: i64,
+    /// Plain environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Environment variables read from SSM Parameter Store on the instance.
+    pub secrets: BTreeMap<String, String>,
+    /// The served domain.
+    pub domain: String,
+    /// The Route53 zone.
+    pub zone: String,
+    /// Whether the site gets a certificate.
+    pub https: bool,
+    /// Releases kept on the instance.
+    pub keep_releases: i64,
+}
+
+fn text(attrs: &Attrs, name: &str) -> Option<String> {
+    attrs.get(name).and_then(Value::as_str).map(str::to_owned)
+}
+
+fn map(attrs: &Attrs, name: &str) -> BTreeMap<String, String> {
+    match attrs.get(name) {
+        Some(Value::Map(map)) => map
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+impl Site {
+    /// Reads a site from its evaluated arguments.
+    pub fn from_attrs(name: &str, attrs: &Attrs) -> Self {
+        let repo = text(attrs, "repo").unwrap_or_default();
+        let framework = text(attrs, "framework")
+            .and_then(|f| Framework::parse(&f))
+            .unwrap_or(Framework::Static);
+        let defaults = framework.defaults();
+        Self {
+            name: name.to_owned(),
+            branch: text(attrs, "branch").unwrap_or_else(|| "main".into()),
+            repo_url: text(attrs, "repo_url")
+                .unwrap_or_else(|| format!("https://github.com/{repo}.git")),
+            repo,
+            framework,
+            commands: Commands {
+                install: text(attrs, "install").unwrap_or(defaults.install),
+                build: text(attrs, "build").unwrap_or(defaults.build),
+                start: text(attrs, "start").unwrap_or(defaults.start),
+            },
+            output_dir: text(attrs, "output_dir").unwrap_or_else(|| "dist".into()),
+            node_version: text(attrs, "node_version").unwrap_or_else(|| "20".into()),
+            port: attrs.get("port").and_then(Value::as_int).unwrap_or(3000),
+            env: map(attrs, "env"),
+            secrets: map(attrs, "secrets"),
+            domain: text(attrs, "domain").unwrap_or_default(),
+            zone: text(attrs, "zone").unwrap_or_default(),
+            https: attrs.get("https") != Some(&Value::Bool(false)),
+            keep_releases: attrs
+                .get("keep_releases")
+                .and_then(Value::as_int)
+                .unwrap_or(5),
+        }
+    }
+
+    /// Where the site lives on its instance.
+    pub fn root(&self) -> String {
+        format!("/srv/jaam/{}", self.name)
+    }
+
+    /// The log group of its build and app logs.
+    pub fn log_group(&self) -> String {
+        format!("/jaam/sites/{}", self.domain)
+    }
+
+    /// The directory its certificate files are installed in (see the
+    /// `certificate` kind: `/etc/jaam/tls/<name>` for `site.<name>.certificate`).
+    pub fn tls_dir(&self) -> String {
+        format!("/etc/jaam/tls/{}.certificate", self.name)
+    }
+}
+
+/// Quotes `text` for a POSIX shell.
+pub fn shell_quote(text: &str) -> String {
+    if !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c))
+    {
+        return text.to_owned();
+    }
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// The deploy script for `site`, rooted at `root` (`Site::root` on instances).
+pub fn deploy_script(site: &Site, root: &str) -> String {
+    include_str!("deploy.sh")
+        .replace("@@NAME@@", &shell_quote(&site.name))
+        .replace("@@ROOT@@", &shell_quote(root))
+        .replace("@@REPO_URL@@", &shell_quote(&site.repo_url))
+        .replace("@@FRAMEWORK@@", site.framework.name())
+        .replace("@@INSTALL@@", &shell_quote(&site.commands.install))
+        .replace("@@BUILD@@", &shell_quote(&site.commands.build))
+        .replace("@@START@@", &shell_quote(&site.commands.start))
+        .replace("@@OUTPUT_DIR@@", &shell_quote(&site.output_dir))
+        .replace("@@PORT_A@@", &site.port.to_string())
+        .replace("@@PORT_B@@", &(site.port + 1).to_string())
+        .replace("@@KEEP@@", &site.keep_releases.max(1).to_string())
+}
+
+/// Where nginx listens and finds the site (instances: port 80 and `Site::root`).
+#[derive(Clone, Debug)]
+pub struct NginxLayout {
+    /// `listen` of the plain-HTTP server.
+    pub listen: String,
+    /// The site's root directory.
+    pub root: String,
+}
+
+fn locations(site: &Site, root: &str) -> String {
+    if site.framework.is_server() {
+        format!(
+            "    location / {{\n        proxy_pass http://jaam_site_{id};\n        proxy_http_version 1.1;\n        \
+             proxy_set_header Host $host;\n        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n        \
+             proxy_set_header X-Forwarded-Proto $scheme;\n        proxy_next_upstream error timeout;\n    }}\n",
+            id = ident(&site.name)
+        )
+    } else {
+        format!(
+            "    root {root}/current/{out};\n    index index.html;\n    location / {{\n        \
+             try_files $uri $uri/ /index.html;\n    }}\n",
+            out = site.output_dir
+        )
+    }
+}
+
+fn ident(name: &str) -> String {
+    name.replace('-', "_")
+}
+
+fn upstream(site: &Site, root: &str) -> String {
+    if site.framework.is_server() {
+        format!(
+            "upstream jaam_site_{} {{\n    include {root}/upstream.conf;\n}}\n\n",
+            ident(&site.name)
+        )
+    } else {
+        String::new()
+    }
+}
+
+/// The nginx configuration that serves `site` over plain HTTP.
+pub fn nginx_conf(site: &Site, layout: &NginxLayout) -> String {
+    format!(
+        "# jaam site {name} (generated by jaam; do not edit)\n{upstream}server {{\n    listen {listen};\n    \
+         server_name {domain};\n{locations}}}\n",
+        name = site.name,
+        upstream = upstream(site, &layout.root),
+        listen = layout.listen,
+        domain = site.domain,
+        locations = locations(site, &layout.root),
+    )
+}
+
+/// The nginx configuration once the certificate is installed: HTTPS, and
+/// HTTP redirected to it.
+pub fn nginx_https_conf(site: &Site, layout: &NginxLayout) -> String {
+    format!(
+        "# jaam site {name}, with HTTPS (generated by jaam; do not edit)\n{upstream}server {{\n    listen {listen};\n    \
+         server_name {domain};\n    location / {{\n        return 301 https://$host$request_uri;\n    }}\n}}\n\n\
+         server {{\n    listen 443 ssl;\n    server_name {domain};\n    \
+         ssl_certificate {tls}/fullchain.pem;\n    ssl_certificate_key {tls}/privkey.pem;\n{locations}}}\n",
+        name = site.name,
+        upstream = upstream(site, &layout.root),
+        listen = layout.listen,
+        domain = site.domain,
+        tls = site.tls_dir(),
+        locations = locations(site, &layout.root),
+    )
+}
+
+/// The CloudWatch agent configuration shipping the site's logs.
+pub fn cloudwatch_agent_config(site: &Site) -> String {
+    let root = site.root();
+    let group = site.log_group();
+    serde_json::to_string_pretty(&serde_json::json!({
+        "logs": {"logs_collected": {"files": {"collect_list": [
+            {"file_path": format!("{root}/logs/build.log"), "log_group_name": group, "log_stream_name": "build"},
+            {"file_path": format!("{root}/logs/app.log"), "log_group_name": group, "log_stream_name": "app"},
+        ]}}}
+    }))
+    .expect("static JSON")
+}
+
+/// The script the deploy script runs first: reads the site's `secrets` from
+/// SSM Parameter Store into a 0600 env file on the instance.
+pub fn fetch_secrets_script(site: &Site) -> String {
+    let root = site.root();
+    let mut out = format!(
+        "#!/bin/bash\n# jaam site {}: secrets from SSM Parameter Store (generated by jaam; do not edit)\n\
+         set -euo pipefail\numask 077\n{{\n",
+        site.name
+    );
+    for (name, parameter) in &site.secrets {
+        let _ = writeln!(
+            out,
+            "  printf '%s=%q\\n' {name} \"$(aws ssm get-parameter --with-decryption --name {parameter} \
+             --query Parameter.Value --output text)\"",
+            name = shell_quote(name),
+            parameter = shell_quote(parameter)
+        );
+    }
+    let _ = write!(
+        out,
+        "  true\n}} >{root}/env.secrets.new\nmv {root}/env.secrets.new {root}/env.secrets\n"
+    );
+    out
+}
+
+/// The certificate's install hook: switches nginx to HTTPS.
+pub fn on_install_script(site: &Site) -> String {
+    format!(
+        "#!/bin/bash\n# jaam site {name}: the certificate is installed; serve HTTPS (generated by jaam)\n\
+         set -euo pipefail\ncp {root}/nginx-https.conf /etc/nginx/conf.d/jaam-{name}.conf\nnginx -t\n\
+         systemctl reload nginx\n",
+        name = site.name,
+        root = site.root()
+    )
+}
+
+/// Every script jaam generates for `site`, by name, for linting.
+pub fn scripts(site: &Site) -> Vec<(&'static str, String)> {
+    vec![
+        ("user-data", user_data(site)),
+        ("deploy", deploy_script(site, &site.root())),
+        ("fetch-secrets", fetch_secrets_script(site)),
+        ("on-install", on_install_script(site)),
+    ]
+}
+
+/// The instance's user data: packages, the deploy script, nginx, the app's
+/// service, the certificate hook and the log shipping.
+pub fn user_data(site: &Site) -> String {
+    let root = site.root();
+    let layout = NginxLayout {
+        listen: "80".into(),
+        root: root.clone(),
+    };
+    let mut env = String::new();
+    for (name, value) in &site.env {
+        let _ = writeln!(env, "{name}={}", shell_quote(value));
+    }
+    let node = shell_quote(&site.node_version);
+    let name = &site.name;
+    let tls = site.tls_dir();
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        r#"#!/bin/bash
+# jaam site {name}: instance bootstrap (generated by jaam; do not edit)
+set -euo pipefail
+
+dnf install -y nginx git tar amazon-cloudwatch-agent "nodejs{node}" "nodejs{node}-npm" ||
+  dnf install -y nginx git tar amazon-cloudwatch-agent nodejs npm
+for tool in node npm npx; do
+  if [ -x "/usr/bin/$tool-{node}" ]; then ln -sf "/usr/bin/$tool-{node}" "/usr/local/bin/$tool"; fi
+done
+
+install -d -m 0755 {root} {root}/logs {root}/releases {root}/run /opt/jaam/bin {tls}
+install -m 0600 /dev/null {root}/env
+cat >{root}/env <<'JAAM_ENV'
+{env}JAAM_ENV
+
+# Secrets come from SSM Parameter Store at deploy time, never from user data.
+cat >/opt/jaam/bin/fetch-secrets <<'JAAM_SECRETS'
+{fetch_secrets}JAAM_SECRETS
+chmod 0755 /opt/jaam/bin/fetch-secrets
+
+cat >/opt/jaam/bin/deploy <<'JAAM_DEPLOY'
+{deploy}JAAM_DEPLOY
+chmod 0755 /opt/jaam/bin/deploy
+
+cat >/etc/systemd/system/jaam-site-{name}@.service <<'JAAM_UNIT'
+[Unit]
+Description=jaam site {name} on port %i
+After=network.target
+
+[Service]
+ExecStart=/opt/jaam/bin/deploy run %i
+Restart=on-failure
+StandardOutput=append:{root}/logs/app.log
+StandardError=append:{root}/logs/app.log
+
+[Install]
+WantedBy=multi-user.target
+JAAM_UNIT
+systemctl daemon-reload
+
+printf 'server 127.0.0.1:%s;\n' {port} >{root}/upstream.conf
+cat >/etc/nginx/conf.d/jaam-{name}.conf <<'JAAM_NGINX'
+{nginx}JAAM_NGINX
+cat >{root}/nginx-https.conf <<'JAAM_NGINX'
+{nginx_https}JAAM_NGINX
+
+# Run by the certificate's installation: serve HTTPS from now on.
+cat >{tls}/on-install <<'JAAM_HOOK'
+{on_install}JAAM_HOOK
+chmod 0755 {tls}/on-install
+
+cat >/opt/aws/amazon-cloudwatch-agent/etc/jaam-{name}.json <<'JAAM_AGENT'
+{agent}
+JAAM_AGENT
+/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 \
+  -c file:/opt/aws/amazon-cloudwatch-agent/etc/jaam-{name}.json -s
+
+systemctl enable --now nginx
+"#,
+        root = root,
+        deploy = deploy_script(site, &root),
+        fetch_secrets = fetch_secrets_script(site),
+        on_install = on_install_script(site),
+        port = site.port,
+        nginx = nginx_conf(site, &layout),
+        nginx_https = nginx_https_conf(site, &layout),
+        agent = cloudwatch_agent_config(site),
+    );
+    out
+}
+
+fn literal(value: impl Into<Value>, location: &Location) -> Expr {
+    Expr {
+        kind: ExprKind::Literal(value.into()),
+        location: location.clone(),
+    }
+}
+
+fn template(text: &str, location: &Location) -> Expr {
+    Expr {
+        kind: ExprKind::Template(Template::parse(text).expect("generated templates parse")),
+        location: location.clone(),
+    }
+}
+
+fn strings(items: &[&str]) -> Value {
+    Value::List(items.iter().map(|item| Value::from(*item)).collect())
+}
+
+/// The primitives `site.<name>` expands into. `attrs` are its evaluated
+/// arguments; `exprs` its arguments as written (sensitive ones are passed on
+/// as written, so their values stay out of the generated specs).
+pub fn expand(
+    addr: &ResourceAddr,
+    attrs: &Attrs,
+    exprs: &BTreeMap<String, Expr>,
+    location: &Location,
+) -> Vec<ResourceSpec> {
+    let site = Site::from_attrs(addr.name(), attrs);
+    let at = |kind: &str| -> ResourceAddr {
+        format!("{addr}.{kind}")
+            .parse()
+            .expect("a site name makes valid addresses")
+    };
+    let passthrough = |out: &mut BTreeMap<String, Expr>, from: &str, to: &str| {
+        if let Some(value) = attrs.get(from).filter(|v| !v.is_null()) {
+            out.insert(to.to_owned(), literal(value.clone(), location));
+        }
+    };
+    let spec =
+        |kind: &str, args: BTreeMap<String, Expr>, depends_on: Vec<ResourceAddr>| ResourceSpec {
+            addr: at(kind),
+            args,
+            depends_on,
+            location: location.clone(),
+        };
+    let mut out = Vec::new();
+
+    let mut logs = BTreeMap::new();
+    logs.insert("name".into(), literal(site.log_group(), location));
+    passthrough(&mut logs, "log_retention_days", "retention_days");
+    logs.insert(
+        "tags".into(),
+        literal(
+            Value::Map(BTreeMap::from([(
+                "site".to_owned(),
+                Value::from(site.name.as_str()),
+            )])),
+            location,
+        ),
+    );
+    out.push(spec("log_group", logs, Vec::new()));
+
+    let mut instance = BTreeMap::new();
+    for (from, to) in [
+        ("ami", "ami"),
+        ("instance_type", "instance_type"),
+        ("subnet_id", "subnet_id"),
+        ("security_group_ids", "security_group_ids"),
+        ("key_name", "key_name"),
+        ("iam_instance_profile", "iam_instance_profile"),
+    ] {
+        passthrough(&mut instance, from, to);
+    }
+    instance.insert("user_data".into(), literal(user_data(&site), location));
+    instance.insert(
+        "tags".into(),
+        literal(
+            Value::Map(BTreeMap::from([
+                ("Name".to_owned(), Value::from(site.domain.as_str())),
+                ("site".to_owned(), Value::from(site.name.as_str())),
+            ])),
+            location,
+        ),
+    );
+    let revision = match exprs.get("revision") {
+        Some(expr) => expr.clone(),
+        None => literal(
+            format!("{}{}@{}", BRANCH_HEAD, site.repo, site.branch),
+            location,
+        ),
+    };
+    instance.insert("revision".into(), revision);
+    out.push(spec("instance", instance, vec![at("log_group")]));
+
+    let mut record = BTreeMap::new();
+    record.insert("zone".into(), literal(site.zone.as_str(), location));
+    record.insert("name".into(), literal(site.domain.as_str(), location));
+    record.insert("type".into(), literal("A", location));
+    record.insert("ttl".into(), literal(60, location));
+    record.insert(
+        "values".into(),
+        Expr {
+            kind: ExprKind::List(vec![template(
+                &format!("${{{}.public_ip}}", at("instance")),
+                location,
+            )]),
+            location: location.clone(),
+        },
+    );
+    out.push(spec("record", record, Vec::new()));
+
+    if site.https {
+        let mut certificate = BTreeMap::new();
+        certificate.insert(
+            "domains".into(),
+            literal(strings(&[site.domain.as_str()]), location),
+        );
+        certificate.insert("zone".into(), literal(site.zone.as_str(), location));
+        passthrough(&mut certificate, "acme_directory", "acme_directory");
+        passthrough(&mut certificate, "contact_email", "contact_email");
+        certificate.insert(
+            "install_on".into(),
+            Expr {
+                kind: ExprKind::List(vec![template(
+                    &format!("${{{}.id}}", at("instance")),
+                    location,
+                )]),
+                location: location.clone(),
+            },
+        );
+        out.push(spec("certificate", certificate, Vec::new()));
+    }
+
+    if let Some(url) = attrs.get("webhook_url").and_then(Value::as_str) {
+        let mut webhook = BTreeMap::new();
+        webhook.insert("repo".into(), literal(site.repo.as_str(), location));
+        webhook.insert("url".into(), literal(url, location));
+        webhook.insert(
+            "events".into(),
+            literal(strings(&["push", "pull_request"]), location),
+        );
+        if let Some(secret) = exprs.get("webhook_secret") {
+            webhook.insert("secret".into(), secret.clone());
+        }
+        out.push(spec("webhook", webhook, Vec::new()));
+    }
+    out
+}
+
+#[cfg(all(test, feature = "aws", feature = "acme", feature = "github"))]
+mod tests;
