@@ -465,6 +465,61 @@ async fn proxy_one(
     forward(client, upstream, &request).await
 }
 
+/// A proxy in front of moto that answers some requests itself: `answer`
+/// sees each request's head (lowercased) and body and returns a whole HTTP
+/// response to send instead of forwarding, or `None` to forward.
+pub struct InterceptProxy {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for InterceptProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What decides an [`InterceptProxy`]'s answers.
+pub type Answer = std::sync::Arc<dyn Fn(&str, &str) -> Option<String> + Send + Sync>;
+
+impl InterceptProxy {
+    /// Starts the proxy in front of `upstream` (`http://127.0.0.1:PORT`).
+    pub async fn start(upstream: &str, answer: Answer) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let url = format!("http://{}", listener.local_addr().expect("proxy address"));
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let (upstream, answer) = (upstream.clone(), std::sync::Arc::clone(&answer));
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let Ok(Some((request, body_start))) = read_request(&mut client).await else {
+                        return;
+                    };
+                    let head = String::from_utf8_lossy(&request[..body_start]).to_ascii_lowercase();
+                    let body = String::from_utf8_lossy(&request[body_start..]).into_owned();
+                    match answer(&head, &body) {
+                        Some(response) => {
+                            let _ = client.write_all(response.as_bytes()).await;
+                            let _ = client.shutdown().await;
+                        }
+                        None => {
+                            let _ = forward(client, &upstream, &request).await;
+                        }
+                    }
+                });
+            }
+        });
+        Self { url, task }
+    }
+}
+
 /// The value of an SSM parameter on moto (the AMI the public parameter names).
 pub async fn ssm_parameter(name: &str) -> String {
     let client = aws_sdk_ssm::Client::new(&aws_config().await);

@@ -84,6 +84,30 @@ pub(crate) enum Command {
     Gc(GcArgs),
     /// Break an S3 state lease held by a process that cannot release it.
     ForceUnlock(ForceUnlockArgs),
+    /// Print a site's build and app logs (or a log group's), optionally following.
+    Logs(LogsArgs),
+    /// Switch a site back to its previous release, at once.
+    Rollback(RollbackArgs),
+}
+
+/// `jaam logs`.
+#[derive(Debug, Args)]
+pub(crate) struct LogsArgs {
+    /// `site.NAME`, or a `log_group` address.
+    pub(crate) addr: ResourceAddr,
+    /// Keep printing new events until interrupted.
+    #[arg(long, short)]
+    pub(crate) follow: bool,
+    /// How far back to start, e.g. `10m`, `2h`.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub(crate) since: Duration,
+}
+
+/// `jaam rollback`.
+#[derive(Debug, Args)]
+pub(crate) struct RollbackArgs {
+    /// `site.NAME`.
+    pub(crate) site: ResourceAddr,
 }
 
 /// `jaam force-unlock`.
@@ -216,7 +240,12 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("`{text}` has an unknown unit (use ms, s, m or h)")),
+        "d" => value * 86400.0,
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown unit (use ms, s, m, h or d)"
+            ));
+        }
     };
     Ok(Duration::from_secs_f64(seconds))
 }

@@ -91,6 +91,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Output(args) => commands::output::run(global, args).await,
         Command::Gc(args) => commands::gc::run(global, args).await,
         Command::ForceUnlock(args) => commands::unlock::run(global, args).await,
+        Command::Logs(args) => commands::sites::logs(global, args).await,
+        Command::Rollback(args) => commands::sites::rollback(global, args).await,
     }
 }
 

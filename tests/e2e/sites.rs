@@ -459,3 +459,355 @@ fn deploy_script_should_switch_a_static_app_atomically_and_roll_back() {
 fn deploy_script_should_switch_a_node_server_without_dropping_requests() {
     run_deploy_cycle("node-server", "node", |body| !body.contains("<h1"));
 }
+
+// --- The whole site against moto, Pebble and a GitHub fake -----------------
+
+use jaam_tests::acme::{Route53Mirror, pebble};
+use jaam_tests::github::GithubFake;
+use jaam_tests::{Run, Workspace, aws_config, hosted_zone, moto_endpoint, unique};
+
+fn random_sha() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..20].repeat(2)
+}
+
+struct SiteEnv {
+    ws: Workspace,
+    github: GithubFake,
+    aws: String,
+}
+
+impl SiteEnv {
+    fn jaam(&self, args: &[&str]) -> Run {
+        Run::from(self.command(args).output().expect("run jaam"))
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = self.ws.command(args);
+        command
+            .env("AWS_ENDPOINT_URL", &self.aws)
+            .env("GITHUB_API_URL", &self.github.url)
+            .env("GITHUB_TOKEN", "ghp_test")
+            .env("HOOK_SECRET", "site-hook-secret-never-printed");
+        command
+    }
+
+    fn set_head(&self, repo: &str, sha: &str) {
+        self.github
+            .repos
+            .lock()
+            .unwrap()
+            .branches
+            .insert((repo.to_owned(), "main".to_owned()), sha.to_owned());
+    }
+}
+
+fn site_spec(stack: &str, domain: &str, directory: &str) -> String {
+    format!(
+        "site.blog:\n  repo: acme/{stack}\n  framework: static\n  domain: blog.{domain}\n  zone: {domain}\n  \
+         acme_directory: {directory}\n  webhook_url: https://jaam.{domain}/hooks/github\n  \
+         webhook_secret: ${{env.HOOK_SECRET}}\n"
+    )
+}
+
+/// Commands sent to `instance` whose parameters mention `needle`.
+async fn commands_with(instance: &str, needle: &str) -> Vec<String> {
+    let ssm = aws_sdk_ssm::Client::new(&aws_config().await);
+    let mut out = Vec::new();
+    let mut pages = ssm
+        .list_commands()
+        .instance_id(instance)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        for command in page.expect("ListCommands").commands() {
+            let script = command
+                .parameters()
+                .and_then(|p| p.get("commands"))
+                .map(|lines| lines.join("\n"))
+                .unwrap_or_default();
+            if script.contains(needle) {
+                out.push(script);
+            }
+        }
+    }
+    out
+}
+
+fn position(text: &str, needle: &str) -> usize {
+    text.find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} not in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn site_should_apply_redeploy_roll_back_show_logs_and_destroy() {
+    let moto = moto_endpoint();
+    let pebble = pebble();
+    let _moto = jaam_tests::MOTO.read().await;
+    let mirror = Route53Mirror::start(&moto, &pebble.challtestsrv, false).await;
+    let env = SiteEnv {
+        ws: Workspace::new(&unique("site")),
+        github: GithubFake::start().await,
+        aws: mirror.url.clone(),
+    };
+    let stack = env.ws.stack.clone();
+    let repo = format!("acme/{stack}");
+    let domain = format!("{stack}.test");
+    hosted_zone(&domain).await;
+    let a = random_sha();
+    env.set_head(&repo, &a);
+    env.ws
+        .write_specs(&site_spec(&stack, &domain, &pebble.directory));
+
+    // The plan shows the expansion, with the branch head resolved.
+    let run = env.jaam(&["plan"]);
+    run.expect_code(0);
+    let text = run.squashed();
+    for kind in ["log_group", "instance", "record", "certificate", "webhook"] {
+        assert!(
+            text.contains(&format!("# site.blog.{kind} will be created")),
+            "{kind}: {text}"
+        );
+    }
+    assert!(text.contains(&format!("+ revision = \"{a}\"")), "{text}");
+    let graph = env.jaam(&["graph"]);
+    graph.expect_code(0);
+    assert!(
+        graph
+            .stdout
+            .contains("\"site.blog.record\" -> \"site.blog.instance\""),
+        "{}",
+        graph.stdout
+    );
+
+    let run = env.jaam(&["apply", "--auto-approve"]);
+    run.expect_code(0);
+    let log = &run.stderr;
+    assert!(
+        position(log, "site.blog.log_group: Creation complete")
+            < position(log, "site.blog.instance: Creating...")
+    );
+    assert!(
+        position(log, "site.blog.instance: Creation complete")
+            < position(log, "site.blog.record: Creating...")
+    );
+    assert!(
+        position(log, "site.blog.instance: Creation complete")
+            < position(log, "site.blog.certificate: Creating...")
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.ws.state()).unwrap()).unwrap();
+    let instance = state["resources"]["site.blog.instance"]["id"]
+        .as_str()
+        .expect("instance recorded")
+        .to_owned();
+    assert_eq!(
+        state["resources"]["site.blog.instance"]["attributes"]["revision"],
+        a.as_str()
+    );
+    assert_eq!(
+        commands_with(&instance, &format!("deploy {a}")).await.len(),
+        1
+    );
+    assert_eq!(
+        commands_with(
+            &instance,
+            &format!("/jaam/{stack}/site.blog.certificate/private_key")
+        )
+        .await
+        .len(),
+        1,
+        "the certificate was installed on the instance"
+    );
+    assert_eq!(env.github.hooks(&repo).len(), 1);
+    assert!(
+        !std::fs::read_to_string(env.ws.state())
+            .unwrap()
+            .contains("site-hook-secret")
+    );
+    env.jaam(&["plan", "--detailed-exitcode"]).expect_code(0);
+
+    // A merge moves the branch: one in-place update, one deploy command.
+    let b = random_sha();
+    env.set_head(&repo, &b);
+    let run = env.jaam(&["plan", "--detailed-exitcode"]);
+    run.expect_code(2);
+    let text = run.squashed();
+    assert!(text.contains("~ site.blog.instance {"), "{text}");
+    assert!(
+        text.contains(&format!("~ revision = \"{a}\" -> \"{b}\"")),
+        "{text}"
+    );
+    assert!(
+        text.contains("Plan: 0 to add, 1 to change, 0 to destroy."),
+        "{text}"
+    );
+    env.jaam(&["apply", "--auto-approve"]).expect_code(0);
+    let deploys = commands_with(&instance, &format!("deploy {b}")).await;
+    assert_eq!(deploys, [format!("/opt/jaam/bin/deploy {b}")]);
+    env.jaam(&["plan", "--detailed-exitcode"]).expect_code(0);
+
+    // Rollback runs the deploy script's rollback on the instance.
+    let run = env.jaam(&["rollback", "site.blog"]);
+    run.expect_code(0);
+    assert!(run.stderr.contains("rollback complete"), "{}", run.stderr);
+    assert_eq!(
+        commands_with(&instance, "/opt/jaam/bin/deploy rollback")
+            .await
+            .len(),
+        1
+    );
+
+    // Logs: what the agent ships, then new events while following.
+    let group = format!("/jaam/sites/blog.{domain}");
+    let logs = jaam_tests::logs_client().await;
+    logs.create_log_stream()
+        .log_group_name(&group)
+        .log_stream_name("build")
+        .send()
+        .await
+        .expect("CreateLogStream");
+    let put = |message: &str| {
+        let logs = logs.clone();
+        let group = group.clone();
+        let event = aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+            .timestamp(chrono::Utc::now().timestamp_millis())
+            .message(message)
+            .build()
+            .unwrap();
+        async move {
+            logs.put_log_events()
+                .log_group_name(group)
+                .log_stream_name("build")
+                .log_events(event)
+                .send()
+                .await
+                .expect("PutLogEvents");
+        }
+    };
+    put("npm run build: compiled 12 pages").await;
+    let run = env.jaam(&["logs", "site.blog", "--since", "1h"]);
+    run.expect_code(0);
+    assert!(
+        run.stdout
+            .contains("build  npm run build: compiled 12 pages"),
+        "{}",
+        run.stdout
+    );
+    let mut follower = env
+        .command(&["logs", "site.blog", "--follow", "--since", "1h"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn jaam logs --follow");
+    let stdout = follower.stdout.take().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let first = seen
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the old event");
+    assert!(first.contains("compiled 12 pages"), "{first}");
+    put("deploy: serving the new release").await;
+    let next = seen
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the new event");
+    assert!(next.contains("serving the new release"), "{next}");
+    follower.kill().ok();
+    follower.wait().ok();
+
+    // Destroy removes everything.
+    env.jaam(&["destroy", "--auto-approve"]).expect_code(0);
+    assert!(env.github.hooks(&repo).is_empty());
+    assert!(jaam_tests::stack_instances(&stack).await.is_empty());
+    assert!(jaam_tests::log_groups(&logs, &group).await.is_empty());
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.ws.state()).unwrap()).unwrap();
+    assert_eq!(state["resources"], serde_json::json!({}));
+}
+
+/// moto runs no command, so a failing build is injected: GetCommandInvocation
+/// answers `Failed` with a build log's tail, as SSM does for a failed deploy.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_deploy_should_fail_the_apply_with_the_build_log_and_keep_the_revision() {
+    let moto = moto_endpoint();
+    let _moto = jaam_tests::MOTO.read().await;
+    let stack = unique("sitefail");
+    let bad = random_sha();
+    let needle = bad.clone();
+    let answer: jaam_tests::Answer = std::sync::Arc::new(move |head: &str, body: &str| {
+        let is_invocation = head.contains("x-amz-target: amazonssm.getcommandinvocation");
+        // Only this test's bad revision fails: its command id is not known here,
+        // so every invocation looked up while the bad deploy runs is failed.
+        (is_invocation && FAILING.lock().unwrap().as_deref() == Some(needle.as_str())).then(|| {
+            let id = body
+                .split("\"CommandId\":")
+                .nth(1)
+                .and_then(|rest| rest.split('"').nth(1))
+                .unwrap_or_default()
+                .to_owned();
+            let payload = serde_json::json!({
+                "CommandId": id,
+                "Status": "Failed",
+                "StatusDetails": "Failed",
+                "StandardOutputContent": "> build\nsrc/App.tsx(3,1): error TS2304: Cannot find name 'oops'.\n",
+                "StandardErrorContent": format!("error: build of {needle} failed; still serving the previous release"),
+            })
+            .to_string();
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{payload}",
+                payload.len()
+            )
+        })
+    });
+    let proxy = jaam_tests::InterceptProxy::start(&moto, answer).await;
+    let env = SiteEnv {
+        ws: Workspace::new(&stack),
+        github: GithubFake::start().await,
+        aws: proxy.url.clone(),
+    };
+    let repo = format!("acme/{stack}");
+    let domain = format!("{stack}.test");
+    hosted_zone(&domain).await;
+    let good = random_sha();
+    env.set_head(&repo, &good);
+    env.ws.write_specs(&format!(
+        "site.blog:\n  repo: {repo}\n  domain: blog.{domain}\n  zone: {domain}\n  https: false\n"
+    ));
+    env.jaam(&["apply", "--auto-approve"]).expect_code(0);
+
+    env.set_head(&repo, &bad);
+    *FAILING.lock().unwrap() = Some(bad.clone());
+    let run = env.jaam(&["apply", "--auto-approve"]);
+    *FAILING.lock().unwrap() = None;
+    run.expect_code(1);
+    let text = run.squashed();
+    assert!(text.contains(&format!("deploy of {bad} failed")), "{text}");
+    assert!(
+        text.contains("error TS2304: Cannot find name 'oops'."),
+        "the build log's tail: {text}"
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.ws.state()).unwrap()).unwrap();
+    assert_eq!(
+        state["resources"]["site.blog.instance"]["attributes"]["revision"],
+        good.as_str(),
+        "state keeps the revision that serves"
+    );
+    let run = env.jaam(&["plan", "--detailed-exitcode"]);
+    run.expect_code(2);
+    assert!(
+        run.squashed()
+            .contains(&format!("~ revision = \"{good}\" -> \"{bad}\""))
+    );
+    env.jaam(&["destroy", "--auto-approve"]).expect_code(0);
+}
+
+static FAILING: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);

@@ -7,6 +7,7 @@ pub(crate) mod import;
 pub(crate) mod output;
 pub(crate) mod plan;
 pub(crate) mod show;
+pub(crate) mod sites;
 pub(crate) mod state;
 pub(crate) mod unlock;
 pub(crate) mod validate;

@@ -11,6 +11,7 @@ pub mod ec2;
 pub mod logs;
 pub mod parameters;
 pub mod route53;
+pub mod sites;
 pub mod ssm;
 
 use std::sync::Arc;
