@@ -6,6 +6,7 @@
 //! it never skips.
 
 pub mod acme;
+pub mod daemon;
 pub mod github;
 
 use std::path::{Path, PathBuf};
@@ -465,9 +466,8 @@ async fn proxy_one(
     forward(client, upstream, &request).await
 }
 
-/// A proxy in front of moto that answers some requests itself: `answer`
-/// sees each request's head (lowercased) and body and returns a whole HTTP
-/// response to send instead of forwarding, or `None` to forward.
+/// A proxy in front of moto that answers some requests itself or holds them
+/// back: `answer` sees each request's head (lowercased) and body and decides.
 pub struct InterceptProxy {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
@@ -480,8 +480,18 @@ impl Drop for InterceptProxy {
     }
 }
 
+/// What an [`InterceptProxy`] does with one request.
+pub enum Intercept {
+    /// Forward it.
+    Forward,
+    /// Forward it after a delay (a slow cloud).
+    Delay(std::time::Duration),
+    /// Answer with this whole HTTP response instead.
+    Respond(String),
+}
+
 /// What decides an [`InterceptProxy`]'s answers.
-pub type Answer = std::sync::Arc<dyn Fn(&str, &str) -> Option<String> + Send + Sync>;
+pub type Answer = std::sync::Arc<dyn Fn(&str, &str) -> Intercept + Send + Sync>;
 
 impl InterceptProxy {
     /// Starts the proxy in front of `upstream` (`http://127.0.0.1:PORT`).
@@ -505,11 +515,15 @@ impl InterceptProxy {
                     let head = String::from_utf8_lossy(&request[..body_start]).to_ascii_lowercase();
                     let body = String::from_utf8_lossy(&request[body_start..]).into_owned();
                     match answer(&head, &body) {
-                        Some(response) => {
+                        Intercept::Respond(response) => {
                             let _ = client.write_all(response.as_bytes()).await;
                             let _ = client.shutdown().await;
                         }
-                        None => {
+                        Intercept::Delay(delay) => {
+                            tokio::time::sleep(delay).await;
+                            let _ = forward(client, &upstream, &request).await;
+                        }
+                        Intercept::Forward => {
                             let _ = forward(client, &upstream, &request).await;
                         }
                     }

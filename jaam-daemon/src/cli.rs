@@ -27,7 +27,7 @@ pub(crate) struct Cli {
 }
 
 /// Options every subcommand takes, before or after its name.
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub(crate) struct Global {
     /// Spec directory (or one spec file).
     #[arg(long, global = true, default_value = "specs", env = "JAAM_SPECS")]
@@ -88,6 +88,40 @@ pub(crate) enum Command {
     Logs(LogsArgs),
     /// Switch a site back to its previous release, at once.
     Rollback(RollbackArgs),
+    /// Keep the stack true: reconcile on spec changes, GitHub pushes and merges, and a timer.
+    Daemon(DaemonArgs),
+}
+
+/// `jaam daemon`.
+#[derive(Clone, Debug, Args)]
+pub(crate) struct DaemonArgs {
+    /// Where the webhook receiver and the read endpoints listen.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "JAAM_DAEMON_LISTEN")]
+    pub(crate) listen: String,
+    /// How often to refresh and correct drift (±10 % jitter).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub(crate) resync: Duration,
+    /// How long after a spec file changes to reconcile (events meanwhile merge).
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub(crate) debounce: Duration,
+    /// Require `Authorization: Bearer TOKEN` on /metrics, /status and logs.
+    #[arg(long, env = "JAAM_DAEMON_TOKEN", hide_env_values = true)]
+    pub(crate) read_token: Option<String>,
+    /// The largest webhook body accepted, in bytes (GitHub sends at most 25 MB).
+    #[arg(long, default_value_t = 25 * 1024 * 1024)]
+    pub(crate) max_body: usize,
+    /// How long a webhook body may take to arrive.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) body_timeout: Duration,
+    /// How long a reconcile waits for the state lock another process holds.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub(crate) lock_wait: Duration,
+    /// On SIGTERM, how long a running reconcile may go on before it is cancelled.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub(crate) shutdown_grace: Duration,
+    /// The file of seen delivery ids (default: the state file's path + `.deliveries`).
+    #[arg(long)]
+    pub(crate) deliveries: Option<PathBuf>,
 }
 
 /// `jaam logs`.

@@ -7,11 +7,7 @@
 
 mod cli;
 mod commands;
-// The daemon's queue lands ahead of `jaam daemon` (issue 7), tested on its own.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "used by `jaam daemon`, which issue 7 adds")
-)]
+mod daemon;
 mod queue;
 mod view;
 
@@ -38,7 +34,12 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_tracing(&cli.global.log_format);
+    // The daemon reports what it does; commands only warn (their output is the report).
+    let default_filter = match cli.command {
+        Command::Daemon(_) => "warn,jaam=info,jaam_core=info",
+        _ => "warn",
+    };
+    init_tracing(&cli.global.log_format, default_filter);
     // Several TLS stacks meet in one process (AWS SDK, ACME, GitHub): pick one
     // crypto provider for all of them.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -93,12 +94,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::ForceUnlock(args) => commands::unlock::run(global, args).await,
         Command::Logs(args) => commands::sites::logs(global, args).await,
         Command::Rollback(args) => commands::sites::rollback(global, args).await,
+        Command::Daemon(args) => daemon::run(global, args).await,
     }
 }
 
-fn init_tracing(format: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("JAAM_LOG").unwrap_or_else(|_| "warn".into());
+fn init_tracing(format: &str, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("JAAM_LOG")
+        .unwrap_or_else(|_| default_filter.into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

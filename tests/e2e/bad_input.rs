@@ -193,9 +193,13 @@ fn the_demo_specs_should_be_valid() {
             .args(["validate", "--specs"])
             .arg(&specs)
             .current_dir(ws.dir.path())
+            // What `./scripts/demo` sets for the example site.
+            .env("JAAM_ACME_DIRECTORY", "https://127.0.0.1:14000/dir")
+            .env("JAAM_WEBHOOK_SECRET", "demo")
             .output()
             .unwrap(),
     );
     run.expect_code(0);
-    assert!(run.stdout.contains("5 resources"), "{}", run.stdout);
+    // Three log groups, an instance and its record, and a site's five.
+    assert!(run.stdout.contains("10 resources"), "{}", run.stdout);
 }

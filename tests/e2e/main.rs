@@ -5,6 +5,7 @@
 mod bad_input;
 mod certificates;
 mod crash;
+mod daemon;
 mod fixtures;
 mod instances;
 mod lock;

@@ -746,7 +746,10 @@ async fn a_failed_deploy_should_fail_the_apply_with_the_build_log_and_keep_the_r
         let is_invocation = head.contains("x-amz-target: amazonssm.getcommandinvocation");
         // Only this test's bad revision fails: its command id is not known here,
         // so every invocation looked up while the bad deploy runs is failed.
-        (is_invocation && FAILING.lock().unwrap().as_deref() == Some(needle.as_str())).then(|| {
+        if !(is_invocation && FAILING.lock().unwrap().as_deref() == Some(needle.as_str())) {
+            return jaam_tests::Intercept::Forward;
+        }
+        {
             let id = body
                 .split("\"CommandId\":")
                 .nth(1)
@@ -761,11 +764,11 @@ async fn a_failed_deploy_should_fail_the_apply_with_the_build_log_and_keep_the_r
                 "StandardErrorContent": format!("error: build of {needle} failed; still serving the previous release"),
             })
             .to_string();
-            format!(
+            jaam_tests::Intercept::Respond(format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{payload}",
                 payload.len()
-            )
-        })
+            ))
+        }
     });
     let proxy = jaam_tests::InterceptProxy::start(&moto, answer).await;
     let env = SiteEnv {

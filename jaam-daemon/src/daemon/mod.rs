@@ -1,0 +1,455 @@
+//! `jaam daemon`: keeps a stack true without anyone running `apply`.
+//!
+//! # Sources, one queue
+//! Every trigger schedules the stack on one work queue ([`crate::queue`]):
+//! - the **spec watcher** (`notify`): a change under `--specs` schedules a
+//!   reconcile `--debounce` later, so an editor's burst of events runs once;
+//! - the **webhook receiver** (`POST /hooks/github`, see [`webhook`]): a signed
+//!   `push` to a site's branch, or a merged pull request into it, pins that
+//!   site's revision to the commit and schedules at once (the handler only
+//!   enqueues, so it answers in microseconds);
+//! - the **resync timer** (`--resync`, default 10 min, ±10 % jitter): refreshes
+//!   and, per the stack's `drift` policy, applies the correction (`heal`) or
+//!   only reports it (`report`). A resync forgets pinned revisions and reads
+//!   every site's branch head through the GitHub API again — that is the **gap
+//!   filling**: a merge missed while the daemon was down is deployed by the
+//!   first reconcile after start (which is a resync) or the next one.
+//!
+//! # Reconcile
+//! Load the specs from disk, take the stack's state lock (the same lock the
+//! CLI takes: the CLI and the daemon never apply one stack at once; with S3
+//! state it is the expiring lease), plan, and apply when there are changes.
+//! A failure is retried by the queue with exponential backoff and jitter.
+//!
+//! # HTTP
+//! `GET /healthz`, `GET /metrics` (Prometheus), `GET /status` (JSON), `GET
+//! /sites/{name}/logs` (server-sent events of the site's log group). With
+//! `--read-token` (or `JAAM_DAEMON_TOKEN`) the last three want `Authorization:
+//! Bearer <token>`.
+//!
+//! # Lifecycle
+//! SIGTERM or SIGINT stops intake (the HTTP server, watcher and timer), lets
+//! an in-flight reconcile finish for up to `--shutdown-grace` (then cancels
+//! it: in-flight cloud calls complete and state is saved), and exits 0.
+//!
+//! # Decisions
+//! - One daemon keeps one stack (the one `--specs`/`--state`/`--stack` name,
+//!   as for every other command); run one daemon per stack.
+//! - A reconcile triggered by a push, a merge or a spec change applies
+//!   whatever the plan holds; only resyncs obey `report`.
+
+mod http;
+mod metrics;
+mod webhook;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use jaam_core::spec::{Config, DriftPolicy, ExprKind};
+use jaam_core::{Engine, Registry, ResourceAddr, Secret, Value};
+use serde::Serialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{DaemonArgs, Global};
+use crate::queue::{self, Queue, Request};
+use metrics::Metrics;
+use webhook::Deliveries;
+
+/// What `/status` says about the stack.
+#[derive(Clone, Debug, Default, Serialize)]
+pub(crate) struct StackStatus {
+    pub(crate) stack: String,
+    pub(crate) last_reconcile: Option<DateTime<Utc>>,
+    pub(crate) reasons: Vec<String>,
+    pub(crate) result: Option<String>,
+    pub(crate) error: Option<String>,
+    /// The revision each site's instance serves, per state.
+    pub(crate) revisions: BTreeMap<String, String>,
+    /// Addresses a `report` resync found out of line.
+    pub(crate) drift: Vec<String>,
+    pub(crate) next_resync: Option<DateTime<Utc>>,
+    pub(crate) reconciles: u64,
+}
+
+/// Sites the webhook can redeploy: `(repo, branch)` → site names.
+type SiteIndex = HashMap<(String, String), Vec<String>>;
+
+/// Everything the tasks share.
+pub(crate) struct Daemon {
+    global: Global,
+    args: DaemonArgs,
+    engine: Engine,
+    stack: String,
+    queue: Arc<Queue<String, Request>>,
+    metrics: Metrics,
+    status: Mutex<StackStatus>,
+    sites: RwLock<SiteIndex>,
+    secrets: RwLock<Vec<Secret>>,
+    deliveries: Mutex<Deliveries>,
+    /// Revisions pinned by deliveries: `(repo, branch)` → commit.
+    pins: Arc<Mutex<HashMap<(String, String), String>>>,
+    sdk: jaam_core::providers::aws::SdkConfig,
+    /// Stops intake (HTTP, watcher, timer).
+    intake: CancellationToken,
+}
+
+pub(crate) async fn run(global: &Global, args: &DaemonArgs) -> anyhow::Result<ExitCode> {
+    let sdk = jaam_core::providers::aws::load_config().await;
+    let pins: Arc<Mutex<HashMap<(String, String), String>>> = Arc::default();
+    let registry = registry(&sdk, Arc::clone(&pins)).await;
+    // The specs must load to start: a daemon that cannot read them says so now.
+    let config = crate::commands::load_specs(global, &registry)?;
+    let stack = crate::commands::stack_name(global, Some(&config));
+    let engine = crate::commands::engine(global, registry, stack.clone())
+        .await?
+        .with_lock_timeout(args.lock_wait);
+    let deliveries_file = args.deliveries.clone().or_else(|| {
+        let state = global.state.to_string_lossy();
+        (!state.starts_with("s3://")).then(|| PathBuf::from(format!("{state}.deliveries")))
+    });
+    let daemon = Arc::new(Daemon {
+        global: Global {
+            specs: global.specs.clone(),
+            state: global.state.clone(),
+            lease_ttl: global.lease_ttl,
+            stack: Some(stack.clone()),
+            lock_timeout: global.lock_timeout,
+            no_color: true,
+            log_format: global.log_format.clone(),
+        },
+        args: args.clone(),
+        engine,
+        stack: stack.clone(),
+        queue: Queue::new(queue::Config {
+            capacity: 64,
+            retry: queue::RETRY,
+        }),
+        metrics: Metrics::default(),
+        status: Mutex::new(StackStatus {
+            stack: stack.clone(),
+            ..StackStatus::default()
+        }),
+        sites: RwLock::default(),
+        secrets: RwLock::default(),
+        deliveries: Mutex::new(Deliveries::load(deliveries_file, 10_000)),
+        pins,
+        sdk,
+        intake: CancellationToken::new(),
+    });
+    daemon.index(&config).await;
+
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, stack, "jaam daemon started");
+    let server = tokio::spawn(http::serve(Arc::clone(&daemon), listener));
+    let watcher = watch(Arc::clone(&daemon))?;
+    let timer = tokio::spawn(resync(Arc::clone(&daemon)));
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(work(Arc::clone(&daemon), shutdown.clone()));
+
+    wait_for_signal().await;
+    tracing::info!("stopping: no new work; letting a running reconcile finish");
+    daemon.intake.cancel();
+    drop(watcher);
+    timer.abort();
+    let _ = server.await;
+    // Cancelling the apply after the grace period: started calls finish, state is saved.
+    let grace = tokio::time::sleep(args.shutdown_grace);
+    tokio::pin!(grace);
+    let stopping = shutdown.clone();
+    let mut worker = worker;
+    tokio::select! {
+        _ = &mut worker => {}
+        () = &mut grace => {
+            tracing::warn!("shutdown grace period over: cancelling the running apply");
+            stopping.cancel();
+            let _ = worker.await;
+        }
+    }
+    tracing::info!("jaam daemon stopped");
+    crate::commands::success()
+}
+
+/// The providers, with branch heads answered from pinned revisions first.
+async fn registry(
+    sdk: &jaam_core::providers::aws::SdkConfig,
+    pins: Arc<Mutex<HashMap<(String, String), String>>>,
+) -> Registry {
+    let mut registry = jaam_core::providers::default_registry().await;
+    let api = jaam_core::providers::github::Api::from_env();
+    let heads = api.head_resolver();
+    let resolver: jaam_core::providers::aws::ec2::HeadResolver =
+        Arc::new(move |repo: String, branch: String| {
+            let pinned = pins
+                .lock()
+                .expect("pins")
+                .get(&(repo.clone(), branch.clone()))
+                .cloned();
+            match pinned {
+                Some(sha) => Box::pin(async move { Ok(sha) }),
+                None => heads(repo, branch),
+            }
+        });
+    registry.register(Arc::new(
+        jaam_core::providers::aws::ec2::Instances::new(sdk, None).with_heads(resolver),
+    ));
+    registry
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+impl Daemon {
+    fn schedule(&self, due: Instant, request: Request) -> Result<(), queue::Full> {
+        self.queue.schedule(self.stack.clone(), due, request)
+    }
+
+    /// Learns the sites and webhook secrets of `config`.
+    async fn index(&self, config: &Config) {
+        let mut sites: SiteIndex = HashMap::new();
+        let mut secrets = Vec::new();
+        let state = self.engine.state().await.ok().flatten();
+        for (addr, resource) in config.resources() {
+            match addr.kind() {
+                "instance" => {
+                    let Some(expr) = resource.args.get("revision") else {
+                        continue;
+                    };
+                    let ExprKind::Literal(Value::String(revision)) = &expr.kind else {
+                        continue;
+                    };
+                    if let Some((repo, branch)) =
+                        jaam_core::providers::aws::ec2::parse_branch_head(revision)
+                    {
+                        let site = addr
+                            .composite()
+                            .map_or_else(|| addr.to_string(), |site| site.name().to_owned());
+                        sites
+                            .entry((repo.to_owned(), branch.to_owned()))
+                            .or_default()
+                            .push(site);
+                    }
+                }
+                "webhook" => {
+                    let given = resource
+                        .args
+                        .get("secret")
+                        .map(|expr| expr.evaluate(&|_, _| None, &|name| std::env::var(name).ok()));
+                    if let Some(Value::String(secret)) = given {
+                        secrets.push(Secret::new(secret));
+                        continue;
+                    }
+                    // Generated: its Parameter Store name is in state.
+                    let parameter = state
+                        .as_ref()
+                        .and_then(|state| state.resources.get(addr))
+                        .and_then(|r| r.attributes.get("secret_parameter"))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned);
+                    if let Some(name) = parameter {
+                        let store = jaam_core::providers::aws::parameters::Parameters::new(
+                            &self.sdk, None,
+                        );
+                        match store.get(&name).await {
+                            Ok(Some(secret)) => secrets.push(secret),
+                            Ok(None) => tracing::warn!(parameter = %name, "webhook secret parameter is missing"),
+                            Err(error) => tracing::warn!(%error, "cannot read a webhook secret"),
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if secrets.is_empty() && !sites.is_empty() {
+            tracing::warn!("no webhook secret known yet: deliveries are refused until one is");
+        }
+        *self.sites.write().expect("sites") = sites;
+        *self.secrets.write().expect("secrets") = secrets;
+    }
+
+    /// One reconcile: specs from disk, the lock, plan, and apply unless the
+    /// policy says report.
+    async fn reconcile(&self, request: &Request, cancel: &CancellationToken) -> Result<(), String> {
+        let started = Utc::now();
+        let reasons: Vec<String> = request.reasons.iter().map(|r| (*r).to_owned()).collect();
+        tracing::info!(stack = %self.stack, ?reasons, "reconcile started");
+        let outcome = self.reconcile_inner(request, cancel).await;
+        let state = self.engine.state().await.ok().flatten();
+        let mut status = self.status.lock().expect("status");
+        status.last_reconcile = Some(started);
+        status.reasons = reasons;
+        status.reconciles += 1;
+        if let Some(state) = state {
+            status.revisions = state
+                .resources
+                .iter()
+                .filter(|(addr, _)| addr.kind() == "instance")
+                .filter_map(|(addr, resource)| {
+                    let revision = resource.attributes.get("revision")?.as_str()?.to_owned();
+                    let site = addr
+                        .composite()
+                        .map_or_else(|| addr.to_string(), |site| site.name().to_owned());
+                    Some((site, revision))
+                })
+                .collect();
+        }
+        match &outcome {
+            Ok(result) => {
+                status.result = Some((*result).to_owned());
+                status.error = None;
+                self.metrics.reconcile(result);
+                tracing::info!(stack = %self.stack, result, "reconcile finished");
+            }
+            Err(error) => {
+                status.result = Some("failed".into());
+                status.error = Some(error.clone());
+                self.metrics.reconcile("failed");
+                tracing::warn!(stack = %self.stack, %error, "reconcile failed; retrying with backoff");
+            }
+        }
+        outcome.map(|_| ())
+    }
+
+    async fn reconcile_inner(
+        &self,
+        request: &Request,
+        cancel: &CancellationToken,
+    ) -> Result<&'static str, String> {
+        let resync_only = request.reasons.iter().all(|r| *r == "resync");
+        if resync_only {
+            // Gap filling: read every branch head again.
+            self.pins.lock().expect("pins").clear();
+        }
+        let config = crate::commands::load_specs(&self.global, self.engine.registry())
+            .map_err(|e| format!("{e:#}"))?;
+        self.index(&config).await;
+        let mut session = self
+            .engine
+            .lock("jaam daemon")
+            .await
+            .map_err(|e| e.to_string())?;
+        let outcome = async {
+            let plan = session
+                .plan(&config, &Default::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            if !plan.has_changes() {
+                self.status.lock().expect("status").drift.clear();
+                return Ok("no_changes");
+            }
+            let changed: Vec<String> = plan
+                .changes
+                .iter()
+                .filter(|c| c.action.is_change())
+                .map(|c| c.addr.to_string())
+                .collect();
+            if resync_only && config.stack().drift == DriftPolicy::Report {
+                tracing::warn!(stack = %self.stack, ?changed, "drift found; policy is report, not applying");
+                self.status.lock().expect("status").drift = changed;
+                return Ok("drift_reported");
+            }
+            let took = std::time::Instant::now();
+            let report = session
+                .apply(&plan, &Default::default(), None, cancel.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            self.metrics.apply(took.elapsed());
+            self.status.lock().expect("status").drift.clear();
+            if report.succeeded() {
+                Ok("applied")
+            } else {
+                let errors: Vec<String> = report.failed.iter().map(ToString::to_string).collect();
+                Err(if errors.is_empty() {
+                    "the apply was interrupted".to_owned()
+                } else {
+                    errors.join("; ")
+                })
+            }
+        }
+        .await;
+        session.release().await.map_err(|e| e.to_string())?;
+        outcome
+    }
+}
+
+/// The worker: one reconcile at a time, until shutdown.
+async fn work(daemon: Arc<Daemon>, shutdown: CancellationToken) {
+    loop {
+        let (stack, request) = tokio::select! {
+            next = daemon.queue.next() => next,
+            () = daemon.intake.cancelled() => return,
+        };
+        let result = daemon.reconcile(&request, &shutdown).await;
+        let mut retry = Request::default();
+        retry.reasons.insert("retry");
+        retry.revisions = request.revisions.clone();
+        daemon.queue.done(&stack, result.is_ok(), retry);
+        if daemon.intake.is_cancelled() {
+            return;
+        }
+    }
+}
+
+/// The resync timer; the first resync runs at start (gap filling).
+async fn resync(daemon: Arc<Daemon>) {
+    loop {
+        let mut request = Request::default();
+        request.reasons.insert("resync");
+        let _ = daemon.schedule(Instant::now(), request);
+        let period = daemon.args.resync.as_secs_f64();
+        let jitter = 1.0 + (rand::random::<f64>() - 0.5) * 0.2;
+        let wait = Duration::from_secs_f64(period * jitter);
+        daemon.status.lock().expect("status").next_resync =
+            chrono::Duration::from_std(wait).ok().map(|w| Utc::now() + w);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Watches the specs; the watcher stops when the returned handle is dropped.
+fn watch(daemon: Arc<Daemon>) -> anyhow::Result<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let handle = tokio::runtime::Handle::current();
+    let target = daemon.global.specs.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if matches!(event.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        let relevant = event.paths.iter().any(|path| {
+            path.extension()
+                .is_some_and(|ext| ext == "yaml" || ext == "yml")
+        });
+        if !relevant || daemon.intake.is_cancelled() {
+            return;
+        }
+        let mut request = Request::default();
+        request.reasons.insert("spec change");
+        let due = Instant::now() + daemon.args.debounce;
+        let daemon = Arc::clone(&daemon);
+        handle.spawn(async move {
+            if daemon.schedule(due, request).is_err() {
+                tracing::warn!("queue full: dropped a spec change (the next resync catches it)");
+            }
+        });
+    })?;
+    watcher.watch(&target, notify::RecursiveMode::Recursive)?;
+    Ok(watcher)
+}
+
+/// The addresses of a site's resources (for `/sites/{name}/logs`).
+fn site_addr(name: &str) -> Option<ResourceAddr> {
+    format!("site.{name}").parse().ok()
+}

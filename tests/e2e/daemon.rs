@@ -1,0 +1,368 @@
+//! `jaam daemon` end to end: real signed deliveries, a site deployed on a
+//! push, a burst of pushes coalesced, spec edits, drift healed or reported,
+//! and SIGTERM in the middle of a reconcile.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use jaam_tests::daemon::{Daemon, deliveries, http};
+use jaam_tests::github::GithubFake;
+use jaam_tests::{Workspace, aws_config, hosted_zone, moto_endpoint, unique};
+
+const SECRET: &str = "daemon-test-webhook-secret";
+
+fn sha() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..20].repeat(2)
+}
+
+fn daemon_command(ws: &Workspace, github: Option<&GithubFake>, aws: &str, extra: &[&str]) -> Command {
+    let mut command = ws.command(&["daemon"]);
+    command
+        .args(extra)
+        .env("AWS_ENDPOINT_URL", aws)
+        .env("GITHUB_TOKEN", "ghp_test")
+        .env("HOOK_SECRET", SECRET);
+    if let Some(github) = github {
+        command.env("GITHUB_API_URL", &github.url);
+    }
+    command
+}
+
+/// SSM commands (on any instance: moto fans SendCommand out) whose script is `script`.
+async fn commands(script: &str) -> usize {
+    let ssm = aws_sdk_ssm::Client::new(&aws_config().await);
+    let mut count = 0;
+    let mut pages = ssm.list_commands().into_paginator().send();
+    while let Some(page) = pages.next().await {
+        count += page
+            .expect("ListCommands")
+            .commands()
+            .iter()
+            .filter(|c| {
+                c.parameters()
+                    .and_then(|p| p.get("commands"))
+                    .is_some_and(|lines| lines.join("\n") == script)
+            })
+            .count();
+    }
+    count
+}
+
+/// `jaam ARGS` with the environment the daemon has.
+fn cli(ws: &Workspace, github: &GithubFake, aws: &str, args: &[&str]) -> jaam_tests::Run {
+    let mut command = daemon_command(ws, Some(github), aws, &[]);
+    command.args(["--stack", &ws.stack]);
+    let mut full = ws.command(args);
+    full.envs(command.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    jaam_tests::Run::from(full.output().expect("run jaam"))
+}
+
+fn site(ws: &Workspace, repo: &str, domain: &str) {
+    ws.write_specs(&format!(
+        "site.blog:\n  repo: {repo}\n  domain: blog.{domain}\n  zone: {domain}\n  https: false\n  \
+         webhook_url: https://jaam.{domain}/hooks/github\n  webhook_secret: ${{env.HOOK_SECRET}}\n"
+    ));
+}
+
+fn revision(daemon: &Daemon) -> String {
+    daemon.status()["revisions"]["blog"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deliveries_should_be_verified_deduplicated_and_deploy_the_site() {
+    let moto = moto_endpoint();
+    let _moto = jaam_tests::MOTO.read().await;
+    let github = GithubFake::start().await;
+    let ws = Workspace::new(&unique("daemonhook"));
+    let repo = format!("acme/{}", ws.stack);
+    let domain = format!("{}.test", ws.stack);
+    hosted_zone(&domain).await;
+    let a = sha();
+    github
+        .repos
+        .lock()
+        .unwrap()
+        .branches
+        .insert((repo.clone(), "main".into()), a.clone());
+    site(&ws, &repo, &domain);
+    let daemon = Daemon::start(
+        daemon_command(&ws, Some(&github), &moto, &["--max-body", "65536"]),
+        ws.dir.path().join("daemon.log"),
+    );
+    // The first reconcile (a resync) deploys the branch head.
+    daemon.wait_until("the first deploy", Duration::from_secs(60), |d| revision(d) == a);
+    assert_eq!(github.hooks(&repo).len(), 1);
+
+    let b = sha();
+    let c = sha();
+    let all = deliveries(SECRET, &repo, "main", std::slice::from_ref(&b), Some(&c));
+    let [ping, push, closed, merged] = all.as_slice() else {
+        panic!("four deliveries: {all:?}")
+    };
+
+    // ping is answered.
+    let (status, body) = daemon.deliver(ping);
+    assert_eq!(status, 200, "{body}");
+    // Bad, missing and SHA-1-only signatures are refused, and do nothing.
+    let mut forged = push.clone();
+    forged.signature = deliveries("another secret", &repo, "main", std::slice::from_ref(&b), None)[1]
+        .signature
+        .clone();
+    forged.id = uuid::Uuid::new_v4().to_string();
+    assert_eq!(daemon.deliver(&forged).0, 401);
+    let mut tampered = push.clone();
+    tampered.body = tampered.body.replace(&b, &c);
+    tampered.id = uuid::Uuid::new_v4().to_string();
+    assert_eq!(daemon.deliver(&tampered).0, 401);
+    let mut missing = push.clone();
+    missing.signature = String::new();
+    assert_eq!(daemon.deliver(&missing).0, 401);
+    let (status, _) = http(
+        daemon.port,
+        "POST",
+        "/hooks/github",
+        &[
+            ("x-github-event", "push"),
+            ("x-github-delivery", "sha1-only"),
+            ("x-hub-signature", "sha1=0123456789abcdef0123456789abcdef01234567"),
+        ],
+        push.body.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status, 401);
+    // Oversize bodies are refused before anything else.
+    let big = vec![b'x'; 200_000];
+    let (status, _) = http(
+        daemon.port,
+        "POST",
+        "/hooks/github",
+        &[("x-github-event", "push"), ("x-github-delivery", "big")],
+        &big,
+    )
+    .unwrap();
+    assert_eq!(status, 413);
+    assert_eq!(commands(&format!("/opt/jaam/bin/deploy {c}")).await, 0);
+
+    // A valid push deploys its commit: exactly one SSM command carries it.
+    let (status, body) = daemon.deliver(push);
+    assert_eq!(status, 202, "{body}");
+    assert!(body.contains("accepted"), "{body}");
+    daemon.wait_until("the pushed revision", Duration::from_secs(60), |d| revision(d) == b);
+    // The same delivery again is processed once.
+    let (status, body) = daemon.deliver(push);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("duplicate"), "{body}");
+    // An unmerged closed pull request is ignored.
+    let (status, body) = daemon.deliver(closed);
+    assert_eq!(status, 202);
+    assert!(body.contains("ignored"), "{body}");
+    // A merged one deploys its merge commit.
+    let (status, body) = daemon.deliver(merged);
+    assert_eq!(status, 202, "{body}");
+    daemon.wait_until("the merge commit", Duration::from_secs(60), |d| revision(d) == c);
+    assert_eq!(commands(&format!("/opt/jaam/bin/deploy {b}")).await, 1);
+    assert_eq!(commands(&format!("/opt/jaam/bin/deploy {c}")).await, 1);
+
+    let metrics = daemon.metrics();
+    assert!(metrics.contains("jaam_webhook_deliveries_total{outcome=\"unauthorized\"} 4"), "{metrics}");
+    assert!(metrics.contains("jaam_webhook_deliveries_total{outcome=\"duplicate\"} 1"), "{metrics}");
+    assert!(metrics.contains("jaam_webhook_deliveries_total{outcome=\"too_large\"} 1"), "{metrics}");
+    assert!(!daemon.logs().contains(SECRET));
+    assert_eq!(daemon.terminate(), Some(0));
+
+    // Delivery ids survive a restart.
+    let daemon = Daemon::start(
+        daemon_command(&ws, Some(&github), &moto, &[]),
+        ws.dir.path().join("daemon2.log"),
+    );
+    let (status, body) = daemon.deliver(merged);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("duplicate"), "{body}");
+    assert_eq!(daemon.terminate(), Some(0));
+    cli(&ws, &github, &moto, &["destroy", "--auto-approve"]).expect_code(0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_pushes_should_coalesce_into_at_most_two_reconciles() {
+    let moto = moto_endpoint();
+    let _moto = jaam_tests::MOTO.read().await;
+    let github = GithubFake::start().await;
+    let ws = Workspace::new(&unique("daemonburst"));
+    let repo = format!("acme/{}", ws.stack);
+    let domain = format!("{}.test", ws.stack);
+    hosted_zone(&domain).await;
+    let first = sha();
+    github
+        .repos
+        .lock()
+        .unwrap()
+        .branches
+        .insert((repo.clone(), "main".into()), first.clone());
+    site(&ws, &repo, &domain);
+    let daemon = Daemon::start(
+        daemon_command(&ws, Some(&github), &moto, &[]),
+        ws.dir.path().join("daemon.log"),
+    );
+    daemon.wait_until("the first deploy", Duration::from_secs(60), |d| revision(d) == first);
+    let before = daemon.counter("jaam_reconciles_total");
+
+    let shas: Vec<String> = (0..100).map(|_| sha()).collect();
+    let pushes = deliveries(SECRET, &repo, "main", &shas, None);
+    let last = shas.last().unwrap().clone();
+    github
+        .repos
+        .lock()
+        .unwrap()
+        .branches
+        .insert((repo.clone(), "main".into()), last.clone());
+    let started = std::time::Instant::now();
+    for push in pushes.iter().filter(|d| d.event == "push") {
+        let (status, body) = daemon.deliver(push);
+        assert_eq!(status, 202, "{body}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(1), "100 pushes in one second");
+    daemon.wait_until("the last revision", Duration::from_secs(60), |d| {
+        revision(d) == last && d.metrics().contains("jaam_queue_depth 0")
+    });
+    let reconciles = daemon.counter("jaam_reconciles_total") - before;
+    assert!((1..=2).contains(&reconciles), "{reconciles} reconciles for 100 pushes");
+    assert_eq!(commands(&format!("/opt/jaam/bin/deploy {last}")).await, 1);
+    assert_eq!(daemon.terminate(), Some(0));
+    cli(&ws, &github, &moto, &["destroy", "--auto-approve"]).expect_code(0);
+}
+
+fn log_groups(stack: &str, names: &[&str], drift: &str) -> String {
+    let mut out = format!("stack:\n  drift: {drift}\n");
+    for name in names {
+        out.push_str(&format!("log_group.{name}:\n  name: /jaam/{stack}/{name}\n"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spec_edit_should_reconcile_once_and_drift_should_heal_at_the_next_resync() {
+    let moto = moto_endpoint();
+    let _moto = jaam_tests::MOTO.read().await;
+    let ws = Workspace::new(&unique("daemonheal"));
+    let stack = ws.stack.clone();
+    ws.write_specs(&log_groups(&stack, &["a"], "heal"));
+    let daemon = Daemon::start(
+        daemon_command(&ws, None, &moto, &["--resync", "3s"]),
+        ws.dir.path().join("daemon.log"),
+    );
+    let logs = jaam_tests::logs_client().await;
+    let prefix = format!("/jaam/{stack}/");
+    daemon.wait_until("the first reconcile", Duration::from_secs(30), |d| {
+        d.status()["result"] == "applied"
+    });
+
+    // Saving a spec file: one reconcile.
+    let before = daemon.status()["reconciles"].as_u64().unwrap();
+    std::fs::write(
+        ws.specs().join("more.yaml"),
+        format!("log_group.b:\n  name: /jaam/{stack}/b\n"),
+    )
+    .unwrap();
+    daemon.wait_until("the new group", Duration::from_secs(30), |d| {
+        d.status()["reasons"] == serde_json::json!(["spec change"])
+    });
+    assert_eq!(daemon.status()["reconciles"].as_u64().unwrap(), before + 1);
+    assert_eq!(jaam_tests::log_groups(&logs, &prefix).await.len(), 2);
+
+    // Deleted behind its back: recreated at the next resync.
+    logs.delete_log_group()
+        .log_group_name(format!("/jaam/{stack}/a"))
+        .send()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while jaam_tests::log_groups(&logs, &prefix).await.len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "not healed:\n{}", daemon.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(daemon.terminate(), Some(0));
+    ws.jaam(&["destroy", "--auto-approve"]).expect_code(0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drift_should_only_be_reported_under_the_report_policy() {
+    let moto = moto_endpoint();
+    let _moto = jaam_tests::MOTO.read().await;
+    let ws = Workspace::new(&unique("daemonreport"));
+    let stack = ws.stack.clone();
+    ws.write_specs(&log_groups(&stack, &["a"], "report"));
+    ws.jaam(&["apply", "--auto-approve"]).expect_code(0);
+    let logs = jaam_tests::logs_client().await;
+    logs.delete_log_group()
+        .log_group_name(format!("/jaam/{stack}/a"))
+        .send()
+        .await
+        .unwrap();
+    let daemon = Daemon::start(
+        daemon_command(&ws, None, &moto, &["--resync", "2s"]),
+        ws.dir.path().join("daemon.log"),
+    );
+    daemon.wait_until("a drift report", Duration::from_secs(30), |d| {
+        let status = d.status();
+        status["result"] == "drift_reported"
+            && status["drift"] == serde_json::json!(["log_group.a"])
+    });
+    // Two resyncs later it is still only reported.
+    let seen = daemon.status()["reconciles"].as_u64().unwrap();
+    daemon.wait_until("two more resyncs", Duration::from_secs(30), |d| {
+        d.status()["reconciles"].as_u64().unwrap() >= seen + 2
+    });
+    assert!(jaam_tests::log_groups(&logs, &format!("/jaam/{stack}/")).await.is_empty());
+    assert!(daemon.metrics().contains("jaam_reconciles_total{result=\"drift_reported\"}"));
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_a_reconcile_should_finish_it_and_exit_0() {
+    let moto = moto_endpoint();
+    let _moto = jaam_tests::MOTO.read().await;
+    let ws = Workspace::new(&unique("daemonterm"));
+    let stack = ws.stack.clone();
+    // A slow cloud: every CreateLogGroup takes a second.
+    let held = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&held);
+    let answer: jaam_tests::Answer = Arc::new(move |head: &str, _body: &str| {
+        if head.contains("x-amz-target: logs_20140328.createloggroup") {
+            count.fetch_add(1, Ordering::SeqCst);
+            jaam_tests::Intercept::Delay(Duration::from_secs(1))
+        } else {
+            jaam_tests::Intercept::Forward
+        }
+    });
+    let proxy = jaam_tests::InterceptProxy::start(&moto, answer).await;
+    let names = ["a", "b", "c", "d", "e"];
+    ws.write_specs(&log_groups(&stack, &names, "heal"));
+    let daemon = Daemon::start(
+        daemon_command(&ws, None, &proxy.url, &[]),
+        ws.dir.path().join("daemon.log"),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while held.load(Ordering::SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no reconcile started:\n{}", daemon.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = daemon.log.clone();
+    assert_eq!(daemon.terminate(), Some(0), "{}", std::fs::read_to_string(&log).unwrap());
+    // The reconcile finished: every group exists and state holds them all.
+    let logs = jaam_tests::logs_client().await;
+    assert_eq!(
+        jaam_tests::log_groups(&logs, &format!("/jaam/{stack}/")).await.len(),
+        names.len()
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.state()).unwrap()).unwrap();
+    assert_eq!(state["resources"].as_object().unwrap().len(), names.len());
+    assert!(!ws.state().with_extension("json.journal").exists());
+    ws.jaam(&["plan", "--detailed-exitcode"]).expect_code(0);
+    ws.jaam(&["destroy", "--auto-approve"]).expect_code(0);
+}
