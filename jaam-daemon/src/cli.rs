@@ -110,6 +110,9 @@ pub(crate) struct DaemonArgs {
     /// The largest webhook body accepted, in bytes (GitHub sends at most 25 MB).
     #[arg(long, default_value_t = 25 * 1024 * 1024)]
     pub(crate) max_body: usize,
+    /// How long a request's headers may take to arrive.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) header_timeout: Duration,
     /// How long a webhook body may take to arrive.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub(crate) body_timeout: Duration,

@@ -168,6 +168,48 @@ async fn deliveries_should_be_verified_deduplicated_and_deploy_the_site() {
     assert_eq!(commands(&format!("/opt/jaam/bin/deploy {b}")).await, 1);
     assert_eq!(commands(&format!("/opt/jaam/bin/deploy {c}")).await, 1);
 
+    // The site's build log as server-sent events.
+    let group = format!("/jaam/sites/blog.{domain}");
+    let logs = jaam_tests::logs_client().await;
+    logs.create_log_stream()
+        .log_group_name(&group)
+        .log_stream_name("build")
+        .send()
+        .await
+        .unwrap();
+    logs.put_log_events()
+        .log_group_name(&group)
+        .log_stream_name("build")
+        .log_events(
+            aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                .timestamp(chrono::Utc::now().timestamp_millis())
+                .message(format!("serving {c}"))
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    {
+        use std::io::{BufRead, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        stream
+            .write_all(b"GET /sites/blog/logs HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n")
+            .unwrap();
+        let reader = std::io::BufReader::new(stream);
+        let mut saw = Vec::new();
+        for line in reader.lines() {
+            let line = line.expect("an event before the timeout");
+            saw.push(line.clone());
+            if line.starts_with("data:") && line.contains(&format!("serving {c}")) {
+                break;
+            }
+        }
+        assert!(saw.iter().any(|l| l.contains("text/event-stream")), "{saw:?}");
+        assert!(saw.iter().any(|l| l == "event: build"), "{saw:?}");
+    }
+
     let metrics = daemon.metrics();
     assert!(metrics.contains("jaam_webhook_deliveries_total{outcome=\"unauthorized\"} 4"), "{metrics}");
     assert!(metrics.contains("jaam_webhook_deliveries_total{outcome=\"duplicate\"} 1"), "{metrics}");
@@ -252,9 +294,34 @@ async fn a_spec_edit_should_reconcile_once_and_drift_should_heal_at_the_next_res
     let stack = ws.stack.clone();
     ws.write_specs(&log_groups(&stack, &["a"], "heal"));
     let daemon = Daemon::start(
-        daemon_command(&ws, None, &moto, &["--resync", "3s"]),
+        daemon_command(
+            &ws,
+            None,
+            &moto,
+            &["--resync", "3s", "--header-timeout", "1s", "--body-timeout", "1s"],
+        ),
         ws.dir.path().join("daemon.log"),
     );
+    // Slow clients are cut off: headers that never end, a body that never comes.
+    {
+        use std::io::{Read, Write};
+        let mut slow = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+        slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        slow.write_all(b"POST /hooks/github HTTP/1.1\r\nhost: x\r\n").unwrap();
+        let started = std::time::Instant::now();
+        let mut rest = Vec::new();
+        let _ = slow.read_to_end(&mut rest);
+        assert!(started.elapsed() < Duration::from_secs(5), "headers timed out");
+        let mut slow = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+        slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        slow.write_all(
+            b"POST /hooks/github HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{\"partial",
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = slow.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
     let logs = jaam_tests::logs_client().await;
     let prefix = format!("/jaam/{stack}/");
     daemon.wait_until("the first reconcile", Duration::from_secs(30), |d| {
@@ -343,9 +410,19 @@ async fn sigterm_during_a_reconcile_should_finish_it_and_exit_0() {
     let names = ["a", "b", "c", "d", "e"];
     ws.write_specs(&log_groups(&stack, &names, "heal"));
     let daemon = Daemon::start(
-        daemon_command(&ws, None, &proxy.url, &[]),
+        daemon_command(&ws, None, &proxy.url, &["--read-token", "t0k3n"]),
         ws.dir.path().join("daemon.log"),
     );
+    // Read endpoints want the bearer token; health does not.
+    assert_eq!(http(daemon.port, "GET", "/healthz", &[], b"").unwrap().0, 200);
+    assert_eq!(http(daemon.port, "GET", "/metrics", &[], b"").unwrap().0, 401);
+    assert_eq!(
+        http(daemon.port, "GET", "/status", &[("authorization", "Bearer nope!")], b"").unwrap().0,
+        401
+    );
+    let (status, body) =
+        http(daemon.port, "GET", "/status", &[("authorization", "Bearer t0k3n")], b"").unwrap();
+    assert_eq!(status, 200, "{body}");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while held.load(Ordering::SeqCst) == 0 {
         assert!(std::time::Instant::now() < deadline, "no reconcile started:\n{}", daemon.logs());

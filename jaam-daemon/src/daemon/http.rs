@@ -22,6 +22,7 @@ type Shared = Arc<Daemon>;
 
 pub(crate) async fn serve(daemon: Shared, listener: tokio::net::TcpListener) {
     let stop = daemon.intake.clone();
+    let daemon_header_timeout = daemon.args.header_timeout;
     let app = axum::Router::new()
         .route("/hooks/github", post(hook))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -29,12 +30,33 @@ pub(crate) async fn serve(daemon: Shared, listener: tokio::net::TcpListener) {
         .route("/status", get(status))
         .route("/sites/{name}/logs", get(logs))
         .with_state(daemon);
-    if let Err(error) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-    {
-        tracing::error!(%error, "the HTTP server stopped");
+    // hyper directly rather than `axum::serve`, for a header read timeout: a
+    // client that trickles its request headers is cut off.
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let header_timeout = daemon_header_timeout;
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
     }
+    // Let answers in progress (and log streams) end, briefly.
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
 }
 
 fn answer(status: StatusCode, body: serde_json::Value) -> Response {
