@@ -104,6 +104,10 @@ pub(crate) struct DaemonArgs {
     /// How long after a spec file changes to reconcile (events meanwhile merge).
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub(crate) debounce: Duration,
+    /// After a push is deployed at once, later pushes within this window wait
+    /// for its end and merge into one reconcile.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub(crate) push_window: Duration,
     /// Require `Authorization: Bearer TOKEN` on /metrics, /status and logs.
     #[arg(long, env = "JAAM_DAEMON_TOKEN", hide_env_values = true)]
     pub(crate) read_token: Option<String>,

@@ -17,7 +17,12 @@ fn sha() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..20].repeat(2)
 }
 
-fn daemon_command(ws: &Workspace, github: Option<&GithubFake>, aws: &str, extra: &[&str]) -> Command {
+fn daemon_command(
+    ws: &Workspace,
+    github: Option<&GithubFake>,
+    aws: &str,
+    extra: &[&str],
+) -> Command {
     let mut command = ws.command(&["daemon"]);
     command
         .args(extra)
@@ -95,7 +100,9 @@ async fn deliveries_should_be_verified_deduplicated_and_deploy_the_site() {
         ws.dir.path().join("daemon.log"),
     );
     // The first reconcile (a resync) deploys the branch head.
-    daemon.wait_until("the first deploy", Duration::from_secs(60), |d| revision(d) == a);
+    daemon.wait_until("the first deploy", Duration::from_secs(60), |d| {
+        revision(d) == a
+    });
     assert_eq!(github.hooks(&repo).len(), 1);
 
     let b = sha();
@@ -110,9 +117,15 @@ async fn deliveries_should_be_verified_deduplicated_and_deploy_the_site() {
     assert_eq!(status, 200, "{body}");
     // Bad, missing and SHA-1-only signatures are refused, and do nothing.
     let mut forged = push.clone();
-    forged.signature = deliveries("another secret", &repo, "main", std::slice::from_ref(&b), None)[1]
-        .signature
-        .clone();
+    forged.signature = deliveries(
+        "another secret",
+        &repo,
+        "main",
+        std::slice::from_ref(&b),
+        None,
+    )[1]
+    .signature
+    .clone();
     forged.id = uuid::Uuid::new_v4().to_string();
     assert_eq!(daemon.deliver(&forged).0, 401);
     let mut tampered = push.clone();
@@ -129,7 +142,10 @@ async fn deliveries_should_be_verified_deduplicated_and_deploy_the_site() {
         &[
             ("x-github-event", "push"),
             ("x-github-delivery", "sha1-only"),
-            ("x-hub-signature", "sha1=0123456789abcdef0123456789abcdef01234567"),
+            (
+                "x-hub-signature",
+                "sha1=0123456789abcdef0123456789abcdef01234567",
+            ),
         ],
         push.body.as_bytes(),
     )
@@ -152,7 +168,9 @@ async fn deliveries_should_be_verified_deduplicated_and_deploy_the_site() {
     let (status, body) = daemon.deliver(push);
     assert_eq!(status, 202, "{body}");
     assert!(body.contains("accepted"), "{body}");
-    daemon.wait_until("the pushed revision", Duration::from_secs(60), |d| revision(d) == b);
+    daemon.wait_until("the pushed revision", Duration::from_secs(60), |d| {
+        revision(d) == b
+    });
     // The same delivery again is processed once.
     let (status, body) = daemon.deliver(push);
     assert_eq!(status, 200, "{body}");
@@ -164,7 +182,9 @@ async fn deliveries_should_be_verified_deduplicated_and_deploy_the_site() {
     // A merged one deploys its merge commit.
     let (status, body) = daemon.deliver(merged);
     assert_eq!(status, 202, "{body}");
-    daemon.wait_until("the merge commit", Duration::from_secs(60), |d| revision(d) == c);
+    daemon.wait_until("the merge commit", Duration::from_secs(60), |d| {
+        revision(d) == c
+    });
     assert_eq!(commands(&format!("/opt/jaam/bin/deploy {b}")).await, 1);
     assert_eq!(commands(&format!("/opt/jaam/bin/deploy {c}")).await, 1);
 
@@ -193,9 +213,13 @@ async fn deliveries_should_be_verified_deduplicated_and_deploy_the_site() {
     {
         use std::io::{BufRead, Write};
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         stream
-            .write_all(b"GET /sites/blog/logs HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n")
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream
+            .write_all(
+                b"GET /sites/blog/logs HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n",
+            )
             .unwrap();
         let reader = std::io::BufReader::new(stream);
         let mut saw = Vec::new();
@@ -206,14 +230,26 @@ async fn deliveries_should_be_verified_deduplicated_and_deploy_the_site() {
                 break;
             }
         }
-        assert!(saw.iter().any(|l| l.contains("text/event-stream")), "{saw:?}");
+        assert!(
+            saw.iter().any(|l| l.contains("text/event-stream")),
+            "{saw:?}"
+        );
         assert!(saw.iter().any(|l| l == "event: build"), "{saw:?}");
     }
 
     let metrics = daemon.metrics();
-    assert!(metrics.contains("jaam_webhook_deliveries_total{outcome=\"unauthorized\"} 4"), "{metrics}");
-    assert!(metrics.contains("jaam_webhook_deliveries_total{outcome=\"duplicate\"} 1"), "{metrics}");
-    assert!(metrics.contains("jaam_webhook_deliveries_total{outcome=\"too_large\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("jaam_webhook_deliveries_total{outcome=\"unauthorized\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("jaam_webhook_deliveries_total{outcome=\"duplicate\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("jaam_webhook_deliveries_total{outcome=\"too_large\"} 1"),
+        "{metrics}"
+    );
     assert!(!daemon.logs().contains(SECRET));
     assert_eq!(daemon.terminate(), Some(0));
 
@@ -250,7 +286,9 @@ async fn a_burst_of_pushes_should_coalesce_into_at_most_two_reconciles() {
         daemon_command(&ws, Some(&github), &moto, &[]),
         ws.dir.path().join("daemon.log"),
     );
-    daemon.wait_until("the first deploy", Duration::from_secs(60), |d| revision(d) == first);
+    daemon.wait_until("the first deploy", Duration::from_secs(60), |d| {
+        revision(d) == first
+    });
     let before = daemon.counter("jaam_reconciles_total");
 
     let shas: Vec<String> = (0..100).map(|_| sha()).collect();
@@ -267,12 +305,18 @@ async fn a_burst_of_pushes_should_coalesce_into_at_most_two_reconciles() {
         let (status, body) = daemon.deliver(push);
         assert_eq!(status, 202, "{body}");
     }
-    assert!(started.elapsed() < Duration::from_secs(1), "100 pushes in one second");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "100 pushes in one second"
+    );
     daemon.wait_until("the last revision", Duration::from_secs(60), |d| {
         revision(d) == last && d.metrics().contains("jaam_queue_depth 0")
     });
     let reconciles = daemon.counter("jaam_reconciles_total") - before;
-    assert!((1..=2).contains(&reconciles), "{reconciles} reconciles for 100 pushes");
+    assert!(
+        (1..=2).contains(&reconciles),
+        "{reconciles} reconciles for 100 pushes"
+    );
     assert_eq!(commands(&format!("/opt/jaam/bin/deploy {last}")).await, 1);
     assert_eq!(daemon.terminate(), Some(0));
     cli(&ws, &github, &moto, &["destroy", "--auto-approve"]).expect_code(0);
@@ -281,7 +325,9 @@ async fn a_burst_of_pushes_should_coalesce_into_at_most_two_reconciles() {
 fn log_groups(stack: &str, names: &[&str], drift: &str) -> String {
     let mut out = format!("stack:\n  drift: {drift}\n");
     for name in names {
-        out.push_str(&format!("log_group.{name}:\n  name: /jaam/{stack}/{name}\n"));
+        out.push_str(&format!(
+            "log_group.{name}:\n  name: /jaam/{stack}/{name}\n"
+        ));
     }
     out
 }
@@ -298,7 +344,14 @@ async fn a_spec_edit_should_reconcile_once_and_drift_should_heal_at_the_next_res
             &ws,
             None,
             &moto,
-            &["--resync", "3s", "--header-timeout", "1s", "--body-timeout", "1s"],
+            &[
+                "--resync",
+                "3s",
+                "--header-timeout",
+                "1s",
+                "--body-timeout",
+                "1s",
+            ],
         ),
         ws.dir.path().join("daemon.log"),
     );
@@ -306,14 +359,20 @@ async fn a_spec_edit_should_reconcile_once_and_drift_should_heal_at_the_next_res
     {
         use std::io::{Read, Write};
         let mut slow = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
-        slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        slow.write_all(b"POST /hooks/github HTTP/1.1\r\nhost: x\r\n").unwrap();
+        slow.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        slow.write_all(b"POST /hooks/github HTTP/1.1\r\nhost: x\r\n")
+            .unwrap();
         let started = std::time::Instant::now();
         let mut rest = Vec::new();
         let _ = slow.read_to_end(&mut rest);
-        assert!(started.elapsed() < Duration::from_secs(5), "headers timed out");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "headers timed out"
+        );
         let mut slow = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
-        slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        slow.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         slow.write_all(
             b"POST /hooks/github HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{\"partial",
         )
@@ -349,7 +408,11 @@ async fn a_spec_edit_should_reconcile_once_and_drift_should_heal_at_the_next_res
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while jaam_tests::log_groups(&logs, &prefix).await.len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "not healed:\n{}", daemon.logs());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not healed:\n{}",
+            daemon.logs()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(daemon.terminate(), Some(0));
@@ -384,8 +447,16 @@ async fn drift_should_only_be_reported_under_the_report_policy() {
     daemon.wait_until("two more resyncs", Duration::from_secs(30), |d| {
         d.status()["reconciles"].as_u64().unwrap() >= seen + 2
     });
-    assert!(jaam_tests::log_groups(&logs, &format!("/jaam/{stack}/")).await.is_empty());
-    assert!(daemon.metrics().contains("jaam_reconciles_total{result=\"drift_reported\"}"));
+    assert!(
+        jaam_tests::log_groups(&logs, &format!("/jaam/{stack}/"))
+            .await
+            .is_empty()
+    );
+    assert!(
+        daemon
+            .metrics()
+            .contains("jaam_reconciles_total{result=\"drift_reported\"}")
+    );
     assert_eq!(daemon.terminate(), Some(0));
 }
 
@@ -414,26 +485,57 @@ async fn sigterm_during_a_reconcile_should_finish_it_and_exit_0() {
         ws.dir.path().join("daemon.log"),
     );
     // Read endpoints want the bearer token; health does not.
-    assert_eq!(http(daemon.port, "GET", "/healthz", &[], b"").unwrap().0, 200);
-    assert_eq!(http(daemon.port, "GET", "/metrics", &[], b"").unwrap().0, 401);
     assert_eq!(
-        http(daemon.port, "GET", "/status", &[("authorization", "Bearer nope!")], b"").unwrap().0,
+        http(daemon.port, "GET", "/healthz", &[], b"").unwrap().0,
+        200
+    );
+    assert_eq!(
+        http(daemon.port, "GET", "/metrics", &[], b"").unwrap().0,
         401
     );
-    let (status, body) =
-        http(daemon.port, "GET", "/status", &[("authorization", "Bearer t0k3n")], b"").unwrap();
+    assert_eq!(
+        http(
+            daemon.port,
+            "GET",
+            "/status",
+            &[("authorization", "Bearer nope!")],
+            b""
+        )
+        .unwrap()
+        .0,
+        401
+    );
+    let (status, body) = http(
+        daemon.port,
+        "GET",
+        "/status",
+        &[("authorization", "Bearer t0k3n")],
+        b"",
+    )
+    .unwrap();
     assert_eq!(status, 200, "{body}");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while held.load(Ordering::SeqCst) == 0 {
-        assert!(std::time::Instant::now() < deadline, "no reconcile started:\n{}", daemon.logs());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reconcile started:\n{}",
+            daemon.logs()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let log = daemon.log.clone();
-    assert_eq!(daemon.terminate(), Some(0), "{}", std::fs::read_to_string(&log).unwrap());
+    assert_eq!(
+        daemon.terminate(),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
     // The reconcile finished: every group exists and state holds them all.
     let logs = jaam_tests::logs_client().await;
     assert_eq!(
-        jaam_tests::log_groups(&logs, &format!("/jaam/{stack}/")).await.len(),
+        jaam_tests::log_groups(&logs, &format!("/jaam/{stack}/"))
+            .await
+            .len(),
         names.len()
     );
     let state: serde_json::Value =

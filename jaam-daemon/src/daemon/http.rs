@@ -11,7 +11,6 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Daemon;
@@ -74,11 +73,8 @@ async fn hook(State(daemon): State<Shared>, request: Request) -> Response {
             .map(str::to_owned)
     };
     let limit = daemon.args.max_body;
-    let read = tokio::time::timeout(
-        daemon.args.body_timeout,
-        axum::body::to_bytes(body, limit),
-    )
-    .await;
+    let read =
+        tokio::time::timeout(daemon.args.body_timeout, axum::body::to_bytes(body, limit)).await;
     let body = match read {
         Err(_) => {
             daemon.metrics.delivery("timeout");
@@ -97,11 +93,7 @@ async fn hook(State(daemon): State<Shared>, request: Request) -> Response {
         Ok(Ok(body)) => body,
     };
     let secrets = daemon.secrets.read().expect("secrets").clone();
-    if let Err(error) = webhook::verify(
-        header("x-hub-signature-256").as_deref(),
-        &body,
-        &secrets,
-    ) {
+    if let Err(error) = webhook::verify(header("x-hub-signature-256").as_deref(), &body, &secrets) {
         daemon.metrics.delivery("unauthorized");
         tracing::warn!(reason = error.reason(), "refused a webhook delivery");
         return answer(StatusCode::UNAUTHORIZED, json!({"error": error.reason()}));
@@ -175,7 +167,7 @@ async fn hook(State(daemon): State<Shared>, request: Request) -> Response {
             for site in &sites {
                 work.revisions.insert(site.clone(), sha.clone());
             }
-            match daemon.schedule(Instant::now(), work) {
+            match daemon.schedule(daemon.push_due(), work) {
                 Ok(()) => {
                     daemon.metrics.delivery("accepted");
                     tracing::info!(delivery, ?sites, sha, why, "deploy queued");
@@ -256,7 +248,12 @@ async fn logs(
     };
     let state = match daemon.engine.state().await {
         Ok(Some(state)) => state,
-        _ => return answer(StatusCode::NOT_FOUND, json!({"error": "nothing applied yet"})),
+        _ => {
+            return answer(
+                StatusCode::NOT_FOUND,
+                json!({"error": "nothing applied yet"}),
+            );
+        }
     };
     let group = match jaam_core::providers::aws::sites::log_group_of(&state, &addr) {
         Ok(group) => group,
@@ -302,4 +299,3 @@ async fn logs(
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }
-

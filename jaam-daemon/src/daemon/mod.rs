@@ -6,8 +6,11 @@
 //!   reconcile `--debounce` later, so an editor's burst of events runs once;
 //! - the **webhook receiver** (`POST /hooks/github`, see [`webhook`]): a signed
 //!   `push` to a site's branch, or a merged pull request into it, pins that
-//!   site's revision to the commit and schedules at once (the handler only
-//!   enqueues, so it answers in microseconds);
+//!   site's revision to the commit and schedules a reconcile (the handler only
+//!   enqueues, so it answers in microseconds). The first push after a quiet
+//!   `--push-window` (1 s) runs at once; pushes within the window wait for its
+//!   end and merge, so a burst of 100 pushes in a second is two reconciles,
+//!   the last revision winning;
 //! - the **resync timer** (`--resync`, default 10 min, ±10 % jitter): refreshes
 //!   and, per the stack's `drift` policy, applies the correction (`heal`) or
 //!   only reports it (`report`). A resync forgets pinned revisions and reads
@@ -20,6 +23,9 @@
 //! CLI takes: the CLI and the daemon never apply one stack at once; with S3
 //! state it is the expiring lease), plan, and apply when there are changes.
 //! A failure is retried by the queue with exponential backoff and jitter.
+//! A reconcile asked for only by pushes and merges plans just the pushed
+//! sites' instances from state (`--target`, no refresh): the deploy starts in
+//! milliseconds, and the next resync refreshes everything.
 //!
 //! # HTTP
 //! `GET /healthz`, `GET /metrics` (Prometheus), `GET /status` (JSON), `GET
@@ -97,6 +103,8 @@ pub(crate) struct Daemon {
     sdk: jaam_core::providers::aws::SdkConfig,
     /// Stops intake (HTTP, watcher, timer).
     intake: CancellationToken,
+    /// Until when pushes wait for the current push window to close.
+    push_window: Mutex<Instant>,
 }
 
 pub(crate) async fn run(global: &Global, args: &DaemonArgs) -> anyhow::Result<ExitCode> {
@@ -141,6 +149,7 @@ pub(crate) async fn run(global: &Global, args: &DaemonArgs) -> anyhow::Result<Ex
         pins,
         sdk,
         intake: CancellationToken::new(),
+        push_window: Mutex::new(Instant::now()),
     });
     daemon.index(&config).await;
 
@@ -217,6 +226,20 @@ impl Daemon {
         self.queue.schedule(self.stack.clone(), due, request)
     }
 
+    /// When a push arriving now should run: at once after a quiet window,
+    /// else when the current window closes (pushes meanwhile merge into one
+    /// reconcile, the latest revision winning).
+    fn push_due(&self) -> Instant {
+        let now = Instant::now();
+        let mut window = self.push_window.lock().expect("push window");
+        if now >= *window {
+            *window = now + self.args.push_window;
+            now
+        } else {
+            *window
+        }
+    }
+
     /// Learns the sites and webhook secrets of `config`.
     async fn index(&self, config: &Config) {
         let mut sites: SiteIndex = HashMap::new();
@@ -260,12 +283,13 @@ impl Daemon {
                         .and_then(Value::as_str)
                         .map(str::to_owned);
                     if let Some(name) = parameter {
-                        let store = jaam_core::providers::aws::parameters::Parameters::new(
-                            &self.sdk, None,
-                        );
+                        let store =
+                            jaam_core::providers::aws::parameters::Parameters::new(&self.sdk, None);
                         match store.get(&name).await {
                             Ok(Some(secret)) => secrets.push(secret),
-                            Ok(None) => tracing::warn!(parameter = %name, "webhook secret parameter is missing"),
+                            Ok(None) => {
+                                tracing::warn!(parameter = %name, "webhook secret parameter is missing")
+                            }
                             Err(error) => tracing::warn!(%error, "cannot read a webhook secret"),
                         }
                     }
@@ -336,6 +360,33 @@ impl Daemon {
         let config = crate::commands::load_specs(&self.global, self.engine.registry())
             .map_err(|e| format!("{e:#}"))?;
         self.index(&config).await;
+        // A push or a merge touches only its sites' instances: plan just those
+        // from state (no refresh; the resync refreshes everything), so a deploy
+        // starts within milliseconds of the delivery.
+        let deploy_only = !request.revisions.is_empty()
+            && request
+                .reasons
+                .iter()
+                .all(|r| *r == "push" || *r == "merged pull request");
+        let options = if deploy_only {
+            jaam_core::plan::Options {
+                refresh: false,
+                targets: request
+                    .revisions
+                    .keys()
+                    .filter_map(|site| {
+                        let addr: ResourceAddr = format!("site.{site}.instance")
+                            .parse()
+                            .or_else(|_| site.parse())
+                            .ok()?;
+                        config.resources().contains_key(&addr).then_some(addr)
+                    })
+                    .collect(),
+                destroy: false,
+            }
+        } else {
+            jaam_core::plan::Options::default()
+        };
         let mut session = self
             .engine
             .lock("jaam daemon")
@@ -343,7 +394,7 @@ impl Daemon {
             .map_err(|e| e.to_string())?;
         let outcome = async {
             let plan = session
-                .plan(&config, &Default::default())
+                .plan(&config, &options)
                 .await
                 .map_err(|e| e.to_string())?;
             if !plan.has_changes() {
@@ -410,10 +461,11 @@ async fn resync(daemon: Arc<Daemon>) {
         request.reasons.insert("resync");
         let _ = daemon.schedule(Instant::now(), request);
         let period = daemon.args.resync.as_secs_f64();
-        let jitter = 1.0 + (rand::random::<f64>() - 0.5) * 0.2;
+        let jitter = (rand::random::<f64>() - 0.5).mul_add(0.2, 1.0);
         let wait = Duration::from_secs_f64(period * jitter);
-        daemon.status.lock().expect("status").next_resync =
-            chrono::Duration::from_std(wait).ok().map(|w| Utc::now() + w);
+        daemon.status.lock().expect("status").next_resync = chrono::Duration::from_std(wait)
+            .ok()
+            .map(|w| Utc::now() + w);
         tokio::time::sleep(wait).await;
     }
 }

@@ -91,20 +91,25 @@ pub(crate) fn interpret(event: &str, body: &[u8]) -> Result<Wanted, String> {
     if event != "push" && event != "pull_request" {
         return Ok(Wanted::Ignore(format!("`{event}` events are not used")));
     }
-    let payload: serde_json::Value =
+    // Only the fields used are read (the rest is skipped, not built).
+    let payload: Payload =
         serde_json::from_slice(body).map_err(|e| format!("the payload is not JSON: {e}"))?;
-    let text = |pointer: &str| payload.pointer(pointer).and_then(serde_json::Value::as_str);
-    let repo = text("/repository/full_name")
-        .ok_or("the payload names no repository")?
-        .to_owned();
+    let repo = payload
+        .repository
+        .map(|r| r.full_name)
+        .ok_or("the payload names no repository")?;
     if event == "push" {
-        let Some(branch) = text("/ref").and_then(|r| r.strip_prefix("refs/heads/")) else {
+        let Some(branch) = payload
+            .r#ref
+            .as_deref()
+            .and_then(|r| r.strip_prefix("refs/heads/"))
+        else {
             return Ok(Wanted::Ignore("a push that is not to a branch".into()));
         };
-        if payload.get("deleted").and_then(serde_json::Value::as_bool) == Some(true) {
+        if payload.deleted == Some(true) {
             return Ok(Wanted::Ignore("a deleted branch".into()));
         }
-        let sha = text("/after").ok_or("a push without `after`")?.to_owned();
+        let sha = payload.after.ok_or("a push without `after`")?;
         return Ok(Wanted::Deploy {
             repo,
             branch: branch.to_owned(),
@@ -112,27 +117,52 @@ pub(crate) fn interpret(event: &str, body: &[u8]) -> Result<Wanted, String> {
             why: "push",
         });
     }
-    let merged = payload
-        .pointer("/pull_request/merged")
-        .and_then(serde_json::Value::as_bool)
-        == Some(true);
-    if text("/action") != Some("closed") || !merged {
-        return Ok(Wanted::Ignore(
-            "a pull request that was not merged".into(),
-        ));
+    let pull = payload
+        .pull_request
+        .ok_or("a pull_request event without one")?;
+    if payload.action.as_deref() != Some("closed") || pull.merged != Some(true) {
+        return Ok(Wanted::Ignore("a pull request that was not merged".into()));
     }
-    let branch = text("/pull_request/base/ref")
-        .ok_or("a pull request without a base branch")?
-        .to_owned();
-    let sha = text("/pull_request/merge_commit_sha")
-        .ok_or("a merged pull request without `merge_commit_sha`")?
-        .to_owned();
+    let branch = pull
+        .base
+        .map(|b| b.r#ref)
+        .ok_or("a pull request without a base branch")?;
+    let sha = pull
+        .merge_commit_sha
+        .ok_or("a merged pull request without `merge_commit_sha`")?;
     Ok(Wanted::Deploy {
         repo,
         branch,
         sha,
         why: "merged pull request",
     })
+}
+
+#[derive(serde::Deserialize)]
+struct Payload {
+    action: Option<String>,
+    r#ref: Option<String>,
+    after: Option<String>,
+    deleted: Option<bool>,
+    repository: Option<Repository>,
+    pull_request: Option<PullRequest>,
+}
+
+#[derive(serde::Deserialize)]
+struct Repository {
+    full_name: String,
+}
+
+#[derive(serde::Deserialize)]
+struct PullRequest {
+    merged: Option<bool>,
+    merge_commit_sha: Option<String>,
+    base: Option<Base>,
+}
+
+#[derive(serde::Deserialize)]
+struct Base {
+    r#ref: String,
 }
 
 /// Delivery ids already seen: the newest `capacity`, kept in a file.
@@ -213,11 +243,19 @@ mod tests {
         let secret = Secret::new("It's a Secret to Everybody");
         let header = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
         assert_eq!(
-            verify(Some(header), b"Hello, World!", std::slice::from_ref(&secret)),
+            verify(
+                Some(header),
+                b"Hello, World!",
+                std::slice::from_ref(&secret)
+            ),
             Ok(())
         );
         assert_eq!(
-            verify(Some(header), b"Hello, World?", std::slice::from_ref(&secret)),
+            verify(
+                Some(header),
+                b"Hello, World?",
+                std::slice::from_ref(&secret)
+            ),
             Err(SignatureError::Mismatch)
         );
         assert_eq!(
@@ -268,7 +306,10 @@ mod tests {
             interpret("pull_request", closed).unwrap(),
             Wanted::Ignore(_)
         ));
-        assert!(matches!(interpret("issues", b"{}").unwrap(), Wanted::Ignore(_)));
+        assert!(matches!(
+            interpret("issues", b"{}").unwrap(),
+            Wanted::Ignore(_)
+        ));
         assert_eq!(interpret("ping", b"").unwrap(), Wanted::Pong);
         assert!(interpret("push", b"not json").is_err());
     }

@@ -638,6 +638,22 @@ impl Provider for Instances {
         changed: &[String],
     ) -> Result<Observed> {
         let ids = [id.to_owned()];
+        // A new revision only: deploy, then read the instance once.
+        if !changed.is_empty()
+            && changed
+                .iter()
+                .all(|c| c == "revision" || c == "deploy_command")
+        {
+            self.deploy(id, attributes).await?;
+            let found = self.describe_ids(&ids).await?;
+            let instance = found
+                .iter()
+                .find(|i| i.instance_id() == Some(id) && !is_gone(i))
+                .ok_or_else(|| {
+                    ProviderError::new(ErrorKind::NotFound, format!("instance `{id}` disappeared"))
+                })?;
+            return Ok(observe(instance, attributes));
+        }
         if changed.iter().any(|c| c == "tags") {
             let old = string_map(prior.get("tags"));
             let new = string_map(attributes.get("tags"));

@@ -17,9 +17,9 @@ pub mod ssm;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use aws_config::retry::RetryConfig;
-pub use aws_config::SdkConfig;
 use aws_config::BehaviorVersion;
+pub use aws_config::SdkConfig;
+use aws_config::retry::RetryConfig;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
