@@ -312,7 +312,13 @@ fn run_deploy_cycle(app: &str, framework: &str, needle: impl Fn(&str) -> bool) {
     let repo = Repo::new(dir.path(), app);
     let a = git(&repo.work, &["rev-parse", "HEAD"]);
     let root = dir.path().join("site");
-    let port = free_port();
+    // A server app alternates between `port` and `port + 1`: both must be free.
+    let port = loop {
+        let port = free_port();
+        if std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            break port;
+        }
+    };
     let site = sample_site(
         "sample",
         framework,

@@ -546,6 +546,31 @@ impl Loader<'_> {
                 referencing = true;
             }
         }
+        // `env` is written into user data: a value read from the environment
+        // may be a secret, and would end up there in clear.
+        if let Some(env) = spec.args.get("env") {
+            for (template, at) in env.templates() {
+                if template
+                    .parts
+                    .iter()
+                    .any(|part| matches!(part, Part::Env(_)))
+                {
+                    self.diagnostics.push(Diagnostic {
+                        location: Some(at.clone()),
+                        addr: Some(addr.clone()),
+                        message:
+                            "a site's `env` values are written into the instance's user data, \
+                                  so they may not read `${env.…}`"
+                                .to_owned(),
+                        hint: Some(
+                            "store the value in SSM Parameter Store and list it under `secrets`"
+                                .into(),
+                        ),
+                    });
+                    referencing = true;
+                }
+            }
+        }
         if referencing {
             return;
         }

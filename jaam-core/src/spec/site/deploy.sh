@@ -133,6 +133,7 @@ activate() {
   app_start "$sha" "$new"
   if ! wait_healthy "$new"; then
     app_stop "$new"
+    tail -n 20 "$ROOT/logs/app.log" >&2 || true
     fail "release $sha did not answer on port $new; still serving $(current_sha)"
   fi
   printf 'server 127.0.0.1:%s;\n' "$new" >"$ROOT/upstream.conf.new"

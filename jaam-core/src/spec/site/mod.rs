@@ -35,9 +35,11 @@
 //!   `node_version` (default 20); `port` (server apps; the deploy script uses
 //!   it and the next one, alternately, for zero-downtime switches).
 //! - `env`: plain variables, written to the instance's env file (visible in
-//!   user data and state: nothing secret). `secrets`: variable → SSM Parameter
-//!   Store name; the deploy script reads them on the instance at deploy time,
-//!   so their values are never in user data or state.
+//!   user data and state: nothing secret, so `${env.…}` is refused there).
+//!   `secrets`: variable → SSM Parameter Store name; the deploy script reads
+//!   them on the instance at deploy time, so their values are never in user
+//!   data or state. (A secret taken from jaam's own environment would need a
+//!   resource that writes it to Parameter Store first; that is left for later.)
 //! - `domain`, `zone`, `https` (default true), `acme_directory`, `contact_email`.
 //! - `instance_type` (default `t3.micro`), `ami` (default the latest Amazon
 //!   Linux 2023 through its SSM public parameter), `subnet_id`,

@@ -192,6 +192,24 @@ fn bad_site_arguments_should_be_reported_with_their_place() {
 }
 
 #[test]
+fn environment_values_should_not_reach_user_data() {
+    let error = load(
+        "site.blog:
+  repo: acme/blog
+  domain: blog.example.com
+  zone: example.com
+  env:
+    TOKEN: ${env.HOOK_SECRET}
+",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("site.yaml:6:12"), "{error}");
+    assert!(error.contains("may not read `${env.…}`"), "{error}");
+    assert!(error.contains("list it under `secrets`"), "{error}");
+}
+
+#[test]
 fn shell_quoting_should_survive_any_text() {
     assert_eq!(shell_quote("plain/path-1.2"), "plain/path-1.2");
     assert_eq!(shell_quote("it's"), r"'it'\''s'");
