@@ -345,11 +345,7 @@ impl FaultProxy {
     pub async fn start(upstream: &str, every: usize) -> Self {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind proxy");
-        let url = format!("http://{}", listener.local_addr().expect("proxy address"));
-        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let (listener, url, upstream) = bind_proxy(upstream).await;
         let faults = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
         let (fault_count, request_count) = (Arc::clone(&faults), Arc::clone(&requests));
@@ -496,11 +492,7 @@ pub type Answer = std::sync::Arc<dyn Fn(&str, &str) -> Intercept + Send + Sync>;
 impl InterceptProxy {
     /// Starts the proxy in front of `upstream` (`http://127.0.0.1:PORT`).
     pub async fn start(upstream: &str, answer: Answer) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind proxy");
-        let url = format!("http://{}", listener.local_addr().expect("proxy address"));
-        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let (listener, url, upstream) = bind_proxy(upstream).await;
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
@@ -548,6 +540,45 @@ pub async fn ssm_parameter(name: &str) -> String {
         .and_then(|p| p.value())
         .expect("value")
         .to_owned()
+}
+
+/// Writes one event into `group`'s `stream` (made when missing), as the
+/// CloudWatch agent on a site's instance would.
+pub async fn put_log_event(group: &str, stream: &str, message: &str) {
+    let logs = logs_client().await;
+    let _ = logs
+        .create_log_stream()
+        .log_group_name(group)
+        .log_stream_name(stream)
+        .send()
+        .await;
+    logs.put_log_events()
+        .log_group_name(group)
+        .log_stream_name(stream)
+        .log_events(
+            aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                .timestamp(chrono::Utc::now().timestamp_millis())
+                .message(message)
+                .build()
+                .expect("a log event"),
+        )
+        .send()
+        .await
+        .expect("PutLogEvents");
+}
+
+/// Binds a proxy's loopback listener: the listener, its URL, and `upstream`
+/// as `host:port`.
+async fn bind_proxy(upstream: &str) -> (tokio::net::TcpListener, String, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind proxy");
+    let url = format!("http://{}", listener.local_addr().expect("proxy address"));
+    (
+        listener,
+        url,
+        upstream.trim_start_matches("http://").to_owned(),
+    )
 }
 
 /// The decrypted value of a SecureString parameter on moto.

@@ -224,6 +224,22 @@ pub fn seal_value(salt: &str, value: &Value) -> Value {
     }
 }
 
+/// A check that a string value is one of `allowed`; `what` names the set
+/// ("a record type jaam manages").
+///
+/// # Errors
+/// The message a spec error shows.
+pub fn one_of(value: &Value, allowed: &[&str], what: &str) -> Result<(), String> {
+    match value.as_str() {
+        Some(text) if allowed.contains(&text) => Ok(()),
+        _ => Err(format!(
+            "{} is not {what}; use one of {}",
+            value.render(),
+            allowed.join(", ")
+        )),
+    }
+}
+
 /// The closest of `candidates` to `word`, when one is close enough to suggest.
 pub fn did_you_mean<'a>(
     word: &str,

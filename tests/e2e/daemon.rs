@@ -189,27 +189,12 @@ async fn deliveries_should_be_verified_deduplicated_and_deploy_the_site() {
     assert_eq!(commands(&format!("/opt/jaam/bin/deploy {c}")).await, 1);
 
     // The site's build log as server-sent events.
-    let group = format!("/jaam/sites/blog.{domain}");
-    let logs = jaam_tests::logs_client().await;
-    logs.create_log_stream()
-        .log_group_name(&group)
-        .log_stream_name("build")
-        .send()
-        .await
-        .unwrap();
-    logs.put_log_events()
-        .log_group_name(&group)
-        .log_stream_name("build")
-        .log_events(
-            aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
-                .timestamp(chrono::Utc::now().timestamp_millis())
-                .message(format!("serving {c}"))
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
+    jaam_tests::put_log_event(
+        &format!("/jaam/sites/blog.{domain}"),
+        "build",
+        &format!("serving {c}"),
+    )
+    .await;
     {
         use std::io::{BufRead, Write};
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();

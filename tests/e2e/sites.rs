@@ -666,30 +666,7 @@ async fn site_should_apply_redeploy_roll_back_show_logs_and_destroy() {
     // Logs: what the agent ships, then new events while following.
     let group = format!("/jaam/sites/blog.{domain}");
     let logs = jaam_tests::logs_client().await;
-    logs.create_log_stream()
-        .log_group_name(&group)
-        .log_stream_name("build")
-        .send()
-        .await
-        .expect("CreateLogStream");
-    let put = |message: &str| {
-        let logs = logs.clone();
-        let group = group.clone();
-        let event = aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
-            .timestamp(chrono::Utc::now().timestamp_millis())
-            .message(message)
-            .build()
-            .unwrap();
-        async move {
-            logs.put_log_events()
-                .log_group_name(group)
-                .log_stream_name("build")
-                .log_events(event)
-                .send()
-                .await
-                .expect("PutLogEvents");
-        }
-    };
+    let put = |message: &'static str| jaam_tests::put_log_event(&group, "build", message);
     put("npm run build: compiled 12 pages").await;
     let run = env.jaam(&["logs", "site.blog", "--since", "1h"]);
     run.expect_code(0);

@@ -91,14 +91,7 @@ const ORDER_POLL: RetryPolicy = RetryPolicy::new()
     .timeout(Duration::from_secs(300));
 
 fn check_key_type(value: &Value) -> Result<(), String> {
-    match value.as_str() {
-        Some(kind) if KEY_TYPES.contains(&kind) => Ok(()),
-        _ => Err(format!(
-            "{} is not a key type jaam generates; use one of {}",
-            value.render(),
-            KEY_TYPES.join(", ")
-        )),
-    }
+    crate::schema::one_of(value, &KEY_TYPES, "a key type jaam generates")
 }
 
 fn check_domains(value: &Value) -> Result<(), String> {

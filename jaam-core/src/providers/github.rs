@@ -86,12 +86,7 @@ fn check_repo(value: &Value) -> Result<(), String> {
 }
 
 fn check_content_type(value: &Value) -> Result<(), String> {
-    match value.as_str() {
-        Some("json" | "form") | None => Ok(()),
-        Some(other) => Err(format!(
-            "`{other}` is not a content type GitHub delivers; use json or form"
-        )),
-    }
+    crate::schema::one_of(value, &["json", "form"], "a content type GitHub delivers")
 }
 
 /// The `webhook` schema.

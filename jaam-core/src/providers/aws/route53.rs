@@ -51,14 +51,7 @@ const INSYNC: Backoff = Backoff {
 pub const TYPES: [&str; 4] = ["A", "AAAA", "CNAME", "TXT"];
 
 fn check_type(value: &Value) -> Result<(), String> {
-    match value.as_str() {
-        Some(kind) if TYPES.contains(&kind) => Ok(()),
-        _ => Err(format!(
-            "{} is not a record type jaam manages; use one of {}",
-            value.render(),
-            TYPES.join(", ")
-        )),
-    }
+    crate::schema::one_of(value, &TYPES, "a record type jaam manages")
 }
 
 fn check_ttl(value: &Value) -> Result<(), String> {

@@ -151,13 +151,11 @@ impl Framework {
 }
 
 fn check_framework(value: &Value) -> Result<(), String> {
-    match value.as_str() {
-        Some(name) if Framework::parse(name).is_some() => Ok(()),
-        _ => Err(format!(
-            "{} is not a framework jaam builds; use nextjs, static or node",
-            value.render()
-        )),
-    }
+    crate::schema::one_of(
+        value,
+        &["nextjs", "static", "node"],
+        "a framework jaam builds",
+    )
 }
 
 fn check_repo(value: &Value) -> Result<(), String> {
