@@ -154,7 +154,14 @@ async fn main() {
         revision(d) == last
     });
 
-    println!("jaam daemon benchmark (debug build, moto on loopback)");
+    println!(
+        "jaam daemon benchmark ({}, moto on loopback)",
+        if std::env::var_os("JAAM_BINARY").is_some() {
+            "optimized build"
+        } else {
+            "debug build"
+        }
+    );
     println!(
         "webhook intake (signed push → 202 after enqueue), {} requests: p50 {}, p99 {}  (target p99 < 5 ms)",
         intake.len(),

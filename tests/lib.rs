@@ -69,8 +69,12 @@ pub fn unique(test: &str) -> String {
     format!("{test}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
-/// The `jaam` binary built alongside the tests (`target/debug/jaam`).
+/// The `jaam` binary built alongside the tests (`target/debug/jaam`), or the
+/// one `JAAM_BINARY` names (the daemon benchmark's optimized build).
 pub fn jaam_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("JAAM_BINARY") {
+        return PathBuf::from(path);
+    }
     let exe = std::env::current_exe().expect("test executable path");
     let candidates = exe
         .ancestors()
