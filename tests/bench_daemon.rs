@@ -175,7 +175,7 @@ async fn main() {
         ms(percentile(&mut to_command, 0.99))
     );
     println!(
-        "idle RSS after the first reconcile: {rss:.1} MB = {anon:.1} MB heap and stacks + {file:.1} MB mapped code of the unoptimized binary  (target < 50 MB)"
+        "idle RSS after the first reconcile: {rss:.1} MB = {anon:.1} MB heap and stacks + {file:.1} MB mapped code of the binary  (target < 50 MB)"
     );
     assert_eq!(daemon.terminate(), Some(0));
 }
