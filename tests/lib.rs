@@ -532,18 +532,7 @@ impl InterceptProxy {
 
 /// The value of an SSM parameter on moto (the AMI the public parameter names).
 pub async fn ssm_parameter(name: &str) -> String {
-    let client = aws_sdk_ssm::Client::new(&aws_config().await);
-    let answer = client
-        .get_parameter()
-        .name(name)
-        .send()
-        .await
-        .expect("GetParameter");
-    answer
-        .parameter()
-        .and_then(|p| p.value())
-        .expect("value")
-        .to_owned()
+    ssm_parameter_decrypted(name).await
 }
 
 /// Writes one event into `group`'s `stream` (made when missing), as the
