@@ -312,10 +312,14 @@ fn run_deploy_cycle(app: &str, framework: &str, needle: impl Fn(&str) -> bool) {
     let repo = Repo::new(dir.path(), app);
     let a = git(&repo.work, &["rev-parse", "HEAD"]);
     let root = dir.path().join("site");
-    // A server app alternates between `port` and `port + 1`: both must be free.
+    // A server app alternates between `port` and `port + 1`: both must be
+    // free, and stay free. Below Linux's ephemeral range (32768 and up) no
+    // client socket of a concurrent test takes them meanwhile.
     let port = loop {
-        let port = free_port();
-        if std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+        let port: u16 = rand::random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok()
+        {
             break port;
         }
     };
