@@ -55,19 +55,23 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
-# Waits (with backoff, under a deadline) until URL answers; python3 only, no curl needed.
-wait_for_url() {
+# Waits (with backoff, under a deadline) until TARGET answers: a URL is
+# fetched, a bare port on 127.0.0.1 is connected to. python3 only.
+wait_for() {
   python3 - "$1" "${2:-60}" <<'PY'
-import sys, time, urllib.request
-url, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
+import socket, sys, time, urllib.request
+target, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
 delay = 0.05
 while True:
     try:
-        urllib.request.urlopen(url, timeout=2).read()
+        if target.isdigit():
+            socket.create_connection(("127.0.0.1", int(target)), timeout=2).close()
+        else:
+            urllib.request.urlopen(target, timeout=2).read()
         sys.exit(0)
     except Exception:
         if time.monotonic() + delay > deadline:
-            sys.exit(f"error: {url} did not answer in time")
+            sys.exit(f"error: {target} did not answer in time")
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
 PY
@@ -79,31 +83,13 @@ moto_start() {
   "$EMU_VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$JAAM_CACHE/moto-$port.log" 2>&1 &
   EMU_PIDS+=("$!")
   trap emulators_stop EXIT
-  wait_for_url "http://127.0.0.1:$port/moto-api/" 60
+  wait_for "http://127.0.0.1:$port/moto-api/" 60
   export AWS_ENDPOINT_URL="http://127.0.0.1:$port"
   export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
   export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
   export AWS_EC2_METADATA_DISABLED=true
   unset AWS_PROFILE AWS_SESSION_TOKEN
   echo "==> moto listening on $AWS_ENDPOINT_URL (pid ${EMU_PIDS[-1]})" >&2
-}
-
-# Waits (with backoff, under a deadline) until a TCP port on 127.0.0.1 accepts.
-wait_for_port() {
-  python3 - "$1" "${2:-60}" <<'PY'
-import socket, sys, time
-port, deadline = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
-delay = 0.05
-while True:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-        sys.exit(0)
-    except OSError:
-        if time.monotonic() + delay > deadline:
-            sys.exit(f"error: 127.0.0.1:{port} did not accept in time")
-        time.sleep(delay)
-        delay = min(delay * 2, 1.0)
-PY
 }
 
 # Pebble with pebble-challtestsrv as its DNS: DNS-01 is really checked (no
@@ -136,8 +122,8 @@ JSON
   PEBBLE_VA_NOSLEEP=1 pebble -config "$dir/pebble.json" -dnsserver "127.0.0.1:$dns" -strict \
     >"$dir/pebble.log" 2>&1 &
   EMU_PIDS+=("$!")
-  wait_for_port "$dns_mgmt" 30
-  wait_for_port "$acme" 30
+  wait_for "$dns_mgmt" 30
+  wait_for "$acme" 30
   export JAAM_ACME_ROOT_CA="$dir/ca.pem"
   export JAAM_TEST_ACME_DIRECTORY="https://127.0.0.1:$acme/dir"
   export JAAM_TEST_PEBBLE_MANAGEMENT="https://127.0.0.1:$mgmt"
@@ -152,7 +138,7 @@ github_simulator_start() {
   (cd "$EMU_NODE" && exec node github-simulator.mjs "$port") >"$JAAM_CACHE/github-simulator-$port.log" 2>&1 &
   EMU_PIDS+=("$!")
   trap emulators_stop EXIT
-  wait_for_port "$port" 60
+  wait_for "$port" 60
   export JAAM_TEST_GITHUB_SIMULATOR="http://127.0.0.1:$port"
   export JAAM_TEST_NODE_MODULES="$EMU_NODE/node_modules"
   echo "==> github-api-simulator at $JAAM_TEST_GITHUB_SIMULATOR" >&2

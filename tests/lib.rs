@@ -64,6 +64,27 @@ pub async fn log_groups(
     out
 }
 
+/// Polls `check` with backoff (100 ms doubling to 2 s) until it answers
+/// `Some`, failing the test with `what` after `deadline`.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: std::time::Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let backoff = jaam_core::backoff::Backoff {
+        initial: std::time::Duration::from_millis(100),
+        max: std::time::Duration::from_secs(2),
+        deadline,
+    };
+    let mut check = check;
+    jaam_core::backoff::poll(backoff, || {
+        let next = check();
+        async move { Ok::<_, ()>(next.await) }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out after {deadline:?} waiting for {what}"))
+}
+
 /// A unique, readable name for one test run.
 pub fn unique(test: &str) -> String {
     format!("{test}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])

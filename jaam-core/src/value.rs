@@ -305,6 +305,30 @@ impl<'de> Deserialize<'de> for Value {
     }
 }
 
+/// A list-of-strings argument (`domains`, `values`) as plain strings; anything
+/// else (absent, null, unknown) is empty.
+pub fn string_list(value: Option<&Value>) -> Vec<String> {
+    match value {
+        Some(Value::List(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A map-of-strings argument (`tags`, `env`) as a plain map; anything else is empty.
+pub fn string_map(value: Option<&Value>) -> BTreeMap<String, String> {
+    match value {
+        Some(Value::Map(map)) => map
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
 /// A secret: webhook secrets, private keys, tokens.
 ///
 /// `Display` and `Debug` print `(sensitive)`; reading the text needs an explicit

@@ -391,15 +391,12 @@ async fn a_spec_edit_should_reconcile_once_and_drift_should_heal_at_the_next_res
         .send()
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while jaam_tests::log_groups(&logs, &prefix).await.len() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not healed:\n{}",
-            daemon.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    jaam_tests::eventually(
+        "the deleted group healed",
+        Duration::from_secs(30),
+        || async { (jaam_tests::log_groups(&logs, &prefix).await.len() == 2).then_some(()) },
+    )
+    .await;
     assert_eq!(daemon.terminate(), Some(0));
     ws.jaam(&["destroy", "--auto-approve"]).expect_code(0);
 }

@@ -76,7 +76,7 @@ use crate::provider::{
     Context, ErrorKind, Observed, Owner, Provider, ProviderError, RefreshTarget, Result,
 };
 use crate::schema::{Attribute, ReplaceOrder, Schema, Type};
-use crate::value::{Attrs, Secret, Value};
+use crate::value::{Attrs, Secret, Value, string_list};
 
 /// Let's Encrypt's production directory, the default.
 pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
@@ -264,17 +264,6 @@ fn human(span: chrono::Duration) -> String {
     }
 }
 
-fn strings(value: Option<&Value>) -> Vec<String> {
-    match value {
-        Some(Value::List(items)) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 fn text<'a>(attributes: &'a Attrs, name: &str) -> Option<&'a str> {
     attributes.get(name).and_then(Value::as_str)
 }
@@ -394,7 +383,7 @@ impl Certificates {
 
     /// Runs one order to a certificate: returns the key (PEM) and the chain.
     async fn issue(&self, attributes: &Attrs) -> Result<(Secret, String)> {
-        let domains = strings(attributes.get("domains"));
+        let domains = string_list(attributes.get("domains"));
         let zone = text(attributes, "zone").unwrap_or_default();
         let directory = text(attributes, "acme_directory").unwrap_or(LETS_ENCRYPT);
         let account = self
@@ -590,20 +579,20 @@ impl Certificates {
     }
 
     fn observed(
+        &self,
         context: &Context,
         addr: &str,
         id: &str,
         arguments: &Attrs,
         issued: &Issued,
     ) -> Observed {
-        let mut attributes: Attrs = arguments
-            .iter()
-            .filter(|(name, _)| {
-                schema()
-                    .attribute(name)
-                    .is_some_and(|attribute| attribute.is_argument())
+        let mut attributes: Attrs = self
+            .schema
+            .arguments()
+            .filter_map(|attribute| {
+                let value = arguments.get(attribute.name)?;
+                Some((attribute.name.to_owned(), value.clone()))
             })
-            .map(|(name, value)| (name.clone(), value.clone()))
             .collect();
         let rfc3339 = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         for (name, value) in [
@@ -664,7 +653,7 @@ impl Certificates {
             )
             .await?;
         tracing::info!(certificate = addr, serial = %issued.serial, not_after = %issued.not_after, "issued a certificate");
-        Ok(Self::observed(context, addr, id, attributes, &issued))
+        Ok(self.observed(context, addr, id, attributes, &issued))
     }
 }
 
@@ -709,7 +698,7 @@ impl Provider for Certificates {
             };
             let issued = inspect_chain(chain.expose())
                 .map_err(|_| parameters::malformed(&format!("{id}/chain"), "a certificate"))?;
-            let mut observed = Self::observed(
+            let mut observed = self.observed(
                 context,
                 &target.addr.to_string(),
                 id,
@@ -737,7 +726,7 @@ impl Provider for Certificates {
         self.install(
             &file_name(&owner.addr),
             &id,
-            &strings(attributes.get("install_on")),
+            &string_list(attributes.get("install_on")),
         )
         .await?;
         Ok(observed)
@@ -773,23 +762,28 @@ impl Provider for Certificates {
             self.issue_and_store(context, &owner.addr, id, attributes)
                 .await?
         } else {
-            let names = [format!("{id}/chain")];
-            let found = self.parameters.get_many(&names).await?;
-            let chain = found.get(&names[0]).ok_or_else(|| {
-                ProviderError::new(
-                    ErrorKind::NotFound,
-                    format!("parameter `{}` is gone", names[0]),
-                )
-            })?;
-            let issued = inspect_chain(chain.expose())
-                .map_err(|_| parameters::malformed(&names[0], "a certificate"))?;
-            Self::observed(context, &owner.addr, id, attributes, &issued)
+            // The certificate itself is unchanged: the new arguments over what
+            // refresh read of it.
+            let mut updated = prior.clone();
+            for attribute in self.schema.arguments() {
+                let value = attributes
+                    .get(attribute.name)
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                updated.insert(attribute.name.to_owned(), value);
+            }
+            Observed {
+                id: id.to_owned(),
+                attributes: updated,
+                owner: None,
+                due: None,
+            }
         };
         if renew || changed.iter().any(|name| name == "install_on") {
             self.install(
                 &file_name(&owner.addr),
                 id,
-                &strings(attributes.get("install_on")),
+                &string_list(attributes.get("install_on")),
             )
             .await?;
         }
@@ -824,7 +818,7 @@ impl Provider for Certificates {
             ),
         )]);
         let addr = id.rsplit('/').next().unwrap_or(id);
-        Ok(Self::observed(context, addr, id, &arguments, &issued))
+        Ok(self.observed(context, addr, id, &arguments, &issued))
     }
 
     async fn list_owned(&self, _context: &Context) -> Result<Vec<Observed>> {

@@ -366,11 +366,7 @@ fn text<'a>(attributes: &'a Attrs, name: &str) -> Option<&'a str> {
 
 fn events(attributes: &Attrs) -> Vec<String> {
     match attributes.get("events") {
-        Some(Value::List(items)) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
+        Some(Value::List(_)) => crate::value::string_list(attributes.get("events")),
         _ => vec!["push".to_owned(), "pull_request".to_owned()],
     }
 }

@@ -19,26 +19,35 @@ use crate::provider::Registry;
 
 /// A registry with every provider this build has, configured from the
 /// environment (for AWS: the standard credential chain, region and
-/// `AWS_ENDPOINT_URL`).
+/// `AWS_ENDPOINT_URL`; for GitHub: `GITHUB_TOKEN` and `GITHUB_API_URL`).
 pub async fn default_registry() -> Registry {
-    #[allow(unused_mut)]
-    let mut registry = Registry::new();
     #[cfg(feature = "aws")]
     {
-        let config = aws::load_config().await;
-        aws::register(&mut registry, &config);
-        #[cfg(feature = "acme")]
-        registry.register(std::sync::Arc::new(acme::Certificates::new(&config, None)));
-        #[cfg(feature = "github")]
-        {
-            let api = github::Api::from_env();
-            registry.register(std::sync::Arc::new(
-                aws::ec2::Instances::new(&config, None).with_heads(api.head_resolver()),
-            ));
-            registry.register(std::sync::Arc::new(github::Webhooks::with_api(
-                &config, api,
-            )));
-        }
+        registry(&aws::load_config().await, |heads| heads)
     }
+    #[cfg(not(feature = "aws"))]
+    Registry::new()
+}
+
+/// [`default_registry`] with one `config`, each provider built once;
+/// `heads` wraps the branch-head resolver the `instance` kind uses (the
+/// daemon answers pushed revisions before asking GitHub).
+#[cfg(feature = "aws")]
+pub fn registry(
+    config: &aws::SdkConfig,
+    heads: impl FnOnce(Option<aws::ec2::HeadResolver>) -> Option<aws::ec2::HeadResolver>,
+) -> Registry {
+    let mut registry = Registry::new();
+    #[cfg(feature = "github")]
+    let api = github::Api::from_env();
+    #[cfg(feature = "github")]
+    let github_heads = Some(api.head_resolver());
+    #[cfg(not(feature = "github"))]
+    let github_heads = None;
+    aws::register(&mut registry, config, heads(github_heads));
+    #[cfg(feature = "acme")]
+    registry.register(std::sync::Arc::new(acme::Certificates::new(config, None)));
+    #[cfg(feature = "github")]
+    registry.register(std::sync::Arc::new(github::Webhooks::with_api(config, api)));
     registry
 }

@@ -92,8 +92,12 @@ async fn hook(State(daemon): State<Shared>, request: Request) -> Response {
         }
         Ok(Ok(body)) => body,
     };
-    let secrets = daemon.secrets.read().expect("secrets").clone();
-    if let Err(error) = webhook::verify(header("x-hub-signature-256").as_deref(), &body, &secrets) {
+    let verified = webhook::verify(
+        header("x-hub-signature-256").as_deref(),
+        &body,
+        &daemon.secrets.read().expect("secrets"),
+    );
+    if let Err(error) = verified {
         daemon.metrics.delivery("unauthorized");
         tracing::warn!(reason = error.reason(), "refused a webhook delivery");
         return answer(StatusCode::UNAUTHORIZED, json!({"error": error.reason()}));

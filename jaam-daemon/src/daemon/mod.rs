@@ -57,6 +57,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use jaam_core::spec::{Config, DriftPolicy, ExprKind};
+use jaam_core::state::State;
 use jaam_core::{Engine, Registry, ResourceAddr, Secret, Value};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -98,6 +99,9 @@ pub(crate) struct Daemon {
     sites: RwLock<SiteIndex>,
     secrets: RwLock<Vec<Secret>>,
     deliveries: Mutex<Deliveries>,
+    /// Generated webhook secrets read from Parameter Store, by (name, hook id).
+    stored_secrets: Mutex<HashMap<(String, String), Secret>>,
+    parameters: jaam_core::providers::aws::parameters::Parameters,
     /// Revisions pinned by deliveries: `(repo, branch)` → commit.
     pins: Arc<Mutex<HashMap<(String, String), String>>>,
     sdk: jaam_core::providers::aws::SdkConfig,
@@ -110,7 +114,7 @@ pub(crate) struct Daemon {
 pub(crate) async fn run(global: &Global, args: &DaemonArgs) -> anyhow::Result<ExitCode> {
     let sdk = jaam_core::providers::aws::load_config().await;
     let pins: Arc<Mutex<HashMap<(String, String), String>>> = Arc::default();
-    let registry = registry(&sdk, Arc::clone(&pins)).await;
+    let registry = registry(&sdk, Arc::clone(&pins));
     // The specs must load to start: a daemon that cannot read them says so now.
     let config = crate::commands::load_specs(global, &registry)?;
     let stack = crate::commands::stack_name(global, Some(&config));
@@ -147,11 +151,14 @@ pub(crate) async fn run(global: &Global, args: &DaemonArgs) -> anyhow::Result<Ex
         secrets: RwLock::default(),
         deliveries: Mutex::new(Deliveries::load(deliveries_file, 10_000)),
         pins,
+        stored_secrets: Mutex::default(),
+        parameters: jaam_core::providers::aws::parameters::Parameters::new(&sdk, None),
         sdk,
         intake: CancellationToken::new(),
         push_window: Mutex::new(Instant::now()),
     });
-    daemon.index(&config).await;
+    let state = daemon.engine.state().await.ok().flatten();
+    daemon.index(&config, state.as_ref()).await;
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -187,29 +194,26 @@ pub(crate) async fn run(global: &Global, args: &DaemonArgs) -> anyhow::Result<Ex
 }
 
 /// The providers, with branch heads answered from pinned revisions first.
-async fn registry(
+fn registry(
     sdk: &jaam_core::providers::aws::SdkConfig,
     pins: Arc<Mutex<HashMap<(String, String), String>>>,
 ) -> Registry {
-    let mut registry = jaam_core::providers::default_registry().await;
-    let api = jaam_core::providers::github::Api::from_env();
-    let heads = api.head_resolver();
-    let resolver: jaam_core::providers::aws::ec2::HeadResolver =
-        Arc::new(move |repo: String, branch: String| {
-            let pinned = pins
-                .lock()
-                .expect("pins")
-                .get(&(repo.clone(), branch.clone()))
-                .cloned();
-            match pinned {
-                Some(sha) => Box::pin(async move { Ok(sha) }),
-                None => heads(repo, branch),
-            }
-        });
-    registry.register(Arc::new(
-        jaam_core::providers::aws::ec2::Instances::new(sdk, None).with_heads(resolver),
-    ));
-    registry
+    jaam_core::providers::registry(sdk, |github| {
+        let github = github?;
+        let resolver: jaam_core::providers::aws::ec2::HeadResolver =
+            Arc::new(move |repo: String, branch: String| {
+                let pinned = pins
+                    .lock()
+                    .expect("pins")
+                    .get(&(repo.clone(), branch.clone()))
+                    .cloned();
+                match pinned {
+                    Some(sha) => Box::pin(async move { Ok(sha) }),
+                    None => github(repo, branch),
+                }
+            });
+        Some(resolver)
+    })
 }
 
 async fn wait_for_signal() {
@@ -240,11 +244,11 @@ impl Daemon {
         }
     }
 
-    /// Learns the sites and webhook secrets of `config`.
-    async fn index(&self, config: &Config) {
+    /// Learns the sites and webhook secrets of `config` (generated secrets'
+    /// Parameter Store names come from `state`; each is read once per hook).
+    async fn index(&self, config: &Config, state: Option<&State>) {
         let mut sites: SiteIndex = HashMap::new();
         let mut secrets = Vec::new();
-        let state = self.engine.state().await.ok().flatten();
         for (addr, resource) in config.resources() {
             match addr.kind() {
                 "instance" => {
@@ -275,18 +279,32 @@ impl Daemon {
                         secrets.push(Secret::new(secret));
                         continue;
                     }
-                    // Generated: its Parameter Store name is in state.
-                    let parameter = state
-                        .as_ref()
-                        .and_then(|state| state.resources.get(addr))
+                    // Generated: its Parameter Store name is in state. A hook
+                    // made again gets a new secret under the same name, so the
+                    // cache is keyed by the hook too.
+                    let recorded = state.and_then(|state| state.resources.get(addr));
+                    let parameter = recorded
                         .and_then(|r| r.attributes.get("secret_parameter"))
                         .and_then(Value::as_str)
                         .map(str::to_owned);
                     if let Some(name) = parameter {
-                        let store =
-                            jaam_core::providers::aws::parameters::Parameters::new(&self.sdk, None);
-                        match store.get(&name).await {
-                            Ok(Some(secret)) => secrets.push(secret),
+                        let key = (
+                            name.clone(),
+                            recorded.map(|r| r.id.clone()).unwrap_or_default(),
+                        );
+                        if let Some(secret) = self.stored_secrets.lock().expect("secrets").get(&key)
+                        {
+                            secrets.push(secret.clone());
+                            continue;
+                        }
+                        match self.parameters.get(&name).await {
+                            Ok(Some(secret)) => {
+                                self.stored_secrets
+                                    .lock()
+                                    .expect("secrets")
+                                    .insert(key, secret.clone());
+                                secrets.push(secret);
+                            }
                             Ok(None) => {
                                 tracing::warn!(parameter = %name, "webhook secret parameter is missing")
                             }
@@ -304,6 +322,23 @@ impl Daemon {
         *self.secrets.write().expect("secrets") = secrets;
     }
 
+    /// Notes the revision each site's instance serves, per `state`.
+    fn record_revisions(&self, state: &State) {
+        let revisions = state
+            .resources
+            .iter()
+            .filter(|(addr, _)| addr.kind() == "instance")
+            .filter_map(|(addr, resource)| {
+                let revision = resource.attributes.get("revision")?.as_str()?.to_owned();
+                let site = addr
+                    .composite()
+                    .map_or_else(|| addr.to_string(), |site| site.name().to_owned());
+                Some((site, revision))
+            })
+            .collect();
+        self.status.lock().expect("status").revisions = revisions;
+    }
+
     /// One reconcile: specs from disk, the lock, plan, and apply unless the
     /// policy says report.
     async fn reconcile(&self, request: &Request, cancel: &CancellationToken) -> Result<(), String> {
@@ -311,25 +346,10 @@ impl Daemon {
         let reasons: Vec<String> = request.reasons.iter().map(|r| (*r).to_owned()).collect();
         tracing::info!(stack = %self.stack, ?reasons, "reconcile started");
         let outcome = self.reconcile_inner(request, cancel).await;
-        let state = self.engine.state().await.ok().flatten();
         let mut status = self.status.lock().expect("status");
         status.last_reconcile = Some(started);
         status.reasons = reasons;
         status.reconciles += 1;
-        if let Some(state) = state {
-            status.revisions = state
-                .resources
-                .iter()
-                .filter(|(addr, _)| addr.kind() == "instance")
-                .filter_map(|(addr, resource)| {
-                    let revision = resource.attributes.get("revision")?.as_str()?.to_owned();
-                    let site = addr
-                        .composite()
-                        .map_or_else(|| addr.to_string(), |site| site.name().to_owned());
-                    Some((site, revision))
-                })
-                .collect();
-        }
         match &outcome {
             Ok(result) => {
                 status.result = Some((*result).to_owned());
@@ -359,7 +379,6 @@ impl Daemon {
         }
         let config = crate::commands::load_specs(&self.global, self.engine.registry())
             .map_err(|e| format!("{e:#}"))?;
-        self.index(&config).await;
         // A push or a merge touches only its sites' instances: plan just those
         // from state (no refresh; the resync refreshes everything), so a deploy
         // starts within milliseconds of the delivery.
@@ -392,6 +411,10 @@ impl Daemon {
             .lock("jaam daemon")
             .await
             .map_err(|e| e.to_string())?;
+        self.index(&config, session.state()).await;
+        if let Some(state) = session.state() {
+            self.record_revisions(state);
+        }
         let outcome = async {
             let plan = session
                 .plan(&config, &options)
@@ -418,6 +441,7 @@ impl Daemon {
                 .await
                 .map_err(|e| e.to_string())?;
             self.metrics.apply(took.elapsed());
+            self.record_revisions(&report.state);
             self.status.lock().expect("status").drift.clear();
             if report.succeeded() {
                 Ok("applied")

@@ -217,7 +217,8 @@ impl Deliveries {
             self.appended += 1;
             if self.appended > self.capacity {
                 // Compact: rewrite the newest ids, atomically.
-                let tmp = path.with_extension("tmp");
+                let mut tmp = path.clone().into_os_string();
+                tmp.push(".tmp");
                 let text: String = self.order.iter().map(|id| format!("{id}\n")).collect();
                 if std::fs::write(&tmp, text).is_ok() && std::fs::rename(&tmp, path).is_ok() {
                     self.appended = 0;

@@ -38,10 +38,15 @@ pub async fn load_config() -> SdkConfig {
         .await
 }
 
-/// Registers every AWS provider built with this crate.
-pub fn register(registry: &mut Registry, config: &SdkConfig) {
+/// Registers every AWS provider built with this crate; `heads` resolves
+/// `github:` revisions of instances.
+pub fn register(registry: &mut Registry, config: &SdkConfig, heads: Option<ec2::HeadResolver>) {
     registry.register(Arc::new(logs::LogGroups::new(config, None)));
-    registry.register(Arc::new(ec2::Instances::new(config, None)));
+    let instances = ec2::Instances::new(config, None);
+    registry.register(Arc::new(match heads {
+        Some(heads) => instances.with_heads(heads),
+        None => instances,
+    }));
     registry.register(Arc::new(route53::Records::new(config, None)));
 }
 
@@ -83,18 +88,7 @@ impl Intercept for CallCounter {
     }
 }
 
-/// A map-of-strings argument (`tags`) as a plain map; anything else is empty.
-pub(crate) fn string_map(
-    value: Option<&crate::value::Value>,
-) -> std::collections::BTreeMap<String, String> {
-    match value {
-        Some(crate::value::Value::Map(map)) => map
-            .iter()
-            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-            .collect(),
-        _ => std::collections::BTreeMap::new(),
-    }
-}
+pub(crate) use crate::value::string_map;
 
 /// The result of a [`crate::backoff::poll`] as a provider result: a timeout
 /// becomes a transient error saying what did not happen (`what`) and how long

@@ -604,14 +604,7 @@ impl Records {
             .get("type")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let values = match attributes.get("values") {
-            Some(Value::List(items)) => items
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect(),
-            _ => Vec::new(),
-        };
+        let values = crate::value::string_list(attributes.get("values"));
         let found = Found {
             ttl: attributes.get("ttl").and_then(Value::as_int),
             values,

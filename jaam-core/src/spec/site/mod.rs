@@ -294,16 +294,6 @@ fn text(attrs: &Attrs, name: &str) -> Option<String> {
     attrs.get(name).and_then(Value::as_str).map(str::to_owned)
 }
 
-fn map(attrs: &Attrs, name: &str) -> BTreeMap<String, String> {
-    match attrs.get(name) {
-        Some(Value::Map(map)) => map
-            .iter()
-            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-            .collect(),
-        _ => BTreeMap::new(),
-    }
-}
-
 impl Site {
     /// Reads a site from its evaluated arguments.
     pub fn from_attrs(name: &str, attrs: &Attrs) -> Self {
@@ -327,8 +317,8 @@ impl Site {
             output_dir: text(attrs, "output_dir").unwrap_or_else(|| "dist".into()),
             node_version: text(attrs, "node_version").unwrap_or_else(|| "20".into()),
             port: attrs.get("port").and_then(Value::as_int).unwrap_or(3000),
-            env: map(attrs, "env"),
-            secrets: map(attrs, "secrets"),
+            env: crate::value::string_map(attrs.get("env")),
+            secrets: crate::value::string_map(attrs.get("secrets")),
             domain: text(attrs, "domain").unwrap_or_default(),
             zone: text(attrs, "zone").unwrap_or_default(),
             https: attrs.get("https") != Some(&Value::Bool(false)),
