@@ -76,6 +76,89 @@ fn every_generated_script_should_pass_shellcheck() {
     assert_eq!(checked, 12);
 }
 
+/// Issue 11, item 4: a secret that cannot be read fails the deploy by name and
+/// leaves the env file of the running release as it was.
+#[test]
+fn fetch_secrets_should_fail_by_name_and_keep_the_old_file_when_a_read_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("site");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&bin).unwrap();
+    // An `aws` stand-in: answers parameters under /ok/, fails the rest as the
+    // CLI does for a missing parameter or a revoked permission.
+    let aws = bin.join("aws");
+    std::fs::write(
+        &aws,
+        "#!/bin/bash\nname=''\nwhile [ $# -gt 0 ]; do\n  if [ \"$1\" = --name ]; then name=$2; fi\n  shift\ndone\n\
+         case \"$name\" in\n  /ok/*) printf 'value of %s with $(id) and spaces\\n' \"$name\" ;;\n  \
+         *) echo 'An error occurred (ParameterNotFound) when calling the GetParameter operation' >&2; exit 254 ;;\nesac\n",
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .args(["+x"])
+        .arg(&aws)
+        .status()
+        .unwrap();
+    let run = |secrets: &[(&str, &str)]| {
+        let site = sample_site(
+            "blog",
+            "static",
+            &[(
+                "secrets",
+                Value::Map(
+                    secrets
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
+                        .collect(),
+                ),
+            )],
+        );
+        let script = dir.path().join("fetch-secrets");
+        std::fs::write(&script, site::fetch_secrets_script(&site)).unwrap();
+        Command::new("bash")
+            .arg(&script)
+            .env("JAAM_SITE_ROOT", &root)
+            .env(
+                "PATH",
+                format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+            )
+            .output()
+            .unwrap()
+    };
+    let file = root.join("env.secrets");
+
+    let output = run(&[("API_KEY", "/ok/api"), ("DB_URL", "/ok/db")]);
+    assert!(output.status.success(), "{output:?}");
+    let good = std::fs::read_to_string(&file).unwrap();
+    assert!(good.contains("API_KEY="), "{good}");
+    assert!(good.contains("DB_URL="), "{good}");
+    // The values are quoted for the shell that sources the file.
+    let sourced = Command::new("bash")
+        .arg("-c")
+        .arg(format!(". {} && printf %s \"$API_KEY\"", file.display()))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&sourced.stdout),
+        "value of /ok/api with $(id) and spaces"
+    );
+
+    // One of three parameters is missing: the script fails naming it, and the
+    // good file stays byte for byte.
+    let output = run(&[
+        ("API_KEY", "/ok/api"),
+        ("DB_URL", "/missing/db"),
+        ("TOKEN", "/ok/token"),
+    ]);
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/missing/db"), "{stderr}");
+    assert!(stderr.contains("DB_URL"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), good);
+    assert!(!root.join("env.secrets.new").exists());
+}
+
 fn git(dir: &Path, args: &[&str]) -> String {
     let output = Command::new("git")
         .current_dir(dir)

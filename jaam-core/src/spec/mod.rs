@@ -546,10 +546,15 @@ impl Loader<'_> {
                 referencing = true;
             }
         }
-        // `env` is written into user data: a value read from the environment
-        // may be a secret, and would end up there in clear.
-        if let Some(env) = spec.args.get("env") {
-            for (template, at) in env.templates() {
+        // These arguments are written into user data or a script on the
+        // instance: a value read from jaam's environment may be a secret
+        // (a token in `repo_url`, say), and would end up there, in state and
+        // in plan output in clear.
+        for name in site::checks::IN_USER_DATA {
+            let Some(expr) = spec.args.get(*name) else {
+                continue;
+            };
+            for (template, at) in expr.templates() {
                 if template
                     .parts
                     .iter()
@@ -558,12 +563,13 @@ impl Loader<'_> {
                     self.diagnostics.push(Diagnostic {
                         location: Some(at.clone()),
                         addr: Some(addr.clone()),
-                        message:
-                            "a site's `env` values are written into the instance's user data, \
-                                  so they may not read `${env.…}`"
-                                .to_owned(),
+                        message: format!(
+                            "a site's `{name}` is written into the instance's user data, \
+                             so it may not read `${{env.…}}`"
+                        ),
                         hint: Some(
-                            "store the value in SSM Parameter Store and list it under `secrets`"
+                            "store a secret value in SSM Parameter Store and list it under \
+                             `secrets` (or `repo_token` for the repository)"
                                 .into(),
                         ),
                     });
@@ -576,6 +582,18 @@ impl Loader<'_> {
         }
         let attrs = evaluate_args(&spec, &schema, &|_, _| None, self.env);
         for mut expanded in site::expand(&addr, &attrs, &spec.args, &location) {
+            if self.registry.schema(expanded.addr.kind()).is_none() {
+                self.error(
+                    &location,
+                    Some(&addr),
+                    format!(
+                        "a site needs the `{}` kind, which this build of jaam does not have",
+                        expanded.addr.kind()
+                    ),
+                    Some("build jaam-core with its default features (aws, acme, github)".into()),
+                );
+                return;
+            }
             if let Some(existing) = self.config.resources.get(&expanded.addr) {
                 let first = existing.location.clone();
                 self.error(
@@ -675,10 +693,14 @@ impl Loader<'_> {
                 );
                 continue;
             }
+            // Checked with `${env.…}` read (an empty secret from the
+            // environment is as wrong as an empty literal); references stay
+            // unknown and skip the check until plan.
+            let known = expr.evaluate(&|_, _| Some(Value::Unknown(String::new())), self.env);
             if let Some(check) = attribute.check
-                && !shape.has_unknown()
-                && !shape.is_null()
-                && let Err(message) = check(&shape)
+                && !known.has_unknown()
+                && !known.is_null()
+                && let Err(message) = check(&known)
             {
                 self.error(
                     &expr.location,
@@ -837,10 +859,10 @@ impl Loader<'_> {
                 continue;
             };
             let Some(attribute) = attribute else { continue };
-            let schema = self
-                .registry
-                .schema(resource.addr.kind())
-                .expect("declared resources have known kinds");
+            let Some(schema) = self.registry.schema(resource.addr.kind()) else {
+                // Reported where the resource was declared or expanded.
+                continue;
+            };
             if schema.attribute(&attribute).is_none() {
                 let hint = did_you_mean(&attribute, schema.attributes.iter().map(|a| a.name))
                     .map(|m| format!("did you mean `{m}`?"));
@@ -907,5 +929,7 @@ pub fn evaluate_args(
         .collect()
 }
 
+#[cfg(test)]
+mod generated_tests;
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,16 @@
 //! project (the maintained, pure-Rust YAML 1.2 successor of yaml-rust; see
 //! `spec/mod.rs` for why). Plain scalars are resolved with the YAML 1.2 core
 //! schema (`null`, `true`, integers, floats); quoted and block scalars are strings.
+//!
+//! # Limits
+//! A spec file is input from whoever can write to the specs directory (or to
+//! a repository a daemon watches), so the tree it builds is bounded:
+//! - at most [`MAX_NODES`] nodes per file, counting every node an alias
+//!   copies (a ten-line "billion laughs" file is an error, not 10⁹ nodes: the
+//!   count is checked before an alias is copied);
+//! - at most [`MAX_DEPTH`] nested collections (the loader walks the tree
+//!   recursively);
+//! - a key written twice in one mapping is an error naming both places.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,6 +22,12 @@ use std::sync::Arc;
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
 use super::Location;
+
+/// The most nodes one file may expand to (aliases count each copy).
+pub(crate) const MAX_NODES: usize = 200_000;
+
+/// The deepest nesting of collections in one file.
+pub(crate) const MAX_DEPTH: usize = 64;
 
 /// A YAML node with its location.
 #[derive(Clone, Debug)]
@@ -69,25 +85,32 @@ fn resolve_plain(text: &str) -> NodeKind {
     }
 }
 
+/// A collection under construction, with the anchor it will be stored
+/// under and the node count when it started.
+enum Frame {
+    List(Node, Vec<Node>),
+    Map(Node, Vec<(Node, Node)>, Option<Node>),
+}
+
 /// Parses one YAML file into documents (an empty file has none).
 pub(crate) fn parse(file: &Arc<Path>, text: &str) -> Result<Vec<Node>, SyntaxError> {
     let mut parser = Parser::new_from_str(text);
-    let mut anchors: HashMap<usize, Node> = HashMap::new();
-    // A stack of nodes under construction: lists, and maps with a pending key.
-    enum Frame {
-        List(Node, Vec<Node>),
-        Map(Node, Vec<(Node, Node)>, Option<Node>),
-    }
-    let mut stack: Vec<(Frame, usize)> = Vec::new();
+    // Anchored nodes with the number of nodes each holds.
+    let mut anchors: HashMap<usize, (Node, usize)> = HashMap::new();
+    let mut stack: Vec<(Frame, usize, usize)> = Vec::new();
     let mut documents = Vec::new();
-
+    let mut nodes = 0usize;
+    let error = |location: &Location, message: String| SyntaxError {
+        location: location.clone(),
+        message,
+    };
     let finish =
-        |node: Node, stack: &mut Vec<(Frame, usize)>, documents: &mut Vec<Node>| match stack
+        |node: Node, stack: &mut Vec<(Frame, usize, usize)>, documents: &mut Vec<Node>| match stack
             .last_mut()
         {
             None => documents.push(node),
-            Some((Frame::List(_, items), _)) => items.push(node),
-            Some((Frame::Map(_, entries, pending), _)) => match pending.take() {
+            Some((Frame::List(_, items), _, _)) => items.push(node),
+            Some((Frame::Map(_, entries, pending), _, _)) => match pending.take() {
                 None => *pending = Some(node),
                 Some(key) => entries.push((key, node)),
             },
@@ -113,6 +136,7 @@ pub(crate) fn parse(file: &Arc<Path>, text: &str) -> Result<Vec<Node>, SyntaxErr
         match event {
             Event::StreamEnd => break,
             Event::Scalar(text, style, anchor, _tag) => {
+                add_nodes(&mut nodes, 1, &here)?;
                 let kind = if style == ScalarStyle::Plain {
                     resolve_plain(&text)
                 } else {
@@ -123,44 +147,40 @@ pub(crate) fn parse(file: &Arc<Path>, text: &str) -> Result<Vec<Node>, SyntaxErr
                     location: here,
                 };
                 if anchor > 0 {
-                    anchors.insert(anchor, node.clone());
+                    anchors.insert(anchor, (node.clone(), 1));
                 }
                 finish(node, &mut stack, &mut documents);
             }
             Event::Alias(anchor) => {
-                let node = anchors.get(&anchor).cloned().ok_or_else(|| SyntaxError {
-                    location: here.clone(),
-                    message: "alias to an unknown anchor".to_owned(),
-                })?;
+                let (node, size) = anchors
+                    .get(&anchor)
+                    .ok_or_else(|| error(&here, "alias to an unknown anchor".to_owned()))?;
+                // Counted before the copy is made.
+                add_nodes(&mut nodes, *size, &here)?;
+                let node = node.clone();
                 finish(node, &mut stack, &mut documents);
             }
-            Event::SequenceStart(anchor, _) => {
-                stack.push((
-                    Frame::List(
-                        Node {
-                            kind: NodeKind::Null,
-                            location: here,
-                        },
-                        Vec::new(),
-                    ),
-                    anchor,
-                ));
-            }
-            Event::MappingStart(anchor, _) => {
-                stack.push((
-                    Frame::Map(
-                        Node {
-                            kind: NodeKind::Null,
-                            location: here,
-                        },
-                        Vec::new(),
-                        None,
-                    ),
-                    anchor,
-                ));
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                if stack.len() >= MAX_DEPTH {
+                    return Err(error(
+                        &here,
+                        format!("collections are nested more than {MAX_DEPTH} deep"),
+                    ));
+                }
+                let started = add_nodes(&mut nodes, 1, &here)?;
+                let node = Node {
+                    kind: NodeKind::Null,
+                    location: here,
+                };
+                let frame = if matches!(event, Event::SequenceStart(..)) {
+                    Frame::List(node, Vec::new())
+                } else {
+                    Frame::Map(node, Vec::new(), None)
+                };
+                stack.push((frame, anchor, started));
             }
             Event::SequenceEnd | Event::MappingEnd => {
-                let Some((frame, anchor)) = stack.pop() else {
+                let Some((frame, anchor, started)) = stack.pop() else {
                     continue;
                 };
                 let node = match frame {
@@ -169,12 +189,13 @@ pub(crate) fn parse(file: &Arc<Path>, text: &str) -> Result<Vec<Node>, SyntaxErr
                         node
                     }
                     Frame::Map(mut node, entries, _) => {
+                        check_duplicate_keys(&entries)?;
                         node.kind = NodeKind::Map(entries);
                         node
                     }
                 };
                 if anchor > 0 {
-                    anchors.insert(anchor, node.clone());
+                    anchors.insert(anchor, (node.clone(), nodes - started + 1));
                 }
                 finish(node, &mut stack, &mut documents);
             }
@@ -182,6 +203,46 @@ pub(crate) fn parse(file: &Arc<Path>, text: &str) -> Result<Vec<Node>, SyntaxErr
         }
     }
     Ok(documents)
+}
+
+/// Counts `added` nodes; an error past [`MAX_NODES`]. Returns the count.
+fn add_nodes(nodes: &mut usize, added: usize, here: &Location) -> Result<usize, SyntaxError> {
+    *nodes = nodes.saturating_add(added);
+    if *nodes > MAX_NODES {
+        return Err(SyntaxError {
+            location: here.clone(),
+            message: format!(
+                "the file expands to more than {MAX_NODES} YAML nodes (aliases count every copy)"
+            ),
+        });
+    }
+    Ok(*nodes)
+}
+
+/// A scalar key written twice in one mapping: an error at the second,
+/// naming the first.
+fn check_duplicate_keys(entries: &[(Node, Node)]) -> Result<(), SyntaxError> {
+    let mut seen: HashMap<String, &Location> = HashMap::new();
+    for (key, _) in entries {
+        let text = match &key.kind {
+            NodeKind::String(text) => text.clone(),
+            NodeKind::Int(number) => number.to_string(),
+            NodeKind::Bool(flag) => flag.to_string(),
+            NodeKind::Null => "null".to_owned(),
+            _ => continue,
+        };
+        if let Some(first) = seen.get(&text) {
+            return Err(SyntaxError {
+                location: key.location.clone(),
+                message: format!(
+                    "duplicate key `{text}`, first written at line {} column {}",
+                    first.line, first.column
+                ),
+            });
+        }
+        seen.insert(text, &key.location);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //! - `key_name`, `iam_instance_profile` (by name), `user_data`, `root_volume_gb`
 //!   (AWS's default when unset): **replace**.
 //! - `tags`: **in place**.
-//! - `revision` (optional): a git commit the instance should serve. At create
+//! - `revision` (optional): a git commit id (hexadecimal) the instance should serve. At create
 //!   (once running) and whenever it changes, **in place**, apply runs
 //!   `deploy_command REVISION` (default `/opt/jaam/bin/deploy`, which a
 //!   `site`'s user data installs) over SSM Run Command and waits for it; a
@@ -266,14 +266,13 @@ impl Instances {
         let Some(revision) = text(attributes, "revision") else {
             return Ok(());
         };
-        if revision.starts_with(BRANCH_HEAD)
-            || !revision
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
-        {
+        // Only a commit id reaches the instance's command line: a branch name
+        // would deploy whatever the branch holds when the command runs, and a
+        // word such as `rollback` is a command of the deploy script.
+        if !crate::spec::site::checks::is_commit(&revision) {
             return Err(ProviderError::new(
                 ErrorKind::Invalid,
-                format!("revision `{revision}` is not a commit or branch name"),
+                format!("revision `{revision}` is not a commit id (7 to 64 hexadecimal digits)"),
             ));
         }
         let command =
@@ -406,6 +405,12 @@ impl Instances {
                 )
             })?;
             let sha = heads(repo.to_owned(), branch.to_owned()).await?;
+            if !crate::spec::site::checks::is_commit(&sha) {
+                return Err(ProviderError::new(
+                    ErrorKind::Invalid,
+                    format!("the head of `{repo}@{branch}` is not a commit id: `{sha}`"),
+                ));
+            }
             rewrites.push(Rewrite {
                 attribute: "revision".into(),
                 from: Value::String(revision.clone()),

@@ -65,6 +65,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+pub mod checks;
+
 use super::{Expr, ExprKind, Location, ResourceSpec, Template};
 use crate::addr::ResourceAddr;
 use crate::schema::{Attribute, ReplaceOrder, Schema, Type};
@@ -158,55 +160,6 @@ fn check_framework(value: &Value) -> Result<(), String> {
     )
 }
 
-fn check_repo(value: &Value) -> Result<(), String> {
-    match value.as_str() {
-        Some(repo)
-            if repo.split_once('/').is_some_and(|(owner, name)| {
-                !owner.is_empty() && !name.is_empty() && !name.contains('/')
-            }) =>
-        {
-            Ok(())
-        }
-        _ => Err(format!(
-            "{} is not a repository; write owner/name",
-            value.render()
-        )),
-    }
-}
-
-fn check_secrets(value: &Value) -> Result<(), String> {
-    let Value::Map(map) = value else {
-        return Ok(());
-    };
-    for (name, parameter) in map {
-        if !is_env_name(name) {
-            return Err(format!("`{name}` is not an environment variable name"));
-        }
-        if !parameter.as_str().is_some_and(|p| p.starts_with('/')) {
-            return Err(format!(
-                "`{name}` must name an SSM parameter such as /blog/DATABASE_URL"
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn check_env(value: &Value) -> Result<(), String> {
-    let Value::Map(map) = value else {
-        return Ok(());
-    };
-    match map.keys().find(|name| !is_env_name(name)) {
-        Some(name) => Err(format!("`{name}` is not an environment variable name")),
-        None => Ok(()),
-    }
-}
-
-fn is_env_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with(|c: char| c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
 /// The `site` schema (a composite: checked like a kind, then expanded).
 pub fn schema() -> Schema {
     let strings = || Type::List(Box::new(Type::String));
@@ -214,26 +167,34 @@ pub fn schema() -> Schema {
     Schema {
         kind: "site",
         attributes: vec![
-            Attribute::required("repo", Type::String).checked(check_repo),
-            Attribute::optional("branch", Type::String).default_value("main"),
-            Attribute::optional("repo_url", Type::String),
+            Attribute::required("repo", Type::String).checked(checks::repo),
+            Attribute::optional("branch", Type::String)
+                .default_value("main")
+                .checked(checks::branch),
+            Attribute::optional("repo_url", Type::String).checked(checks::repo_url),
             Attribute::optional("framework", Type::String)
                 .default_value("static")
                 .checked(check_framework),
-            Attribute::optional("install", Type::String),
-            Attribute::optional("build", Type::String),
-            Attribute::optional("start", Type::String),
-            Attribute::optional("output_dir", Type::String).default_value("dist"),
-            Attribute::optional("node_version", Type::String).default_value("20"),
-            Attribute::optional("port", Type::Int).default_value(3000),
+            Attribute::optional("install", Type::String).checked(checks::one_line),
+            Attribute::optional("build", Type::String).checked(checks::one_line),
+            Attribute::optional("start", Type::String).checked(checks::one_line),
+            Attribute::optional("output_dir", Type::String)
+                .default_value("dist")
+                .checked(checks::output_dir),
+            Attribute::optional("node_version", Type::String)
+                .default_value("20")
+                .checked(checks::node_version),
+            Attribute::optional("port", Type::Int)
+                .default_value(3000)
+                .checked(checks::port),
             Attribute::optional("env", string_map())
                 .default_value(Value::Map(BTreeMap::new()))
-                .checked(check_env),
+                .checked(checks::env),
             Attribute::optional("secrets", string_map())
                 .default_value(Value::Map(BTreeMap::new()))
-                .checked(check_secrets),
-            Attribute::required("domain", Type::String),
-            Attribute::required("zone", Type::String),
+                .checked(checks::secrets),
+            Attribute::required("domain", Type::String).checked(checks::domain),
+            Attribute::required("zone", Type::String).checked(checks::domain),
             Attribute::optional("https", Type::Bool).default_value(true),
             Attribute::optional("acme_directory", Type::String),
             Attribute::optional("contact_email", Type::String),
@@ -243,11 +204,15 @@ pub fn schema() -> Schema {
             Attribute::optional("security_group_ids", strings()),
             Attribute::optional("key_name", Type::String),
             Attribute::optional("iam_instance_profile", Type::String),
-            Attribute::optional("revision", Type::String),
+            Attribute::optional("revision", Type::String).checked(checks::revision),
             Attribute::optional("webhook_url", Type::String),
-            Attribute::optional("webhook_secret", Type::String).sensitive(),
+            Attribute::optional("webhook_secret", Type::String)
+                .sensitive()
+                .checked(checks::webhook_secret),
             Attribute::optional("log_retention_days", Type::Int).default_value(14),
-            Attribute::optional("keep_releases", Type::Int).default_value(5),
+            Attribute::optional("keep_releases", Type::Int)
+                .default_value(5)
+                .checked(checks::keep_releases),
         ],
         replace_order: ReplaceOrder::CreateThenDelete,
         adoptable: false,
@@ -460,26 +425,35 @@ pub fn cloudwatch_agent_config(site: &Site) -> String {
 
 /// The script the deploy script runs first: reads the site's `secrets` from
 /// SSM Parameter Store into a 0600 env file on the instance.
+///
+/// # Guarantees
+/// Every read is checked on its own (a failing command substitution inside
+/// an argument does not stop a `set -e` script): when one parameter cannot be
+/// read, the script names it, leaves the env file the running release uses as
+/// it was, and exits non-zero, which fails the deploy.
 pub fn fetch_secrets_script(site: &Site) -> String {
-    let root = site.root();
     let mut out = format!(
-        "#!/bin/bash\n# jaam site {}: secrets from SSM Parameter Store (generated by jaam; do not edit)\n\
-         set -euo pipefail\numask 077\n{{\n",
-        site.name
+        "#!/bin/bash\n# jaam site {name}: secrets from SSM Parameter Store (generated by jaam; do not edit)\n\
+         set -euo pipefail\numask 077\nROOT=\"${{JAAM_SITE_ROOT:-{root}}}\"\n\
+         NEW=\"$ROOT/env.secrets.new\"\ntrap 'rm -f \"$NEW\"' EXIT\n: >\"$NEW\"\n\n\
+         # Appends NAME=value for parameter $2, or fails naming it.\n\
+         read_secret() {{\n  local value\n  \
+         if ! value=$(aws ssm get-parameter --with-decryption --name \"$2\" \\\n      \
+         --query Parameter.Value --output text); then\n    \
+         echo \"jaam: cannot read secret $1 from SSM parameter $2; the running release keeps its environment\" >&2\n    \
+         exit 1\n  fi\n  printf '%s=%q\\n' \"$1\" \"$value\" >>\"$NEW\"\n}}\n\n",
+        name = site.name,
+        root = site.root(),
     );
     for (name, parameter) in &site.secrets {
         let _ = writeln!(
             out,
-            "  printf '%s=%q\\n' {name} \"$(aws ssm get-parameter --with-decryption --name {parameter} \
-             --query Parameter.Value --output text)\"",
+            "read_secret {name} {parameter}",
             name = shell_quote(name),
             parameter = shell_quote(parameter)
         );
     }
-    let _ = write!(
-        out,
-        "  true\n}} >{root}/env.secrets.new\nmv {root}/env.secrets.new {root}/env.secrets\n"
-    );
+    out.push_str("mv \"$NEW\" \"$ROOT/env.secrets\"\n");
     out
 }
 

