@@ -38,6 +38,7 @@
 pub mod addr;
 pub mod apply;
 pub mod backoff;
+pub mod files;
 pub mod graph;
 pub mod plan;
 pub mod provider;

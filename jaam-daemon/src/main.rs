@@ -129,18 +129,34 @@ fn report(error: &anyhow::Error) {
     eprintln!("error: {text}");
     let hint = error.chain().find_map(|cause| {
         use jaam_core::{apply, state};
-        let locked = |e: &state::Error| matches!(e, state::Error::Locked { .. });
+        let state_error = cause.downcast_ref::<state::Error>().or_else(|| {
+            match cause.downcast_ref::<jaam_core::Error>() {
+                Some(jaam_core::Error::State(e)) => Some(e),
+                _ => None,
+            }
+        });
         let stale = |e: &apply::Error| matches!(e, apply::Error::Stale { .. });
-        let is_locked = cause.downcast_ref::<state::Error>().is_some_and(locked)
-            || matches!(cause.downcast_ref::<jaam_core::Error>(), Some(jaam_core::Error::State(e)) if locked(e));
         let is_stale = cause.downcast_ref::<apply::Error>().is_some_and(stale)
             || matches!(cause.downcast_ref::<jaam_core::Error>(), Some(jaam_core::Error::Apply(e)) if stale(e));
-        if is_locked {
-            Some("wait for it to finish, or pass `--lock-timeout 5m`; the lock is released automatically if that process dies")
-        } else if is_stale {
-            Some("the state changed since the plan was made: run `jaam plan --out FILE` again and review it")
-        } else {
-            None
+        match state_error {
+            Some(state::Error::Locked { lapses: None, .. }) => Some(
+                "wait for it to finish, or pass `--lock-timeout 5m`; the lock is released automatically if that process dies"
+                    .to_owned(),
+            ),
+            Some(state::Error::Locked {
+                lapses: Some(lapses),
+                holder,
+            }) => Some(format!(
+                "wait for it to finish, or pass `--lock-timeout 5m`; if that process died, its lease lapses by itself \
+                 at {} (it is renewed while the process runs); `jaam force-unlock {}` breaks it now",
+                lapses.format("%Y-%m-%dT%H:%M:%SZ"),
+                holder.id
+            )),
+            _ if is_stale => Some(
+                "the state changed since the plan was made: run `jaam plan --out FILE` again and review it"
+                    .to_owned(),
+            ),
+            _ => None,
         }
     });
     if let Some(hint) = hint {

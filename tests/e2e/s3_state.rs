@@ -54,7 +54,7 @@ async fn an_expired_lease_should_be_taken_over_and_the_stale_holder_fenced() {
         .err()
         .expect("still held");
     assert!(
-        matches!(&error, Error::Locked { holder } if holder.command == "jaam apply (old)"),
+        matches!(&error, Error::Locked { holder, .. } if holder.command == "jaam apply (old)"),
         "{error}"
     );
     let taken = new
@@ -171,6 +171,13 @@ async fn two_applies_on_one_s3_state_should_not_lose_an_update() {
         second
             .stderr
             .contains("state is locked by `jaam apply` (pid"),
+        "{}",
+        second.stderr
+    );
+    // Issue 11, item 13: the hint tells the truth about leases.
+    assert!(
+        second.stderr.contains("its lease lapses by itself")
+            && !second.stderr.contains("released automatically"),
         "{}",
         second.stderr
     );
@@ -421,4 +428,144 @@ async fn killed_writers_should_never_leave_s3_state_unparsable() {
             .len();
         assert_eq!(found, if destroying { 0 } else { 40 }, "trial {trial}");
     }
+}
+
+/// Issue 11, item 13: whoever loses the race for a lease is told who won —
+/// never itself, never an earlier holder that has exited — and the id it is
+/// told is the live lease's, which `force-unlock` accepts.
+#[tokio::test]
+async fn a_refused_lock_should_name_the_live_lease_holder() {
+    let config = aws_config().await;
+    let bucket = bucket(&unique("race")).await;
+    for round in 0..2 {
+        let stores: Vec<S3Store> = (0..8)
+            .map(|_| S3Store::new(&config, &bucket, "stack.json", Duration::from_secs(300)))
+            .collect();
+        let holders: Vec<LockInfo> = (0..8)
+            .map(|n| LockInfo::current(format!("jaam apply #{n} (round {round})")))
+            .collect();
+        let attempts = stores
+            .iter()
+            .zip(&holders)
+            .map(|(store, holder)| store.lock(holder.clone(), Duration::ZERO));
+        let results = futures::future::join_all(attempts).await;
+        let mut guards = Vec::new();
+        let mut refused = Vec::new();
+        for (result, holder) in results.into_iter().zip(&holders) {
+            match result {
+                Ok(guard) => guards.push((guard, holder.clone())),
+                Err(Error::Locked {
+                    holder: named,
+                    lapses,
+                }) => {
+                    assert!(lapses.is_some(), "an S3 lease says when it lapses");
+                    refused.push((holder.clone(), named));
+                }
+                Err(other) => panic!("unexpected {other}"),
+            }
+        }
+        assert_eq!(guards.len(), 1, "exactly one wins round {round}");
+        let winner = guards[0].1.clone();
+        assert_eq!(refused.len(), 7);
+        for (me, named) in &refused {
+            assert_ne!(
+                named.id, me.id,
+                "a refused process is never told it holds the lock"
+            );
+            assert_eq!(
+                named.id, winner.id,
+                "round {round}: `{}` was told {named}, the live holder is {winner}",
+                me.command
+            );
+        }
+        // The id given is the one force-unlock takes.
+        let breaker = S3Store::new(&config, &bucket, "stack.json", Duration::from_secs(300));
+        assert!(matches!(
+            breaker.force_unlock(uuid::Uuid::new_v4()).await,
+            Err(Error::NotTheLease { .. })
+        ));
+        let broken = breaker.force_unlock(refused[0].1.id).await.unwrap();
+        assert_eq!(broken.id, winner.id);
+        // Round 1 races over the released (lapsed) lease of round 0's winner.
+        let (guard, _) = guards.pop().unwrap();
+        guard.release().await.unwrap();
+    }
+}
+
+/// Issue 11, item 13: `force-unlock` on a lapsed lease says the state is not
+/// locked (and whose lease lapsed when), not "locked by" an exited process.
+#[tokio::test]
+async fn force_unlock_of_a_lapsed_lease_should_say_it_is_not_locked() {
+    let config = aws_config().await;
+    let bucket = bucket(&unique("lapsed")).await;
+    let store = S3Store::new(&config, &bucket, "stack.json", Duration::from_secs(300));
+    let nothing = store.force_unlock(uuid::Uuid::new_v4()).await.unwrap_err();
+    assert!(matches!(nothing, Error::NotLocked { .. }), "{nothing}");
+    let guard = store
+        .lock(LockInfo::current("jaam apply"), Duration::ZERO)
+        .await
+        .unwrap();
+    guard.release().await.unwrap();
+    let error = store
+        .force_unlock(uuid::Uuid::new_v4())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("is not locked"), "{error}");
+    assert!(error.contains("lapsed at"), "{error}");
+    assert!(!error.contains("locked by"), "{error}");
+}
+
+/// Issue 11, item 13: a missing bucket is one sentence, and the first
+/// apply's journal objects are removed like every later apply's.
+#[tokio::test]
+async fn a_missing_bucket_should_be_one_sentence_and_first_journals_removed() {
+    moto_endpoint();
+    let _moto = jaam_tests::MOTO.read().await;
+    let ws = Workspace::new(&unique("s3first"));
+    ws.write_specs(&format!(
+        "log_group.a:\n  name: /jaam-test/{}/a\n",
+        ws.stack
+    ));
+    let missing = format!("s3://{}/jaam.state.json", unique("nosuchbucket"));
+    let run = jaam_tests::Run::from(on_s3(&ws, &missing, &["plan"]).output().unwrap());
+    run.expect_code(1);
+    let bucket_name = missing
+        .trim_start_matches("s3://")
+        .split('/')
+        .next()
+        .unwrap();
+    assert!(
+        run.stderr.contains(&format!(
+            "bucket `{bucket_name}` does not exist or is not yours"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.lines().filter(|l| !l.trim().is_empty()).count() <= 2,
+        "one sentence (and a hint at most), not the SDK's structure:\n{}",
+        run.stderr
+    );
+
+    let bucket = bucket(&unique("first")).await;
+    let url = format!("s3://{bucket}/jaam.state.json");
+    jaam_tests::Run::from(
+        on_s3(&ws, &url, &["apply", "--auto-approve"])
+            .output()
+            .unwrap(),
+    )
+    .expect_code(0);
+    assert_eq!(
+        journal_objects(&bucket, "jaam.state.json").await,
+        0,
+        "the first apply's journal is folded and removed"
+    );
+    jaam_tests::Run::from(
+        on_s3(&ws, &url, &["destroy", "--auto-approve"])
+            .output()
+            .unwrap(),
+    )
+    .expect_code(0);
+    assert_eq!(journal_objects(&bucket, "jaam.state.json").await, 0);
 }

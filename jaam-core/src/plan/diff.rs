@@ -10,7 +10,9 @@
 //!    the user sees what changed outside jaam separately from what jaam will do.
 //! 3. **Diff**: desired resources in topological order, so that a reference can
 //!    read its dependency's planned value (known, or unknown until apply).
-//! 4. **Deletes**: recorded resources no longer desired (all of them for destroy).
+//! 4. **Deletes**: recorded resources no longer desired (all of them for destroy),
+//!    and resources of the specs that an interrupted apply created but state
+//!    never learned of (found in step 1 by ownership tags or natural key).
 //! 5. **Targets**: with `--target`, only the targets and their dependencies stay.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -99,8 +101,12 @@ pub async fn compute(
                 lookups.insert(&pending.addr, pending.attributes.clone());
             }
         }
-        for (addr, resource) in &desired {
-            if !recorded.resources.contains_key(*addr) && !lookups.contains_key(*addr) {
+        // Declared but unrecorded resources are looked up by ownership tags
+        // or natural key. For a destroy too: a create whose intent died with a
+        // crash (intents of adoptable kinds are journaled lazily) is found and
+        // deleted, so a destroy leaves nothing of the specs behind.
+        for (addr, resource) in config.resources() {
+            if !recorded.resources.contains_key(addr) && !lookups.contains_key(addr) {
                 let schema = registry
                     .schema(addr.kind())
                     .expect("specs only hold known kinds");
@@ -292,15 +298,24 @@ pub async fn compute(
         .map(|pending| pending.intent)
         .collect();
     resolved_intents.sort();
+    // A durable create intent is jaam's own evidence for kinds the cloud
+    // cannot tag (Route53 records): what is found under its natural key was
+    // made by the interrupted create.
+    let intended: BTreeSet<&ResourceAddr> = recorded
+        .pending
+        .iter()
+        .filter(|pending| pending.operation == Operation::Create)
+        .map(|pending| &pending.addr)
+        .collect();
     for (addr, found) in &observed {
         let Some(found) = found else { continue };
         if recorded.resources.contains_key(*addr) {
             continue;
         }
-        let owned = found
-            .owner
-            .as_ref()
-            .is_some_and(|owner| owner.stack == context.stack && owner.addr == addr.to_string());
+        let owned = match &found.owner {
+            Some(owner) => owner.stack == context.stack && owner.addr == addr.to_string(),
+            None => intended.contains(*addr),
+        };
         if !owned {
             continue;
         }

@@ -9,6 +9,10 @@
 //! - The journal is one JSON record per line, appended and fdatasynced per group
 //!   commit. A torn last line is ignored on load.
 //! - The lock is `flock` on `.lock`, released by the kernel if the holder dies.
+//! - Whoever takes the lock first folds a journal a crashed holder left into
+//!   a new snapshot (serial + 1), as the S3 store does when it takes a lease
+//!   over. Only then may a new apply open (and truncate) the journal: a second
+//!   crash can never lose what the first one's journal held (issue 11).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -149,6 +153,43 @@ impl LocalStore {
         Ok(super::replay(snapshot, records))
     }
 
+    /// Folds a journal left by a crashed holder into a new snapshot, under
+    /// the lock. A journal with nothing beyond its `Begin` (or one for another
+    /// base: its snapshot was written, only the removal was cut short) is
+    /// removed without a write.
+    fn checkpoint_blocking(&self) -> Result<()> {
+        let journal_path = self.journal_path();
+        let text = match std::fs::read_to_string(&journal_path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(Self::io("read", &journal_path)(error)),
+        };
+        let records = parse_journal(&text);
+        let snapshot = Self::read_snapshot(&self.path)?;
+        let snapshot_meta = snapshot.as_ref().map(State::meta);
+        let applies = match records.first() {
+            Some(Record::Begin { base, .. }) => {
+                records.len() > 1
+                    && (snapshot_meta == Some(*base) || (snapshot.is_none() && base.serial == 0))
+            }
+            _ => false,
+        };
+        if applies && let Some(mut state) = super::replay(snapshot, records) {
+            state.serial += 1;
+            tracing::info!(
+                journal = %journal_path.display(),
+                serial = state.serial,
+                "folded the journal an interrupted run left into a new snapshot"
+            );
+            return self.persist_blocking(state.meta(), &StateFile::render(&state));
+        }
+        match std::fs::remove_file(&journal_path) {
+            Ok(()) => sync_directory(&self.directory()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(Self::io("remove", &journal_path)(error)),
+        }
+    }
+
     fn persist_blocking(&self, meta: StateMeta, text: &str) -> Result<()> {
         let current = self.read_meta()?;
         let found = current.map_or(0, |current| current.serial);
@@ -161,22 +202,19 @@ impl LocalStore {
             });
         }
         let directory = self.directory();
-        let temporary = self.sibling(&format!(".tmp-{}", std::process::id()));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temporary)
-            .map_err(Self::io("create", &temporary))?;
+        // Created exclusively under an unpredictable name: a planted symlink
+        // or file is never written through (see `crate::files`).
+        let (temporary, mut file) = crate::files::create_temporary(&self.path, "tmp")
+            .map_err(Self::io("create", &self.sibling(".tmp-*")))?;
         file.write_all(text.as_bytes())
             .map_err(Self::io("write", &temporary))?;
         file.sync_all().map_err(Self::io("fsync", &temporary))?;
         drop(file);
         if current.is_some() {
             // Keep the previous snapshot: hard link, then atomic rename over the old backup.
-            let staged = self.sibling(&format!(".backup-tmp-{}", std::process::id()));
-            let _ = std::fs::remove_file(&staged);
+            let mut staged = self.path.as_os_str().to_owned();
+            staged.push(format!(".backup-tmp-{}", uuid::Uuid::new_v4().simple()));
+            let staged = PathBuf::from(staged);
             std::fs::hard_link(&self.path, &staged).map_err(Self::io("link", &staged))?;
             std::fs::rename(&staged, self.backup_path()).map_err(Self::io("rename", &staged))?;
         }
@@ -335,10 +373,21 @@ impl StateStore for LocalStore {
         })
         .await;
         match outcome {
-            Ok(lock) => Ok(Box::new(lock)),
+            Ok(lock) => {
+                let store = self.clone();
+                let checkpoint = tokio::task::spawn_blocking(move || store.checkpoint_blocking())
+                    .await
+                    .expect("checkpoint task");
+                if let Err(error) = checkpoint {
+                    let _ = Box::new(lock).release().await;
+                    return Err(error);
+                }
+                Ok(Box::new(lock))
+            }
             Err(backoff::Error::Failed(error)) => Err(error),
             Err(backoff::Error::Timeout { .. }) => Err(Error::Locked {
                 holder: self.holder(),
+                lapses: None,
             }),
         }
     }

@@ -470,6 +470,31 @@ pub enum Error {
     Locked {
         /// Who holds it.
         holder: LockInfo,
+        /// When an expiring lease (S3) lapses unless its holder renews it;
+        /// `None` for OS locks, released when the holder exits.
+        lapses: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// `force-unlock` named a lease that is not the live one.
+    #[error("`{given}` is not the id of the live lease: state is locked by {holder}")]
+    NotTheLease {
+        /// The id given.
+        given: Uuid,
+        /// Who holds the live lease (its id is the one to give).
+        holder: LockInfo,
+    },
+    /// `force-unlock` found no live lease.
+    #[error("state `{origin}` is not locked{last}")]
+    NotLocked {
+        /// The state.
+        origin: String,
+        /// Who held the last lease and when it lapsed, if any (text).
+        last: String,
+    },
+    /// The S3 bucket of the state is missing, or the credentials may not use it.
+    #[error("bucket `{bucket}` does not exist or is not yours")]
+    NoBucket {
+        /// The bucket.
+        bucket: String,
     },
     /// The snapshot changed since it was read (another writer).
     #[error(

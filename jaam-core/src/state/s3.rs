@@ -96,6 +96,29 @@ fn io(action: &'static str, path: String) -> impl FnOnce(String) -> Error {
     }
 }
 
+/// An S3 failure as a state error: a missing bucket in one sentence, the
+/// SDK's whole story otherwise.
+fn failure<E, R>(
+    action: &'static str,
+    bucket: &str,
+    path: String,
+    error: aws_smithy_runtime_api::client::result::SdkError<E, R>,
+) -> Error
+where
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_smithy_runtime_api::client::result::SdkError;
+    if let SdkError::ServiceError(context) = &error
+        && context.err().code() == Some("NoSuchBucket")
+    {
+        return Error::NoBucket {
+            bucket: bucket.to_owned(),
+        };
+    }
+    io(action, path)(aws_sdk_s3::error::DisplayErrorContext(error).to_string())
+}
+
 fn is_precondition_failed<E, R>(
     error: &aws_smithy_runtime_api::client::result::SdkError<E, R>,
 ) -> bool
@@ -192,9 +215,7 @@ impl S3Store {
                 Ok(Some((body.to_vec(), etag)))
             }
             Err(error) if is_not_found(&error) => Ok(None),
-            Err(error) => Err(io("read", self.url(key))(
-                aws_sdk_s3::error::DisplayErrorContext(error).to_string(),
-            )),
+            Err(error) => Err(failure("read", &self.bucket, self.url(key), error)),
         }
     }
 
@@ -218,9 +239,7 @@ impl S3Store {
         match request.send().await {
             Ok(answer) => Ok(Some(answer.e_tag().unwrap_or_default().to_owned())),
             Err(error) if is_precondition_failed(&error) => Ok(None),
-            Err(error) => Err(io("write", self.url(key))(
-                aws_sdk_s3::error::DisplayErrorContext(error).to_string(),
-            )),
+            Err(error) => Err(failure("write", &self.bucket, self.url(key), error)),
         }
     }
 
@@ -234,9 +253,7 @@ impl S3Store {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| {
-                io("list", self.url(prefix))(aws_sdk_s3::error::DisplayErrorContext(e).to_string())
-            })?;
+            let page = page.map_err(|e| failure("list", &self.bucket, self.url(prefix), e))?;
             keys.extend(
                 page.contents()
                     .iter()
@@ -255,11 +272,7 @@ impl S3Store {
                 .key(key)
                 .send()
                 .await
-                .map_err(|e| {
-                    io("delete", self.url(key))(
-                        aws_sdk_s3::error::DisplayErrorContext(e).to_string(),
-                    )
-                })?;
+                .map_err(|e| failure("delete", &self.bucket, self.url(key), e))?;
         }
         Ok(())
     }
@@ -380,35 +393,55 @@ impl S3Store {
     /// who held it.
     ///
     /// # Errors
-    /// [`Error::Io`] when S3 fails; [`Error::Conflict`]-free: a lease with another
-    /// id is left alone and reported as [`Error::Locked`].
+    /// [`Error::Io`] when S3 fails; [`Error::NotLocked`] when no live lease
+    /// holds the state (nothing to break: it names the last holder and when
+    /// its lease lapsed); [`Error::NotTheLease`] when `id` is not the live
+    /// lease's (it is left alone; the error names the id to give).
     pub async fn force_unlock(&self, id: Uuid) -> Result<LockInfo> {
+        let origin = self.url(&self.key);
         let Some((mut lease, etag)) = self.read_lease().await? else {
-            return Err(io("unlock", self.url(&self.lease_key()))(
-                "no lease".to_owned(),
-            ));
+            return Err(Error::NotLocked {
+                origin,
+                last: String::new(),
+            });
         };
+        let now = Utc::now();
+        if lease.expires_at <= now {
+            return Err(Error::NotLocked {
+                origin,
+                last: format!(
+                    " (the last lease, of {}, lapsed at {})",
+                    lease.holder,
+                    lease.expires_at.format("%Y-%m-%dT%H:%M:%SZ")
+                ),
+            });
+        }
         if lease.id != id {
-            return Err(Error::Locked {
+            return Err(Error::NotTheLease {
+                given: id,
                 holder: lease.holder,
             });
         }
-        lease.expires_at = Utc::now();
+        lease.expires_at = now;
         let body = serde_json::to_vec(&lease).expect("lease serializes");
         self.put(&self.lease_key(), body, Some(&etag)).await?;
         Ok(lease.holder)
     }
 
+    /// Takes the lease if it is free or lapsed: `Ok(Err(lease))` names the
+    /// live lease that holds it — read again after losing a race, so the
+    /// holder reported is the one that won, never this process or an
+    /// earlier, exited holder.
     async fn try_acquire(
         &self,
         holder: &LockInfo,
-    ) -> Result<std::result::Result<(Lease, String), LockInfo>> {
+    ) -> Result<std::result::Result<(Lease, String), Lease>> {
         let now = Utc::now();
         let ttl = chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::seconds(60));
         let current = self.read_lease().await?;
         let (generation, condition) = match &current {
             None => (1, None),
-            Some((lease, _)) if lease.expires_at > now => return Ok(Err(lease.holder.clone())),
+            Some((lease, _)) if lease.expires_at > now => return Ok(Err(lease.clone())),
             Some((lease, etag)) => (lease.generation + 1, Some(etag.as_str())),
         };
         let lease = Lease {
@@ -421,10 +454,15 @@ impl S3Store {
         let body = serde_json::to_vec(&lease).expect("lease serializes");
         match self.put(&self.lease_key(), body, condition).await? {
             Some(etag) => Ok(Ok((lease, etag))),
-            // Someone else won the race: report them on the next look.
-            None => Ok(Err(
-                current.map_or_else(|| holder.clone(), |(lease, _)| lease.holder)
-            )),
+            // Someone else won the race: the lease they wrote names them.
+            None => match self.read_lease().await? {
+                Some((winner, _)) => Ok(Err(winner)),
+                // Released and removed in between: the next attempt takes it.
+                None => Ok(Err(Lease {
+                    expires_at: now,
+                    ..lease
+                })),
+            },
         }
     }
 }
@@ -572,7 +610,9 @@ impl StateStore for S3Store {
         }
         let mut state = state.clone();
         state.lease_generation = generation.or(state.lease_generation);
-        let base_generation = seen.as_ref().map_or(0, |_| generation.unwrap_or(0));
+        // The journal was opened under this holder's generation, the first
+        // apply's (no snapshot yet) included.
+        let base_generation = generation.unwrap_or(0);
         if let Some(etag) = etag {
             // Keep the previous snapshot (best effort: the write below is what must be exact).
             let _ = self
@@ -618,7 +658,7 @@ impl StateStore for S3Store {
             max: Duration::from_secs(2),
             deadline: timeout,
         };
-        let last_holder: Mutex<Option<LockInfo>> = Mutex::new(None);
+        let last_holder: Mutex<Option<Lease>> = Mutex::new(None);
         let outcome = backoff::poll(wait, || {
             let holder = holder.clone();
             let last = &last_holder;
@@ -638,8 +678,15 @@ impl StateStore for S3Store {
             Ok(acquired) => acquired,
             Err(backoff::Error::Failed(error)) => return Err(error),
             Err(backoff::Error::Timeout { .. }) => {
-                return Err(Error::Locked {
-                    holder: last_holder.unwrap_or(holder),
+                return Err(match last_holder {
+                    Some(lease) => Error::Locked {
+                        holder: lease.holder,
+                        lapses: Some(lease.expires_at),
+                    },
+                    None => Error::Locked {
+                        holder,
+                        lapses: None,
+                    },
                 });
             }
         };

@@ -153,6 +153,7 @@ impl StateStore for MemoryStore {
             Err(crate::backoff::Error::Failed(error)) => Err(error),
             Err(crate::backoff::Error::Timeout { .. }) => Err(Error::Locked {
                 holder: self.inner().lock.clone().unwrap_or(holder),
+                lapses: None,
             }),
         }
     }
@@ -410,7 +411,7 @@ async fn lock_excludes_and_names_its_holder(store: impl StateStore) {
         .lock(LockInfo::current("jaam plan"), Duration::from_millis(50))
         .await
     {
-        Err(Error::Locked { holder }) => {
+        Err(Error::Locked { holder, .. }) => {
             assert_eq!(
                 holder.command, "jaam apply",
                 "the lock error must name the holder's command"

@@ -97,20 +97,14 @@ pub(crate) fn read_plan(path: &Path) -> anyhow::Result<Plan> {
     Ok(plan)
 }
 
-/// Writes a plan file readable only by its owner.
+/// Writes a plan file readable only by its owner: always a new 0600 file
+/// renamed into place, so an existing file's looser mode or a symlink at the
+/// path is replaced, never written through.
 pub(crate) fn write_plan(path: &Path, plan: &Plan) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("failed to write plan file `{}`", path.display()))?;
-    serde_json::to_writer_pretty(&mut file, plan)?;
-    file.write_all(b"\n")?;
-    Ok(())
+    let mut text = serde_json::to_vec_pretty(plan)?;
+    text.push(b'\n');
+    jaam_core::files::write_atomically(path, &text, true)
+        .with_context(|| format!("failed to write plan file `{}`", path.display()))
 }
 
 /// Prints a plan as text (coloured on a terminal) or as the documented JSON.

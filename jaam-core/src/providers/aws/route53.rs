@@ -15,7 +15,12 @@
 //! Records cannot carry tags. They are identified by their natural key (zone,
 //! name, type), and a create is an UPSERT, so a create interrupted by a crash is
 //! simply made again, without a duplicate. A record that exists outside jaam is
-//! taken over the same way; the plan says so.
+//! taken over the same way; the plan says so. Because nothing in the cloud
+//! says a record is jaam's, a create's intent is journaled durably before the
+//! call: after a crash the pending intent is jaam's evidence, so a record
+//! found under it is adopted (and a `destroy` deletes it) even when the run
+//! that made it never recorded it. A change still in flight at the crash is
+//! waited for up to 10 s (`in_flight_grace`) before the intent is dropped.
 //!
 //! # Refresh cost
 //! One ListResourceRecordSets sweep (300 per page) per hosted zone, however
@@ -79,13 +84,18 @@ pub fn schema() -> Schema {
             Attribute::computed("fqdn", Type::String),
         ],
         replace_order: ReplaceOrder::DeleteThenCreate,
-        adoptable: true,
-        in_flight_grace: std::time::Duration::ZERO,
+        // Records carry no ownership tags: a create's intent is made durable
+        // before the call, so an interrupted create is known (and a destroy
+        // after a crash finds and deletes it). A change sent just before a
+        // crash can land after the next run's refresh: that run looks again
+        // for up to 10 s before it concludes the create never happened.
+        adoptable: false,
+        in_flight_grace: std::time::Duration::from_secs(10),
     }
 }
 
 /// `name` as Route53 stores it: lowercase, with the trailing dot.
-fn fqdn(name: &str) -> String {
+pub(crate) fn fqdn(name: &str) -> String {
     let name = name.trim().to_ascii_lowercase();
     if name.ends_with('.') {
         name
@@ -196,6 +206,33 @@ impl Records {
             schema: schema(),
             zones: Mutex::default(),
         }
+    }
+
+    /// The domain of a hosted zone given by domain (checked to exist) or by id.
+    ///
+    /// # Errors
+    /// No such zone, or a failed call.
+    pub(crate) async fn zone_domain(&self, zone: &str) -> Result<String> {
+        let Some(id) = zone_id_form(zone) else {
+            self.zone_id(zone).await?;
+            return Ok(fqdn(zone));
+        };
+        let answer = self
+            .client
+            .get_hosted_zone()
+            .id(&id)
+            .send()
+            .await
+            .map_err(|e| classify("GetHostedZone", e))?;
+        answer
+            .hosted_zone()
+            .map(|hosted| fqdn(hosted.name()))
+            .ok_or_else(|| {
+                ProviderError::new(
+                    ErrorKind::Invalid,
+                    format!("no Route53 hosted zone `{zone}`"),
+                )
+            })
     }
 
     /// The hosted zone id of a domain (or of an id, which is returned as is).
