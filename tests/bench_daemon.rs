@@ -17,7 +17,7 @@ use jaam_tests::daemon::{Daemon, deliveries};
 use jaam_tests::github::GithubFake;
 use jaam_tests::{Intercept, InterceptProxy, Workspace, hosted_zone, unique};
 
-const SECRET: &str = "bench-secret";
+const SECRET: &str = "bench-webhook-secret-0123";
 
 fn sha() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..20].repeat(2)

@@ -108,9 +108,15 @@ pub(crate) struct DaemonArgs {
     /// for its end and merge into one reconcile.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub(crate) push_window: Duration,
-    /// Require `Authorization: Bearer TOKEN` on /metrics, /status and logs.
-    #[arg(long, env = "JAAM_DAEMON_TOKEN", hide_env_values = true)]
-    pub(crate) read_token: Option<String>,
+    /// A file holding the token that /metrics, /status and the logs want as
+    /// `Authorization: Bearer TOKEN` (or set `JAAM_DAEMON_TOKEN`; a token is
+    /// never taken from the command line, where `ps` shows it).
+    #[arg(long)]
+    pub(crate) read_token_file: Option<PathBuf>,
+    /// Serve /metrics, /status and the logs without a token on a
+    /// non-loopback address (refused otherwise).
+    #[arg(long)]
+    pub(crate) public_read: bool,
     /// The largest webhook body accepted, in bytes (GitHub sends at most 25 MB).
     #[arg(long, default_value_t = 25 * 1024 * 1024)]
     pub(crate) max_body: usize,

@@ -12,6 +12,8 @@ use jaam_tests::github::GithubFake;
 use jaam_tests::{Workspace, aws_config, hosted_zone, moto_endpoint, unique};
 
 const SECRET: &str = "daemon-test-webhook-secret";
+/// The secret of another repository's webhook in the same stack.
+const OTHER_SECRET: &str = "another-sites-webhook-secret";
 
 fn sha() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..20].repeat(2)
@@ -28,7 +30,8 @@ fn daemon_command(
         .args(extra)
         .env("AWS_ENDPOINT_URL", aws)
         .env("GITHUB_TOKEN", "ghp_test")
-        .env("HOOK_SECRET", SECRET);
+        .env("HOOK_SECRET", SECRET)
+        .env("OTHER_SECRET", OTHER_SECRET);
     if let Some(github) = github {
         command.env("GITHUB_API_URL", &github.url);
     }
@@ -67,8 +70,19 @@ fn cli(ws: &Workspace, github: &GithubFake, aws: &str, args: &[&str]) -> jaam_te
 fn site(ws: &Workspace, repo: &str, domain: &str) {
     ws.write_specs(&format!(
         "site.blog:\n  repo: {repo}\n  domain: blog.{domain}\n  zone: {domain}\n  https: false\n  \
-         webhook_url: https://jaam.{domain}/hooks/github\n  webhook_secret: ${{env.HOOK_SECRET}}\n"
+         webhook_url: https://jaam.{domain}/hooks/github\n  webhook_secret: ${{env.HOOK_SECRET}}\n\
+         webhook.other:\n  repo: {repo}-other\n  url: https://jaam.{domain}/hooks/github\n  \
+         secret: ${{env.OTHER_SECRET}}\n"
     ));
+}
+
+fn set_head(github: &GithubFake, repo: &str, sha: &str) {
+    github
+        .repos
+        .lock()
+        .unwrap()
+        .branches
+        .insert((repo.to_owned(), "main".into()), sha.to_owned());
 }
 
 fn revision(daemon: &Daemon) -> String {
@@ -151,35 +165,55 @@ async fn deliveries_should_be_verified_deduplicated_and_deploy_the_site() {
     )
     .unwrap();
     assert_eq!(status, 401);
-    // Oversize bodies are refused before anything else.
+    // Oversize bodies are refused before they are checked (a signature
+    // header must be there at all for the body to be read).
     let big = vec![b'x'; 200_000];
+    let well_formed = format!("sha256={}", "00".repeat(32));
     let (status, _) = http(
         daemon.port,
         "POST",
         "/hooks/github",
-        &[("x-github-event", "push"), ("x-github-delivery", "big")],
+        &[
+            ("x-github-event", "push"),
+            ("x-github-delivery", "big"),
+            ("x-hub-signature-256", &well_formed),
+        ],
         &big,
     )
     .unwrap();
     assert_eq!(status, 413);
     assert_eq!(commands(&format!("/opt/jaam/bin/deploy {c}")).await, 0);
 
-    // A valid push deploys its commit: exactly one SSM command carries it.
+    // Issue 11, item 1: another site's secret does not authenticate a
+    // delivery for this site's repository.
+    let cross = deliveries(OTHER_SECRET, &repo, "main", std::slice::from_ref(&b), None);
+    let (status, body) = daemon.deliver(&cross[1]);
+    assert_eq!(status, 401, "{body}");
+
+    // A valid push deploys the branch head: exactly one SSM command carries it.
+    set_head(&github, &repo, &b);
     let (status, body) = daemon.deliver(push);
     assert_eq!(status, 202, "{body}");
     assert!(body.contains("accepted"), "{body}");
     daemon.wait_until("the pushed revision", Duration::from_secs(60), |d| {
         revision(d) == b
     });
-    // The same delivery again is processed once.
+    // The same delivery again is processed once; so is the same body under
+    // a new delivery id (the id header is not signed).
     let (status, body) = daemon.deliver(push);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("duplicate"), "{body}");
+    let mut renamed = push.clone();
+    renamed.id = uuid::Uuid::new_v4().to_string();
+    let (status, body) = daemon.deliver(&renamed);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("duplicate"), "{body}");
     // An unmerged closed pull request is ignored.
     let (status, body) = daemon.deliver(closed);
     assert_eq!(status, 202);
     assert!(body.contains("ignored"), "{body}");
-    // A merged one deploys its merge commit.
+    // A merged one deploys its merge commit (the branch head).
+    set_head(&github, &repo, &c);
     let (status, body) = daemon.deliver(merged);
     assert_eq!(status, 202, "{body}");
     daemon.wait_until("the merge commit", Duration::from_secs(60), |d| {
@@ -187,6 +221,32 @@ async fn deliveries_should_be_verified_deduplicated_and_deploy_the_site() {
     });
     assert_eq!(commands(&format!("/opt/jaam/bin/deploy {b}")).await, 1);
     assert_eq!(commands(&format!("/opt/jaam/bin/deploy {c}")).await, 1);
+
+    // Issue 11, item 2: a signed delivery that claims an old commit (here a
+    // new body: the repository named in another case) is a trigger only: the
+    // head is still `c`, so nothing new is deployed.
+    let before = daemon.status()["reconciles"].as_u64().unwrap();
+    let replay = deliveries(
+        SECRET,
+        &repo.to_uppercase(),
+        "main",
+        std::slice::from_ref(&b),
+        None,
+    );
+    let (status, body) = daemon.deliver(&replay[1]);
+    assert_eq!(
+        status, 202,
+        "a push for the repository in another case is routed: {body}"
+    );
+    daemon.wait_until("the replay's reconcile", Duration::from_secs(60), |d| {
+        d.status()["reconciles"].as_u64().unwrap() > before
+    });
+    assert_eq!(
+        revision(&daemon),
+        c,
+        "the head serves, not the replayed commit"
+    );
+    assert_eq!(commands(&format!("/opt/jaam/bin/deploy {b}")).await, 1);
 
     // The site's build log as server-sent events.
     jaam_tests::put_log_event(
@@ -222,13 +282,67 @@ async fn deliveries_should_be_verified_deduplicated_and_deploy_the_site() {
         assert!(saw.iter().any(|l| l == "event: build"), "{saw:?}");
     }
 
+    // Issue 11, item 11: streams of one site share one poller; streams are capped.
+    {
+        use std::io::{BufRead, Write};
+        let open = || {
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            stream
+                .write_all(
+                    b"GET /sites/blog/logs HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n",
+                )
+                .unwrap();
+            std::io::BufReader::new(stream)
+        };
+        let mut streams: Vec<_> = (0..32).map(|_| open()).collect();
+        for reader in streams.iter_mut().take(3) {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+        }
+        daemon.wait_until("every stream open", Duration::from_secs(20), |d| {
+            let metrics = d.metrics();
+            metrics.contains("jaam_log_streams 32") && metrics.contains("jaam_log_pollers 1")
+        });
+        let mut refused = String::new();
+        open().read_line(&mut refused).unwrap();
+        assert!(
+            refused.starts_with("HTTP/1.1 503"),
+            "the 33rd stream: {refused}"
+        );
+        // Every follower sees the same line, from the one poller.
+        jaam_tests::put_log_event(
+            &format!("/jaam/sites/blog.{domain}"),
+            "build",
+            "shared by every follower",
+        )
+        .await;
+        for reader in streams.iter_mut().take(3) {
+            let seen = reader
+                .lines()
+                .map(|line| line.expect("an event before the timeout"))
+                .any(|line| line.contains("shared by every follower"));
+            assert!(seen);
+        }
+        assert!(daemon.metrics().contains("jaam_log_pollers 1"));
+        // Closed streams are noticed at the next write (a keep-alive comes
+        // every 15 s); then the last one stops the poller.
+        drop(streams);
+        daemon.wait_until("the poller stopped", Duration::from_secs(45), |d| {
+            d.metrics().contains("jaam_log_pollers 0")
+        });
+    }
+
     let metrics = daemon.metrics();
     assert!(
-        metrics.contains("jaam_webhook_deliveries_total{outcome=\"unauthorized\"} 4"),
+        metrics.contains("jaam_webhook_deliveries_total{outcome=\"unauthorized\"} 5"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("jaam_webhook_deliveries_total{outcome=\"duplicate\"} 1"),
+        metrics.contains("jaam_webhook_deliveries_total{outcome=\"duplicate\"} 2"),
         "{metrics}"
     );
     assert!(
@@ -359,7 +473,12 @@ async fn a_spec_edit_should_reconcile_once_and_drift_should_heal_at_the_next_res
         slow.set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         slow.write_all(
-            b"POST /hooks/github HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{\"partial",
+            format!(
+                "POST /hooks/github HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\
+                 x-hub-signature-256: sha256={}\r\n\r\n{{\"partial",
+                "00".repeat(32)
+            )
+            .as_bytes(),
         )
         .unwrap();
         let mut answer = String::new();
@@ -463,7 +582,11 @@ async fn sigterm_during_a_reconcile_should_finish_it_and_exit_0() {
     let names = ["a", "b", "c", "d", "e"];
     ws.write_specs(&log_groups(&stack, &names, "heal"));
     let daemon = Daemon::start(
-        daemon_command(&ws, None, &proxy.url, &["--read-token", "t0k3n"]),
+        {
+            let mut command = daemon_command(&ws, None, &proxy.url, &[]);
+            command.env("JAAM_DAEMON_TOKEN", "t0k3n");
+            command
+        },
         ws.dir.path().join("daemon.log"),
     );
     // Read endpoints want the bearer token; health does not.

@@ -30,7 +30,7 @@ const add = async (event, payload) => {
   deliveries.push({ event, id: randomUUID(), body, signature: await sign(request.secret, body) });
 };
 
-await add("ping", example("ping"));
+await add("ping", aim(example("ping", (p) => p.repository !== undefined)));
 for (const sha of request.pushes ?? []) {
   const push = aim(example("push", (p) => !p.deleted));
   push.ref = `refs/heads/${request.branch}`;

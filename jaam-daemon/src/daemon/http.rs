@@ -11,7 +11,6 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 use super::Daemon;
 use super::webhook::{self, Wanted};
@@ -62,7 +61,14 @@ fn answer(status: StatusCode, body: serde_json::Value) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// `POST /hooks/github`.
+/// Bodies larger than this are checked on the blocking pool, so hashing
+/// megabytes never stalls the runtime's workers (health checks, other
+/// deliveries).
+const INLINE_CHECK_BYTES: usize = 64 * 1024;
+
+/// `POST /hooks/github`: headers checked first, then the body read under a
+/// bounded number of permits, authenticated against its repository's
+/// webhook secrets only, de-duplicated, and turned into work.
 async fn hook(State(daemon): State<Shared>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let header = |name: &str| {
@@ -71,6 +77,19 @@ async fn hook(State(daemon): State<Shared>, request: Request) -> Response {
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
+    };
+    // 1. No well-formed signature: refused before a byte of the body is read.
+    let signature = match webhook::parse_signature(header("x-hub-signature-256").as_deref()) {
+        Ok(signature) => signature,
+        Err(error) => return refused(&daemon, error),
+    };
+    // 2. A bounded number of bodies in memory at once.
+    let Ok(_permit) = daemon.bodies.try_acquire() else {
+        daemon.metrics.delivery("busy");
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "too many deliveries at once; retry later"}),
+        );
     };
     let limit = daemon.args.max_body;
     let read =
@@ -92,16 +111,29 @@ async fn hook(State(daemon): State<Shared>, request: Request) -> Response {
         }
         Ok(Ok(body)) => body,
     };
-    let verified = webhook::verify(
-        header("x-hub-signature-256").as_deref(),
-        &body,
-        &daemon.secrets.read().expect("secrets"),
-    );
-    if let Err(error) = verified {
-        daemon.metrics.delivery("unauthorized");
-        tracing::warn!(reason = error.reason(), "refused a webhook delivery");
-        return answer(StatusCode::UNAUTHORIZED, json!({"error": error.reason()}));
-    }
+    // 3. Only the secrets of the webhook(s) of the repository it names.
+    let hook_id = header("x-github-hook-id");
+    let check = {
+        let daemon = Arc::clone(&daemon);
+        let body = body.clone();
+        move || {
+            let repo = webhook::claimed_repository(&body);
+            let routes = daemon.routes.read().expect("routes");
+            routes.authenticate(&signature, hook_id.as_deref(), repo.as_deref(), &body)?;
+            Ok::<_, webhook::SignatureError>(webhook::body_key(&body))
+        }
+    };
+    let checked = if body.len() > INLINE_CHECK_BYTES {
+        tokio::task::spawn_blocking(check)
+            .await
+            .expect("signature check")
+    } else {
+        check()
+    };
+    let body_key = match checked {
+        Ok(key) => key,
+        Err(error) => return refused(&daemon, error),
+    };
     let (Some(event), Some(delivery)) = (header("x-github-event"), header("x-github-delivery"))
     else {
         daemon.metrics.delivery("bad_request");
@@ -110,11 +142,12 @@ async fn hook(State(daemon): State<Shared>, request: Request) -> Response {
             json!({"error": "X-GitHub-Event and X-GitHub-Delivery are required"}),
         );
     };
+    // 4. Once per delivery id and once per body (the id header is not signed).
     if !daemon
         .deliveries
         .lock()
         .expect("deliveries")
-        .first_time(&delivery)
+        .first_time(&[&delivery, &body_key])
     {
         daemon.metrics.delivery("duplicate");
         return answer(
@@ -146,55 +179,65 @@ async fn hook(State(daemon): State<Shared>, request: Request) -> Response {
             branch,
             sha,
             why,
-        } => {
-            let sites = daemon
-                .sites
-                .read()
-                .expect("sites")
-                .get(&(repo.clone(), branch.clone()))
-                .cloned()
-                .unwrap_or_default();
-            if sites.is_empty() {
-                daemon.metrics.delivery("ignored");
-                return answer(
-                    StatusCode::ACCEPTED,
-                    json!({"status": "ignored", "reason": format!("no site deploys {repo}@{branch}")}),
-                );
-            }
-            daemon
-                .pins
-                .lock()
-                .expect("pins")
-                .insert((repo, branch), sha.clone());
-            let mut work = Work::default();
-            work.reasons.insert(why);
-            for site in &sites {
-                work.revisions.insert(site.clone(), sha.clone());
-            }
-            match daemon.schedule(daemon.push_due(), work) {
-                Ok(()) => {
-                    daemon.metrics.delivery("accepted");
-                    tracing::info!(delivery, ?sites, sha, why, "deploy queued");
-                    answer(
-                        StatusCode::ACCEPTED,
-                        json!({"status": "accepted", "sites": sites, "revision": sha}),
-                    )
-                }
-                Err(full) => {
-                    daemon.metrics.delivery("queue_full");
-                    answer(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        json!({"error": full.to_string()}),
-                    )
-                }
-            }
+        } => deploy(&daemon, &delivery, &repo, &branch, &sha, why),
+    }
+}
+
+/// Queues a deploy of the sites of `repo`'s `branch`. `sha` is what the
+/// delivery says the head is; the reconcile deploys the head GitHub reports.
+fn deploy(
+    daemon: &Daemon,
+    delivery: &str,
+    repo: &str,
+    branch: &str,
+    sha: &str,
+    why: &'static str,
+) -> Response {
+    let sites = daemon.routes.read().expect("routes").sites(repo, branch);
+    if sites.is_empty() {
+        daemon.metrics.delivery("ignored");
+        return answer(
+            StatusCode::ACCEPTED,
+            json!({"status": "ignored", "reason": format!("no site deploys {repo}@{branch}")}),
+        );
+    }
+    let mut work = Work::default();
+    work.reasons.insert(why);
+    for site in &sites {
+        work.revisions.insert(site.clone(), sha.to_owned());
+    }
+    match daemon.schedule(daemon.push_due(), work) {
+        Ok(()) => {
+            daemon.metrics.delivery("accepted");
+            tracing::info!(delivery, ?sites, sha, why, "deploy queued");
+            answer(
+                StatusCode::ACCEPTED,
+                json!({"status": "accepted", "sites": sites, "revision": sha}),
+            )
+        }
+        Err(full) => {
+            daemon.metrics.delivery("queue_full");
+            answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": full.to_string()}),
+            )
         }
     }
 }
 
+fn refused(daemon: &Daemon, error: webhook::SignatureError) -> Response {
+    daemon.metrics.delivery("unauthorized");
+    tracing::warn!(reason = error.reason(), "refused a webhook delivery");
+    answer(StatusCode::UNAUTHORIZED, json!({"error": error.reason()}))
+}
+
 /// Whether a read endpoint's caller shows the token (when one is set).
+///
+/// Both sides are hashed first and the digests compared in constant time,
+/// so the answer's timing tells neither the token's content nor its length.
 fn allowed(daemon: &Daemon, headers: &HeaderMap) -> bool {
-    let Some(token) = &daemon.args.read_token else {
+    use sha2::{Digest as _, Sha256};
+    let Some(token) = &daemon.read_token else {
         return true;
     };
     let given = headers
@@ -202,13 +245,13 @@ fn allowed(daemon: &Daemon, headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    // Constant time, as for signatures.
-    given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    let given = Sha256::digest(given.as_bytes());
+    let expected = Sha256::digest(token.expose().as_bytes());
+    given
+        .iter()
+        .zip(expected.iter())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
 }
 
 fn unauthorized() -> Response {
@@ -224,7 +267,11 @@ async fn metrics(State(daemon): State<Shared>, headers: HeaderMap) -> Response {
     }
     (
         [("content-type", "text/plain; version=0.0.4")],
-        daemon.metrics.render(daemon.queue.depth()),
+        daemon.metrics.render(
+            daemon.queue.depth(),
+            daemon.logs.pollers(),
+            daemon.logs.streams(),
+        ),
     )
         .into_response()
 }
@@ -263,42 +310,41 @@ async fn logs(
         Ok(group) => group,
         Err(error) => return answer(StatusCode::NOT_FOUND, json!({"error": error})),
     };
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Event>(256);
-    let cancel = CancellationToken::new();
-    let stop = cancel.clone();
-    let reader = jaam_core::providers::aws::sites::Logs::new(&daemon.sdk);
-    let since = chrono::Utc::now() - chrono::Duration::minutes(10);
-    tokio::spawn(async move {
-        let closed = sender.clone();
-        let follow = reader.follow(&group, since, &cancel, |line| {
-            let event = Event::default()
-                .id(line.id.clone())
-                .event(line.stream.clone())
-                .data(format!(
-                    "{} {}",
-                    line.timestamp
-                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                    line.message.trim_end()
-                ));
-            if sender.try_send(event).is_err() && sender.is_closed() {
-                stop.cancel();
+    let Some(subscription) = daemon.logs.subscribe(&group) else {
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": format!("at most {} log streams at once", super::logs::MAX_STREAMS)}),
+        );
+    };
+    let event = |line: &jaam_core::providers::aws::sites::LogLine| {
+        Event::default()
+            .id(line.id.clone())
+            .event(line.stream.clone())
+            .data(format!(
+                "{} {}",
+                line.timestamp
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                line.message.trim_end()
+            ))
+    };
+    let backlog: Vec<Result<Event, Infallible>> = subscription
+        .backlog
+        .iter()
+        .map(|line| Ok(event(line)))
+        .collect();
+    let live = futures::stream::unfold(subscription, move |mut subscription| async move {
+        let next = match subscription.lines.recv().await {
+            Ok(line) => event(&line),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                Event::default().event("lagged").data(format!(
+                    "{missed} lines were skipped: this client read too slowly"
+                ))
             }
-        });
-        tokio::select! {
-            result = follow => {
-                if let Err(error) = result {
-                    tracing::warn!(%error, "log stream ended");
-                }
-            }
-            () = closed.closed() => {}
-        }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, Infallible>(next), subscription))
     });
-    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
-        receiver
-            .recv()
-            .await
-            .map(|event| (Ok::<_, Infallible>(event), receiver))
-    });
+    let stream = futures::StreamExt::chain(futures::stream::iter(backlog), live);
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()

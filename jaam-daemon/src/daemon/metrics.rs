@@ -54,7 +54,7 @@ impl Metrics {
     }
 
     /// The exposition text; `depth` is the queue's current depth.
-    pub(crate) fn render(&self, depth: usize) -> String {
+    pub(crate) fn render(&self, depth: usize, log_pollers: usize, log_streams: usize) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -66,6 +66,14 @@ impl Metrics {
         let _ = writeln!(
             out,
             "# HELP jaam_queue_depth Stacks waiting to be reconciled.\n# TYPE jaam_queue_depth gauge\njaam_queue_depth {depth}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP jaam_log_pollers Sites whose log group is polled for open streams.\n# TYPE jaam_log_pollers gauge\njaam_log_pollers {log_pollers}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP jaam_log_streams Open build-log streams.\n# TYPE jaam_log_streams gauge\njaam_log_streams {log_streams}"
         );
         let _ = writeln!(
             out,
@@ -109,7 +117,7 @@ mod tests {
         metrics.reconcile("applied");
         metrics.delivery("accepted");
         metrics.apply(Duration::from_millis(300));
-        let text = metrics.render(3);
+        let text = metrics.render(3, 0, 0);
         assert!(text.contains("jaam_reconciles_total{result=\"applied\"} 2"));
         assert!(text.contains("jaam_queue_depth 3"));
         assert!(text.contains("jaam_webhook_deliveries_total{outcome=\"accepted\"} 1"));

@@ -4,18 +4,19 @@
 //! Every trigger schedules the stack on one work queue ([`crate::queue`]):
 //! - the **spec watcher** (`notify`): a change under `--specs` schedules a
 //!   reconcile `--debounce` later, so an editor's burst of events runs once;
-//! - the **webhook receiver** (`POST /hooks/github`, see [`webhook`]): a signed
-//!   `push` to a site's branch, or a merged pull request into it, pins that
-//!   site's revision to the commit and schedules a reconcile (the handler only
-//!   enqueues, so it answers in microseconds). The first push after a quiet
-//!   `--push-window` (1 s) runs at once; pushes within the window wait for its
-//!   end and merge, so a burst of 100 pushes in a second is two reconciles,
-//!   the last revision winning;
+//! - the **webhook receiver** (`POST /hooks/github`, see [`webhook`]): a
+//!   delivery signed with the secret of its own repository's webhook, a
+//!   `push` to a site's branch or a merged pull request into it, schedules a
+//!   reconcile of that site (the handler only enqueues, so it answers in
+//!   microseconds). The delivery is a trigger, not an authority: the commit
+//!   deployed is the branch head the GitHub API reports when the reconcile
+//!   runs. The first push after a quiet `--push-window` (1 s) runs at once;
+//!   pushes within the window wait for its end and merge, so a burst of 100
+//!   pushes in a second is two reconciles, ending on the branch head;
 //! - the **resync timer** (`--resync`, default 10 min, ±10 % jitter): refreshes
 //!   and, per the stack's `drift` policy, applies the correction (`heal`) or
-//!   only reports it (`report`). A resync forgets pinned revisions and reads
-//!   every site's branch head through the GitHub API again — that is the **gap
-//!   filling**: a merge missed while the daemon was down is deployed by the
+//!   only reports it (`report`). Like every reconcile it reads each site's
+//!   branch head through the GitHub API — that is the **gap filling**: a merge missed while the daemon was down is deployed by the
 //!   first reconcile after start (which is a resync) or the next one.
 //!
 //! # Reconcile
@@ -29,9 +30,12 @@
 //!
 //! # HTTP
 //! `GET /healthz`, `GET /metrics` (Prometheus), `GET /status` (JSON), `GET
-//! /sites/{name}/logs` (server-sent events of the site's log group). With
-//! `--read-token` (or `JAAM_DAEMON_TOKEN`) the last three want `Authorization:
-//! Bearer <token>`.
+//! /sites/{name}/logs` (server-sent events of the site's log group: one
+//! CloudWatch poller per site whoever follows it, at most 32 streams; see
+//! [`logs`]). With a token (`JAAM_DAEMON_TOKEN` or `--read-token-file`; never
+//! on the command line) the last three want `Authorization: Bearer <token>`,
+//! compared by digest in constant time. Without a token the daemon refuses to
+//! listen beyond loopback unless `--public-read` says the read side is public.
 //!
 //! # Lifecycle
 //! SIGTERM or SIGINT stops intake (the HTTP server, watcher and timer), lets
@@ -45,6 +49,7 @@
 //!   whatever the plan holds; only resyncs obey `report`.
 
 mod http;
+mod logs;
 mod metrics;
 mod webhook;
 
@@ -56,9 +61,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use jaam_core::spec::{Config, DriftPolicy, ExprKind};
+use jaam_core::spec::{Config, DriftPolicy};
 use jaam_core::state::State;
-use jaam_core::{Engine, Registry, ResourceAddr, Secret, Value};
+use jaam_core::{Engine, ResourceAddr, Secret, Value};
 use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -66,7 +71,12 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{DaemonArgs, Global};
 use crate::queue::{self, Queue, Request};
 use metrics::Metrics;
-use webhook::Deliveries;
+use webhook::{Deliveries, KnownHook, Routes};
+
+/// Webhook bodies read and checked at once; more concurrent deliveries get
+/// 503 (GitHub retries), so unauthenticated senders cannot hold the memory
+/// of many 25 MB bodies.
+const MAX_BODIES: usize = 8;
 
 /// What `/status` says about the stack.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -84,9 +94,6 @@ pub(crate) struct StackStatus {
     pub(crate) reconciles: u64,
 }
 
-/// Sites the webhook can redeploy: `(repo, branch)` → site names.
-type SiteIndex = HashMap<(String, String), Vec<String>>;
-
 /// Everything the tasks share.
 pub(crate) struct Daemon {
     global: Global,
@@ -96,31 +103,38 @@ pub(crate) struct Daemon {
     queue: Arc<Queue<String, Request>>,
     metrics: Metrics,
     status: Mutex<StackStatus>,
-    sites: RwLock<SiteIndex>,
-    secrets: RwLock<Vec<Secret>>,
+    /// Which deliveries are accepted (by their repository's webhook secrets)
+    /// and which sites they deploy.
+    routes: RwLock<Routes>,
     deliveries: Mutex<Deliveries>,
+    /// Webhook bodies being read or checked at once (beyond: 503).
+    bodies: tokio::sync::Semaphore,
     /// Generated webhook secrets read from Parameter Store, by (name, hook id).
     stored_secrets: Mutex<HashMap<(String, String), Secret>>,
     parameters: jaam_core::providers::aws::parameters::Parameters,
-    /// Revisions pinned by deliveries: `(repo, branch)` → commit.
-    pins: Arc<Mutex<HashMap<(String, String), String>>>,
-    sdk: jaam_core::providers::aws::SdkConfig,
     /// Stops intake (HTTP, watcher, timer).
     intake: CancellationToken,
     /// Until when pushes wait for the current push window to close.
     push_window: Mutex<Instant>,
+    /// The token the read endpoints want, if any (see [`read_token`]).
+    read_token: Option<Secret>,
+    /// Shared log pollers and the stream cap.
+    logs: logs::LogHub,
 }
 
 pub(crate) async fn run(global: &Global, args: &DaemonArgs) -> anyhow::Result<ExitCode> {
     let sdk = jaam_core::providers::aws::load_config().await;
-    let pins: Arc<Mutex<HashMap<(String, String), String>>> = Arc::default();
-    let registry = registry(&sdk, Arc::clone(&pins));
+    // Branch heads come from the GitHub API when a reconcile runs: a
+    // delivery only says which sites to look at (see `webhook`).
+    let registry = jaam_core::providers::registry(&sdk, |heads| heads);
     // The specs must load to start: a daemon that cannot read them says so now.
     let config = crate::commands::load_specs(global, &registry)?;
     let stack = crate::commands::stack_name(global, Some(&config));
     let engine = crate::commands::engine(global, registry, stack.clone())
         .await?
         .with_lock_timeout(args.lock_wait);
+    let read_token = read_token(args)?;
+    let logs = logs::LogHub::new(jaam_core::providers::aws::sites::Logs::new(&sdk));
     let deliveries_file = args.deliveries.clone().or_else(|| {
         let state = global.state.to_string_lossy();
         (!state.starts_with("s3://")).then(|| PathBuf::from(format!("{state}.deliveries")))
@@ -147,15 +161,16 @@ pub(crate) async fn run(global: &Global, args: &DaemonArgs) -> anyhow::Result<Ex
             stack: stack.clone(),
             ..StackStatus::default()
         }),
-        sites: RwLock::default(),
-        secrets: RwLock::default(),
-        deliveries: Mutex::new(Deliveries::load(deliveries_file, 10_000)),
-        pins,
+        routes: RwLock::default(),
+        // Ids and body hashes: the newest 10,000 deliveries.
+        deliveries: Mutex::new(Deliveries::load(deliveries_file, 20_000)),
+        bodies: tokio::sync::Semaphore::new(MAX_BODIES),
         stored_secrets: Mutex::default(),
         parameters: jaam_core::providers::aws::parameters::Parameters::new(&sdk, None),
-        sdk,
         intake: CancellationToken::new(),
         push_window: Mutex::new(Instant::now()),
+        read_token,
+        logs,
     });
     let state = daemon.engine.state().await.ok().flatten();
     daemon.index(&config, state.as_ref()).await;
@@ -193,29 +208,6 @@ pub(crate) async fn run(global: &Global, args: &DaemonArgs) -> anyhow::Result<Ex
     crate::commands::success()
 }
 
-/// The providers, with branch heads answered from pinned revisions first.
-fn registry(
-    sdk: &jaam_core::providers::aws::SdkConfig,
-    pins: Arc<Mutex<HashMap<(String, String), String>>>,
-) -> Registry {
-    jaam_core::providers::registry(sdk, |github| {
-        let github = github?;
-        let resolver: jaam_core::providers::aws::ec2::HeadResolver =
-            Arc::new(move |repo: String, branch: String| {
-                let pinned = pins
-                    .lock()
-                    .expect("pins")
-                    .get(&(repo.clone(), branch.clone()))
-                    .cloned();
-                match pinned {
-                    Some(sha) => Box::pin(async move { Ok(sha) }),
-                    None => github(repo, branch),
-                }
-            });
-        Some(resolver)
-    })
-}
-
 async fn wait_for_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("a SIGTERM handler");
@@ -247,79 +239,91 @@ impl Daemon {
     /// Learns the sites and webhook secrets of `config` (generated secrets'
     /// Parameter Store names come from `state`; each is read once per hook).
     async fn index(&self, config: &Config, state: Option<&State>) {
-        let mut sites: SiteIndex = HashMap::new();
-        let mut secrets = Vec::new();
+        let mut routes = Routes::default();
+        let literal = |resource: &jaam_core::spec::ResourceSpec, name: &str| {
+            resource
+                .args
+                .get(name)
+                .map(|expr| expr.evaluate(&|_, _| None, &|name| std::env::var(name).ok()))
+                .and_then(|value| value.as_str().map(str::to_owned))
+        };
         for (addr, resource) in config.resources() {
             match addr.kind() {
                 "instance" => {
-                    let Some(expr) = resource.args.get("revision") else {
-                        continue;
-                    };
-                    let ExprKind::Literal(Value::String(revision)) = &expr.kind else {
+                    let Some(revision) = literal(resource, "revision") else {
                         continue;
                     };
                     if let Some((repo, branch)) =
-                        jaam_core::providers::aws::ec2::parse_branch_head(revision)
+                        jaam_core::providers::aws::ec2::parse_branch_head(&revision)
                     {
                         let site = addr
                             .composite()
                             .map_or_else(|| addr.to_string(), |site| site.name().to_owned());
-                        sites
-                            .entry((repo.to_owned(), branch.to_owned()))
-                            .or_default()
-                            .push(site);
+                        routes.add_site(repo, branch, site);
                     }
                 }
                 "webhook" => {
-                    let given = resource
-                        .args
-                        .get("secret")
-                        .map(|expr| expr.evaluate(&|_, _| None, &|name| std::env::var(name).ok()));
-                    if let Some(Value::String(secret)) = given {
-                        secrets.push(Secret::new(secret));
+                    let Some(repo) = literal(resource, "repo") else {
                         continue;
-                    }
-                    // Generated: its Parameter Store name is in state. A hook
-                    // made again gets a new secret under the same name, so the
-                    // cache is keyed by the hook too.
+                    };
                     let recorded = state.and_then(|state| state.resources.get(addr));
-                    let parameter = recorded
-                        .and_then(|r| r.attributes.get("secret_parameter"))
-                        .and_then(Value::as_str)
-                        .map(str::to_owned);
-                    if let Some(name) = parameter {
-                        let key = (
-                            name.clone(),
-                            recorded.map(|r| r.id.clone()).unwrap_or_default(),
+                    let id = recorded.map(|r| r.id.clone());
+                    if let Some(secret) = literal(resource, "secret") {
+                        routes.add_hook(
+                            &repo,
+                            KnownHook {
+                                id,
+                                secret: Secret::new(secret),
+                            },
                         );
-                        if let Some(secret) = self.stored_secrets.lock().expect("secrets").get(&key)
-                        {
-                            secrets.push(secret.clone());
-                            continue;
-                        }
-                        match self.parameters.get(&name).await {
-                            Ok(Some(secret)) => {
-                                self.stored_secrets
-                                    .lock()
-                                    .expect("secrets")
-                                    .insert(key, secret.clone());
-                                secrets.push(secret);
-                            }
-                            Ok(None) => {
-                                tracing::warn!(parameter = %name, "webhook secret parameter is missing")
-                            }
-                            Err(error) => tracing::warn!(%error, "cannot read a webhook secret"),
-                        }
+                    } else if let Some(secret) = self.generated_secret(recorded).await {
+                        routes.add_hook(&repo, KnownHook { id, secret });
                     }
                 }
                 _ => {}
             }
         }
-        if secrets.is_empty() && !sites.is_empty() {
-            tracing::warn!("no webhook secret known yet: deliveries are refused until one is");
+        if routes.has_sites_without_hooks() {
+            tracing::warn!(
+                "a site's repository has no webhook secret known yet: its deliveries are refused until it has"
+            );
         }
-        *self.sites.write().expect("sites") = sites;
-        *self.secrets.write().expect("secrets") = secrets;
+        *self.routes.write().expect("routes") = routes;
+    }
+
+    /// A generated webhook secret: its Parameter Store name is in state. A
+    /// hook made again gets a new secret, so the cache is keyed by the hook too.
+    async fn generated_secret(
+        &self,
+        recorded: Option<&jaam_core::state::ResourceState>,
+    ) -> Option<Secret> {
+        let recorded = recorded?;
+        let name = recorded
+            .attributes
+            .get("secret_parameter")
+            .and_then(Value::as_str)?
+            .to_owned();
+        let key = (name.clone(), recorded.id.clone());
+        if let Some(secret) = self.stored_secrets.lock().expect("secrets").get(&key) {
+            return Some(secret.clone());
+        }
+        match self.parameters.get(&name).await {
+            Ok(Some(secret)) => {
+                self.stored_secrets
+                    .lock()
+                    .expect("secrets")
+                    .insert(key, secret.clone());
+                Some(secret)
+            }
+            Ok(None) => {
+                tracing::warn!(parameter = %name, "webhook secret parameter is missing");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read a webhook secret");
+                None
+            }
+        }
     }
 
     /// Notes the revision each site's instance serves, per `state`.
@@ -373,10 +377,6 @@ impl Daemon {
         cancel: &CancellationToken,
     ) -> Result<&'static str, String> {
         let resync_only = request.reasons.iter().all(|r| *r == "resync");
-        if resync_only {
-            // Gap filling: read every branch head again.
-            self.pins.lock().expect("pins").clear();
-        }
         let config = crate::commands::load_specs(&self.global, self.engine.registry())
             .map_err(|e| format!("{e:#}"))?;
         // A push or a merge touches only its sites' instances: plan just those
@@ -523,6 +523,42 @@ fn watch(daemon: Arc<Daemon>) -> anyhow::Result<notify::RecommendedWatcher> {
     })?;
     watcher.watch(&target, notify::RecursiveMode::Recursive)?;
     Ok(watcher)
+}
+
+/// The read endpoints' token: `JAAM_DAEMON_TOKEN` or `--read-token-file`.
+/// Without one, listening beyond loopback needs `--public-read`.
+///
+/// # Errors
+/// The file cannot be read or is empty; or the address is not loopback and
+/// neither a token nor `--public-read` is given.
+fn read_token(args: &DaemonArgs) -> anyhow::Result<Option<Secret>> {
+    let token = match (&args.read_token_file, std::env::var("JAAM_DAEMON_TOKEN")) {
+        (Some(file), _) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the token file `{}`", file.display()))?;
+            let token = text.trim();
+            anyhow::ensure!(
+                !token.is_empty(),
+                "the token file `{}` is empty",
+                file.display()
+            );
+            Some(Secret::new(token))
+        }
+        (None, Ok(token)) if !token.trim().is_empty() => Some(Secret::new(token.trim())),
+        (None, _) => None,
+    };
+    let loopback = args
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|address| address.ip().is_loopback())
+        || args.listen.starts_with("localhost:");
+    anyhow::ensure!(
+        token.is_some() || loopback || args.public_read,
+        "refusing to serve /status, /metrics and build logs on `{}` without a token\n\n\
+         hint: set JAAM_DAEMON_TOKEN (or --read-token-file FILE), or pass --public-read to serve them to anyone",
+        args.listen
+    );
+    Ok(token)
 }
 
 /// The addresses of a site's resources (for `/sites/{name}/logs`).
