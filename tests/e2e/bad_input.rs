@@ -195,7 +195,7 @@ fn the_demo_specs_should_be_valid() {
             .current_dir(ws.dir.path())
             // What `./scripts/demo` sets for the example site.
             .env("JAAM_ACME_DIRECTORY", "https://127.0.0.1:14000/dir")
-            .env("JAAM_WEBHOOK_SECRET", "demo")
+            .env("JAAM_WEBHOOK_SECRET", "demo-webhook-secret-0123456789")
             .output()
             .unwrap(),
     );

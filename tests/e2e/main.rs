@@ -7,6 +7,7 @@ mod certificates;
 mod crash;
 mod daemon;
 mod fixtures;
+mod hardening;
 mod instances;
 mod lock;
 mod log_groups;

@@ -73,7 +73,7 @@ use super::aws::CallCounter;
 use super::aws::parameters::{self, Parameters};
 use super::aws::route53::Records;
 use crate::provider::{
-    Context, ErrorKind, Observed, Owner, Provider, ProviderError, RefreshTarget, Result,
+    Context, ErrorKind, Observed, Owner, Provider, ProviderError, RefreshTarget, Result, Rewrite,
 };
 use crate::schema::{Attribute, ReplaceOrder, Schema, Type};
 use crate::value::{Attrs, Secret, Value, string_list};
@@ -668,6 +668,35 @@ fn file_name(addr: &str) -> String {
 impl Provider for Certificates {
     fn schema(&self) -> &Schema {
         &self.schema
+    }
+
+    /// Checks at plan time, before any ACME order is opened, that the zone
+    /// exists and holds every domain's `_acme-challenge` name.
+    async fn prepare(&self, _context: &Context, desired: &[&Attrs]) -> Result<Vec<Rewrite>> {
+        for attributes in desired {
+            let Some(zone) = text(attributes, "zone") else {
+                continue;
+            };
+            let zone_domain = self.records.zone_domain(zone).await?;
+            for domain in string_list(attributes.get("domains")) {
+                let name = super::aws::route53::fqdn(domain.trim_start_matches("*."));
+                let inside = name == zone_domain || name.ends_with(&format!(".{zone_domain}"));
+                if !inside {
+                    return Err(ProviderError::new(
+                        ErrorKind::Invalid,
+                        format!(
+                            "`{domain}` is not in zone `{zone}`: its DNS-01 challenge record \
+                             cannot be written there; name the zone that holds it"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn prepares(&self) -> bool {
+        true
     }
 
     async fn refresh(

@@ -104,7 +104,9 @@ pub fn schema() -> Schema {
             Attribute::optional("content_type", Type::String)
                 .default_value("json")
                 .checked(check_content_type),
-            Attribute::optional("secret", Type::String).sensitive(),
+            Attribute::optional("secret", Type::String)
+                .sensitive()
+                .checked(crate::spec::site::checks::webhook_secret),
             Attribute::optional("active", Type::Bool).default_value(true),
             Attribute::computed("hook_id", Type::Int),
             Attribute::computed("secret_parameter", Type::String),
