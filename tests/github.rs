@@ -29,6 +29,9 @@ pub struct Repos {
     pub requests: Vec<(String, String, String)>,
     /// How many next requests get a rate-limit answer.
     pub rate_limit_next: usize,
+    /// Repositories whose hooks the token may not administer: every hook
+    /// endpoint answers 404, as GitHub does without `admin:repo_hook`.
+    pub hook_admin_denied: std::collections::BTreeSet<String>,
     next_id: i64,
 }
 
@@ -256,6 +259,17 @@ async fn gate(
             )
                 .into_response();
         }
+    }
+    let path = parts.uri.path().to_owned();
+    let denied = {
+        let repos = repos.lock().expect("fake");
+        repos
+            .hook_admin_denied
+            .iter()
+            .any(|repo| path.starts_with(&format!("/repos/{repo}/hooks")))
+    };
+    if denied {
+        return not_found();
     }
     if !authorized {
         return (

@@ -441,3 +441,131 @@ async fn the_read_side_should_want_a_token_beyond_loopback_and_share_log_pollers
     assert_eq!(status, 200);
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+/// `jaam ARGS` against the GitHub fake.
+fn with_github(
+    ws: &Workspace,
+    github: &jaam_tests::github::GithubFake,
+    args: &[&str],
+) -> jaam_tests::Run {
+    jaam_tests::Run::from(
+        ws.command(args)
+            .env("GITHUB_API_URL", &github.url)
+            .env("GITHUB_TOKEN", "ghp_test")
+            .output()
+            .unwrap(),
+    )
+}
+
+fn hook_spec(repo: &str, url: &str) -> String {
+    format!("webhook.deploys:\n  repo: {repo}\n  url: {url}\n")
+}
+
+fn recorded_parameter(ws: &Workspace) -> String {
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.state()).unwrap()).unwrap();
+    state["resources"]["webhook.deploys"]["attributes"]["secret_parameter"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn parameter_value(name: &str) -> Option<String> {
+    let ssm = aws_sdk_ssm::Client::new(&jaam_tests::aws_config().await);
+    ssm.get_parameter()
+        .name(name)
+        .with_decryption(true)
+        .send()
+        .await
+        .ok()?
+        .parameter()?
+        .value()
+        .map(str::to_owned)
+}
+
+/// Item 9: generated webhook secrets survive a replacement and an adoption
+/// by URL, and a token without hook rights fails only that webhook.
+#[tokio::test(flavor = "multi_thread")]
+async fn generated_webhook_secrets_should_survive_replacement_and_adoption() {
+    jaam_tests::moto_endpoint();
+    let _moto = jaam_tests::MOTO.read().await;
+    let github = jaam_tests::github::GithubFake::start().await;
+    let ws = Workspace::new(&unique("hooksecret"));
+    let (a, b) = (
+        format!("acme/{}-a", ws.stack),
+        format!("acme/{}-b", ws.stack),
+    );
+    let url = format!("https://jaam.{}.test/hooks/github", ws.stack);
+
+    ws.write_specs(&hook_spec(&a, &url));
+    with_github(&ws, &github, &["apply", "--auto-approve"]).expect_code(0);
+    let first = recorded_parameter(&ws);
+    assert!(parameter_value(&first).await.is_some());
+
+    // A new repository replaces the hook (create, then delete the old one):
+    // the new hook keeps a secret of its own.
+    ws.write_specs(&hook_spec(&b, &url));
+    with_github(&ws, &github, &["apply", "--auto-approve"]).expect_code(0);
+    let second = recorded_parameter(&ws);
+    assert_ne!(second, first, "two hooks never share a parameter");
+    assert!(
+        parameter_value(&first).await.is_none(),
+        "the old hook's secret went with it"
+    );
+    let secret = parameter_value(&second)
+        .await
+        .expect("the new hook's secret survives the replacement");
+    assert_eq!(github.hooks(&b)[0]["config"]["secret"], secret);
+
+    // Forget the hook from state: the next apply adopts it by its URL and
+    // sets its secret again (GitHub never shows it), into a new parameter.
+    std::fs::remove_file(ws.state()).unwrap();
+    let run = with_github(&ws, &github, &["apply", "--auto-approve"]);
+    run.expect_code(0);
+    assert!(run.stdout.contains("secret is set again"), "{}", run.stdout);
+    assert_eq!(github.hooks(&b).len(), 1, "adopted, not created twice");
+    let adopted = recorded_parameter(&ws);
+    assert!(!adopted.is_empty(), "adoption records a secret parameter");
+    assert_eq!(
+        github.hooks(&b)[0]["config"]["secret"],
+        parameter_value(&adopted).await.unwrap()
+    );
+    with_github(&ws, &github, &["plan", "--detailed-exitcode"]).expect_code(0);
+
+    // The token loses hook rights: the recorded hook is kept, not planned
+    // again; a new hook fails naming the permission; the rest proceeds.
+    github
+        .repos
+        .lock()
+        .unwrap()
+        .hook_admin_denied
+        .insert(b.clone());
+    with_github(&ws, &github, &["plan", "--detailed-exitcode"]).expect_code(0);
+    let c = format!("acme/{}-c", ws.stack);
+    github
+        .repos
+        .lock()
+        .unwrap()
+        .hook_admin_denied
+        .insert(c.clone());
+    ws.write_specs(&format!(
+        "{}webhook.other:\n  repo: {c}\n  url: {url}\nlog_group.a:\n  name: /jaam/{}/a\n",
+        hook_spec(&b, &url),
+        ws.stack
+    ));
+    let run = with_github(&ws, &github, &["apply", "--auto-approve"]);
+    run.expect_code(1);
+    assert!(run.stderr.contains("admin:repo_hook"), "{}", run.stderr);
+    assert!(run.stderr.contains("webhook.other"), "{}", run.stderr);
+    let state = std::fs::read_to_string(ws.state()).unwrap();
+    assert!(
+        state.contains("log_group.a"),
+        "the rest of the plan was applied"
+    );
+    assert!(state.contains("webhook.deploys"));
+    // Clean up with the rights back.
+    github.repos.lock().unwrap().hook_admin_denied.clear();
+    ws.write_specs(&hook_spec(&b, &url));
+    with_github(&ws, &github, &["destroy", "--auto-approve"]).expect_code(0);
+    assert!(parameter_value(&adopted).await.is_none());
+}

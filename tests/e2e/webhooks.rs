@@ -122,7 +122,16 @@ async fn webhook_without_a_secret_should_get_a_generated_one_in_parameter_store(
     ws.write_specs(&spec(&repo, "  events: [push]\n"));
     let run = jaam(&ws, &github, &["apply", "--auto-approve"]);
     run.expect_code(0);
-    let name = format!("/jaam/{}/webhook.deploys/secret", ws.stack);
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.state()).unwrap()).unwrap();
+    let name = state["resources"]["webhook.deploys"]["attributes"]["secret_parameter"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        name.starts_with(&format!("/jaam/{}/webhook.deploys/secret-", ws.stack)),
+        "{name}"
+    );
     let stored = jaam_tests::ssm_parameter_decrypted(&name).await;
     assert_eq!(stored.len(), 64);
     let hooks = github.hooks(&repo);

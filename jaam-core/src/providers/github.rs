@@ -5,10 +5,12 @@
 //! - `url`: where GitHub delivers.
 //! - `events` (default `push` and `pull_request`), compared as a set.
 //! - `content_type`: `json` (default) or `form`.
-//! - `secret` (sensitive): usually `${env.NAME}`. When unset, jaam generates
-//!   one at create and keeps it in SSM Parameter Store at
-//!   `/jaam/<stack>/<address>/secret` (computed `secret_parameter`); the
-//!   daemon reads it from there to check signatures.
+//! - `secret` (sensitive, at least 16 bytes): usually `${env.NAME}`. When
+//!   unset, jaam generates one at create and keeps it in SSM Parameter Store
+//!   at `/jaam/<stack>/<address>/secret-<random>` (computed
+//!   `secret_parameter`); the daemon reads it from there to check signatures.
+//!   Each hook gets a parameter of its own: a replacement (a new `repo`)
+//!   creates the new hook's before the old hook and its parameter are deleted.
 //! - `active` (default true).
 //!
 //! Computed: `hook_id`. The cloud id is `owner/name/hook_id`, the form
@@ -40,7 +42,17 @@
 //! # Crash safety
 //! Hooks carry no tags. A hook whose URL matches a desired, unrecorded hook is
 //! adopted rather than created twice (a create whose outcome never reached the
-//! journal).
+//! journal). GitHub never shows a hook's secret, so an adopted hook is updated
+//! at once (the plan says why): its secret is set again, generated into a new
+//! parameter when the spec gives none.
+//!
+//! # Permissions
+//! Listing, creating and editing hooks needs the token's `admin:repo_hook`
+//! scope (classic tokens) or the repository permission "Webhooks: read and
+//! write" (fine-grained). Without it GitHub answers 404 or 403: a recorded
+//! hook is then kept as recorded (not planned again as a create), a new one
+//! fails its create with a message naming the permission, and the rest of the
+//! plan goes on.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -211,8 +223,9 @@ impl Api {
             .as_ref()
             .map_err(|e| ProviderError::new(ErrorKind::Invalid, e.clone()))?;
         if !self.token {
+            // A configuration error (not GitHub's answer): it fails the plan.
             return Err(ProviderError::new(
-                ErrorKind::Denied,
+                ErrorKind::Invalid,
                 "GITHUB_TOKEN is not set; jaam needs a token that may manage the repository's hooks",
             ));
         }
@@ -343,6 +356,23 @@ impl Webhooks {
         self.parameters.get(name).await
     }
 
+    /// A new random secret in a parameter of its own (`…/secret-<random>`):
+    /// two hooks of one address (a replacement) never share one.
+    async fn generate_secret(&self, context: &Context, addr: &str) -> Result<(String, Secret)> {
+        let bytes: [u8; 32] = rand::rng().random();
+        let secret = Secret::new(hex::encode(bytes));
+        let suffix: [u8; 4] = rand::rng().random();
+        let name = format!(
+            "/jaam/{}/{addr}/secret-{}",
+            context.stack,
+            hex::encode(suffix)
+        );
+        self.parameters
+            .put(&name, &secret, "jaam webhook secret")
+            .await?;
+        Ok((name, secret))
+    }
+
     /// The request body of a create or an update.
     fn body(attributes: &Attrs, secret: Option<&Secret>) -> Json {
         let mut config = json!({
@@ -459,6 +489,26 @@ fn observe(repo: &str, hook: &Json, known: &Attrs, owner: Option<Owner>) -> Opti
     })
 }
 
+/// What a token needs to manage a repository's hooks.
+const HOOK_PERMISSION: &str = "the token needs the `admin:repo_hook` scope (classic token) \
+     or the repository permission \"Webhooks: read and write\" (fine-grained token)";
+
+/// A 404 or 403 from a hook endpoint, said as the missing permission it
+/// usually is (GitHub hides repositories a token may not administer).
+fn permission_hint(repo: &str, error: ProviderError) -> ProviderError {
+    if matches!(error.kind, ErrorKind::NotFound | ErrorKind::Denied) {
+        ProviderError {
+            message: format!(
+                "cannot manage the hooks of `{repo}` ({}): {HOOK_PERMISSION}, and the repository must exist",
+                error.message
+            ),
+            ..error
+        }
+    } else {
+        error
+    }
+}
+
 /// Splits a cloud id `owner/name/hook_id`.
 fn split_id(id: &str) -> Result<(&str, i64)> {
     id.rsplit_once('/')
@@ -489,11 +539,21 @@ impl Provider for Webhooks {
                 repos.entry(repo).or_default();
             }
         }
+        // Repositories whose hooks the token may not list: GitHub answers 404
+        // (or 403) alike for a missing repository and a missing permission.
+        let mut unreadable: BTreeSet<&str> = BTreeSet::new();
         for (repo, hooks) in &mut repos {
             *hooks = match self.hooks(repo).await {
                 Ok(found) => found,
-                // A repository that is gone (or hidden from the token) has no hooks.
-                Err(error) if error.kind == ErrorKind::NotFound => Vec::new(),
+                Err(error) if matches!(error.kind, ErrorKind::NotFound | ErrorKind::Denied) => {
+                    tracing::warn!(
+                        repo,
+                        %error,
+                        "cannot list the repository's hooks: {HOOK_PERMISSION}; recorded hooks are kept as recorded"
+                    );
+                    unreadable.insert(repo);
+                    Vec::new()
+                }
                 Err(error) => return Err(error),
             };
         }
@@ -502,6 +562,15 @@ impl Provider for Webhooks {
             .map(|target| {
                 let repo = text(target.attributes, "repo")?;
                 let hooks = repos.get(repo)?;
+                if unreadable.contains(repo) {
+                    // Not seen is not gone: keep a recorded hook as it was.
+                    return target.id.map(|id| Observed {
+                        id: id.to_owned(),
+                        attributes: target.attributes.clone(),
+                        owner: None,
+                        due: None,
+                    });
+                }
                 match target.id {
                     Some(id) => {
                         let (_, hook_id) = split_id(id).ok()?;
@@ -520,7 +589,14 @@ impl Provider for Webhooks {
                             addr: target.addr.to_string(),
                             intent: None,
                         };
-                        observe(repo, hook, target.attributes, Some(owner))
+                        let mut adopted = observe(repo, hook, target.attributes, Some(owner))?;
+                        // Its secret is unknown to jaam: set it again now.
+                        adopted.due =
+                            Some("adopted by its URL: its secret is set again".to_owned());
+                        adopted
+                            .attributes
+                            .insert("secret_parameter".into(), Value::Null);
+                        Some(adopted)
                     }
                 }
             })
@@ -538,39 +614,43 @@ impl Provider for Webhooks {
         let secret = match attributes.get("secret").and_then(Value::as_str) {
             Some(secret) => Secret::new(secret),
             None => {
-                let bytes: [u8; 32] = rand::rng().random();
-                let secret = Secret::new(hex::encode(bytes));
-                let name = format!("/jaam/{}/{}/secret", context.stack, owner.addr);
-                self.parameters
-                    .put(&name, &secret, "jaam webhook secret")
-                    .await?;
+                let (name, secret) = self.generate_secret(context, &owner.addr).await?;
                 known.insert("secret_parameter".to_owned(), Value::String(name));
                 secret
             }
         };
-        let answer = self
+        let created = self
             .api
             .expect(
                 Method::POST,
                 &format!("/repos/{repo}/hooks"),
                 Some(&Self::body(attributes, Some(&secret))),
             )
-            .await?;
+            .await;
+        let answer = match created {
+            Ok(answer) => answer,
+            Err(error) => {
+                // The generated secret belongs to no hook: remove it again.
+                if let Some(name) = known.get("secret_parameter").and_then(Value::as_str) {
+                    let _ = self.parameters.delete(&[name.to_owned()]).await;
+                }
+                return Err(permission_hint(repo, error));
+            }
+        };
         observe(repo, &answer.json("created hook")?, &known, None)
             .ok_or_else(|| ProviderError::new(ErrorKind::Other, "the created hook has no id"))
     }
 
     async fn update(
         &self,
-        _context: &Context,
-        _owner: &Owner,
+        context: &Context,
+        owner: &Owner,
         id: &str,
         prior: &Attrs,
         attributes: &Attrs,
         _changed: &[String],
     ) -> Result<Observed> {
         let (repo, hook_id) = split_id(id)?;
-        let secret = self.secret(attributes, Some(prior)).await?;
         let mut known = attributes.clone();
         known.insert(
             "secret_parameter".to_owned(),
@@ -579,14 +659,24 @@ impl Provider for Webhooks {
                 .cloned()
                 .unwrap_or(Value::Null),
         );
+        let secret = match self.secret(attributes, Some(prior)).await? {
+            Some(secret) => secret,
+            // Adopted (or its parameter lost): a secret of its own, now.
+            None => {
+                let (name, secret) = self.generate_secret(context, &owner.addr).await?;
+                known.insert("secret_parameter".to_owned(), Value::String(name));
+                secret
+            }
+        };
         let answer = self
             .api
             .expect(
                 Method::PATCH,
                 &format!("/repos/{repo}/hooks/{hook_id}"),
-                Some(&Self::body(attributes, secret.as_ref())),
+                Some(&Self::body(attributes, Some(&secret))),
             )
-            .await?;
+            .await
+            .map_err(|error| permission_hint(repo, error))?;
         observe(repo, &answer.json("updated hook")?, &known, None)
             .ok_or_else(|| ProviderError::new(ErrorKind::Other, "the updated hook has no id"))
     }
