@@ -884,3 +884,149 @@ async fn a_failed_deploy_should_fail_the_apply_with_the_build_log_and_keep_the_r
 }
 
 static FAILING: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Serves the bare repository `bare` over git's dumb HTTP protocol on
+/// loopback, answering 401 to any request without `authorization` (the whole
+/// header value). Returns the port; the thread serves until the test ends.
+fn serve_private_repo(bare: PathBuf, authorization: String) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            let authorized = head
+                .lines()
+                .any(|line| line.eq_ignore_ascii_case(&format!("authorization: {authorization}")));
+            let file = path
+                .split('?')
+                .next()
+                .and_then(|p| p.strip_prefix("/app.git/"))
+                .filter(|p| !p.contains(".."))
+                .map(|p| bare.join(p));
+            let response: Vec<u8> = match (authorized, file.and_then(|f| std::fs::read(f).ok())) {
+                (false, _) => b"HTTP/1.0 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"private\"\r\ncontent-length: 0\r\n\r\n".to_vec(),
+                (true, Some(body)) => {
+                    let mut out = format!("HTTP/1.0 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+                    out.extend(body);
+                    out
+                }
+                (true, None) => b"HTTP/1.0 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec(),
+            };
+            let _ = stream.write_all(&response);
+        }
+    });
+    port
+}
+
+/// Issue 11, item 6: a private repository is fetched with a token read from
+/// Parameter Store on the instance and given to git through its environment:
+/// never in argv, the generated script, the build log or the output.
+#[test]
+fn a_private_repository_should_be_fetched_with_a_token_that_never_leaks() {
+    const TOKEN: &str = "ghp_private-repo-token-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repo::new(dir.path(), "static-spa");
+    git(&repo.bare, &["update-server-info"]);
+    let a = git(&repo.work, &["rev-parse", "HEAD"]);
+    let basic = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{TOKEN}"))
+    };
+    let port = serve_private_repo(repo.bare.clone(), format!("Basic {basic}"));
+
+    // Stand-ins on PATH: `aws` answers the token parameter, `git` logs its argv.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let argv_log = dir.path().join("argv.log");
+    std::fs::write(
+        bin.join("aws"),
+        "#!/bin/bash\nname=''\nwhile [ $# -gt 0 ]; do\n  if [ \"$1\" = --name ]; then name=$2; fi\n  shift\ndone\n\
+         case \"$name\" in\n  /blog/repo-token) echo '".to_owned() + TOKEN + "' ;;\n  \
+         *) echo 'An error occurred (ParameterNotFound)' >&2; exit 254 ;;\nesac\n",
+    )
+    .unwrap();
+    std::fs::write(
+        bin.join("git"),
+        format!(
+            "#!/bin/bash\nprintf '%s\\n' \"$*\" >>{}\nexec {} \"$@\"\n",
+            argv_log.display(),
+            tool("git").display()
+        ),
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(bin.join("aws"))
+        .arg(bin.join("git"))
+        .status()
+        .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let url = format!("http://127.0.0.1:{port}/app.git");
+
+    let run = |name: &str, token: Option<&str>| {
+        let mut extra = vec![("repo_url", Value::from(url.as_str()))];
+        if let Some(token) = token {
+            extra.push(("repo_token", Value::from(token)));
+        }
+        let site = sample_site(name, "static", &extra);
+        let script_text = site::deploy_script(&site, &site.root());
+        assert!(!script_text.contains(TOKEN) && !script_text.contains(&basic));
+        let script = dir.path().join(format!("deploy-{name}"));
+        std::fs::write(&script, &script_text).unwrap();
+        let root = dir.path().join(name);
+        let nginx = Nginx::start(&dir.path().join(format!("nginx-{name}")), &site, &root);
+        let output = Command::new("bash")
+            .arg(&script)
+            .arg(&a)
+            .env("PATH", &path)
+            .env("JAAM_SITE_ROOT", &root)
+            .env("JAAM_NO_SYSTEMD", "1")
+            .env("JAAM_NGINX_RELOAD", nginx.reload_command())
+            .env("JAAM_FETCH_SECRETS", "/nonexistent")
+            .output()
+            .unwrap();
+        let log = std::fs::read_to_string(root.join("logs/build.log")).unwrap_or_default();
+        (output, log, nginx)
+    };
+
+    // Without a token the server refuses: the deploy fails, saying so.
+    let (output, _, _) = run("public", None);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("could not fetch"));
+    // A token parameter that cannot be read fails by name.
+    let (output, _, _) = run("missing", Some("/blog/other-token"));
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("/blog/other-token"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // With the token: fetched, built and served.
+    let (output, log, nginx) = run("private", Some("/blog/repo-token"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let (status, body) = get(nginx.port, "/").expect("nginx answers");
+    assert_eq!(status, 200);
+    assert!(body.contains("revision A"), "{body}");
+    let argv = std::fs::read_to_string(&argv_log).unwrap();
+    assert!(argv.contains("fetch"), "{argv}");
+    for (place, text) in [
+        ("stdout", stdout.as_ref()),
+        ("stderr", stderr.as_ref()),
+        ("the build log", log.as_str()),
+        ("git's argv", argv.as_str()),
+    ] {
+        assert!(
+            !text.contains(TOKEN) && !text.contains(&basic),
+            "the token reached {place}:\n{text}"
+        );
+    }
+}

@@ -22,6 +22,10 @@ set -euo pipefail
 NAME=@@NAME@@
 ROOT="${JAAM_SITE_ROOT:-@@ROOT@@}"
 REPO_URL=@@REPO_URL@@
+# The SSM SecureString parameter holding a token for a private repository
+# (empty: the repository is public). The token is read at fetch time and
+# handed to git through its environment only: never argv, never a file.
+REPO_TOKEN_PARAMETER=@@REPO_TOKEN@@
 FRAMEWORK=@@FRAMEWORK@@
 # The commands run later through `bash -c`: their `$` expand then, not here.
 # shellcheck disable=SC2016
@@ -191,6 +195,26 @@ prune() {
   done
 }
 
+# Fetches every branch and tag into the bare mirror. With a repository
+# token, git gets it as an `http.extraHeader` through GIT_CONFIG_* variables
+# of this subshell alone (the build never sees it).
+fetch_repo() (
+  if [ -n "$REPO_TOKEN_PARAMETER" ]; then
+    local token
+    if ! token=$(aws ssm get-parameter --with-decryption --name "$REPO_TOKEN_PARAMETER" \
+      --query Parameter.Value --output text); then
+      log "error: could not read the repository token from SSM parameter $REPO_TOKEN_PARAMETER"
+      exit 1
+    fi
+    GIT_CONFIG_COUNT=1
+    GIT_CONFIG_KEY_0=http.extraHeader
+    GIT_CONFIG_VALUE_0="Authorization: Basic $(printf 'x-access-token:%s' "$token" | base64 -w0)"
+    export GIT_CONFIG_COUNT GIT_CONFIG_KEY_0 GIT_CONFIG_VALUE_0
+  fi
+  git -C "$ROOT/repo.git" fetch --quiet --force "$REPO_URL" \
+    "+refs/heads/*:refs/heads/*" "+refs/tags/*:refs/tags/*" >>"$LOG" 2>&1
+)
+
 deploy() {
   local wanted="$1" sha previous
   previous=$(current_sha)
@@ -201,9 +225,7 @@ deploy() {
   if [ ! -d "$ROOT/repo.git" ]; then
     git init --quiet --bare "$ROOT/repo.git"
   fi
-  git -C "$ROOT/repo.git" fetch --quiet --force "$REPO_URL" \
-    "+refs/heads/*:refs/heads/*" "+refs/tags/*:refs/tags/*" >>"$LOG" 2>&1 ||
-    fail "could not fetch $REPO_URL"
+  fetch_repo || fail "could not fetch $REPO_URL"
   sha=$(git -C "$ROOT/repo.git" rev-parse --verify --quiet "$wanted^{commit}") ||
     fail "revision $wanted is not in $REPO_URL"
   if [ "$sha" = "$previous" ]; then

@@ -26,7 +26,15 @@
 //! Site arguments may read `${env.NAME}` but not other resources (they shape
 //! the generated user data, which is fixed when the specs load).
 //! - `repo` (`owner/name`), `branch` (default `main`), `repo_url` (the clone
-//!   URL; default `https://github.com/<repo>.git`).
+//!   URL; default `https://github.com/<repo>.git`; `https://…` or
+//!   `git@host:path`, never with credentials in it).
+//! - `repo_token`: for a private repository, the name of an SSM SecureString
+//!   parameter holding a token that may read it (a fine-grained token with
+//!   "Contents: read", or a deploy token). The deploy script reads it on the
+//!   instance at fetch time and gives it to git as an `http.extraHeader`
+//!   through the environment of the fetch alone: it is never in argv, user
+//!   data, state, plan output or the build log. The instance profile needs
+//!   `ssm:GetParameter` on it.
 //! - `framework`: `nextjs` (`npm start` behind nginx), `static` (the build
 //!   output served by nginx with a fallback to `index.html` for client-side
 //!   routes) or `node` (your `start` command behind nginx).
@@ -172,6 +180,7 @@ pub fn schema() -> Schema {
                 .default_value("main")
                 .checked(checks::branch),
             Attribute::optional("repo_url", Type::String).checked(checks::repo_url),
+            Attribute::optional("repo_token", Type::String).checked(checks::parameter),
             Attribute::optional("framework", Type::String)
                 .default_value("static")
                 .checked(check_framework),
@@ -231,6 +240,8 @@ pub struct Site {
     pub branch: String,
     /// The clone URL.
     pub repo_url: String,
+    /// The SSM parameter holding a token for a private repository.
+    pub repo_token: Option<String>,
     /// The framework.
     pub framework: Framework,
     /// Install, build and start commands.
@@ -272,6 +283,7 @@ impl Site {
             branch: text(attrs, "branch").unwrap_or_else(|| "main".into()),
             repo_url: text(attrs, "repo_url")
                 .unwrap_or_else(|| format!("https://github.com/{repo}.git")),
+            repo_token: text(attrs, "repo_token"),
             repo,
             framework,
             commands: Commands {
@@ -329,6 +341,10 @@ pub fn deploy_script(site: &Site, root: &str) -> String {
         .replace("@@NAME@@", &shell_quote(&site.name))
         .replace("@@ROOT@@", &shell_quote(root))
         .replace("@@REPO_URL@@", &shell_quote(&site.repo_url))
+        .replace(
+            "@@REPO_TOKEN@@",
+            &shell_quote(site.repo_token.as_deref().unwrap_or_default()),
+        )
         .replace("@@FRAMEWORK@@", site.framework.name())
         .replace("@@INSTALL@@", &shell_quote(&site.commands.install))
         .replace("@@BUILD@@", &shell_quote(&site.commands.build))
