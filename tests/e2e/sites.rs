@@ -336,12 +336,25 @@ impl Drop for Nginx {
     }
 }
 
+/// The user the deploy tests build and run apps as (the site's own system
+/// user on an instance; `nobody` here, which exists everywhere).
+const SITE_USER: &str = "nobody";
+
+/// A temporary directory the site's user may enter (tempdirs are 0700).
+fn site_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
 /// Runs the deploy script with `args`.
 fn deploy(script: &Path, root: &Path, nginx: &Nginx, args: &[&str]) -> std::process::Output {
     Command::new("bash")
         .arg(script)
         .args(args)
         .env("JAAM_SITE_ROOT", root)
+        .env("JAAM_SITE_USER", SITE_USER)
         .env("JAAM_NO_SYSTEMD", "1")
         .env("JAAM_NGINX_RELOAD", nginx.reload_command())
         .env("JAAM_FETCH_SECRETS", "/nonexistent")
@@ -391,7 +404,7 @@ fn stop_apps(root: &Path) {
 }
 
 fn run_deploy_cycle(app: &str, framework: &str, needle: impl Fn(&str) -> bool) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = site_dir();
     let repo = Repo::new(dir.path(), app);
     let a = git(&repo.work, &["rev-parse", "HEAD"]);
     let root = dir.path().join("site");
@@ -931,7 +944,7 @@ fn serve_private_repo(bare: PathBuf, authorization: String) -> u16 {
 #[test]
 fn a_private_repository_should_be_fetched_with_a_token_that_never_leaks() {
     const TOKEN: &str = "ghp_private-repo-token-0123456789";
-    let dir = tempfile::tempdir().unwrap();
+    let dir = site_dir();
     let repo = Repo::new(dir.path(), "static-spa");
     git(&repo.bare, &["update-server-info"]);
     let a = git(&repo.work, &["rev-parse", "HEAD"]);
@@ -987,6 +1000,7 @@ fn a_private_repository_should_be_fetched_with_a_token_that_never_leaks() {
             .arg(&a)
             .env("PATH", &path)
             .env("JAAM_SITE_ROOT", &root)
+            .env("JAAM_SITE_USER", SITE_USER)
             .env("JAAM_NO_SYSTEMD", "1")
             .env("JAAM_NGINX_RELOAD", nginx.reload_command())
             .env("JAAM_FETCH_SECRETS", "/nonexistent")
@@ -1029,4 +1043,82 @@ fn a_private_repository_should_be_fetched_with_a_token_that_never_leaks() {
             "the token reached {place}:\n{text}"
         );
     }
+}
+
+/// Issue 11, item 7: the site's code runs unprivileged. An npm `postinstall`
+/// that tries to read the TLS private key and to rewrite the deploy script
+/// fails at both, and the build goes on as the site's user.
+#[test]
+fn a_hostile_postinstall_should_neither_read_the_key_nor_change_the_deploy_script() {
+    let dir = site_dir();
+    let repo = Repo::new(dir.path(), "static-spa");
+    let root = dir.path().join("site");
+    let script = dir.path().join("deploy");
+    // The instance's TLS directory: root only, as the certificate installs it.
+    let tls = dir.path().join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    let key = tls.join("privkey.pem");
+    std::fs::write(&key, "-----BEGIN PRIVATE KEY----- secret\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&tls, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    // The attack, committed to the app: it reports what it managed to do.
+    let package = repo.work.join("package.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&package).unwrap()).unwrap();
+    manifest["scripts"]["postinstall"] = serde_json::Value::String(format!(
+        // The markers are quote-split so that only their output (not npm's
+        // echo of this command) matches.
+        "id -un > whoami.txt; (cat {key} > stolen.txt && echo read-the-\"key\") || echo key-\"denied\"; \
+         (echo pwned >> {script} && echo wrote-\"deploy\") || echo deploy-\"denied\"",
+        key = key.display(),
+        script = script.display()
+    ));
+    std::fs::write(&package, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+    let sha = repo.commit("with a hostile postinstall");
+
+    let site = sample_site(
+        "hostile",
+        "static",
+        &[("repo_url", Value::from(repo.bare.to_str().unwrap()))],
+    );
+    let text = site::deploy_script(&site, &site.root());
+    std::fs::write(&script, &text).unwrap();
+    let nginx = Nginx::start(dir.path(), &site, &root);
+    let output = deploy(&script, &root, &nginx, &[&sha]);
+    let log = std::fs::read_to_string(root.join("logs/build.log")).unwrap_or_default();
+    assert!(
+        output.status.success(),
+        "{}\n{log}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let release = root.join("releases").join(&sha);
+    assert_eq!(
+        std::fs::read_to_string(release.join("whoami.txt"))
+            .unwrap()
+            .trim(),
+        SITE_USER,
+        "the install ran as the site's user"
+    );
+    assert!(log.contains("key-denied"), "{log}");
+    assert!(log.contains("deploy-denied"), "{log}");
+    assert!(
+        !log.contains("read-the-key") && !log.contains("wrote-deploy"),
+        "{log}"
+    );
+    assert!(
+        std::fs::read_to_string(release.join("stolen.txt"))
+            .unwrap_or_default()
+            .is_empty()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&script).unwrap(),
+        text,
+        "the deploy script is unchanged"
+    );
+    let (status, body) = get(nginx.port, "/").expect("nginx answers");
+    assert_eq!(status, 200);
+    assert!(body.contains("with a hostile postinstall"), "{body}");
 }

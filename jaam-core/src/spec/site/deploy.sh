@@ -14,13 +14,20 @@
 # output goes to logs/build.log (the CloudWatch agent ships it to the site's
 # log group) and the last lines are printed when a build fails.
 #
-# JAAM_SITE_ROOT overrides the root; JAAM_NO_SYSTEMD=1 runs the app as plain
-# background processes (tests, containers); JAAM_NGINX_RELOAD overrides how
-# nginx is reloaded.
+# Privileges: the deploy runs as root (SSM), but the site's code never does.
+# Install, build and the app server run as the site's system user
+# (@@USER@@, made by the user data); root only fetches, switches the
+# `current` symlink or the upstream, reloads nginx and restarts units. The
+# build cannot read TLS keys (root-only) or change this script.
+#
+# JAAM_SITE_ROOT overrides the root; JAAM_SITE_USER the user; JAAM_NO_SYSTEMD=1
+# runs the app as plain background processes (tests, containers);
+# JAAM_NGINX_RELOAD overrides how nginx is reloaded.
 set -euo pipefail
 
 NAME=@@NAME@@
 ROOT="${JAAM_SITE_ROOT:-@@ROOT@@}"
+SITE_USER="${JAAM_SITE_USER:-@@USER@@}"
 REPO_URL=@@REPO_URL@@
 # The SSM SecureString parameter holding a token for a private repository
 # (empty: the repository is public). The token is read at fetch time and
@@ -61,6 +68,11 @@ load_env() {
   # shellcheck disable=SC1091
   if [ -f "$ROOT/env.secrets" ]; then . "$ROOT/env.secrets"; fi
   set +a
+}
+
+# Runs a command as the site's user, with its own home (npm's cache).
+as_site() {
+  runuser -u "$SITE_USER" -- env HOME="$ROOT/home" "$@"
 }
 
 current_sha() {
@@ -155,18 +167,19 @@ activate() {
 build() {
   local sha="$1" work="$ROOT/releases/.$1.building"
   rm -rf "$work"
-  mkdir -p "$work"
-  git -C "$ROOT/repo.git" archive "$sha" | tar -x -C "$work"
+  mkdir -p "$work" "$ROOT/home"
+  chown "$SITE_USER:" "$work" "$ROOT/home"
+  git -C "$ROOT/repo.git" archive "$sha" | as_site tar -x -C "$work"
   (
     cd "$work"
     load_env
     if [ -n "$INSTALL_CMD" ]; then
-      log "install: $INSTALL_CMD"
-      bash -c "$INSTALL_CMD"
+      log "install: $INSTALL_CMD (as $SITE_USER)"
+      as_site bash -c "$INSTALL_CMD"
     fi
     if [ -n "$BUILD_CMD" ]; then
-      log "build: $BUILD_CMD"
-      bash -c "$BUILD_CMD"
+      log "build: $BUILD_CMD (as $SITE_USER)"
+      as_site bash -c "$BUILD_CMD"
     fi
   ) >>"$LOG" 2>&1 || {
     rm -rf "$work"
@@ -261,7 +274,7 @@ run_app() {
   load_env
   PORT="$1"
   export PORT
-  exec bash -c "$START_CMD"
+  exec runuser -u "$SITE_USER" -- env HOME="$ROOT/home" bash -c "$START_CMD"
 }
 
 case "${1:-}" in

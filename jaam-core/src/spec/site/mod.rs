@@ -69,6 +69,17 @@
 //! `/opt/jaam/bin/deploy REVISION | rollback | current` is the deploy script
 //! ([`deploy_script`]). nginx serves HTTP until the certificate is installed;
 //! the certificate's install hook then enables HTTPS and redirects HTTP to it.
+//!
+//! # Privileges
+//! The site's own code — `install`, `build` and the app server — runs as the
+//! site's system user `jaam-<name>` ([`Site::user`], made by the user data,
+//! home `/srv/jaam/<site>/home` for npm's cache). Root only fetches the
+//! repository (with `repo_token`, which the build never sees), switches the
+//! `current` symlink or nginx's upstream, reloads nginx and (re)starts units.
+//! Releases are owned by the site's user (a server app may write its own
+//! caches); the deploy script, nginx configuration, env files (0600) and TLS
+//! keys (0600 in a 0700 directory; nginx's master reads them as root) are
+//! root's.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -311,6 +322,25 @@ impl Site {
         format!("/srv/jaam/{}", self.name)
     }
 
+    /// The system user its install, build and app server run as:
+    /// `jaam-<name>` (lowercase; a hash when that would be too long for
+    /// `useradd`).
+    pub fn user(&self) -> String {
+        let name: String = self
+            .name
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        if name.len() <= 27 {
+            format!("jaam-{name}")
+        } else {
+            use sha2::Digest as _;
+            let digest = sha2::Sha256::digest(self.name.as_bytes());
+            format!("jaam-{}", &hex::encode(digest)[..12])
+        }
+    }
+
     /// The log group of its build and app logs.
     pub fn log_group(&self) -> String {
         format!("/jaam/sites/{}", self.domain)
@@ -339,6 +369,7 @@ pub fn shell_quote(text: &str) -> String {
 pub fn deploy_script(site: &Site, root: &str) -> String {
     include_str!("deploy.sh")
         .replace("@@NAME@@", &shell_quote(&site.name))
+        .replace("@@USER@@", &site.user())
         .replace("@@ROOT@@", &shell_quote(root))
         .replace("@@REPO_URL@@", &shell_quote(&site.repo_url))
         .replace(
@@ -523,6 +554,10 @@ for tool in node npm npx; do
 done
 
 install -d -m 0755 {root} {root}/logs {root}/releases {root}/run /opt/jaam/bin {tls}
+# The site's code runs as its own system user, never as root.
+id -u {user} >/dev/null 2>&1 ||
+  useradd --system --home-dir {root}/home --no-create-home --shell /sbin/nologin {user}
+install -d -m 0750 -o {user} -g {user} {root}/home
 install -m 0600 /dev/null {root}/env
 cat >{root}/env <<'JAAM_ENV'
 {env}JAAM_ENV
@@ -572,6 +607,7 @@ JAAM_AGENT
 systemctl enable --now nginx
 "#,
         root = root,
+        user = site.user(),
         deploy = deploy_script(site, &root),
         fetch_secrets = fetch_secrets_script(site),
         on_install = on_install_script(site),
