@@ -32,6 +32,8 @@ pub struct Repos {
     /// Repositories whose hooks the token may not administer: every hook
     /// endpoint answers 404, as GitHub does without `admin:repo_hook`.
     pub hook_admin_denied: std::collections::BTreeSet<String>,
+    /// Branch reads answered `304 Not Modified` (a matching `If-None-Match`).
+    pub not_modified: usize,
     next_id: i64,
 }
 
@@ -214,15 +216,31 @@ async fn remove(
 async fn branch(
     State(repos): State<Shared>,
     Path((owner, name, branch)): Path<(String, String, String)>,
+    headers: HeaderMap,
 ) -> Response {
-    let repos = repos.lock().expect("fake");
-    repos
+    let mut repos = repos.lock().expect("fake");
+    let Some(sha) = repos
         .branches
         .get(&(format!("{owner}/{name}"), branch.clone()))
-        .map_or_else(not_found, |sha| {
-            Json(json!({"name": branch, "commit": {"sha": sha}, "protected": false}))
-                .into_response()
-        })
+        .cloned()
+    else {
+        return not_found();
+    };
+    // GitHub's ETags change with the content; the head is the content here.
+    let etag = format!("W/\"{sha}\"");
+    if headers
+        .get("if-none-match")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|given| given == etag)
+    {
+        repos.not_modified += 1;
+        return (StatusCode::NOT_MODIFIED, [("etag", etag)]).into_response();
+    }
+    (
+        [("etag", etag)],
+        Json(json!({"name": branch, "commit": {"sha": sha}, "protected": false})),
+    )
+        .into_response()
 }
 
 async fn gate(

@@ -569,3 +569,31 @@ async fn generated_webhook_secrets_should_survive_replacement_and_adoption() {
     with_github(&ws, &github, &["destroy", "--auto-approve"]).expect_code(0);
     assert!(parameter_value(&adopted).await.is_none());
 }
+
+/// Item 2: the head a reconcile deploys is read with one conditional
+/// request; an unchanged branch is a `304` (free of GitHub's rate limit).
+#[tokio::test(flavor = "multi_thread")]
+async fn branch_heads_should_be_read_with_conditional_requests() {
+    let github = jaam_tests::github::GithubFake::start().await;
+    let api = jaam_core::providers::github::Api::new(&github.url, Some("ghp_test".into()));
+    let (a, b) = ("a".repeat(40), "b".repeat(40));
+    let set = |sha: &str| {
+        github
+            .repos
+            .lock()
+            .unwrap()
+            .branches
+            .insert(("acme/blog".into(), "main".into()), sha.to_owned());
+    };
+    set(&a);
+    assert_eq!(api.branch_head("acme/blog", "main").await.unwrap(), a);
+    assert_eq!(api.branch_head("acme/blog", "main").await.unwrap(), a);
+    assert_eq!(
+        github.repos.lock().unwrap().not_modified,
+        1,
+        "the second read was a 304"
+    );
+    set(&b);
+    assert_eq!(api.branch_head("acme/blog", "main").await.unwrap(), b);
+    assert_eq!(github.repos.lock().unwrap().not_modified, 1);
+}

@@ -133,6 +133,8 @@ pub fn schema() -> Schema {
 struct Answer {
     status: StatusCode,
     body: String,
+    /// The `ETag` header, for conditional requests.
+    etag: Option<String>,
 }
 
 impl Answer {
@@ -143,11 +145,17 @@ impl Answer {
     }
 }
 
+/// Branch heads read before: (repository, branch) → (ETag, commit).
+type HeadCache =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, String), (String, String)>>>;
+
 /// A GitHub REST client (octocrab) that waits out rate limits.
 #[derive(Clone)]
 pub struct Api {
     client: std::result::Result<octocrab::Octocrab, String>,
     token: bool,
+    /// Guarded by its own mutex, never held across an await.
+    heads: HeadCache,
 }
 
 impl Api {
@@ -171,6 +179,7 @@ impl Api {
         Self {
             client,
             token: has_token,
+            heads: HeadCache::default(),
         }
     }
 
@@ -183,28 +192,48 @@ impl Api {
         Self::new(&base, token)
     }
 
-    /// The head commit of `branch` in `repo` (`owner/name`).
+    /// The head commit of `branch` in `repo` (`owner/name`), read with a
+    /// conditional request: an unchanged branch answers `304 Not Modified`,
+    /// which GitHub does not count against the token's rate limit.
     ///
     /// # Errors
     /// A failed call, or an unknown repository or branch.
     pub async fn branch_head(&self, repo: &str, branch: &str) -> Result<String> {
+        let key = (repo.to_owned(), branch.to_owned());
+        let cached = self.heads.lock().expect("heads").get(&key).cloned();
+        let path = format!("/repos/{repo}/branches/{branch}");
         let answer = self
-            .expect(
+            .call(
                 Method::GET,
-                &format!("/repos/{repo}/branches/{branch}"),
+                &path,
                 None,
+                cached.as_ref().map(|(etag, _)| etag.as_str()),
             )
-            .await
-            .map_err(|error| ProviderError {
-                message: format!("head of `{repo}@{branch}`: {}", error.message),
-                ..error
-            })?;
-        answer
+            .await;
+        let answer = match (answer, cached) {
+            (Ok(answer), Some((_, sha))) if answer.status == StatusCode::NOT_MODIFIED => {
+                return Ok(sha);
+            }
+            (Ok(answer), _) => Self::success(&Method::GET, &path, answer),
+            (Err(error), _) => Err(error),
+        }
+        .map_err(|error| ProviderError {
+            message: format!("head of `{repo}@{branch}`: {}", error.message),
+            ..error
+        })?;
+        let sha = answer
             .json("branch")?
             .pointer("/commit/sha")
             .and_then(Json::as_str)
             .map(str::to_owned)
-            .ok_or_else(|| ProviderError::new(ErrorKind::Other, "branch without a commit"))
+            .ok_or_else(|| ProviderError::new(ErrorKind::Other, "branch without a commit"))?;
+        if let Some(etag) = &answer.etag {
+            self.heads
+                .lock()
+                .expect("heads")
+                .insert(key, (etag.clone(), sha.clone()));
+        }
+        Ok(sha)
     }
 
     /// [`Api::branch_head`] as the instance provider's revision resolver.
@@ -216,8 +245,15 @@ impl Api {
         })
     }
 
-    /// Sends one request, waiting out rate limits.
-    async fn call(&self, method: Method, path: &str, body: Option<&Json>) -> Result<Answer> {
+    /// Sends one request (a GET conditional on `if_none_match`), waiting out
+    /// rate limits.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Json>,
+        if_none_match: Option<&str>,
+    ) -> Result<Answer> {
         let client = self
             .client
             .as_ref()
@@ -233,7 +269,13 @@ impl Api {
         let mut attempt = 0;
         loop {
             let sent = match method {
-                Method::GET => client._get(path).await,
+                Method::GET => {
+                    let mut headers = HeaderMap::new();
+                    if let Some(etag) = if_none_match.and_then(|e| e.parse().ok()) {
+                        headers.insert(http::header::IF_NONE_MATCH, etag);
+                    }
+                    client._get_with_headers(path, Some(headers)).await
+                }
                 Method::POST => client._post(path, body).await,
                 Method::PATCH => client._patch(path, body).await,
                 Method::DELETE => client._delete(path, None::<&()>).await,
@@ -243,12 +285,17 @@ impl Api {
                 ProviderError::new(ErrorKind::Transient, format!("{method} {path}: {e}"))
             })?;
             let status = response.status();
+            let etag = response
+                .headers()
+                .get(http::header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             let wait = rate_limited(status, response.headers(), attempt);
             let body = client.body_to_string(response).await.map_err(|e| {
                 ProviderError::new(ErrorKind::Transient, format!("{method} {path}: {e}"))
             })?;
             let Some(wait) = wait else {
-                return Ok(Answer { status, body });
+                return Ok(Answer { status, body, etag });
             };
             if started.elapsed() + wait > RATE_LIMIT.deadline {
                 return Err(ProviderError::new(
@@ -264,7 +311,12 @@ impl Api {
 
     /// Like [`Self::call`], failing on any status but a success.
     async fn expect(&self, method: Method, path: &str, body: Option<&Json>) -> Result<Answer> {
-        let answer = self.call(method.clone(), path, body).await?;
+        let answer = self.call(method.clone(), path, body, None).await?;
+        Self::success(&method, path, answer)
+    }
+
+    /// The answer if it is a success, else an error by its status.
+    fn success(method: &Method, path: &str, answer: Answer) -> Result<Answer> {
         if answer.status.is_success() {
             return Ok(answer);
         }
