@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 /// `O_NOFOLLOW` on Linux and the BSDs (the flag value differs: 0o400000 on
 /// Linux, 0x100 on macOS and the BSDs).
 #[cfg(target_os = "linux")]
-const O_NOFOLLOW: i32 = 0o400_000;
+pub(crate) const O_NOFOLLOW: i32 = 0o400_000;
 #[cfg(not(target_os = "linux"))]
-const O_NOFOLLOW: i32 = 0x100;
+pub(crate) const O_NOFOLLOW: i32 = 0x100;
 
 /// Creates a new 0600 file beside `path`, named `<path>.<tag>-<random>`.
 ///

@@ -85,6 +85,19 @@ fn set_head(github: &GithubFake, repo: &str, sha: &str) {
         .insert((repo.to_owned(), "main".into()), sha.to_owned());
 }
 
+/// Opens the blog's build-log stream (server-sent events) on the daemon.
+fn log_stream(port: u16) -> std::io::BufReader<std::net::TcpStream> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+        .write_all(b"GET /sites/blog/logs HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n")
+        .unwrap();
+    std::io::BufReader::new(stream)
+}
+
 fn revision(daemon: &Daemon) -> String {
     daemon.status()["revisions"]["blog"]
         .as_str()
@@ -256,17 +269,8 @@ async fn deliveries_should_be_verified_deduplicated_and_deploy_the_site() {
     )
     .await;
     {
-        use std::io::{BufRead, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        stream
-            .write_all(
-                b"GET /sites/blog/logs HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n",
-            )
-            .unwrap();
-        let reader = std::io::BufReader::new(stream);
+        use std::io::BufRead;
+        let reader = log_stream(daemon.port);
         let mut saw = Vec::new();
         for line in reader.lines() {
             let line = line.expect("an event before the timeout");
@@ -284,19 +288,8 @@ async fn deliveries_should_be_verified_deduplicated_and_deploy_the_site() {
 
     // Issue 11, item 11: streams of one site share one poller; streams are capped.
     {
-        use std::io::{BufRead, Write};
-        let open = || {
-            let mut stream = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(20)))
-                .unwrap();
-            stream
-                .write_all(
-                    b"GET /sites/blog/logs HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n",
-                )
-                .unwrap();
-            std::io::BufReader::new(stream)
-        };
+        use std::io::BufRead;
+        let open = || log_stream(daemon.port);
         let mut streams: Vec<_> = (0..32).map(|_| open()).collect();
         for reader in streams.iter_mut().take(3) {
             let mut line = String::new();

@@ -9,6 +9,8 @@
 //! - The journal is one JSON record per line, appended and fdatasynced per group
 //!   commit. A torn last line is ignored on load.
 //! - The lock is `flock` on `.lock`, released by the kernel if the holder dies.
+//! - Snapshots go through exclusively created temporary files; the journal and
+//!   the lock file are opened without following symlinks (`O_NOFOLLOW`).
 //! - Whoever takes the lock first folds a journal a crashed holder left into
 //!   a new snapshot (serial + 1), as the S3 store does when it takes a lease
 //!   over. Only then may a new apply open (and truncate) the journal: a second
@@ -237,6 +239,7 @@ impl LocalStore {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(crate::files::O_NOFOLLOW)
             .open(&path)
             .map_err(Self::io("open", &path))?;
         match file.try_lock() {
@@ -343,6 +346,7 @@ impl StateStore for LocalStore {
             .write(true)
             .truncate(true)
             .mode(0o600)
+            .custom_flags(crate::files::O_NOFOLLOW)
             .open(&path)
             .map_err(Self::io("create", &path))?;
         let mut journal = LocalJournal { file };
@@ -394,5 +398,34 @@ impl StateStore for LocalStore {
 
     async fn backup(&self) -> Result<Option<State>> {
         Self::read_snapshot(&self.backup_path())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 11, item 12: a symlink planted at the journal's or the lock's
+    /// path is refused, never written through.
+    #[tokio::test]
+    async fn the_journal_and_the_lock_should_not_follow_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let store = LocalStore::new(dir.path().join("jaam.state.json"));
+        std::os::unix::fs::symlink(&victim, store.journal_path()).unwrap();
+        let base = StateMeta {
+            lineage: uuid::Uuid::new_v4(),
+            serial: 0,
+        };
+        assert!(store.open_journal(base, "s").await.is_err());
+        std::os::unix::fs::symlink(&victim, store.lock_path()).unwrap();
+        assert!(
+            store
+                .lock(LockInfo::current("test"), Duration::ZERO)
+                .await
+                .is_err()
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
     }
 }

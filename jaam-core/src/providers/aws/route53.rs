@@ -475,7 +475,17 @@ impl Provider for Records {
         true
     }
 
+    /// Zones given by id become their names; zones given by name must exist
+    /// — said at plan time (a destroy desires nothing, so a zone already gone
+    /// does not stop it).
     async fn prepare(&self, _context: &Context, desired: &[&Attrs]) -> Result<Vec<Rewrite>> {
+        for zone in desired
+            .iter()
+            .filter_map(|attrs| attrs.get("zone").and_then(Value::as_str))
+            .filter(|zone| zone_id_form(zone).is_none())
+        {
+            self.zone_id(zone).await?;
+        }
         let mut ids: Vec<String> = desired
             .iter()
             .filter_map(|attrs| attrs.get("zone").and_then(Value::as_str))
@@ -516,12 +526,19 @@ impl Provider for Records {
                 .and_then(Value::as_str)
                 .unwrap_or_default();
             zone_ids.push(match recorded {
-                Some(id) => id,
-                None => self.zone_id(zone).await?,
+                Some(id) => Some(id),
+                None => match self.zone_id(zone).await {
+                    Ok(id) => Some(id),
+                    // A record jaam never recorded, in a zone that does not
+                    // exist, does not exist either (a destroy's lookup must
+                    // not fail on it; a create reports the zone itself).
+                    Err(error) if target.id.is_none() && error.kind == ErrorKind::Invalid => None,
+                    Err(error) => return Err(error),
+                },
             });
         }
         let mut sweeps: BTreeMap<String, HashMap<(String, String), Found>> = BTreeMap::new();
-        for zone_id in &zone_ids {
+        for zone_id in zone_ids.iter().flatten() {
             if !sweeps.contains_key(zone_id) {
                 let found = self.sweep(zone_id).await?;
                 sweeps.insert(zone_id.clone(), found);
@@ -531,6 +548,7 @@ impl Provider for Records {
             .iter()
             .zip(&zone_ids)
             .map(|(target, zone_id)| {
+                let zone_id = zone_id.as_ref()?;
                 let name = target.attributes.get("name").and_then(Value::as_str)?;
                 let kind = target.attributes.get("type").and_then(Value::as_str)?;
                 let zone = target
