@@ -53,6 +53,10 @@ pub(crate) struct Global {
     /// Never colour output (colour is used only on a terminal anyway).
     #[arg(long, global = true)]
     pub(crate) no_color: bool,
+    /// Print generated values (a site's user data, scripts) in full in plans
+    /// and `show`, instead of their size and digest.
+    #[arg(long, global = true)]
+    pub(crate) full: bool,
     /// Log format on stderr.
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
     pub(crate) log_format: String,

@@ -675,6 +675,26 @@ async fn site_should_apply_redeploy_roll_back_show_logs_and_destroy() {
         );
     }
     assert!(text.contains(&format!("+ revision = \"{a}\"")), "{text}");
+    // Generated user data is summarized; `--full` prints it as a heredoc.
+    assert!(text.contains("+ user_data = (generated: "), "{text}");
+    assert!(
+        !text.contains("\\n"),
+        "no escaped multi-line strings: {text}"
+    );
+    let full = env.jaam(&["plan", "--full"]);
+    full.expect_code(0);
+    assert!(
+        full.stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("+ user_data") && l.ends_with("= <<-EOT")),
+        "{}",
+        full.stdout
+    );
+    assert!(
+        full.stdout.contains("            #!/bin/bash"),
+        "{}",
+        full.stdout
+    );
     let graph = env.jaam(&["graph"]);
     graph.expect_code(0);
     assert!(

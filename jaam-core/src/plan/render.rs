@@ -1,8 +1,12 @@
 //! Rendering plans: Terraform-style text and a versioned JSON document.
 //!
 //! Text: drift first ("changed outside jaam"), then one block per change with
-//! `+ ~ - -/+ +/-` and attribute-level `before -> after`; multi-line strings are
-//! shown as a line diff (through `similar`). Unchanged attributes of an update are
+//! `+ ~ - -/+ +/-` and attribute-level `before -> after`. A multi-line string
+//! prints as a heredoc (`<<-EOT … EOT`), and a changed one as a line diff
+//! (through `similar`). A multi-line value jaam generated — an attribute of a
+//! resource a `site` expanded into, such as its user data — prints as its
+//! size, line count and digest unless [`TextOptions::full`] (`--full`); its
+//! changes still print as a line diff. Unchanged attributes of an update are
 //! hidden and counted. Colour (ANSI) only when asked for; the text reads the
 //! same without it. Sensitive values print as `(sensitive value)`.
 //!
@@ -22,6 +26,8 @@ use crate::value::{Attrs, Value};
 pub struct TextOptions {
     /// Use ANSI colours.
     pub colour: bool,
+    /// Print generated values in full instead of summarized.
+    pub full: bool,
 }
 
 struct Painter {
@@ -55,6 +61,61 @@ fn display(value: &Value, sensitive: bool) -> String {
     } else {
         value.render()
     }
+}
+
+/// How many columns `text` takes on a terminal (ANSI colour codes take none).
+fn visible_width(text: &str) -> usize {
+    let mut width = 0;
+    let mut escape = false;
+    for c in text.chars() {
+        match (escape, c) {
+            (false, '\x1b') => escape = true,
+            (true, 'm') => escape = false,
+            (true, _) => {}
+            (false, _) => width += 1,
+        }
+    }
+    width
+}
+
+/// One attribute as text after `prefix` (`"      + "` in a plan, indentation
+/// in `jaam show`): `name = value`; a multi-line string as a heredoc whose
+/// body is indented four more than the prefix; a generated multi-line value
+/// (unless `full`) as a summary.
+pub fn attribute(
+    prefix: &str,
+    name: &str,
+    width: usize,
+    value: &Value,
+    sensitive: bool,
+    generated: bool,
+    full: bool,
+) -> String {
+    let text = match value {
+        Value::String(text) if !sensitive && text.contains('\n') => text,
+        _ => return format!("{prefix}{name:<width$} = {}\n", display(value, sensitive)),
+    };
+    if generated && !full {
+        use sha2::Digest as _;
+        let digest = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+        return format!(
+            "{prefix}{name:<width$} = (generated: {} bytes, {} lines, sha256 {}…; --full shows it)\n",
+            text.len(),
+            text.lines().count(),
+            &digest[..12]
+        );
+    }
+    let indent = " ".repeat(visible_width(prefix));
+    let mut out = format!("{prefix}{name:<width$} = <<-EOT\n");
+    for line in text.lines() {
+        if line.is_empty() {
+            out.push('\n');
+        } else {
+            let _ = writeln!(out, "{indent}    {line}");
+        }
+    }
+    let _ = writeln!(out, "{indent}EOT");
+    out
 }
 
 fn heading(change: &ResourceChange, drift: bool) -> String {
@@ -106,7 +167,8 @@ fn multiline_diff(
     let _ = writeln!(out, "        EOT");
 }
 
-fn block(out: &mut String, painter: &Painter, change: &ResourceChange, drift: bool) {
+fn block(out: &mut String, painter: &Painter, change: &ResourceChange, drift: bool, full: bool) {
+    let generated = change.addr.composite().is_some();
     let _ = writeln!(out, "{}", heading(change, drift));
     let symbol = change.action.symbol();
     let _ = writeln!(
@@ -121,24 +183,23 @@ fn block(out: &mut String, painter: &Painter, change: &ResourceChange, drift: bo
     let width = name_width(&[before, after]);
     let is_sensitive = |name: &str| change.sensitive.iter().any(|s| s == name);
     match &change.action {
-        Action::Create => {
-            for (name, value) in after.iter().filter(|(_, v)| !v.is_null()) {
-                let _ = writeln!(
-                    out,
-                    "      {} {name:<width$} = {}",
-                    painter.symbol("+"),
-                    display(value, is_sensitive(name))
-                );
-            }
-        }
-        Action::Delete => {
-            for (name, value) in before.iter().filter(|(_, v)| !v.is_null()) {
-                let _ = writeln!(
-                    out,
-                    "      {} {name:<width$} = {}",
-                    painter.symbol("-"),
-                    display(value, is_sensitive(name))
-                );
+        Action::Create | Action::Delete => {
+            let (symbol, attrs) = if change.action == Action::Create {
+                ("+", after)
+            } else {
+                ("-", before)
+            };
+            let prefix = format!("      {} ", painter.symbol(symbol));
+            for (name, value) in attrs.iter().filter(|(_, v)| !v.is_null()) {
+                out.push_str(&attribute(
+                    &prefix,
+                    name,
+                    width,
+                    value,
+                    is_sensitive(name),
+                    generated,
+                    full,
+                ));
             }
         }
         Action::NoOp => {}
@@ -224,7 +285,7 @@ pub fn text(plan: &Plan, options: TextOptions) -> String {
             "jaam detected the following changes made outside of jaam since the last apply:\n"
         );
         for change in &plan.drift {
-            block(&mut out, &painter, change, true);
+            block(&mut out, &painter, change, true, options.full);
             out.push('\n');
         }
     }
@@ -242,7 +303,7 @@ pub fn text(plan: &Plan, options: TextOptions) -> String {
         .filter(|c| c.action.is_change())
         .chain(&plan.deposed)
     {
-        block(&mut out, &painter, change, false);
+        block(&mut out, &painter, change, false, options.full);
         out.push('\n');
     }
     let summary = plan.summary();
@@ -282,4 +343,92 @@ pub fn json(plan: &Plan) -> serde_json::Value {
         "changes": plan.changes.iter().map(redact).collect::<Vec<_>>(),
         "deposed": plan.deposed.iter().map(redact).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::ResourceAddr;
+
+    fn create(addr: &str, attributes: &[(&str, &str)]) -> ResourceChange {
+        let addr: ResourceAddr = addr.parse().unwrap();
+        ResourceChange {
+            kind: addr.kind().to_owned(),
+            addr,
+            action: Action::Create,
+            id: None,
+            before: None,
+            after: Some(
+                attributes
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
+                    .collect(),
+            ),
+            dependencies: Vec::new(),
+            sensitive: Vec::new(),
+            reason: None,
+        }
+    }
+
+    /// Issue 16, item 4: multi-line strings as heredocs; a generated value
+    /// (of a resource a site expanded into) as a summary unless `--full`.
+    #[test]
+    fn multi_line_and_generated_values_should_render_like_terraform() {
+        let script = "#!/bin/bash\necho one\n\necho two\n";
+        let plan = Plan {
+            format_version: super::super::FORMAT_VERSION,
+            stack: "demo".into(),
+            prior: None,
+            lineage: uuid::Uuid::nil(),
+            destroy: false,
+            drift: Vec::new(),
+            changes: vec![
+                create(
+                    "instance.web",
+                    &[("instance_type", "t3.micro"), ("user_data", script)],
+                ),
+                create(
+                    "site.blog.instance",
+                    &[("instance_type", "t3.micro"), ("user_data", script)],
+                ),
+            ],
+            deposed: Vec::new(),
+            resolved_intents: Vec::new(),
+        };
+        insta::assert_snapshot!("plan_heredocs", text(&plan, TextOptions::default()));
+        insta::assert_snapshot!(
+            "plan_heredocs_full",
+            text(
+                &plan,
+                TextOptions {
+                    full: true,
+                    ..TextOptions::default()
+                }
+            )
+        );
+        // `jaam show` prints state attributes through the same function.
+        let value = Value::from(script);
+        let shown: String = [false, true]
+            .iter()
+            .map(|full| attribute("    ", "user_data", 9, &value, false, true, *full))
+            .collect();
+        insta::assert_snapshot!("show_generated_and_full", shown);
+        // Colour codes take no columns: the heredoc body lines up the same.
+        let coloured = attribute(
+            "      \x1b[32m+\x1b[0m ",
+            "v",
+            1,
+            &value,
+            false,
+            false,
+            false,
+        );
+        let plain = attribute("      + ", "v", 1, &value, false, false, false);
+        assert_eq!(coloured.lines().nth(1), plain.lines().nth(1));
+        // Secrets never print, multi-line or not.
+        assert!(
+            attribute("    ", "key", 3, &Value::from("a\nb"), true, false, true)
+                .contains("(sensitive value)")
+        );
+    }
 }

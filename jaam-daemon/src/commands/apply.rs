@@ -86,7 +86,16 @@ async fn apply_locked(
             };
             let plan = session.plan(&config, &options).await?;
             if !request.run.json {
-                print!("{}", render::text(&plan, render::TextOptions { colour }));
+                print!(
+                    "{}",
+                    render::text(
+                        &plan,
+                        render::TextOptions {
+                            colour,
+                            full: global.full,
+                        }
+                    )
+                );
             }
             let needs_state_write = !plan.drift.is_empty() || !plan.resolved_intents.is_empty();
             if !plan.has_changes() && !needs_state_write {

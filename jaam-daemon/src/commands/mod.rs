@@ -118,7 +118,8 @@ pub(crate) fn print_plan(global: &Global, plan: &Plan, json: bool) -> anyhow::Re
             render::text(
                 plan,
                 render::TextOptions {
-                    colour: colour(global)
+                    colour: colour(global),
+                    full: global.full,
                 }
             )
         );

@@ -30,8 +30,21 @@ pub(crate) async fn run(global: &Global, args: &ShowArgs) -> anyhow::Result<Exit
             .max()
             .unwrap_or(0);
         println!("    {:<width$} = {:?}", "id", resource.id);
+        // State holds sensitive values sealed (fingerprints), never in clear.
+        let generated = addr.composite().is_some();
         for (name, value) in &resource.attributes {
-            println!("    {name:<width$} = {}", value.render());
+            print!(
+                "{}",
+                jaam_core::plan::render::attribute(
+                    "    ",
+                    name,
+                    width,
+                    value,
+                    false,
+                    generated,
+                    global.full
+                )
+            );
         }
         println!("}}\n");
     }

@@ -147,6 +147,7 @@ pub(crate) async fn run(global: &Global, args: &DaemonArgs) -> anyhow::Result<Ex
             stack: Some(stack.clone()),
             lock_timeout: global.lock_timeout,
             no_color: true,
+            full: false,
             log_format: global.log_format.clone(),
         },
         args: args.clone(),
