@@ -34,10 +34,14 @@ fn main() -> ExitCode {
             };
         }
     };
-    // The daemon reports what it does; commands only warn (their output is the report).
+    // The daemon reports what it does; commands only warn (their output is the
+    // report). The AWS SDK's own warnings (IMDS probes for a region or
+    // credentials off EC2) are noise to a user: shown only when JAAM_LOG asks.
     let default_filter = match cli.command {
-        Command::Daemon(_) => "warn,jaam=info,jaam_core=info",
-        _ => "warn",
+        Command::Daemon(_) => {
+            "warn,jaam=info,jaam_core=info,aws_config=error,aws_smithy_runtime=error"
+        }
+        _ => "warn,aws_config=error,aws_smithy_runtime=error",
     };
     init_tracing(&cli.global.log_format, default_filter);
     // Several TLS stacks meet in one process (AWS SDK, ACME, GitHub): pick one
@@ -111,14 +115,33 @@ fn init_tracing(format: &str, default_filter: &str) {
     }
 }
 
+/// A spec error: every diagnostic, or why the specs could not be read and
+/// what to do about a missing directory.
+fn report_spec(error: &jaam_core::spec::Error) {
+    match error {
+        jaam_core::spec::Error::Read { path, source } => {
+            eprintln!("error: {error}: {source}");
+            if source.kind() == std::io::ErrorKind::NotFound {
+                eprintln!(
+                    "\nhint: there is no `{}` here: run jaam in the directory that holds your specs, \
+                     or pass `--specs DIR` (or set JAAM_SPECS); a spec is YAML whose top-level keys \
+                     are addresses such as `site.blog` (see the README)",
+                    path.display()
+                );
+            }
+        }
+        _ => eprintln!("error: {error}"),
+    }
+}
+
 /// Prints an error with its causes, and a hint where one helps.
 fn report(error: &anyhow::Error) {
-    if let Some(jaam_core::Error::Spec(spec)) = error.downcast_ref::<jaam_core::Error>() {
-        eprintln!("error: {spec}");
-        return;
-    }
-    if let Some(spec) = error.downcast_ref::<jaam_core::spec::Error>() {
-        eprintln!("error: {spec}");
+    let spec = match error.downcast_ref::<jaam_core::Error>() {
+        Some(jaam_core::Error::Spec(spec)) => Some(spec),
+        _ => error.downcast_ref::<jaam_core::spec::Error>(),
+    };
+    if let Some(spec) = spec {
+        report_spec(spec);
         return;
     }
     let mut text = error.to_string();

@@ -203,3 +203,68 @@ fn the_demo_specs_should_be_valid() {
     // Three log groups, an instance and its record, and a site's five.
     assert!(run.stdout.contains("10 resources"), "{}", run.stdout);
 }
+
+/// `jaam` with no AWS region and the instance-metadata endpoint on a closed
+/// loopback port (the SDK would probe it for a region and warn).
+fn without_region(ws: &Workspace, args: &[&str]) -> jaam_tests::Run {
+    // An empty AWS config: no profile of the machine's names a region.
+    let empty = ws.dir.path().join("aws-config");
+    std::fs::write(&empty, "").unwrap();
+    jaam_tests::Run::from(
+        ws.command(args)
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_DEFAULT_REGION")
+            .env_remove("AWS_EC2_METADATA_DISABLED")
+            .env_remove("JAAM_LOG")
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
+            .env("AWS_CONFIG_FILE", &empty)
+            .env("AWS_SHARED_CREDENTIALS_FILE", &empty)
+            .output()
+            .unwrap(),
+    )
+}
+
+/// Issue 16, item 5: a newcomer's first mistakes read as one clear error with
+/// a hint, before (and without) any noise from AWS's configuration chain.
+#[test]
+fn missing_specs_and_a_missing_region_should_each_be_one_error_with_a_hint() {
+    let ws = Workspace::new(&unique("newcomer"));
+    std::fs::remove_dir_all(ws.specs()).ok();
+    let run = without_region(&ws, &["plan"]);
+    run.expect_code(1);
+    assert!(run.stderr.contains("failed to read `"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("No such file or directory"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("hint: there is no"), "{}", run.stderr);
+    assert!(run.stderr.contains("--specs DIR"), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("WARN") && !run.stderr.contains("IMDS"),
+        "{}",
+        run.stderr
+    );
+
+    std::fs::create_dir(ws.specs()).unwrap();
+    ws.write_specs("log_group.a:\n  name: /jaam/newcomer/a\n");
+    let run = without_region(&ws, &["plan"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("no AWS region is set"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("hint: set AWS_REGION"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("WARN") && !run.stderr.contains("IMDS"),
+        "{}",
+        run.stderr
+    );
+    // `validate` needs no cloud configuration at all.
+    without_region(&ws, &["validate"]).expect_code(0);
+}

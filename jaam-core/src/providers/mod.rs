@@ -20,6 +20,22 @@ use crate::provider::Registry;
 /// A registry with every provider this build has, configured from the
 /// environment (for AWS: the standard credential chain, region and
 /// `AWS_ENDPOINT_URL`; for GitHub: `GITHUB_TOKEN` and `GITHUB_API_URL`).
+/// The providers' schemas, without loading any cloud configuration (no
+/// credentials, region or network): what checking specs needs. Its providers
+/// are built on an empty AWS configuration and must not be asked to act.
+pub fn schema_registry() -> Registry {
+    #[cfg(feature = "aws")]
+    {
+        let config = aws::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        registry(&config, |heads| heads)
+    }
+    #[cfg(not(feature = "aws"))]
+    Registry::new()
+}
+
+/// The providers, configured from the environment (AWS's standard chain).
 pub async fn default_registry() -> Registry {
     #[cfg(feature = "aws")]
     {

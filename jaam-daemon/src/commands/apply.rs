@@ -45,7 +45,6 @@ pub(crate) fn confirm(destroy: bool) -> anyhow::Result<bool> {
 }
 
 pub(crate) async fn run(global: &Global, request: Request<'_>) -> anyhow::Result<ExitCode> {
-    let registry = super::registry().await;
     let command = if request.destroy {
         "jaam destroy"
     } else {
@@ -54,8 +53,9 @@ pub(crate) async fn run(global: &Global, request: Request<'_>) -> anyhow::Result
     let (plan, config) = match request.plan_file {
         Some(path) => (Some(super::read_plan(path)?), None),
         None if request.destroy && !global.specs.exists() => (None, Some(Config::default())),
-        None => (None, Some(super::load_specs(global, &registry)?)),
+        None => (None, Some(super::load_specs(global)?)),
     };
+    let registry = super::registry().await?;
     let stack = match &plan {
         Some(plan) => global.stack.clone().unwrap_or_else(|| plan.stack.clone()),
         None => super::stack_name(global, config.as_ref()),

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use crate::cli::{GcArgs, Global};
 
 pub(crate) async fn run(global: &Global, args: &GcArgs) -> anyhow::Result<ExitCode> {
-    let registry = super::registry().await;
-    let config = super::load_specs(global, &registry).ok();
+    let config = super::load_specs(global).ok();
+    let registry = super::registry().await?;
     let stack = super::stack_name(global, config.as_ref());
     let engine = super::engine(global, registry, stack).await?;
     // Under the lock: an apply running now would otherwise look like orphans.

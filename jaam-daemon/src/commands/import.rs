@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use crate::cli::{Global, ImportArgs};
 
 pub(crate) async fn run(global: &Global, args: &ImportArgs) -> anyhow::Result<ExitCode> {
-    let registry = super::registry().await;
-    let config = super::load_specs(global, &registry).ok();
+    let config = super::load_specs(global).ok();
+    let registry = super::registry().await?;
     let stack = super::stack_name(global, config.as_ref());
     let engine = super::engine(global, registry, stack).await?;
     let mut session = engine.lock("jaam import").await?;

@@ -26,13 +26,26 @@ use crate::cli::Global;
 /// Exit code: changes present (`plan --detailed-exitcode`).
 pub(crate) const EXIT_CHANGES: u8 = 2;
 
-/// The providers, configured from the environment.
-pub(crate) async fn registry() -> Registry {
-    jaam_core::providers::default_registry().await
+/// The providers, configured from the environment. A missing region is said
+/// here, once, with how to set one (the SDK's own message comes per call).
+pub(crate) async fn registry() -> anyhow::Result<Registry> {
+    let config = jaam_core::providers::aws::load_config().await;
+    anyhow::ensure!(
+        config.region().is_some(),
+        "no AWS region is set\n\nhint: set AWS_REGION (for example `export AWS_REGION=us-east-1`), \
+         or a `region` in the profile AWS_PROFILE names"
+    );
+    Ok(jaam_core::providers::registry(&config, |heads| heads))
 }
 
-/// Loads the specs.
-pub(crate) fn load_specs(global: &Global, registry: &Registry) -> anyhow::Result<Config> {
+/// Loads the specs, checked against the providers' schemas alone: spec
+/// errors come before any cloud configuration is loaded.
+pub(crate) fn load_specs(global: &Global) -> anyhow::Result<Config> {
+    load_specs_with(global, &jaam_core::providers::schema_registry())
+}
+
+/// Loads the specs against `registry`'s schemas.
+pub(crate) fn load_specs_with(global: &Global, registry: &Registry) -> anyhow::Result<Config> {
     Ok(jaam_core::spec::load(&global.specs, registry, &|name| {
         std::env::var(name).ok()
     })?)

@@ -7,8 +7,8 @@ use jaam_core::plan;
 use crate::cli::{Global, PlanArgs};
 
 pub(crate) async fn run(global: &Global, args: &PlanArgs) -> anyhow::Result<ExitCode> {
-    let registry = super::registry().await;
-    let config = super::load_specs(global, &registry)?;
+    let config = super::load_specs(global)?;
+    let registry = super::registry().await?;
     let stack = super::stack_name(global, Some(&config));
     let engine = super::engine(global, registry, stack).await?;
     let options = plan::Options {

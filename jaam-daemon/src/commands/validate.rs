@@ -5,8 +5,7 @@ use std::process::ExitCode;
 use crate::cli::Global;
 
 pub(crate) async fn run(global: &Global) -> anyhow::Result<ExitCode> {
-    let registry = super::registry().await;
-    let config = super::load_specs(global, &registry)?;
+    let config = super::load_specs(global)?;
     let count = config.resources().len();
     println!(
         "Success! {count} resource{} in `{}` are valid.",

@@ -128,7 +128,7 @@ pub(crate) async fn run(global: &Global, args: &DaemonArgs) -> anyhow::Result<Ex
     // delivery only says which sites to look at (see `webhook`).
     let registry = jaam_core::providers::registry(&sdk, |heads| heads);
     // The specs must load to start: a daemon that cannot read them says so now.
-    let config = crate::commands::load_specs(global, &registry)?;
+    let config = crate::commands::load_specs_with(global, &registry)?;
     let stack = crate::commands::stack_name(global, Some(&config));
     let engine = crate::commands::engine(global, registry, stack.clone())
         .await?
@@ -378,7 +378,7 @@ impl Daemon {
         cancel: &CancellationToken,
     ) -> Result<&'static str, String> {
         let resync_only = request.reasons.iter().all(|r| *r == "resync");
-        let config = crate::commands::load_specs(&self.global, self.engine.registry())
+        let config = crate::commands::load_specs_with(&self.global, self.engine.registry())
             .map_err(|e| format!("{e:#}"))?;
         // A push or a merge touches only its sites' instances: plan just those
         // from state (no refresh; the resync refreshes everything), so a deploy
