@@ -92,6 +92,11 @@ pub(crate) enum Command {
     Logs(LogsArgs),
     /// Switch a site back to its previous release, at once.
     Rollback(RollbackArgs),
+    /// Print a shell completion script: `jaam completions bash > /etc/bash_completion.d/jaam`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Keep the stack true: reconcile on spec changes, GitHub pushes and merges, and a timer.
     Daemon(DaemonArgs),
 }

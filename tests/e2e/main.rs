@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod certificates;
+mod cli;
 mod crash;
 mod daemon;
 mod fixtures;
