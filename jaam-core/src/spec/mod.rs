@@ -606,6 +606,21 @@ impl Loader<'_> {
             }
             if expanded.addr.kind() == "instance" {
                 expanded.depends_on.extend(spec.depends_on.iter().cloned());
+                // The generated user data must fit EC2's limit (moto does not
+                // enforce it; real AWS refuses the launch).
+                if let Some(schema) = self.registry.schema("instance")
+                    && let Some(check) = schema.attribute("user_data").and_then(|a| a.check)
+                    && let Some(ExprKind::Literal(value)) =
+                        expanded.args.get("user_data").map(|e| &e.kind)
+                    && let Err(message) = check(value)
+                {
+                    self.error(
+                        &location,
+                        Some(&addr),
+                        format!("the site's generated {message}"),
+                        Some("shorten or move `env` values (long ones belong in `secrets`)".into()),
+                    );
+                }
             }
             self.config
                 .resources

@@ -70,6 +70,20 @@ const WAIT: Backoff = Backoff {
 /// Where a `site`'s user data installs its deploy script.
 pub const DEPLOY_COMMAND: &str = "/opt/jaam/bin/deploy";
 
+/// The most user data EC2 takes, in bytes before base64 (moto takes more).
+pub const MAX_USER_DATA: usize = 16_384;
+
+/// User data within EC2's limit.
+pub fn check_user_data(value: &Value) -> std::result::Result<(), String> {
+    match value.as_str() {
+        Some(text) if text.len() > MAX_USER_DATA => Err(format!(
+            "user data is {} bytes; EC2 accepts at most {MAX_USER_DATA} (before base64)",
+            text.len()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The prefix of a revision to resolve to a branch head at plan time.
 pub use crate::spec::site::BRANCH_HEAD;
 
@@ -101,7 +115,9 @@ pub fn schema() -> Schema {
             },
             Attribute::optional("key_name", Type::String).force_new(),
             Attribute::optional("iam_instance_profile", Type::String).force_new(),
-            Attribute::optional("user_data", Type::String).force_new(),
+            Attribute::optional("user_data", Type::String)
+                .force_new()
+                .checked(check_user_data),
             Attribute {
                 mode: Mode::OptionalComputed,
                 ..Attribute::optional("root_volume_gb", Type::Int).force_new()

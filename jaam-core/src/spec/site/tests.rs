@@ -371,3 +371,31 @@ fn ordinary_site_values_should_still_be_accepted() {
     )
     .unwrap();
 }
+
+/// Issue 13 (in part): EC2 refuses user data over 16,384 bytes, moto does
+/// not — a site whose generated user data would be too big is a validate
+/// error at the site, as is a 17 KB `user_data` on a plain instance.
+#[test]
+fn user_data_over_ec2s_limit_should_be_a_validate_error() {
+    let env: String = (0..60)
+        .map(|n| format!("    VARIABLE_{n}: {}\n", "x".repeat(100)))
+        .collect();
+    let error = load(&format!(
+        "site.blog:\n  repo: acme/blog\n  domain: blog.example.com\n  zone: example.com\n  env:\n{env}"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("site.yaml:1:1"), "{error}");
+    assert!(error.contains("`site.blog`"), "{error}");
+    assert!(error.contains("EC2 accepts at most 16384"), "{error}");
+
+    let big = "echo x\n".repeat(17_000 / 7 + 1);
+    let indented: String = big.lines().map(|l| format!("    {l}\n")).collect();
+    let error = load(&format!(
+        "instance.web:\n  ami: ami-0123456789abcdef0\n  instance_type: t3.micro\n  user_data: |\n{indented}"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("site.yaml:5:"), "{error}");
+    assert!(error.contains("user data is 17003 bytes"), "{error}");
+}
