@@ -32,6 +32,8 @@ pub struct Repos {
     /// Repositories whose hooks the token may not administer: every hook
     /// endpoint answers 404, as GitHub does without `admin:repo_hook`.
     pub hook_admin_denied: std::collections::BTreeSet<String>,
+    /// Files by (repository, path), served by the contents API.
+    pub files: BTreeMap<(String, String), String>,
     /// Branch reads answered `304 Not Modified` (a matching `If-None-Match`).
     pub not_modified: usize,
     next_id: i64,
@@ -243,6 +245,29 @@ async fn branch(
         .into_response()
 }
 
+async fn contents(
+    State(repos): State<Shared>,
+    Path((owner, name, path)): Path<(String, String, String)>,
+) -> Response {
+    use base64::Engine as _;
+    let repos = repos.lock().expect("fake");
+    repos
+        .files
+        .get(&(format!("{owner}/{name}"), path.clone()))
+        .map_or_else(not_found, |text| {
+            // GitHub wraps base64 at 60 columns.
+            let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+            let wrapped: Vec<String> = encoded
+                .as_bytes()
+                .chunks(60)
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect();
+            Json(json!({"type": "file", "encoding": "base64", "path": path,
+                "content": wrapped.join("\n")}))
+            .into_response()
+        })
+}
+
 async fn gate(
     State(repos): State<Shared>,
     headers: HeaderMap,
@@ -311,6 +336,7 @@ impl GithubFake {
                 get(read).patch(update).delete(remove),
             )
             .route("/repos/{owner}/{name}/branches/{branch}", get(branch))
+            .route("/repos/{owner}/{name}/contents/{*path}", get(contents))
             .layer(middleware::from_fn_with_state(Arc::clone(&repos), gate))
             .with_state(Arc::clone(&repos));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -92,6 +92,8 @@ pub(crate) enum Command {
     Logs(LogsArgs),
     /// Switch a site back to its previous release, at once.
     Rollback(RollbackArgs),
+    /// Write a starter site spec for a repository (framework detected from its package.json).
+    Init(InitArgs),
     /// Print a shell completion script: `jaam completions bash > /etc/bash_completion.d/jaam`.
     Completions {
         /// The shell.
@@ -144,6 +146,26 @@ pub(crate) struct DaemonArgs {
     /// The file of seen delivery ids (default: the state file's path + `.deliveries`).
     #[arg(long)]
     pub(crate) deliveries: Option<PathBuf>,
+}
+
+/// `jaam init`.
+#[derive(Debug, Args)]
+pub(crate) struct InitArgs {
+    /// The repository (`owner/name`); without it the spec names a placeholder.
+    #[arg(long)]
+    pub(crate) repo: Option<String>,
+    /// The branch deployed.
+    #[arg(long, default_value = "main")]
+    pub(crate) branch: String,
+    /// The domain served (default `<name>.<zone>`).
+    #[arg(long)]
+    pub(crate) domain: Option<String>,
+    /// The Route53 hosted zone (default `example.com`: change it).
+    #[arg(long)]
+    pub(crate) zone: Option<String>,
+    /// The site's name (default: the repository's, lowercased).
+    #[arg(long)]
+    pub(crate) name: Option<String>,
 }
 
 /// `jaam logs`.

@@ -99,6 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs(args) => commands::sites::logs(global, args).await,
         Command::Rollback(args) => commands::sites::rollback(global, args).await,
         Command::Daemon(args) => daemon::run(global, args).await,
+        Command::Init(args) => commands::init::run(global, args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             clap_complete::generate(*shell, &mut Cli::command(), "jaam", &mut std::io::stdout());

@@ -40,3 +40,46 @@ fn completions_should_complete_subcommands_in_bash() {
         assert!(run.stdout.contains("jaam"), "{shell}: {}", run.stdout);
     }
 }
+
+/// Issue 16, item 5: `jaam init --repo` writes a starter site spec with the
+/// framework detected from the repository's package.json; it validates, and a
+/// second init never overwrites it.
+#[tokio::test(flavor = "multi_thread")]
+async fn init_should_write_a_valid_spec_with_the_detected_framework() {
+    let github = jaam_tests::github::GithubFake::start().await;
+    github.repos.lock().unwrap().files.insert(
+        ("acme/shop".into(), "package.json".into()),
+        r#"{"name":"shop","dependencies":{"next":"15.0.0","react":"19.0.0"}}"#.into(),
+    );
+    let ws = Workspace::new(&unique("init"));
+    std::fs::remove_dir_all(ws.specs()).unwrap();
+    let init = |args: &[&str]| {
+        jaam_tests::Run::from(
+            ws.command(args)
+                .env("GITHUB_API_URL", &github.url)
+                .env("GITHUB_TOKEN", "ghp_test")
+                .output()
+                .unwrap(),
+        )
+    };
+    let run = init(&["init", "--repo", "acme/shop", "--zone", "example.test"]);
+    run.expect_code(0);
+    assert!(run.stdout.contains("framework nextjs"), "{}", run.stdout);
+    let spec = std::fs::read_to_string(ws.specs().join("shop.yaml")).unwrap();
+    assert!(spec.contains("site.shop:"), "{spec}");
+    assert!(spec.contains("framework: nextjs"), "{spec}");
+    assert!(spec.contains("domain: shop.example.test"), "{spec}");
+    ws.jaam(&["validate"]).expect_code(0);
+    // Never overwritten.
+    let again = init(&["init", "--repo", "acme/shop"]);
+    again.expect_code(1);
+    assert!(
+        again.stderr.contains("never overwritten"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.specs().join("shop.yaml")).unwrap(),
+        spec
+    );
+}

@@ -236,6 +236,35 @@ impl Api {
         Ok(sha)
     }
 
+    /// The text of `path` in `repo`'s default branch (the contents API),
+    /// `None` when the file does not exist.
+    ///
+    /// # Errors
+    /// A failed call, or an answer without base64 content.
+    pub async fn file(&self, repo: &str, path: &str) -> Result<Option<String>> {
+        let answer = match self
+            .expect(Method::GET, &format!("/repos/{repo}/contents/{path}"), None)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(error) if error.kind == ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let json = answer.json("file")?;
+        let encoded: String = json
+            .get("content")
+            .and_then(Json::as_str)
+            .ok_or_else(|| ProviderError::new(ErrorKind::Other, "file: no content"))?
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| ProviderError::new(ErrorKind::Other, format!("file: {e}")))?;
+        Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
     /// [`Api::branch_head`] as the instance provider's revision resolver.
     pub fn head_resolver(&self) -> super::aws::ec2::HeadResolver {
         let api = self.clone();

@@ -4,6 +4,7 @@ pub(crate) mod apply;
 pub(crate) mod gc;
 pub(crate) mod graph;
 pub(crate) mod import;
+pub(crate) mod init;
 pub(crate) mod output;
 pub(crate) mod plan;
 pub(crate) mod show;
