@@ -136,7 +136,7 @@ fn report_spec(error: &jaam_core::spec::Error) {
                 );
             }
         }
-        _ => eprintln!("error: {error}"),
+        jaam_core::spec::Error::Invalid(_) => eprintln!("error: {error}"),
     }
 }
 
