@@ -40,6 +40,7 @@ pub mod apply;
 pub mod backoff;
 pub mod files;
 pub mod graph;
+pub mod history;
 pub mod plan;
 pub mod provider;
 pub mod providers;
@@ -214,6 +215,14 @@ impl Engine {
         Ok(self.store.load().await?)
     }
 
+    /// The deploy history (oldest first; see [`history`]).
+    ///
+    /// # Errors
+    /// [`Error::State`] when it cannot be read.
+    pub async fn deployments(&self) -> Result<Vec<history::Deployment>> {
+        Ok(self.store.deployments().await?)
+    }
+
     /// Plans without taking the lock (a plan writes nothing).
     ///
     /// # Errors
@@ -386,6 +395,14 @@ impl Session<'_> {
         .await?;
         self.state = Some(report.state.clone());
         Ok(report)
+    }
+
+    /// Adds deploys and rollbacks to the stack's deploy history.
+    ///
+    /// # Errors
+    /// [`Error::State`] when the history cannot be written.
+    pub async fn record_deployments(&self, deployments: &[history::Deployment]) -> Result<()> {
+        Ok(self.engine.store.record_deployments(deployments).await?)
     }
 
     /// Reads `id` through `addr`'s provider and records it in state as `addr`.

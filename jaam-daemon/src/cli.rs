@@ -92,6 +92,8 @@ pub(crate) enum Command {
     Logs(LogsArgs),
     /// Switch a site back to its previous release, at once.
     Rollback(RollbackArgs),
+    /// A site's deploy history: what was deployed when, why, and did it work.
+    Deployments(DeploymentsArgs),
     /// Write a starter site spec for a repository (framework detected from its package.json).
     Init(InitArgs),
     /// Print a shell completion script: `jaam completions bash > /etc/bash_completion.d/jaam`.
@@ -146,6 +148,16 @@ pub(crate) struct DaemonArgs {
     /// The file of seen delivery ids (default: the state file's path + `.deliveries`).
     #[arg(long)]
     pub(crate) deliveries: Option<PathBuf>,
+}
+
+/// `jaam deployments`.
+#[derive(Debug, Args)]
+pub(crate) struct DeploymentsArgs {
+    /// `site.NAME`.
+    pub(crate) site: ResourceAddr,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// `jaam init`.

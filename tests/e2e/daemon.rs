@@ -211,6 +211,14 @@ async fn deliveries_should_be_verified_deduplicated_and_deploy_the_site() {
     daemon.wait_until("the pushed revision", Duration::from_secs(60), |d| {
         revision(d) == b
     });
+    // The deploy history says a push did it (issue 16, item 1).
+    let history = cli(&ws, &github, &moto, &["deployments", "site.blog", "--json"]);
+    history.expect_code(0);
+    let rows: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
+    assert_eq!(rows[0]["revision"], b.as_str(), "{rows}");
+    assert_eq!(rows[0]["trigger"], "push", "{rows}");
+    assert_eq!(rows[0]["previous"], a.as_str(), "{rows}");
+    assert_eq!(rows[1]["trigger"], "resync", "the first deploy: {rows}");
     // The same delivery again is processed once; so is the same body under
     // a new delivery id (the id header is not signed).
     let (status, body) = daemon.deliver(push);

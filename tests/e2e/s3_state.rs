@@ -569,3 +569,50 @@ async fn a_missing_bucket_should_be_one_sentence_and_first_journals_removed() {
     .expect_code(0);
     assert_eq!(journal_objects(&bucket, "jaam.state.json").await, 0);
 }
+
+/// Issue 16, item 1: the deploy history beside an S3 state: two writers'
+/// records both kept, newest per site bounded.
+#[tokio::test]
+async fn deploy_history_should_be_kept_beside_s3_state() {
+    use jaam_core::history::{Deployment, KEEP};
+    let config = aws_config().await;
+    let bucket = bucket(&unique("history")).await;
+    let one = S3Store::new(&config, &bucket, "stack.json", Duration::from_secs(30));
+    let two = S3Store::new(&config, &bucket, "stack.json", Duration::from_secs(30));
+    let row = |n: usize, trigger: &str| Deployment {
+        site: "blog".into(),
+        stack: "s".into(),
+        revision: format!("{n:040}"),
+        previous: None,
+        trigger: trigger.into(),
+        started: chrono::Utc::now(),
+        duration_ms: 5,
+        result: "succeeded".into(),
+        error: None,
+    };
+    assert!(one.deployments().await.unwrap().is_empty());
+    one.record_deployments(&[row(1, "push")]).await.unwrap();
+    two.record_deployments(&[row(2, "rollback")]).await.unwrap();
+    let kept: Vec<(String, String)> = one
+        .deployments()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.revision, d.trigger))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            (format!("{:040}", 1), "push".to_owned()),
+            (format!("{:040}", 2), "rollback".to_owned())
+        ]
+    );
+    let many: Vec<Deployment> = (0..KEEP + 3).map(|n| row(100 + n, "cli")).collect();
+    two.record_deployments(&many).await.unwrap();
+    let kept = one.deployments().await.unwrap();
+    assert_eq!(kept.len(), KEEP);
+    assert_eq!(
+        kept.last().unwrap().revision,
+        format!("{:040}", 100 + KEEP + 2)
+    );
+}

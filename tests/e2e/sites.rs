@@ -913,6 +913,42 @@ async fn a_failed_deploy_should_fail_the_apply_with_the_build_log_and_keep_the_r
         run.squashed()
             .contains(&format!("~ revision = \"{good}\" -> \"{bad}\""))
     );
+
+    // Issue 16, item 1: the deploy history holds the deploy, the failed build
+    // (with its last lines) and a rollback, newest first.
+    env.jaam(&["rollback", "site.blog"]).expect_code(0);
+    let run = env.jaam(&["deployments", "site.blog", "--json"]);
+    run.expect_code(0);
+    let rows: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows[0]["trigger"], "rollback");
+    assert_eq!(rows[0]["result"], "succeeded");
+    assert_eq!(rows[0]["previous"], good.as_str());
+    assert_eq!(rows[1]["trigger"], "cli");
+    assert_eq!(rows[1]["result"], "failed");
+    assert_eq!(rows[1]["revision"], bad.as_str());
+    assert_eq!(rows[1]["previous"], good.as_str());
+    assert!(
+        rows[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("error TS2304: Cannot find name 'oops'."),
+        "{rows:?}"
+    );
+    assert_eq!(rows[2]["result"], "succeeded");
+    assert_eq!(rows[2]["revision"], good.as_str());
+    assert!(
+        rows[2].get("previous").is_none(),
+        "the first deploy: {rows:?}"
+    );
+    let table = env.jaam(&["deployments", "site.blog"]);
+    table.expect_code(0);
+    assert!(table.stdout.starts_with("STARTED"), "{}", table.stdout);
+    assert_eq!(
+        table.stdout.lines().filter(|l| l.contains("cli")).count(),
+        2
+    );
     env.jaam(&["destroy", "--auto-approve"]).expect_code(0);
 }
 

@@ -399,6 +399,29 @@ impl StateStore for LocalStore {
     async fn backup(&self) -> Result<Option<State>> {
         Self::read_snapshot(&self.backup_path())
     }
+
+    async fn deployments(&self) -> Result<Vec<crate::history::Deployment>> {
+        let path = self.sibling(".history.json");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|source| Error::Corrupt {
+                origin: path.display().to_string(),
+                source,
+            }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(error) => Err(Self::io("read", &path)(error)),
+        }
+    }
+
+    async fn record_deployments(&self, new: &[crate::history::Deployment]) -> Result<()> {
+        if new.is_empty() {
+            return Ok(());
+        }
+        let mut kept = self.deployments().await?;
+        crate::history::merge(&mut kept, new);
+        let path = self.sibling(".history.json");
+        let text = serde_json::to_vec_pretty(&kept).expect("history serializes");
+        crate::files::write_atomically(&path, &text, true).map_err(Self::io("write", &path))
+    }
 }
 
 #[cfg(test)]

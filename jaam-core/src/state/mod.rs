@@ -549,4 +549,16 @@ pub trait StateStore: Send + Sync {
 
     /// The previous snapshot, kept by the last `persist`.
     async fn backup(&self) -> Result<Option<State>>;
+
+    /// Deploy history, oldest first (see [`crate::history`]). Stores that
+    /// keep none answer empty.
+    async fn deployments(&self) -> Result<Vec<crate::history::Deployment>> {
+        Ok(Vec::new())
+    }
+
+    /// Adds to the deploy history (the newest [`crate::history::KEEP`] per
+    /// site are kept). Callers hold the stack's lock.
+    async fn record_deployments(&self, _new: &[crate::history::Deployment]) -> Result<()> {
+        Ok(())
+    }
 }

@@ -183,6 +183,22 @@ impl S3Store {
         format!("{}.backup", self.key)
     }
 
+    fn history_key(&self) -> String {
+        format!("{}.history", self.key)
+    }
+
+    /// The deploy history object and its ETag.
+    async fn read_history(&self) -> Result<Option<(Vec<crate::history::Deployment>, String)>> {
+        let Some((body, etag)) = self.get(&self.history_key()).await? else {
+            return Ok(None);
+        };
+        let kept = serde_json::from_slice(&body).map_err(|source| Error::Corrupt {
+            origin: self.url(&self.history_key()),
+            source,
+        })?;
+        Ok(Some((kept, etag)))
+    }
+
     fn lease_key(&self) -> String {
         format!("{}.lease", self.key)
     }
@@ -703,6 +719,38 @@ impl StateStore for S3Store {
             info: holder,
             heartbeat,
         }))
+    }
+
+    async fn deployments(&self) -> Result<Vec<crate::history::Deployment>> {
+        Ok(self
+            .read_history()
+            .await?
+            .map(|(kept, _)| kept)
+            .unwrap_or_default())
+    }
+
+    async fn record_deployments(&self, new: &[crate::history::Deployment]) -> Result<()> {
+        if new.is_empty() {
+            return Ok(());
+        }
+        // Read, merge, write conditionally on what was read (a concurrent
+        // writer makes the write fail: read again).
+        for _ in 0..5 {
+            let (mut kept, etag) = self.read_history().await?.unwrap_or_default();
+            crate::history::merge(&mut kept, new);
+            let body = serde_json::to_vec(&kept).expect("history serializes");
+            let condition = (!etag.is_empty()).then_some(etag.as_str());
+            if self
+                .put(&self.history_key(), body, condition)
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+        }
+        Err(io("write", self.url(&self.history_key()))(
+            "the deploy history kept changing underneath".to_owned(),
+        ))
     }
 
     async fn backup(&self) -> Result<Option<State>> {

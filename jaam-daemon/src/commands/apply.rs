@@ -130,10 +130,16 @@ async fn apply_locked(
     let options = apply::Options {
         parallelism: usize::from(request.run.parallelism),
     };
+    let (started, took) = (chrono::Utc::now(), std::time::Instant::now());
     let report = session.apply(&plan, &options, Some(sender), cancel).await;
     interrupt.abort();
     let _ = viewer.await;
     let report = report?;
+    let deployments =
+        jaam_core::history::from_apply(&plan, &report, "cli", started, took.elapsed());
+    if let Err(error) = session.record_deployments(&deployments).await {
+        eprintln!("warning: the deploy history was not written: {error}");
+    }
     summarize(&plan, &report, request.run.json)
 }
 

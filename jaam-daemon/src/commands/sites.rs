@@ -60,10 +60,106 @@ pub(crate) async fn rollback(global: &Global, args: &RollbackArgs) -> anyhow::Re
     let state = state(global).await?;
     let config = jaam_core::providers::aws::load_config().await;
     eprintln!("{}: rolling back to the previous release...", args.site);
-    let output = sites::rollback(&config, &state, &args.site).await?;
+    let (started, took) = (chrono::Utc::now(), std::time::Instant::now());
+    let outcome = sites::rollback(&config, &state, &args.site).await;
+    // The history records the rollback whatever happened, under the lock.
+    let instance: jaam_core::ResourceAddr = format!("{}.instance", args.site)
+        .parse()
+        .map_err(|_| anyhow!("`{}` is not a site", args.site))?;
+    let previous = state
+        .resources
+        .get(&instance)
+        .and_then(|r| r.attributes.get("revision"))
+        .and_then(jaam_core::Value::as_str)
+        .map(str::to_owned);
+    let output = outcome.as_ref().map(String::as_str).unwrap_or_default();
+    let deployment = jaam_core::history::Deployment {
+        site: jaam_core::history::site_of(&instance),
+        stack: state.stack.clone(),
+        // The deploy script ends with "serving <sha>".
+        revision: output
+            .lines()
+            .rev()
+            .find_map(|line| line.split("serving ").nth(1))
+            .map_or_else(
+                || "(the previous release)".to_owned(),
+                |sha| sha.trim().to_owned(),
+            ),
+        previous,
+        trigger: "rollback".to_owned(),
+        started,
+        duration_ms: u64::try_from(took.elapsed().as_millis()).unwrap_or(u64::MAX),
+        result: if outcome.is_ok() {
+            "succeeded"
+        } else {
+            "failed"
+        }
+        .to_owned(),
+        error: outcome.as_ref().err().map(ToString::to_string),
+    };
+    let store = super::store(global).await?;
+    let lock = store
+        .lock(
+            jaam_core::state::lock::LockInfo::current("jaam rollback"),
+            global.lock_timeout,
+        )
+        .await?;
+    let recorded = store.record_deployments(&[deployment]).await;
+    lock.release().await?;
+    if let Err(error) = recorded {
+        eprintln!("warning: the deploy history was not written: {error}");
+    }
+    let output = outcome?;
     if !output.trim().is_empty() {
         println!("{}", output.trim_end());
     }
     eprintln!("{}: rollback complete", args.site);
+    super::success()
+}
+
+/// `jaam deployments site.NAME`: the site's deploy history, newest first.
+pub(crate) async fn deployments(
+    global: &Global,
+    args: &crate::cli::DeploymentsArgs,
+) -> anyhow::Result<ExitCode> {
+    let site = if args.site.kind() == "site" {
+        args.site.name().to_owned()
+    } else {
+        args.site.to_string()
+    };
+    let all = super::store(global).await?.deployments().await?;
+    let rows: Vec<_> = all.iter().rev().filter(|d| d.site == site).collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return super::success();
+    }
+    if rows.is_empty() {
+        println!("No deployments of `{}` recorded.", args.site);
+        return super::success();
+    }
+    let short = |sha: &str| sha.chars().take(12).collect::<String>();
+    println!(
+        "{:<20}  {:<12}  {:<12}  {:<22}  {:>8}  RESULT",
+        "STARTED", "REVISION", "PREVIOUS", "TRIGGER", "TOOK"
+    );
+    for row in rows {
+        println!(
+            "{:<20}  {:<12}  {:<12}  {:<22}  {:>7.1}s  {}",
+            row.started.format("%Y-%m-%d %H:%M:%S"),
+            short(&row.revision),
+            row.previous
+                .as_deref()
+                .map(short)
+                .unwrap_or_else(|| "-".into()),
+            row.trigger,
+            row.duration_ms as f64 / 1000.0,
+            row.result
+        );
+        if let Some(error) = &row.error {
+            for line in error.lines() {
+                println!("    {line}");
+            }
+        }
+    }
     super::success()
 }

@@ -436,12 +436,23 @@ impl Daemon {
                 self.status.lock().expect("status").drift = changed;
                 return Ok("drift_reported");
             }
-            let took = std::time::Instant::now();
+            let (started, took) = (Utc::now(), std::time::Instant::now());
             let report = session
                 .apply(&plan, &Default::default(), None, cancel.clone())
                 .await
                 .map_err(|e| e.to_string())?;
             self.metrics.apply(took.elapsed());
+            let trigger: Vec<&str> = request.reasons.iter().copied().collect();
+            let deployments = jaam_core::history::from_apply(
+                &plan,
+                &report,
+                &trigger.join(", "),
+                started,
+                took.elapsed(),
+            );
+            if let Err(error) = session.record_deployments(&deployments).await {
+                tracing::warn!(%error, "the deploy history was not written");
+            }
             self.record_revisions(&report.state);
             self.status.lock().expect("status").drift.clear();
             if report.succeeded() {
