@@ -235,6 +235,10 @@ pub struct Rewrite {
     pub from: crate::value::Value,
     /// The value to plan with.
     pub to: crate::value::Value,
+    /// An existing resource keeps the value it has (a moving target such as
+    /// the latest AMI must not replace what runs); the plan notes the newer
+    /// value, and `--replace ADDR` takes it.
+    pub keep: bool,
 }
 
 /// The kinds jaam knows, each with its provider.

@@ -227,6 +227,10 @@ pub(crate) struct Selection {
     /// Refresh through the cloud first (`--refresh=false` trusts the state).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub(crate) refresh: bool,
+    /// Replace this resource although nothing forces it, taking values it
+    /// otherwise keeps such as a newer AMI (repeatable).
+    #[arg(long = "replace", value_name = "ADDR")]
+    pub(crate) replace: Vec<ResourceAddr>,
 }
 
 /// `jaam plan`.

@@ -416,3 +416,75 @@ async fn instance_type_should_change_in_place_by_stop_modify_start() {
     );
     ws.jaam(&["plan", "--detailed-exitcode"]).expect_code(0);
 }
+
+/// Issue 13 (in part): an instance keeps the image it was created from. A
+/// newer image behind its AMI parameter is a note in the plan, never a
+/// replacement; `--replace ADDR` takes it on request.
+#[tokio::test]
+async fn a_newer_image_should_be_a_note_not_a_replacement_until_asked() {
+    moto_endpoint();
+    let _moto = jaam_tests::MOTO.read().await;
+    let ws = Workspace::new(&unique("ami"));
+    let parameter = format!("/jaam-test/{}/ami", ws.stack);
+    let ssm = aws_sdk_ssm::Client::new(&jaam_tests::aws_config().await);
+    let publish = |ami: &'static str| {
+        let ssm = ssm.clone();
+        let parameter = parameter.clone();
+        async move {
+            ssm.put_parameter()
+                .name(&parameter)
+                .value(ami)
+                .r#type(aws_sdk_ssm::types::ParameterType::String)
+                .overwrite(true)
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    publish("ami-0aaaaaaaaaaaaaaaa").await;
+    ws.write_specs(&format!(
+        "instance.web:\n  ami: {parameter}\n  instance_type: t3.micro\n"
+    ));
+    ws.jaam(&["apply", "--auto-approve"]).expect_code(0);
+    let first = stack_instances(&ws.stack).await;
+    assert_eq!(first.len(), 1);
+
+    // AWS publishes a newer image: a note, no change (also for a daemon's heal).
+    publish("ami-0bbbbbbbbbbbbbbbb").await;
+    let run = ws.jaam(&["plan", "--detailed-exitcode"]);
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains(
+            "Note: `instance.web` keeps ami = \"ami-0aaaaaaaaaaaaaaaa\"; newer: \"ami-0bbbbbbbbbbbbbbbb\""
+        ),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("jaam apply --replace instance.web"),
+        "{}",
+        run.stdout
+    );
+    ws.jaam(&["apply", "--auto-approve"]).expect_code(0);
+    assert_eq!(stack_instances(&ws.stack).await, first, "the same instance");
+
+    // Asked for: replaced, on the newer image.
+    let run = ws.jaam(&["plan", "--replace", "instance.web", "--detailed-exitcode"]);
+    run.expect_code(2);
+    let text = run.squashed();
+    assert!(
+        text.contains("replacement requested with --replace"),
+        "{text}"
+    );
+    assert!(
+        text.contains("~ ami = \"ami-0aaaaaaaaaaaaaaaa\" -> \"ami-0bbbbbbbbbbbbbbbb\""),
+        "{text}"
+    );
+    ws.jaam(&["apply", "--auto-approve", "--replace", "instance.web"])
+        .expect_code(0);
+    let second = stack_instances(&ws.stack).await;
+    assert_eq!(second.len(), 1);
+    assert_ne!(second[0].0, first[0].0, "a new instance");
+    ws.jaam(&["plan", "--detailed-exitcode"]).expect_code(0);
+    ws.jaam(&["destroy", "--auto-approve"]).expect_code(0);
+}

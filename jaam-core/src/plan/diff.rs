@@ -36,6 +36,10 @@ pub struct Options {
     pub targets: Vec<ResourceAddr>,
     /// Plan the destruction of everything recorded.
     pub destroy: bool,
+    /// Replace these resources although nothing forces it (`--replace`,
+    /// Terraform's `-replace`); they also take values others keep (a newer
+    /// AMI).
+    pub replace: Vec<ResourceAddr>,
 }
 
 impl Default for Options {
@@ -44,6 +48,7 @@ impl Default for Options {
             refresh: true,
             targets: Vec::new(),
             destroy: false,
+            replace: Vec::new(),
         }
     }
 }
@@ -76,7 +81,7 @@ pub async fn compute(
         config.resources().iter().collect()
     };
 
-    for target in &options.targets {
+    for target in options.targets.iter().chain(&options.replace) {
         if !config.resources().contains_key(target) && !recorded.resources.contains_key(target) {
             return Err(Error::UnknownTarget {
                 addr: target.clone(),
@@ -241,6 +246,7 @@ pub async fn compute(
 
     // 2. Drift, and what each address currently is.
     let mut drift = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
     let mut current: BTreeMap<&ResourceAddr, Current<'_>> = BTreeMap::new();
     for (addr, resource) in &recorded.resources {
         match observed.get(addr) {
@@ -399,14 +405,32 @@ pub async fn compute(
             Some(after.get(attribute).cloned().unwrap_or(Value::Null))
         };
         let mut after = evaluate_args(resource, schema, &lookup, &|name| env(name));
+        let existing = current.get(&addr).copied();
+        let replacing = options.replace.contains(&addr);
         for rule in rewrites.get(addr.kind()).into_iter().flatten() {
             if let Some(value) = after.get_mut(&rule.attribute)
                 && *value == rule.from
             {
-                *value = rule.to.clone();
+                let kept = existing
+                    .filter(|_| rule.keep && !replacing)
+                    .and_then(|existing| existing.attributes.get(&rule.attribute))
+                    .filter(|kept| !kept.is_null());
+                match kept {
+                    Some(kept) if *kept != rule.to => {
+                        notes.push(format!(
+                            "`{addr}` keeps {} = {}; newer: {} (from {}) — replace with \
+                             `jaam apply --replace {addr}`",
+                            rule.attribute,
+                            kept.render(),
+                            rule.to.render(),
+                            rule.from.render(),
+                        ));
+                        *value = kept.clone();
+                    }
+                    _ => *value = rule.to.clone(),
+                }
             }
         }
-        let existing = current.get(&addr).copied();
         // A provider may ask for an update although the arguments match (renewal).
         let due = existing
             .and(observed.get(&addr))
@@ -414,6 +438,17 @@ pub async fn compute(
         let action = match existing {
             None => Action::Create,
             Some(existing) => match diff_arguments(schema, &salt, existing.attributes, &after) {
+                Action::NoOp | Action::Update { .. } if replacing => {
+                    let changed = changed_attributes(existing.attributes, &after)
+                        .into_iter()
+                        .filter(|name| schema.attribute(name).is_some_and(|a| a.is_argument()))
+                        .collect();
+                    Action::Replace {
+                        order: schema.replace_order,
+                        changed,
+                        forcing: Vec::new(),
+                    }
+                }
                 Action::NoOp if due.is_some() => Action::Update {
                     changed: Vec::new(),
                 },
@@ -455,6 +490,8 @@ pub async fn compute(
             Some("deleted outside jaam".to_owned())
         } else if matches!(action, Action::Update { .. }) {
             due
+        } else if replacing && matches!(action, Action::Replace { .. }) {
+            Some("replacement requested with --replace".to_owned())
         } else {
             None
         };
@@ -564,6 +601,7 @@ pub async fn compute(
         drift,
         changes: changes.into_values().collect(),
         resolved_intents,
+        notes,
     })
 }
 

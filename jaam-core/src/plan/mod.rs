@@ -133,6 +133,9 @@ pub struct Plan {
     /// Interrupted intents this plan resolved (adopted or found absent).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resolved_intents: Vec<Uuid>,
+    /// Things worth knowing that change nothing (a newer image available).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Counts of a plan's changes, Terraform-style (a replacement adds and destroys).

@@ -289,6 +289,9 @@ pub fn text(plan: &Plan, options: TextOptions) -> String {
             out.push('\n');
         }
     }
+    for note in &plan.notes {
+        let _ = writeln!(out, "Note: {note}\n");
+    }
     if !plan.has_changes() {
         let _ = writeln!(
             out,
@@ -333,7 +336,7 @@ fn redact(change: &ResourceChange) -> serde_json::Value {
 
 /// Renders `plan` as the documented JSON document (sensitive values redacted).
 pub fn json(plan: &Plan) -> serde_json::Value {
-    serde_json::json!({
+    let mut out = serde_json::json!({
         "format_version": plan.format_version,
         "stack": plan.stack,
         "prior": plan.prior,
@@ -342,7 +345,11 @@ pub fn json(plan: &Plan) -> serde_json::Value {
         "drift": plan.drift.iter().map(redact).collect::<Vec<_>>(),
         "changes": plan.changes.iter().map(redact).collect::<Vec<_>>(),
         "deposed": plan.deposed.iter().map(redact).collect::<Vec<_>>(),
-    })
+    });
+    if !plan.notes.is_empty() {
+        out["notes"] = serde_json::json!(plan.notes);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -394,6 +401,7 @@ mod tests {
             ],
             deposed: Vec::new(),
             resolved_intents: Vec::new(),
+            notes: Vec::new(),
         };
         insta::assert_snapshot!("plan_heredocs", text(&plan, TextOptions::default()));
         insta::assert_snapshot!(

@@ -83,6 +83,7 @@ async fn apply_locked(
                 refresh: request.selection.refresh,
                 targets: request.selection.targets.clone(),
                 destroy: request.destroy,
+                replace: request.selection.replace.clone(),
             };
             let plan = session.plan(&config, &options).await?;
             if !request.run.json {

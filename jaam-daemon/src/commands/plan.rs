@@ -15,6 +15,7 @@ pub(crate) async fn run(global: &Global, args: &PlanArgs) -> anyhow::Result<Exit
         refresh: args.selection.refresh,
         targets: args.selection.targets.clone(),
         destroy: args.destroy,
+        replace: args.selection.replace.clone(),
     };
     let plan = engine.plan(&config, &options).await?;
     super::print_plan(global, &plan, args.json)?;

@@ -403,6 +403,7 @@ impl Daemon {
                     })
                     .collect(),
                 destroy: false,
+                replace: Vec::new(),
             }
         } else {
             jaam_core::plan::Options::default()

@@ -431,6 +431,7 @@ impl Instances {
                 attribute: "revision".into(),
                 from: Value::String(revision.clone()),
                 to: Value::String(sha),
+                keep: false,
             });
         }
         Ok(rewrites)
@@ -485,10 +486,13 @@ impl Provider for Instances {
             return Ok(rewrites);
         }
         let resolved = self.resolve_amis(paths).await?;
+        // An instance keeps the image it was created from: a newer image
+        // behind the parameter is a note in the plan, never a replacement.
         rewrites.extend(resolved.into_iter().map(|(path, ami)| Rewrite {
             attribute: "ami".into(),
             from: Value::String(path),
             to: Value::String(ami),
+            keep: true,
         }));
         Ok(rewrites)
     }

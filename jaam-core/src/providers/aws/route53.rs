@@ -502,6 +502,7 @@ impl Provider for Records {
                 attribute: "zone".into(),
                 from: Value::String(written),
                 to: Value::String(name),
+                keep: false,
             });
         }
         Ok(out)
