@@ -349,6 +349,17 @@ impl GithubFake {
         Self { url, repos, task }
     }
 
+    /// Runs `jaam ARGS` in `ws` against this fake (with a token).
+    pub fn jaam(&self, ws: &crate::Workspace, args: &[&str]) -> crate::Run {
+        crate::Run::from(
+            ws.command(args)
+                .env("GITHUB_API_URL", &self.url)
+                .env("GITHUB_TOKEN", "ghp_test")
+                .output()
+                .expect("run jaam"),
+        )
+    }
+
     /// The hooks of `repo` as stored (secrets in clear).
     pub fn hooks(&self, repo: &str) -> Vec<Value> {
         self.repos

@@ -53,15 +53,7 @@ async fn init_should_write_a_valid_spec_with_the_detected_framework() {
     );
     let ws = Workspace::new(&unique("init"));
     std::fs::remove_dir_all(ws.specs()).unwrap();
-    let init = |args: &[&str]| {
-        jaam_tests::Run::from(
-            ws.command(args)
-                .env("GITHUB_API_URL", &github.url)
-                .env("GITHUB_TOKEN", "ghp_test")
-                .output()
-                .unwrap(),
-        )
-    };
+    let init = |args: &[&str]| github.jaam(&ws, args);
     let run = init(&["init", "--repo", "acme/shop", "--zone", "example.test"]);
     run.expect_code(0);
     assert!(run.stdout.contains("framework nextjs"), "{}", run.stdout);

@@ -442,21 +442,6 @@ async fn the_read_side_should_want_a_token_beyond_loopback_and_share_log_pollers
     assert_eq!(daemon.terminate(), Some(0));
 }
 
-/// `jaam ARGS` against the GitHub fake.
-fn with_github(
-    ws: &Workspace,
-    github: &jaam_tests::github::GithubFake,
-    args: &[&str],
-) -> jaam_tests::Run {
-    jaam_tests::Run::from(
-        ws.command(args)
-            .env("GITHUB_API_URL", &github.url)
-            .env("GITHUB_TOKEN", "ghp_test")
-            .output()
-            .unwrap(),
-    )
-}
-
 fn hook_spec(repo: &str, url: &str) -> String {
     format!("webhook.deploys:\n  repo: {repo}\n  url: {url}\n")
 }
@@ -498,14 +483,18 @@ async fn generated_webhook_secrets_should_survive_replacement_and_adoption() {
     let url = format!("https://jaam.{}.test/hooks/github", ws.stack);
 
     ws.write_specs(&hook_spec(&a, &url));
-    with_github(&ws, &github, &["apply", "--auto-approve"]).expect_code(0);
+    github
+        .jaam(&ws, &["apply", "--auto-approve"])
+        .expect_code(0);
     let first = recorded_parameter(&ws);
     assert!(parameter_value(&first).await.is_some());
 
     // A new repository replaces the hook (create, then delete the old one):
     // the new hook keeps a secret of its own.
     ws.write_specs(&hook_spec(&b, &url));
-    with_github(&ws, &github, &["apply", "--auto-approve"]).expect_code(0);
+    github
+        .jaam(&ws, &["apply", "--auto-approve"])
+        .expect_code(0);
     let second = recorded_parameter(&ws);
     assert_ne!(second, first, "two hooks never share a parameter");
     assert!(
@@ -520,7 +509,7 @@ async fn generated_webhook_secrets_should_survive_replacement_and_adoption() {
     // Forget the hook from state: the next apply adopts it by its URL and
     // sets its secret again (GitHub never shows it), into a new parameter.
     std::fs::remove_file(ws.state()).unwrap();
-    let run = with_github(&ws, &github, &["apply", "--auto-approve"]);
+    let run = github.jaam(&ws, &["apply", "--auto-approve"]);
     run.expect_code(0);
     assert!(run.stdout.contains("secret is set again"), "{}", run.stdout);
     assert_eq!(github.hooks(&b).len(), 1, "adopted, not created twice");
@@ -530,7 +519,9 @@ async fn generated_webhook_secrets_should_survive_replacement_and_adoption() {
         github.hooks(&b)[0]["config"]["secret"],
         parameter_value(&adopted).await.unwrap()
     );
-    with_github(&ws, &github, &["plan", "--detailed-exitcode"]).expect_code(0);
+    github
+        .jaam(&ws, &["plan", "--detailed-exitcode"])
+        .expect_code(0);
 
     // The token loses hook rights: the recorded hook is kept, not planned
     // again; a new hook fails naming the permission; the rest proceeds.
@@ -540,7 +531,9 @@ async fn generated_webhook_secrets_should_survive_replacement_and_adoption() {
         .unwrap()
         .hook_admin_denied
         .insert(b.clone());
-    with_github(&ws, &github, &["plan", "--detailed-exitcode"]).expect_code(0);
+    github
+        .jaam(&ws, &["plan", "--detailed-exitcode"])
+        .expect_code(0);
     let c = format!("acme/{}-c", ws.stack);
     github
         .repos
@@ -553,7 +546,7 @@ async fn generated_webhook_secrets_should_survive_replacement_and_adoption() {
         hook_spec(&b, &url),
         ws.stack
     ));
-    let run = with_github(&ws, &github, &["apply", "--auto-approve"]);
+    let run = github.jaam(&ws, &["apply", "--auto-approve"]);
     run.expect_code(1);
     assert!(run.stderr.contains("admin:repo_hook"), "{}", run.stderr);
     assert!(run.stderr.contains("webhook.other"), "{}", run.stderr);
@@ -566,7 +559,9 @@ async fn generated_webhook_secrets_should_survive_replacement_and_adoption() {
     // Clean up with the rights back.
     github.repos.lock().unwrap().hook_admin_denied.clear();
     ws.write_specs(&hook_spec(&b, &url));
-    with_github(&ws, &github, &["destroy", "--auto-approve"]).expect_code(0);
+    github
+        .jaam(&ws, &["destroy", "--auto-approve"])
+        .expect_code(0);
     assert!(parameter_value(&adopted).await.is_none());
 }
 
