@@ -651,3 +651,87 @@ async fn sigterm_during_a_reconcile_should_finish_it_and_exit_0() {
     ws.jaam(&["plan", "--detailed-exitcode"]).expect_code(0);
     ws.jaam(&["destroy", "--auto-approve"]).expect_code(0);
 }
+
+/// Issue 14, item 3 (in part): a failed push is retried as what it was — a
+/// deploy of the pushed site planned from state — never as a full refresh.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_push_should_be_retried_as_a_deploy() {
+    let moto = moto_endpoint();
+    let _moto = jaam_tests::MOTO.read().await;
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let describes = Arc::new(AtomicUsize::new(0));
+    let answer: jaam_tests::Answer = {
+        let (failing, describes) = (Arc::clone(&failing), Arc::clone(&describes));
+        Arc::new(move |head: &str, body: &str| {
+            if body.contains("Action=DescribeInstances") {
+                describes.fetch_add(1, Ordering::SeqCst);
+            }
+            if !(failing.load(Ordering::SeqCst)
+                && head.contains("x-amz-target: amazonssm.getcommandinvocation"))
+            {
+                return jaam_tests::Intercept::Forward;
+            }
+            let id = body
+                .split("\"CommandId\":")
+                .nth(1)
+                .and_then(|rest| rest.split('"').nth(1))
+                .unwrap_or_default()
+                .to_owned();
+            let payload = serde_json::json!({
+                "CommandId": id, "Status": "Failed", "StatusDetails": "Failed",
+                "StandardOutputContent": "> build\nerror: the build broke\n",
+                "StandardErrorContent": "error: build failed; still serving the previous release",
+            })
+            .to_string();
+            jaam_tests::Intercept::Respond(format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{payload}",
+                payload.len()
+            ))
+        })
+    };
+    let proxy = jaam_tests::InterceptProxy::start(&moto, answer).await;
+    let github = GithubFake::start().await;
+    let ws = Workspace::new(&unique("daemonretry"));
+    let repo = format!("acme/{}", ws.stack);
+    let domain = format!("{}.test", ws.stack);
+    hosted_zone(&domain).await;
+    let (a, b) = (sha(), sha());
+    set_head(&github, &repo, &a);
+    site(&ws, &repo, &domain);
+    let daemon = Daemon::start(
+        daemon_command(&ws, Some(&github), &proxy.url, &[]),
+        ws.dir.path().join("daemon.log"),
+    );
+    daemon.wait_until("the first deploy", Duration::from_secs(60), |d| {
+        revision(d) == a
+    });
+
+    failing.store(true, Ordering::SeqCst);
+    set_head(&github, &repo, &b);
+    let push = deliveries(SECRET, &repo, "main", std::slice::from_ref(&b), None);
+    assert_eq!(daemon.deliver(&push[1]).0, 202);
+    daemon.wait_until("the failed deploy", Duration::from_secs(60), |d| {
+        d.status()["result"] == "failed"
+    });
+    let before = describes.load(Ordering::SeqCst);
+    let failed_at = daemon.status()["reconciles"].as_u64().unwrap();
+    daemon.wait_until("a retry", Duration::from_secs(60), |d| {
+        d.status()["reconciles"].as_u64().unwrap() > failed_at
+    });
+    assert_eq!(
+        daemon.status()["reasons"],
+        serde_json::json!(["push", "retry"]),
+        "the retry keeps its reason"
+    );
+    assert_eq!(
+        describes.load(Ordering::SeqCst),
+        before,
+        "a retried deploy is planned from state, without a refresh"
+    );
+    failing.store(false, Ordering::SeqCst);
+    daemon.wait_until("the retried deploy", Duration::from_secs(90), |d| {
+        revision(d) == b
+    });
+    assert_eq!(daemon.terminate(), Some(0));
+    cli(&ws, &github, &moto, &["destroy", "--auto-approve"]).expect_code(0);
+}

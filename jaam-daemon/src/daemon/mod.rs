@@ -23,7 +23,9 @@
 //! Load the specs from disk, take the stack's state lock (the same lock the
 //! CLI takes: the CLI and the daemon never apply one stack at once; with S3
 //! state it is the expiring lease), plan, and apply when there are changes.
-//! A failure is retried by the queue with exponential backoff and jitter.
+//! A failure is retried by the queue with exponential backoff and jitter; a
+//! retry keeps the reasons of what failed (plus `retry`), so a failed push is
+//! retried as a deploy planned from state, and a failed resync as a resync.
 //! A reconcile asked for only by pushes and merges plans just the pushed
 //! sites' instances from state (`--target`, no refresh): the deploy starts in
 //! milliseconds, and the next resync refreshes everything.
@@ -72,6 +74,9 @@ use crate::cli::{DaemonArgs, Global};
 use crate::queue::{self, Queue, Request};
 use metrics::Metrics;
 use webhook::{Deliveries, KnownHook, Routes};
+
+/// The reason a failed reconcile's retry adds to the reasons it keeps.
+const RETRY: &str = "retry";
 
 /// Webhook bodies read and checked at once; more concurrent deliveries get
 /// 503 (GitHub retries), so unauthenticated senders cannot hold the memory
@@ -377,7 +382,12 @@ impl Daemon {
         request: &Request,
         cancel: &CancellationToken,
     ) -> Result<&'static str, String> {
-        let resync_only = request.reasons.iter().all(|r| *r == "resync");
+        // A retry keeps the reasons of what failed (plus `retry`): a failed
+        // push is retried as a deploy, a failed resync as a resync.
+        let resync_only = request
+            .reasons
+            .iter()
+            .all(|r| *r == "resync" || *r == RETRY);
         let config = crate::commands::load_specs_with(&self.global, self.engine.registry())
             .map_err(|e| format!("{e:#}"))?;
         // A push or a merge touches only its sites' instances: plan just those
@@ -387,7 +397,7 @@ impl Daemon {
             && request
                 .reasons
                 .iter()
-                .all(|r| *r == "push" || *r == "merged pull request");
+                .all(|r| *r == "push" || *r == "merged pull request" || *r == RETRY);
         let options = if deploy_only {
             jaam_core::plan::Options {
                 refresh: false,
@@ -481,9 +491,8 @@ async fn work(daemon: Arc<Daemon>, shutdown: CancellationToken) {
             () = daemon.intake.cancelled() => return,
         };
         let result = daemon.reconcile(&request, &shutdown).await;
-        let mut retry = Request::default();
-        retry.reasons.insert("retry");
-        retry.revisions = request.revisions.clone();
+        let mut retry = request.clone();
+        retry.reasons.insert(RETRY);
         daemon.queue.done(&stack, result.is_ok(), retry);
         if daemon.intake.is_cancelled() {
             return;
