@@ -511,6 +511,31 @@ pub enum Intercept {
     Respond(String),
 }
 
+impl Intercept {
+    /// A `GetCommandInvocation` answer for the command the request `body`
+    /// names, as SSM reports a failed command (moto runs nothing, so a failed
+    /// deploy needs this).
+    pub fn failed_invocation(body: &str, stdout: &str, stderr: &str) -> Self {
+        let id = body
+            .split("\"CommandId\":")
+            .nth(1)
+            .and_then(|rest| rest.split('"').nth(1))
+            .unwrap_or_default();
+        let payload = serde_json::json!({
+            "CommandId": id,
+            "Status": "Failed",
+            "StatusDetails": "Failed",
+            "StandardOutputContent": stdout,
+            "StandardErrorContent": stderr,
+        })
+        .to_string();
+        Self::Respond(format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{payload}",
+            payload.len()
+        ))
+    }
+}
+
 /// What decides an [`InterceptProxy`]'s answers.
 pub type Answer = std::sync::Arc<dyn Fn(&str, &str) -> Intercept + Send + Sync>;
 

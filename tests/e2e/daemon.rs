@@ -671,22 +671,11 @@ async fn a_failed_push_should_be_retried_as_a_deploy() {
             {
                 return jaam_tests::Intercept::Forward;
             }
-            let id = body
-                .split("\"CommandId\":")
-                .nth(1)
-                .and_then(|rest| rest.split('"').nth(1))
-                .unwrap_or_default()
-                .to_owned();
-            let payload = serde_json::json!({
-                "CommandId": id, "Status": "Failed", "StatusDetails": "Failed",
-                "StandardOutputContent": "> build\nerror: the build broke\n",
-                "StandardErrorContent": "error: build failed; still serving the previous release",
-            })
-            .to_string();
-            jaam_tests::Intercept::Respond(format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{payload}",
-                payload.len()
-            ))
+            jaam_tests::Intercept::failed_invocation(
+                body,
+                "> build\nerror: the build broke\n",
+                "error: build failed; still serving the previous release",
+            )
         })
     };
     let proxy = jaam_tests::InterceptProxy::start(&moto, answer).await;

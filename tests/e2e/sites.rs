@@ -852,26 +852,11 @@ async fn a_failed_deploy_should_fail_the_apply_with_the_build_log_and_keep_the_r
         if !(is_invocation && FAILING.lock().unwrap().as_deref() == Some(needle.as_str())) {
             return jaam_tests::Intercept::Forward;
         }
-        {
-            let id = body
-                .split("\"CommandId\":")
-                .nth(1)
-                .and_then(|rest| rest.split('"').nth(1))
-                .unwrap_or_default()
-                .to_owned();
-            let payload = serde_json::json!({
-                "CommandId": id,
-                "Status": "Failed",
-                "StatusDetails": "Failed",
-                "StandardOutputContent": "> build\nsrc/App.tsx(3,1): error TS2304: Cannot find name 'oops'.\n",
-                "StandardErrorContent": format!("error: build of {needle} failed; still serving the previous release"),
-            })
-            .to_string();
-            jaam_tests::Intercept::Respond(format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{payload}",
-                payload.len()
-            ))
-        }
+        jaam_tests::Intercept::failed_invocation(
+            body,
+            "> build\nsrc/App.tsx(3,1): error TS2304: Cannot find name 'oops'.\n",
+            &format!("error: build of {needle} failed; still serving the previous release"),
+        )
     });
     let proxy = jaam_tests::InterceptProxy::start(&moto, answer).await;
     let env = SiteEnv {

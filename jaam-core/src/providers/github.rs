@@ -740,24 +740,33 @@ impl Provider for Webhooks {
                 .cloned()
                 .unwrap_or(Value::Null),
         );
-        let secret = match self.secret(attributes, Some(prior)).await? {
-            Some(secret) => secret,
+        let (secret, generated) = match self.secret(attributes, Some(prior)).await? {
+            Some(secret) => (secret, None),
             // Adopted (or its parameter lost): a secret of its own, now.
             None => {
                 let (name, secret) = self.generate_secret(context, &owner.addr).await?;
-                known.insert("secret_parameter".to_owned(), Value::String(name));
-                secret
+                known.insert("secret_parameter".to_owned(), Value::String(name.clone()));
+                (secret, Some(name))
             }
         };
-        let answer = self
+        let patched = self
             .api
             .expect(
                 Method::PATCH,
                 &format!("/repos/{repo}/hooks/{hook_id}"),
                 Some(&Self::body(attributes, Some(&secret))),
             )
-            .await
-            .map_err(|error| permission_hint(repo, error))?;
+            .await;
+        let answer = match patched {
+            Ok(answer) => answer,
+            Err(error) => {
+                // A secret generated for this update belongs to no hook.
+                if let Some(name) = generated {
+                    let _ = self.parameters.delete(&[name]).await;
+                }
+                return Err(permission_hint(repo, error));
+            }
+        };
         observe(repo, &answer.json("updated hook")?, &known, None)
             .ok_or_else(|| ProviderError::new(ErrorKind::Other, "the updated hook has no id"))
     }

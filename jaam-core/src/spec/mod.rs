@@ -606,25 +606,51 @@ impl Loader<'_> {
             }
             if expanded.addr.kind() == "instance" {
                 expanded.depends_on.extend(spec.depends_on.iter().cloned());
-                // The generated user data must fit EC2's limit (moto does not
-                // enforce it; real AWS refuses the launch).
-                if let Some(schema) = self.registry.schema("instance")
-                    && let Some(check) = schema.attribute("user_data").and_then(|a| a.check)
-                    && let Some(ExprKind::Literal(value)) =
-                        expanded.args.get("user_data").map(|e| &e.kind)
-                    && let Err(message) = check(value)
-                {
-                    self.error(
-                        &location,
-                        Some(&addr),
-                        format!("the site's generated {message}"),
-                        Some("shorten or move `env` values (long ones belong in `secrets`)".into()),
-                    );
-                }
             }
+            // What a site generates meets its kinds' checks like anything
+            // written by hand (the generated user data must fit EC2's limit,
+            // which moto does not enforce and AWS does).
+            self.check_generated(&addr, &location, &expanded);
             self.config
                 .resources
                 .insert(expanded.addr.clone(), expanded);
+        }
+    }
+
+    /// Runs the known arguments of `expanded` (a resource `site` generated)
+    /// through its kind's checks; mistakes are reported at the site.
+    fn check_generated(
+        &mut self,
+        site: &ResourceAddr,
+        location: &Location,
+        expanded: &ResourceSpec,
+    ) {
+        let Some(schema) = self.registry.schema(expanded.addr.kind()) else {
+            return;
+        };
+        let mut problems = Vec::new();
+        for (name, expr) in &expanded.args {
+            let known = expr.evaluate(&|_, _| Some(Value::Unknown(String::new())), self.env);
+            if let Some(check) = schema.attribute(name).and_then(|a| a.check)
+                && !known.has_unknown()
+                && !known.is_null()
+                && let Err(message) = check(&known)
+            {
+                problems.push((name.clone(), message));
+            }
+        }
+        for (name, message) in problems {
+            let hint = (name == "user_data")
+                .then(|| "shorten or move `env` values (long ones belong in `secrets`)".to_owned());
+            self.error(
+                location,
+                Some(site),
+                format!(
+                    "the generated `{name}` of `{}` is invalid: {message}",
+                    expanded.addr
+                ),
+                hint,
+            );
         }
     }
 

@@ -16,8 +16,9 @@
 //! - the **resync timer** (`--resync`, default 10 min, ±10 % jitter): refreshes
 //!   and, per the stack's `drift` policy, applies the correction (`heal`) or
 //!   only reports it (`report`). Like every reconcile it reads each site's
-//!   branch head through the GitHub API — that is the **gap filling**: a merge missed while the daemon was down is deployed by the
-//!   first reconcile after start (which is a resync) or the next one.
+//!   branch head through the GitHub API — that is the **gap filling**: a
+//!   merge missed while the daemon was down is deployed by the first
+//!   reconcile after start (which is a resync) or the next one.
 //!
 //! # Reconcile
 //! Load the specs from disk, take the stack's state lock (the same lock the
@@ -262,9 +263,7 @@ impl Daemon {
                     if let Some((repo, branch)) =
                         jaam_core::providers::aws::ec2::parse_branch_head(&revision)
                     {
-                        let site = addr
-                            .composite()
-                            .map_or_else(|| addr.to_string(), |site| site.name().to_owned());
+                        let site = jaam_core::history::site_of(addr);
                         routes.add_site(repo, branch, site);
                     }
                 }
@@ -340,9 +339,7 @@ impl Daemon {
             .filter(|(addr, _)| addr.kind() == "instance")
             .filter_map(|(addr, resource)| {
                 let revision = resource.attributes.get("revision")?.as_str()?.to_owned();
-                let site = addr
-                    .composite()
-                    .map_or_else(|| addr.to_string(), |site| site.name().to_owned());
+                let site = jaam_core::history::site_of(addr);
                 Some((site, revision))
             })
             .collect();
