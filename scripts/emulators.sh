@@ -21,6 +21,11 @@ emulators_install() {
     python3 -m venv "$EMU_VENV"
     "$EMU_VENV/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
   fi
+  # The AWS CLI the instance boxes' scripts call (Amazon Linux has it built in).
+  if [ ! -x "$EMU_VENV/bin/aws" ]; then
+    echo "==> installing awscli into $EMU_VENV" >&2
+    "$EMU_VENV/bin/pip" install --quiet --disable-pip-version-check 'awscli>=1.29,<2'
+  fi
   # From Debian: Pebble (ACME CA + its DNS test server), nginx (the deploy
   # script is run for real behind it) and shellcheck (lints generated scripts).
   local missing=()
@@ -80,7 +85,10 @@ PY
 moto_start() {
   local port
   port=$(free_port)
-  "$EMU_VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$JAAM_CACHE/moto-$port.log" 2>&1 &
+  # AWS's managed IAM policies (AmazonSSMManagedInstanceCore, …) exist, as in
+  # a real account: instance profiles attach them.
+  MOTO_IAM_LOAD_MANAGED_POLICIES=true \
+    "$EMU_VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$JAAM_CACHE/moto-$port.log" 2>&1 &
   EMU_PIDS+=("$!")
   trap emulators_stop EXIT
   wait_for "http://127.0.0.1:$port/moto-api/" 60
@@ -88,6 +96,8 @@ moto_start() {
   export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
   export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
   export AWS_EC2_METADATA_DISABLED=true
+  # The AWS CLI the instance boxes run (tests/boxes.rs).
+  export JAAM_TEST_AWS_CLI="$EMU_VENV/bin/aws"
   unset AWS_PROFILE AWS_SESSION_TOKEN
   echo "==> moto listening on $AWS_ENDPOINT_URL (pid ${EMU_PIDS[-1]})" >&2
 }

@@ -6,6 +6,7 @@
 //! it never skips.
 
 pub mod acme;
+pub mod boxes;
 pub mod daemon;
 pub mod github;
 
@@ -608,7 +609,7 @@ pub async fn put_log_event(group: &str, stream: &str, message: &str) {
 
 /// Binds a proxy's loopback listener: the listener, its URL, and `upstream`
 /// as `host:port`.
-async fn bind_proxy(upstream: &str) -> (tokio::net::TcpListener, String, String) {
+pub(crate) async fn bind_proxy(upstream: &str) -> (tokio::net::TcpListener, String, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind proxy");

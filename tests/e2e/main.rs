@@ -3,6 +3,7 @@
 //! the number of SDK-sized links down.
 
 mod bad_input;
+mod boxes;
 mod certificates;
 mod cli;
 mod crash;
@@ -14,5 +15,6 @@ mod lock;
 mod log_groups;
 mod refresh_cost;
 mod s3_state;
+mod served;
 mod sites;
 mod webhooks;
