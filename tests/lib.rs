@@ -577,6 +577,92 @@ impl InterceptProxy {
     }
 }
 
+/// Creates a role and instance profile in moto's IAM (through the AWS CLI):
+/// with the SSM core policy attached, or with only a CloudWatch Logs one.
+pub async fn instance_profile(name: &str, allow_ssm: bool) -> String {
+    let cli = crate::boxes::aws_cli().expect(
+        "this test needs the AWS CLI the emulator scripts install (JAAM_TEST_AWS_CLI): run it through ./scripts/test",
+    );
+    let aws = |args: Vec<String>| {
+        let cli = cli.clone();
+        async move {
+            let out = tokio::process::Command::new(cli)
+                .args(&args)
+                .output()
+                .await
+                .expect("aws");
+            assert!(
+                out.status.success(),
+                "aws {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+    let s = |text: &str| text.to_owned();
+    aws(vec![
+        s("iam"),
+        s("create-role"),
+        s("--role-name"),
+        s(name),
+        s("--assume-role-policy-document"),
+        s(trust),
+    ])
+    .await;
+    if allow_ssm {
+        aws(vec![
+            s("iam"),
+            s("attach-role-policy"),
+            s("--role-name"),
+            s(name),
+            s("--policy-arn"),
+            s("arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"),
+        ])
+        .await;
+    } else {
+        aws(vec![
+            s("iam"),
+            s("put-role-policy"),
+            s("--role-name"),
+            s(name),
+            s("--policy-name"),
+            s("logs"),
+            s("--policy-document"),
+            s(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"logs:PutLogEvents","Resource":"*"}]}"#),
+        ])
+        .await;
+    }
+    aws(vec![
+        s("iam"),
+        s("create-instance-profile"),
+        s("--instance-profile-name"),
+        s(name),
+    ])
+    .await;
+    aws(vec![
+        s("iam"),
+        s("add-role-to-instance-profile"),
+        s("--instance-profile-name"),
+        s(name),
+        s("--role-name"),
+        s(name),
+    ])
+    .await;
+    name.to_owned()
+}
+
+/// One instance profile allowing SSM for this test process (made once).
+pub async fn ssm_profile() -> String {
+    static PROFILE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    PROFILE
+        .get_or_init(|| async {
+            let name = format!("jaam-tests-ssm-{}", uuid::Uuid::new_v4().simple());
+            instance_profile(&name, true).await
+        })
+        .await
+        .clone()
+}
+
 /// The value of an SSM parameter on moto (the AMI the public parameter names).
 pub async fn ssm_parameter(name: &str) -> String {
     ssm_parameter_decrypted(name).await

@@ -80,6 +80,11 @@ pub struct Attribute {
     /// A check of a known value beyond its type (allowed values, ranges); the
     /// message says what is allowed.
     pub check: Option<fn(&Value) -> Result<(), String>>,
+    /// For a computed attribute: the arguments whose in-place update changes
+    /// it (an instance's `public_ip` after the stop/start of an
+    /// `instance_type` change). Such an update plans it as unknown, so
+    /// dependents follow in the same apply.
+    pub changes_with: &'static [&'static str],
 }
 
 impl Attribute {
@@ -93,6 +98,7 @@ impl Attribute {
             sensitive: false,
             default: None,
             check: None,
+            changes_with: &[],
         }
     }
 
@@ -137,6 +143,14 @@ impl Attribute {
     #[must_use]
     pub fn checked(mut self, check: fn(&Value) -> Result<(), String>) -> Self {
         self.check = Some(check);
+        self
+    }
+
+    /// Marks a computed attribute as changed by an in-place update of any
+    /// of `arguments`.
+    #[must_use]
+    pub fn changes_with(mut self, arguments: &'static [&'static str]) -> Self {
+        self.changes_with = arguments;
         self
     }
 

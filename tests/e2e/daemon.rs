@@ -38,7 +38,8 @@ fn daemon_command(
     command
 }
 
-/// SSM commands (on any instance: moto fans SendCommand out) whose script is `script`.
+/// SSM commands (on any instance: moto fans SendCommand out) whose script
+/// ends with `script` (a deploy waits for the boot script first).
 async fn commands(script: &str) -> usize {
     let ssm = aws_sdk_ssm::Client::new(&aws_config().await);
     let mut count = 0;
@@ -51,7 +52,8 @@ async fn commands(script: &str) -> usize {
             .filter(|c| {
                 c.parameters()
                     .and_then(|p| p.get("commands"))
-                    .is_some_and(|lines| lines.join("\n") == script)
+                    .and_then(|lines| lines.last())
+                    .is_some_and(|last| last == script || *last == format!("exec {script}"))
             })
             .count();
     }
@@ -67,9 +69,10 @@ fn cli(ws: &Workspace, github: &GithubFake, aws: &str, args: &[&str]) -> jaam_te
     jaam_tests::Run::from(full.output().expect("run jaam"))
 }
 
-fn site(ws: &Workspace, repo: &str, domain: &str) {
+fn site(ws: &Workspace, repo: &str, domain: &str, profile: &str) {
     ws.write_specs(&format!(
         "site.blog:\n  repo: {repo}\n  domain: blog.{domain}\n  zone: {domain}\n  https: false\n  \
+         iam_instance_profile: {profile}\n  \
          webhook_url: https://jaam.{domain}/hooks/github\n  webhook_secret: ${{env.HOOK_SECRET}}\n\
          webhook.other:\n  repo: {repo}-other\n  url: https://jaam.{domain}/hooks/github\n  \
          secret: ${{env.OTHER_SECRET}}\n"
@@ -121,7 +124,7 @@ async fn deliveries_should_be_verified_deduplicated_and_deploy_the_site() {
         .unwrap()
         .branches
         .insert((repo.clone(), "main".into()), a.clone());
-    site(&ws, &repo, &domain);
+    site(&ws, &repo, &domain, &jaam_tests::ssm_profile().await);
     let daemon = Daemon::start(
         daemon_command(&ws, Some(&github), &moto, &["--max-body", "65536"]),
         ws.dir.path().join("daemon.log"),
@@ -381,7 +384,7 @@ async fn a_burst_of_pushes_should_coalesce_into_at_most_two_reconciles() {
         .unwrap()
         .branches
         .insert((repo.clone(), "main".into()), first.clone());
-    site(&ws, &repo, &domain);
+    site(&ws, &repo, &domain, &jaam_tests::ssm_profile().await);
     let daemon = Daemon::start(
         daemon_command(&ws, Some(&github), &moto, &[]),
         ws.dir.path().join("daemon.log"),
@@ -686,7 +689,7 @@ async fn a_failed_push_should_be_retried_as_a_deploy() {
     hosted_zone(&domain).await;
     let (a, b) = (sha(), sha());
     set_head(&github, &repo, &a);
-    site(&ws, &repo, &domain);
+    site(&ws, &repo, &domain, &jaam_tests::ssm_profile().await);
     let daemon = Daemon::start(
         daemon_command(&ws, Some(&github), &proxy.url, &[]),
         ws.dir.path().join("daemon.log"),

@@ -8,8 +8,9 @@ use std::time::Duration;
 use jaam_tests::acme::{Pebble, Route53Mirror, pebble};
 use jaam_tests::boxes::BoxConfig;
 use jaam_tests::boxes::cloud::{Cloud, GitServer};
+use jaam_tests::daemon::{Daemon, deliveries};
 use jaam_tests::github::GithubFake;
-use jaam_tests::{Run, Workspace, hosted_zone, moto_endpoint, unique, zone_records};
+use jaam_tests::{Run, Workspace, hosted_zone, instance_profile, moto_endpoint, unique, zone_records};
 
 /// One test's world: a stack, its zone, its repository and the cloud.
 pub(crate) struct Stage {
@@ -29,80 +30,6 @@ fn app(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples/apps")
         .join(name)
-}
-
-/// Creates a role and instance profile in moto's IAM (through the AWS CLI):
-/// with the SSM core policy attached, or with only a CloudWatch Logs one.
-pub(crate) async fn instance_profile(name: &str, allow_ssm: bool) -> String {
-    let cli = jaam_tests::boxes::aws_cli().expect(
-        "this test needs the AWS CLI the emulator scripts install (JAAM_TEST_AWS_CLI): run it through ./scripts/test",
-    );
-    let aws = |args: Vec<String>| {
-        let cli = cli.clone();
-        async move {
-            let out = tokio::process::Command::new(cli)
-                .args(&args)
-                .output()
-                .await
-                .expect("aws");
-            assert!(
-                out.status.success(),
-                "aws {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    };
-    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
-    let s = |text: &str| text.to_owned();
-    aws(vec![
-        s("iam"),
-        s("create-role"),
-        s("--role-name"),
-        s(name),
-        s("--assume-role-policy-document"),
-        s(trust),
-    ])
-    .await;
-    if allow_ssm {
-        aws(vec![
-            s("iam"),
-            s("attach-role-policy"),
-            s("--role-name"),
-            s(name),
-            s("--policy-arn"),
-            s("arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"),
-        ])
-        .await;
-    } else {
-        aws(vec![
-            s("iam"),
-            s("put-role-policy"),
-            s("--role-name"),
-            s(name),
-            s("--policy-name"),
-            s("logs"),
-            s("--policy-document"),
-            s(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"logs:PutLogEvents","Resource":"*"}]}"#),
-        ])
-        .await;
-    }
-    aws(vec![
-        s("iam"),
-        s("create-instance-profile"),
-        s("--instance-profile-name"),
-        s(name),
-    ])
-    .await;
-    aws(vec![
-        s("iam"),
-        s("add-role-to-instance-profile"),
-        s("--instance-profile-name"),
-        s(name),
-        s("--role-name"),
-        s(name),
-    ])
-    .await;
-    name.to_owned()
 }
 
 /// What an HTTP(S) client saw.
@@ -173,14 +100,21 @@ impl Stage {
 
     /// `jaam ARGS` against the cloud, the GitHub fake and Pebble.
     pub(crate) async fn jaam(&self, args: &[&str]) -> Run {
+        let mut command = self.command(args);
+        tokio::task::spawn_blocking(move || Run::from(command.output().expect("run jaam")))
+            .await
+            .expect("jaam")
+    }
+
+    /// The `jaam ARGS` command [`Stage::jaam`] runs.
+    pub(crate) fn command(&self, args: &[&str]) -> std::process::Command {
         let mut command = self.ws.command(args);
         command
             .env("AWS_ENDPOINT_URL", &self.mirror.url)
             .env("GITHUB_API_URL", &self.github.url)
-            .env("GITHUB_TOKEN", "ghp_test");
-        tokio::task::spawn_blocking(move || Run::from(command.output().expect("run jaam")))
-            .await
-            .expect("jaam")
+            .env("GITHUB_TOKEN", "ghp_test")
+            .env("HOOK_SECRET", HOOK_SECRET);
+        command
     }
 
     /// The site spec: `extra` lines are added under `site.blog`.
@@ -236,12 +170,72 @@ fn state(ws: &Workspace) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(ws.state()).expect("state")).expect("JSON")
 }
 
+/// Requests `https://blog.<domain>/` in a loop until stopped; counts what
+/// was not a 200 and keeps every distinct body.
+struct Prober {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(usize, usize, Vec<String>)>,
+}
+
+impl Prober {
+    fn start(stage: &Stage, ip: String) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let host = format!("blog.{}", stage.domain);
+        let ca = stage.ca.path().to_owned();
+        let flag = std::sync::Arc::clone(&stop);
+        let task = tokio::spawn(async move {
+            let (mut total, mut failed, mut bodies) = (0, 0, Vec::<String>::new());
+            while !flag.load(Ordering::SeqCst) {
+                let out = tokio::process::Command::new("curl")
+                    .args(["-sS", "--max-time", "10", "--cacert"])
+                    .arg(&ca)
+                    .arg("--resolve")
+                    .arg(format!("{host}:443:{ip}"))
+                    .args(["-w", "\n%{http_code}"])
+                    .arg(format!("https://{host}/"))
+                    .output()
+                    .await
+                    .expect("curl");
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+                total += 1;
+                if status != "200" {
+                    failed += 1;
+                    eprintln!("probe failed: {status} {}", String::from_utf8_lossy(&out.stderr));
+                }
+                let body = body.trim().to_owned();
+                if !bodies.contains(&body) {
+                    bodies.push(body);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (total, failed, bodies)
+        });
+        Self { stop, task }
+    }
+
+    async fn finish(self) -> (usize, usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.await.expect("prober")
+    }
+}
+
+const HOOK_SECRET: &str = "served-hook-secret-never-printed";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn static_site_should_be_served_over_https_redeployed_and_rolled_back() {
     let _moto = jaam_tests::MOTO.read().await;
     let (stage, first) = Stage::new("served", "static-spa").await;
     let profile = instance_profile(&format!("{}-web", stage.ws.stack), true).await;
-    stage.write_site("static", &profile, "");
+    stage.write_site(
+        "static",
+        &profile,
+        &format!(
+            "  webhook_url: https://jaam.{}/hooks/github\n  webhook_secret: ${{env.HOOK_SECRET}}\n",
+            stage.domain
+        ),
+    );
 
     let run = stage.jaam(&["apply", "--auto-approve"]).await;
     run.expect_code(0);
@@ -252,7 +246,7 @@ async fn static_site_should_be_served_over_https_redeployed_and_rolled_back() {
     );
     let page = stage.get("https", "/").await;
     assert_eq!(page.status, 200, "{page:?}");
-    assert!(page.body.contains("<h1"), "{page:?}");
+    assert!(page.body.contains("hello from revision A"), "{page:?}");
     let route = stage.get("https", "/some/client/route").await;
     assert_eq!(route.status, 200, "client-side routes fall back to index.html");
     let plain = stage.get("http", "/path?q=1").await;
@@ -261,4 +255,68 @@ async fn static_site_should_be_served_over_https_redeployed_and_rolled_back() {
         plain.location,
         format!("https://blog.{}/path?q=1", stage.domain)
     );
+
+    // The daemon deploys a signed push; a client looping meanwhile sees no failure.
+    let daemon = Daemon::start(
+        stage.command(&["daemon"]),
+        stage.ws.dir.path().join("daemon.log"),
+    );
+    let revision = |d: &Daemon| d.status()["revisions"]["blog"].as_str().map(str::to_owned);
+    daemon.wait_until("the daemon's first reconcile", Duration::from_secs(120), |d| {
+        revision(d).as_deref() == Some(first.as_str())
+    });
+    let prober = Prober::start(&stage, stage.record_ip().await);
+    let second = stage.push("static-spa", &[("message.txt", "hello from revision B\n")]);
+    let all = deliveries(HOOK_SECRET, &stage.repo, "main", std::slice::from_ref(&second), None);
+    let push = all.iter().find(|d| d.event == "push").expect("a push delivery");
+    let (status, body) = daemon.deliver(push);
+    assert!(status == 200 || status == 202, "{status} {body}");
+    daemon.wait_until("the pushed commit deployed", Duration::from_secs(300), |d| {
+        revision(d).as_deref() == Some(second.as_str())
+    });
+    let served = stage.get("https", "/").await;
+    assert!(served.body.contains("hello from revision B"), "{served:?}");
+    let (total, failed, bodies) = prober.finish().await;
+    assert_eq!(failed, 0, "{failed} of {total} requests failed during the switch");
+    assert!(
+        bodies.iter().any(|b| b.contains("revision A")) && bodies.iter().any(|b| b.contains("revision B")),
+        "the loop saw the switch: {bodies:?}"
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+
+    // A build that fails: the apply fails with the build's last lines and
+    // the previous release keeps serving.
+    let broken = stage.push(
+        "static-spa",
+        &[(
+            "build.mjs",
+            "console.log('compiling the broken page');\nthrow new Error('the build broke on purpose');\n",
+        )],
+    );
+    let run = stage.jaam(&["apply", "--auto-approve"]).await;
+    run.expect_code(1);
+    let text = run.squashed();
+    assert!(text.contains(&format!("deploy of {broken} failed")), "{text}");
+    assert!(text.contains("compiling the broken page"), "the build's output: {text}");
+    assert!(text.contains("Error: the build broke on purpose"), "{text}");
+    assert!(
+        text.contains(&format!("build of {broken} failed; still serving {second}")),
+        "{text}"
+    );
+    assert!(stage.get("https", "/").await.body.contains("hello from revision B"));
+
+    // Rollback serves the release before.
+    let run = stage.jaam(&["rollback", "site.blog"]).await;
+    run.expect_code(0);
+    assert!(stage.get("https", "/").await.body.contains("hello from revision A"));
+
+    // The build log the agent shipped, read back with `jaam logs`.
+    let lines = jaam_tests::eventually("the build log in CloudWatch", Duration::from_secs(30), || async {
+        let run = stage.jaam(&["logs", "site.blog", "--since", "1h"]).await;
+        let text = run.stdout.clone();
+        (text.contains("built: hello from revision B") && text.contains("the build broke on purpose"))
+            .then_some(text)
+    })
+    .await;
+    assert!(lines.contains("build: npm run build"), "{lines}");
 }

@@ -607,9 +607,10 @@ impl SiteEnv {
     }
 }
 
-fn site_spec(stack: &str, domain: &str, directory: &str) -> String {
+fn site_spec(stack: &str, domain: &str, directory: &str, profile: &str) -> String {
     format!(
         "site.blog:\n  repo: acme/{stack}\n  framework: static\n  domain: blog.{domain}\n  zone: {domain}\n  \
+         iam_instance_profile: {profile}\n  \
          acme_directory: {directory}\n  webhook_url: https://jaam.{domain}/hooks/github\n  \
          webhook_secret: ${{env.HOOK_SECRET}}\n"
     )
@@ -662,7 +663,12 @@ async fn site_should_apply_redeploy_roll_back_show_logs_and_destroy() {
     let a = random_sha();
     env.set_head(&repo, &a);
     env.ws
-        .write_specs(&site_spec(&stack, &domain, &pebble.directory));
+        .write_specs(&site_spec(
+            &stack,
+            &domain,
+            &pebble.directory,
+            &jaam_tests::ssm_profile().await,
+        ));
 
     // The plan shows the expansion, with the branch head resolved.
     let run = env.jaam(&["plan"]);
@@ -769,7 +775,12 @@ async fn site_should_apply_redeploy_roll_back_show_logs_and_destroy() {
     );
     env.jaam(&["apply", "--auto-approve"]).expect_code(0);
     let deploys = commands_with(&instance, &format!("deploy {b}")).await;
-    assert_eq!(deploys, [format!("/opt/jaam/bin/deploy {b}")]);
+    assert_eq!(deploys.len(), 1, "{deploys:?}");
+    assert!(
+        deploys[0].starts_with("if command -v cloud-init")
+            && deploys[0].ends_with(&format!("\nexec /opt/jaam/bin/deploy {b}")),
+        "a deploy waits for the boot script, then runs the deploy command: {deploys:?}"
+    );
     env.jaam(&["plan", "--detailed-exitcode"]).expect_code(0);
 
     // Rollback runs the deploy script's rollback on the instance.
@@ -870,7 +881,9 @@ async fn a_failed_deploy_should_fail_the_apply_with_the_build_log_and_keep_the_r
     let good = random_sha();
     env.set_head(&repo, &good);
     env.ws.write_specs(&format!(
-        "site.blog:\n  repo: {repo}\n  domain: blog.{domain}\n  zone: {domain}\n  https: false\n"
+        "site.blog:\n  repo: {repo}\n  domain: blog.{domain}\n  zone: {domain}\n  https: false\n  \
+         iam_instance_profile: {}\n",
+        jaam_tests::ssm_profile().await
     ));
     env.jaam(&["apply", "--auto-approve"]).expect_code(0);
 

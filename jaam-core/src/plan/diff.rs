@@ -457,11 +457,18 @@ pub async fn compute(
         };
         let keeps_identity = matches!(action, Action::NoOp | Action::Update { .. });
         // What dependents may read: computed attributes survive an in-place update
-        // and are unknown for anything created.
+        // (unless it changes them: `changes_with`) and are unknown for anything
+        // created.
         for attribute in schema.attributes.iter().filter(|a| !a.is_argument()) {
             // A due update (a renewal) keeps the identity: dependents read the
             // values they had, and catch up with a later plan if one changed.
-            let value = match existing.filter(|_| keeps_identity) {
+            let updated = match &action {
+                Action::Update { changed } => changed
+                    .iter()
+                    .any(|name| attribute.changes_with.contains(&name.as_str())),
+                _ => false,
+            };
+            let value = match existing.filter(|_| keeps_identity && !updated) {
                 Some(existing) => existing
                     .attributes
                     .get(attribute.name)

@@ -97,6 +97,32 @@ pub fn parse_branch_head(revision: &str) -> Option<(&str, &str)> {
     revision.strip_prefix(BRANCH_HEAD)?.split_once('@')
 }
 
+/// How long a deploy waits for the instance's boot script (user data).
+pub const BOOT_SCRIPT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(900);
+
+/// The lines a deploy runs first: wait until cloud-init has run the user data
+/// (which installs the deploy command), and fail with its errors and the end
+/// of its output when it failed or did not finish in
+/// [`BOOT_SCRIPT_DEADLINE`]. Without cloud-init (an image that has none)
+/// there is nothing to wait for.
+pub fn boot_wait() -> Vec<String> {
+    let seconds = BOOT_SCRIPT_DEADLINE.as_secs();
+    vec![
+        "if command -v cloud-init >/dev/null 2>&1; then".to_owned(),
+        format!("  timeout {seconds} cloud-init status --wait >/dev/null 2>&1; jaam_boot=$?"),
+        "  if [ \"$jaam_boot\" -ne 0 ] && [ \"$jaam_boot\" -ne 2 ]; then".to_owned(),
+        format!(
+            "    if [ \"$jaam_boot\" -eq 124 ]; then echo \"jaam: the instance's boot script (user data) did not finish in {seconds}s\" >&2; \
+             else echo \"jaam: the instance's boot script (user data) failed:\" >&2; cloud-init status --long >&2 || true; fi"
+        ),
+        "    echo '--- the end of /var/log/cloud-init-output.log:' >&2".to_owned(),
+        "    tail -n 25 /var/log/cloud-init-output.log | cut -c 1-200 >&2 || true".to_owned(),
+        "    exit 1".to_owned(),
+        "  fi".to_owned(),
+        "fi".to_owned(),
+    ]
+}
+
 /// The `instance` schema.
 pub fn schema() -> Schema {
     let string_list = || Type::List(Box::new(Type::String));
@@ -127,9 +153,10 @@ pub fn schema() -> Schema {
             Attribute::optional("revision", Type::String),
             Attribute::optional("deploy_command", Type::String).default_value(DEPLOY_COMMAND),
             Attribute::computed("id", Type::String),
-            Attribute::computed("public_ip", Type::String),
+            // A stop/start (an `instance_type` change) gives a new public IP.
+            Attribute::computed("public_ip", Type::String).changes_with(&["instance_type"]),
             Attribute::computed("private_ip", Type::String),
-            Attribute::computed("public_dns", Type::String),
+            Attribute::computed("public_dns", Type::String).changes_with(&["instance_type"]),
             Attribute::computed("state", Type::String),
         ],
         // The new instance serves (and its record follows it) before the old one goes.
@@ -291,20 +318,41 @@ impl Instances {
                 format!("revision `{revision}` is not a commit id (7 to 64 hexadecimal digits)"),
             ));
         }
+        // Without an instance profile the SSM agent never registers: say so
+        // now, not after the registration deadline.
+        let Some(profile) = text(attributes, "iam_instance_profile") else {
+            return Err(ProviderError::new(
+                ErrorKind::Invalid,
+                format!(
+                    "deploy of {revision} failed: instance `{id}` has no instance profile (`iam_instance_profile`), so \
+                     the SSM agent cannot register and jaam cannot run commands on it; set one whose role allows \
+                     the SSM core actions (AmazonSSMManagedInstanceCore)"
+                ),
+            ));
+        };
         let command =
             text(attributes, "deploy_command").unwrap_or_else(|| DEPLOY_COMMAND.to_owned());
         tracing::info!(instance = id, %revision, "deploying");
+        let mut script = boot_wait();
+        script.push(format!("exec {command} {revision}"));
         super::ssm::send_command(
             &self.ssm,
             &[id.to_owned()],
             &format!("jaam: deploy {revision}"),
-            vec![format!("{command} {revision}")],
+            script,
             super::ssm::DEPLOY,
         )
         .await
-        .map_err(|error| ProviderError {
-            message: format!("deploy of {revision} failed: {}", error.message),
-            ..error
+        .map_err(|error| {
+            let hint = if error.message.contains("did not register with SSM") {
+                format!(" (check instance profile `{profile}`)")
+            } else {
+                String::new()
+            };
+            ProviderError {
+                message: format!("deploy of {revision} failed: {}{hint}", error.message),
+                ..error
+            }
         })?;
         Ok(())
     }

@@ -4,9 +4,16 @@
 //! [`send_command`] sends one command to some instances and waits, with
 //! backoff under a deadline, until each has a terminal status. An instance
 //! that has only just started is not registered with SSM yet
-//! (`InvalidInstanceId`): the send is retried under the same deadline. A
-//! command that fails reports the tail of its output, which for a deploy is the
-//! end of the build log.
+//! (`InvalidInstanceId`): the send is retried for at most ten minutes
+//! ([`REGISTRATION`]; `JAAM_SSM_REGISTRATION_TIMEOUT=SECONDS` changes it), after
+//! which the error says what registration needs (an instance profile whose
+//! role allows the SSM core actions) instead of waiting out a deploy's 30
+//! minutes. The command's `executionTimeout` is the wait's deadline, so the
+//! instance stops a command jaam no longer waits for. A command that fails
+//! reports the tail of its output, which for a deploy is the end of the build
+//! log (SSM returns the first 24,000 characters of standard output and 8,000
+//! of standard error: the deploy script keeps its failure report on standard
+//! error and short).
 
 use std::time::Duration;
 
@@ -29,6 +36,17 @@ pub const DEPLOY: Backoff = Backoff {
     max: Duration::from_secs(10),
     deadline: Duration::from_secs(1800),
 };
+
+/// How long an instance may take to register with SSM (boot, then the agent).
+pub const REGISTRATION: Duration = Duration::from_secs(600);
+
+/// [`REGISTRATION`], or `JAAM_SSM_REGISTRATION_TIMEOUT` (seconds) when set.
+fn registration() -> Duration {
+    std::env::var("JAAM_SSM_REGISTRATION_TIMEOUT")
+        .ok()
+        .and_then(|value| value.trim().trim_end_matches('s').parse::<u64>().ok())
+        .map_or(REGISTRATION, Duration::from_secs)
+}
 
 /// Lines of output kept in an error.
 const TAIL: usize = 40;
@@ -53,13 +71,19 @@ pub async fn send_command(
     wait: Backoff,
 ) -> Result<Vec<String>> {
     let started = tokio::time::Instant::now();
-    let sent = backoff::poll(wait, || async {
+    let register = Backoff {
+        deadline: wait.deadline.min(registration()),
+        ..wait
+    };
+    let execution_timeout = wait.deadline.as_secs().clamp(1, 172_800).to_string();
+    let sent = backoff::poll(register, || async {
         match client
             .send_command()
             .document_name("AWS-RunShellScript")
             .set_instance_ids(Some(instances.to_vec()))
             .comment(comment)
             .parameters("commands", script.clone())
+            .parameters("executionTimeout", vec![execution_timeout.clone()])
             .send()
             .await
         {
@@ -83,7 +107,11 @@ pub async fn send_command(
     })
     .await;
     let command_id = super::waited(sent, || {
-        "instances did not register with SSM (is the SSM agent running, with an instance profile that allows it?)".to_owned()
+        format!(
+            "{} did not register with SSM (the agent registers once the instance has booted, and only with an \
+             instance profile whose role allows the SSM core actions, e.g. AmazonSSMManagedInstanceCore)",
+            instances.join(", ")
+        )
     })?;
     let remaining = Backoff {
         deadline: wait.deadline.saturating_sub(started.elapsed()),

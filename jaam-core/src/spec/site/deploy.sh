@@ -12,7 +12,14 @@
 #
 # A failed build changes nothing: the previous release keeps serving. Build
 # output goes to logs/build.log (the CloudWatch agent ships it to the site's
-# log group) and the last lines are printed when a build fails.
+# log group). Progress lines go to standard output; a failure writes only its
+# report to standard error — the build log's last 40 lines, each cut at 160
+# characters, then the error — so it fits in the 8,000 characters of standard
+# error SSM returns.
+#
+# Server apps run as systemd units `jaam-site-<name>@<port>`: the one serving
+# is enabled (it comes back after a reboot or a stop/start, as nginx does),
+# the idle one is stopped and disabled.
 #
 # Privileges: the deploy runs as root (SSM), but the site's code never does.
 # Install, build and the app server run as the site's system user
@@ -52,12 +59,17 @@ mkdir -p "$ROOT/releases" "$ROOT/logs" "$ROOT/run"
 touch "$ROOT/history"
 
 log() {
-  printf '%s [%s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$NAME" "$*" | tee -a "$LOG" >&2
+  printf '%s [%s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$NAME" "$*" | tee -a "$LOG"
 }
 
 fail() {
-  log "error: $*"
+  log "error: $*" >&2
   exit 1
+}
+
+# The last $1 lines of the build log on standard error, each cut short.
+log_tail() {
+  tail -n "$1" "$LOG" | cut -c 1-160 >&2 || true
 }
 
 # Exports the site's variables: plain ones, then secrets fetched at deploy.
@@ -106,6 +118,7 @@ app_start() {
     setsid bash "$0" run "$2" >>"$ROOT/logs/app.log" 2>&1 9>&- &
     echo "$!" >"$ROOT/run/app-$2.pid"
   else
+    systemctl enable "jaam-site-$NAME@$2.service" 2>/dev/null
     systemctl restart "jaam-site-$NAME@$2.service"
   fi
 }
@@ -117,6 +130,7 @@ app_stop() {
       rm -f "$ROOT/run/app-$1.pid"
     fi
   else
+    systemctl disable "jaam-site-$NAME@$1.service" 2>/dev/null || true
     systemctl stop "jaam-site-$NAME@$1.service" || true
   fi
 }
@@ -149,7 +163,7 @@ activate() {
   app_start "$sha" "$new"
   if ! wait_healthy "$new"; then
     app_stop "$new"
-    tail -n 20 "$ROOT/logs/app.log" >&2 || true
+    tail -n 20 "$ROOT/logs/app.log" | cut -c 1-160 >&2 || true
     fail "release $sha did not answer on port $new; still serving $(current_sha)"
   fi
   printf 'server 127.0.0.1:%s;\n' "$new" >"$ROOT/upstream.conf.new"
@@ -170,20 +184,21 @@ build() {
   mkdir -p "$work" "$ROOT/home"
   chown "$SITE_USER:" "$work" "$ROOT/home"
   git -C "$ROOT/repo.git" archive "$sha" | as_site tar -x -C "$work"
+  # In here standard output is the build log; fd 3 is the deploy's own.
   (
     cd "$work"
     load_env
     if [ -n "$INSTALL_CMD" ]; then
-      log "install: $INSTALL_CMD (as $SITE_USER)"
-      as_site bash -c "$INSTALL_CMD"
+      log "install: $INSTALL_CMD (as $SITE_USER)" >&3
+      as_site bash -c "$INSTALL_CMD" 3>&-
     fi
     if [ -n "$BUILD_CMD" ]; then
-      log "build: $BUILD_CMD (as $SITE_USER)"
-      as_site bash -c "$BUILD_CMD"
+      log "build: $BUILD_CMD (as $SITE_USER)" >&3
+      as_site bash -c "$BUILD_CMD" 3>&-
     fi
-  ) >>"$LOG" 2>&1 || {
+  ) 3>&1 >>"$LOG" 2>&1 || {
     rm -rf "$work"
-    tail -n 40 "$LOG" >&2
+    log_tail 40
     fail "build of $sha failed; still serving ${2:-nothing}"
   }
   if [ "$FRAMEWORK" = "static" ] && [ ! -d "$work/$OUTPUT_DIR" ]; then
@@ -216,7 +231,7 @@ fetch_repo() (
     local token
     if ! token=$(aws ssm get-parameter --with-decryption --name "$REPO_TOKEN_PARAMETER" \
       --query Parameter.Value --output text); then
-      log "error: could not read the repository token from SSM parameter $REPO_TOKEN_PARAMETER"
+      log "error: could not read the repository token from SSM parameter $REPO_TOKEN_PARAMETER" >&2
       exit 1
     fi
     GIT_CONFIG_COUNT=1
