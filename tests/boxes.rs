@@ -192,7 +192,11 @@ impl InstanceBox {
         sh("cp", &["-a", "/etc/.", etc.to_str().unwrap()])
             .await
             .expect("copy /etc");
+        // A fresh image: nothing of this machine's enabled or served.
         let _ = std::fs::remove_file(etc.join("nginx/sites-enabled/default"));
+        let wants = etc.join("systemd/system/multi-user.target.wants");
+        let _ = std::fs::remove_dir_all(&wants);
+        std::fs::create_dir_all(&wants).expect("multi-user.target.wants");
         if let Some(base) = &self.config.git_base {
             std::fs::write(
                 etc.join("gitconfig"),

@@ -320,3 +320,61 @@ async fn static_site_should_be_served_over_https_redeployed_and_rolled_back() {
     .await;
     assert!(lines.contains("build: npm run build"), "{lines}");
 }
+
+/// A server app: deployed behind nginx, switched to a new commit without a
+/// failed request, and serving again after an `instance_type` change (a
+/// stop/start: new public IP, only enabled units come back), with the record
+/// following the new IP in the same apply.
+async fn server_app_should_switch_without_failures_and_survive_a_restart(app: &str, framework: &str) {
+    let _moto = jaam_tests::MOTO.read().await;
+    let (stage, _) = Stage::new(&format!("srv-{framework}"), app).await;
+    let profile = jaam_tests::ssm_profile().await;
+    stage.write_site(framework, &profile, "  instance_type: t3.micro\n");
+    stage.jaam(&["apply", "--auto-approve"]).await.expect_code(0);
+    let page = stage.get("https", "/").await;
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(page.body.contains("hello from revision A"), "{page:?}");
+
+    let prober = Prober::start(&stage, stage.record_ip().await);
+    stage.push(app, &[("message.txt", "hello from revision B\n")]);
+    stage.jaam(&["apply", "--auto-approve"]).await.expect_code(0);
+    let (total, failed, bodies) = prober.finish().await;
+    assert_eq!(failed, 0, "{failed} of {total} requests failed during the switch");
+    assert!(
+        bodies.iter().any(|b| b.contains("revision B")),
+        "the loop saw the new release: {bodies:?}"
+    );
+
+    let before = stage.record_ip().await;
+    stage.write_site(framework, &profile, "  instance_type: t3.small\n");
+    let plan = stage.jaam(&["plan"]).await;
+    plan.expect_code(0);
+    let text = plan.squashed();
+    assert!(
+        text.contains("~ site.blog.record {") && text.contains("(known after apply)"),
+        "the record follows the instance's new IP: {text}"
+    );
+    let run = stage.jaam(&["apply", "--auto-approve"]).await;
+    run.expect_code(0);
+    let after = stage.record_ip().await;
+    assert_ne!(before, after, "a stop/start gives a new public IP");
+    let state = state(&stage.ws);
+    assert_eq!(
+        state["resources"]["site.blog.instance"]["attributes"]["public_ip"],
+        after.as_str()
+    );
+    let page = stage.get("https", "/").await;
+    assert_eq!(page.status, 200, "serving again after the restart: {page:?}");
+    assert!(page.body.contains("hello from revision B"), "{page:?}");
+    stage.jaam(&["plan", "--detailed-exitcode"]).await.expect_code(0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_server_should_switch_without_failures_and_survive_a_restart() {
+    server_app_should_switch_without_failures_and_survive_a_restart("node-server", "node").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nextjs_app_should_switch_without_failures_and_survive_a_restart() {
+    server_app_should_switch_without_failures_and_survive_a_restart("next-shaped", "nextjs").await;
+}
