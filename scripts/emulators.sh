@@ -34,6 +34,11 @@ emulators_install() {
   command -v shellcheck >/dev/null || missing+=(shellcheck)
   command -v git >/dev/null || missing+=(git)
   command -v curl >/dev/null || missing+=(curl)
+  # The instance boxes (tests/boxes.rs): network namespaces and veth pairs,
+  # nsenter/unshare, and the node the sample apps build with.
+  command -v ip >/dev/null || [ -x /usr/sbin/ip ] || missing+=(iproute2)
+  command -v nsenter >/dev/null || missing+=(util-linux)
+  command -v node >/dev/null || missing+=(nodejs)
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "==> installing ${missing[*]} from Debian" >&2
     apt-get update -qq

@@ -66,8 +66,8 @@ pub struct BoxConfig {
     /// The environment of every command run in the box (AWS endpoint,
     /// region and credentials, as an instance role would give them).
     pub env: Vec<(String, String)>,
-    /// A PEM bundle the box's system store trusts besides Debian's.
-    pub extra_ca: Option<PathBuf>,
+    /// Packages the `dnf` stand-in does not find (a mirror outage).
+    pub missing_packages: Vec<String>,
 }
 
 /// How one command run in a box ended.
@@ -204,11 +204,13 @@ impl InstanceBox {
             )
             .expect("gitconfig");
         }
-        if let Some(ca) = &self.config.extra_ca {
-            let bundle = etc.join("ssl/certs/ca-certificates.crt");
-            let mut text = std::fs::read_to_string(&bundle).unwrap_or_default();
-            text.push_str(&std::fs::read_to_string(ca).expect("extra CA"));
-            std::fs::write(&bundle, text).expect("CA bundle");
+        if !self.config.missing_packages.is_empty() {
+            std::fs::create_dir_all(etc.join("dnf")).expect("dnf dir");
+            std::fs::write(
+                etc.join("dnf/jaam-missing-packages"),
+                self.config.missing_packages.join("\n") + "\n",
+            )
+            .expect("missing packages");
         }
         for dir in ["nginx", "journal"] {
             std::fs::create_dir_all(self.disk("/var/log").join(dir)).expect("log dir");

@@ -43,6 +43,15 @@ pub(crate) struct Seen {
 impl Stage {
     /// A stack named after `test`, its zone, and `app`'s first commit pushed.
     pub(crate) async fn new(test: &str, app_name: &str) -> (Self, String) {
+        Self::with_missing(test, app_name, &[]).await
+    }
+
+    /// [`Stage::new`] with boxes whose package mirror lacks `missing`.
+    pub(crate) async fn with_missing(
+        test: &str,
+        app_name: &str,
+        missing: &[&str],
+    ) -> (Self, String) {
         let moto = moto_endpoint();
         let pebble = pebble();
         let git = GitServer::start().await;
@@ -58,7 +67,7 @@ impl Stage {
                     ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
                     ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
                 ],
-                extra_ca: None,
+                missing_packages: missing.iter().map(|p| (*p).to_owned()).collect(),
             },
         )
         .await;
@@ -377,4 +386,101 @@ async fn node_server_should_switch_without_failures_and_survive_a_restart() {
 #[tokio::test(flavor = "multi_thread")]
 async fn nextjs_app_should_switch_without_failures_and_survive_a_restart() {
     server_app_should_switch_without_failures_and_survive_a_restart("next-shaped", "nextjs").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn site_without_an_ssm_profile_should_fail_fast_naming_the_profile() {
+    let _moto = jaam_tests::MOTO.read().await;
+    let (stage, _) = Stage::new("noprofile", "static-spa").await;
+    stage.ws.write_specs(&format!(
+        "site.blog:\n  repo: {}\n  domain: blog.{d}\n  zone: {d}\n  https: false\n",
+        stage.repo,
+        d = stage.domain
+    ));
+    let started = std::time::Instant::now();
+    let run = stage.jaam(&["apply", "--auto-approve"]).await;
+    run.expect_code(1);
+    let text = run.squashed();
+    assert!(
+        text.contains("has no instance profile (`iam_instance_profile`)"),
+        "{text}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(120), "{:?}", started.elapsed());
+
+    // A profile whose role does not allow SSM: the agent never registers,
+    // and the error names the profile once the registration deadline passes.
+    let (stage, _) = Stage::new("nossm", "static-spa").await;
+    let denied = instance_profile(&format!("{}-denied", stage.ws.stack), false).await;
+    stage.write_site("static", &denied, "  https: false\n");
+    let mut command = stage.command(&["apply", "--auto-approve"]);
+    command.env("JAAM_SSM_REGISTRATION_TIMEOUT", "20");
+    let run = tokio::task::spawn_blocking(move || Run::from(command.output().expect("jaam")))
+        .await
+        .unwrap();
+    run.expect_code(1);
+    let text = run.squashed();
+    assert!(text.contains("did not register with SSM"), "{text}");
+    assert!(text.contains(&format!("check instance profile `{denied}`")), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_boot_script_should_fail_the_first_deploy_with_its_errors() {
+    let _moto = jaam_tests::MOTO.read().await;
+    let (stage, _) = Stage::with_missing("badboot", "static-spa", &["nginx"]).await;
+    stage.write_site("static", &jaam_tests::ssm_profile().await, "  https: false\n");
+    let run = stage.jaam(&["apply", "--auto-approve"]).await;
+    run.expect_code(1);
+    let text = run.squashed();
+    assert!(
+        text.contains("the instance's boot script (user data) failed"),
+        "{text}"
+    );
+    assert!(text.contains("Unable to find a match: nginx"), "the boot script's output: {text}");
+    assert!(!text.contains("No such file"), "not a missing deploy command: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_secret_should_fail_the_deploy_by_name_and_keep_the_running_environment() {
+    let _moto = jaam_tests::MOTO.read().await;
+    let (stage, _) = Stage::new("secret", "node-server").await;
+    let parameter = format!("/jaam/{}/api-key", stage.ws.stack);
+    let ssm = aws_sdk_ssm::Client::new(&jaam_tests::aws_config().await);
+    ssm.put_parameter()
+        .name(&parameter)
+        .value("first-secret-value")
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .expect("PutParameter");
+    stage.write_site(
+        "node",
+        &jaam_tests::ssm_profile().await,
+        &format!("  https: false\n  secrets:\n    API_KEY: {parameter}\n"),
+    );
+    stage.jaam(&["apply", "--auto-approve"]).await.expect_code(0);
+    let machine = stage.cloud.machines().pop().expect("one instance");
+    let instance_box = machine.instance_box().expect("its box");
+    let secrets = instance_box.host_path("/srv/jaam/blog/env.secrets");
+    let before = std::fs::read_to_string(&secrets).expect("env.secrets");
+    assert!(before.contains("API_KEY=first-secret-value"), "{before}");
+
+    ssm.delete_parameter()
+        .name(&parameter)
+        .send()
+        .await
+        .expect("DeleteParameter");
+    let next = stage.push("node-server", &[("message.txt", "hello from revision B\n")]);
+    let run = stage.jaam(&["apply", "--auto-approve"]).await;
+    run.expect_code(1);
+    let text = run.squashed();
+    assert!(text.contains(&format!("deploy of {next} failed")), "{text}");
+    assert!(
+        text.contains(&format!("cannot read secret API_KEY from SSM parameter {parameter}")),
+        "{text}"
+    );
+    assert!(!text.contains("first-secret-value"), "{text}");
+    assert_eq!(std::fs::read_to_string(&secrets).unwrap(), before);
+    let page = stage.get("http", "/").await;
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(page.body.contains("hello from revision A"), "{page:?}");
 }
