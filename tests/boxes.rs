@@ -281,9 +281,12 @@ impl InstanceBox {
     pub async fn boot(&self, public_ip: &str, user_data: Option<&str>) -> Option<Ran> {
         let ns = self.namespace.as_str();
         let address = format!("{public_ip}/32");
-        sh("ip", &["-n", ns, "addr", "add", &address, "dev", &self.box_if])
-            .await
-            .expect("public address");
+        sh(
+            "ip",
+            &["-n", ns, "addr", "add", &address, "dev", &self.box_if],
+        )
+        .await
+        .expect("public address");
         sh(
             "ip",
             &[
@@ -329,7 +332,9 @@ impl InstanceBox {
         *self.running.lock().unwrap() = Some((init, pid, public_ip.to_owned()));
         let finished = "/var/lib/cloud/instance/boot-finished";
         let _ = std::fs::remove_file(self.host_path(finished));
-        let boot = self.run("systemctl jaam-boot", Duration::from_secs(60)).await;
+        let boot = self
+            .run("systemctl jaam-boot", Duration::from_secs(60))
+            .await;
         assert_eq!(boot.code, Some(0), "box boot: {boot:?}");
         let first = !self.host_path("/var/lib/cloud/instance/scripts").exists();
         let mut outcome = None;
@@ -453,7 +458,15 @@ impl InstanceBox {
         let address = format!("{ip}/32");
         let _ = sh(
             "ip",
-            &["-n", &self.namespace, "addr", "del", &address, "dev", &self.box_if],
+            &[
+                "-n",
+                &self.namespace,
+                "addr",
+                "del",
+                &address,
+                "dev",
+                &self.box_if,
+            ],
         )
         .await;
         let _ = sh("ip", &["route", "del", &address]).await;
@@ -495,7 +508,10 @@ fn processes_in(namespace: &Path) -> Vec<rustix::process::Pid> {
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok().as_deref() == Some(namespace)
+            std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
+                .ok()
+                .as_deref()
+                == Some(namespace)
         })
         .filter_map(rustix::process::Pid::from_raw)
         .collect()

@@ -149,8 +149,13 @@ impl Cloud {
         let agent = tokio::spawn(async move {
             let logs = crate::logs_client().await;
             loop {
-                let machines: Vec<Arc<Machine>> =
-                    shipping.machines.lock().unwrap().values().cloned().collect();
+                let machines: Vec<Arc<Machine>> = shipping
+                    .machines
+                    .lock()
+                    .unwrap()
+                    .values()
+                    .cloned()
+                    .collect();
                 for machine in machines {
                     ship_logs(&logs, &machine).await;
                 }
@@ -171,7 +176,13 @@ impl Cloud {
 
     /// Every machine launched so far.
     pub fn machines(&self) -> Vec<Arc<Machine>> {
-        self.shared.machines.lock().unwrap().values().cloned().collect()
+        self.shared
+            .machines
+            .lock()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect()
     }
 }
 
@@ -408,9 +419,10 @@ fn allows_ssm(document: &Value) -> bool {
             other => vec![other.clone()],
         };
         statement["Effect"] == "Allow"
-            && actions.iter().filter_map(Value::as_str).any(|action| {
-                matches!(action, "*" | "ssm:*" | "ssm:UpdateInstanceInformation")
-            })
+            && actions
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|action| matches!(action, "*" | "ssm:*" | "ssm:UpdateInstanceInformation"))
     })
 }
 
@@ -418,9 +430,14 @@ fn allows_ssm(document: &Value) -> bool {
 async fn role_allows_ssm(arn: Option<&str>) -> Result<(), String> {
     let arn = arn.ok_or("the instance has no instance profile")?;
     let name = arn.rsplit('/').next().unwrap_or(arn);
-    let profile = aws_json(&["iam", "get-instance-profile", "--instance-profile-name", name])
-        .await
-        .map_err(|e| format!("instance profile {name}: {e}"))?;
+    let profile = aws_json(&[
+        "iam",
+        "get-instance-profile",
+        "--instance-profile-name",
+        name,
+    ])
+    .await
+    .map_err(|e| format!("instance profile {name}: {e}"))?;
     let roles: Vec<String> = profile["InstanceProfile"]["Roles"]
         .as_array()
         .into_iter()
@@ -428,7 +445,8 @@ async fn role_allows_ssm(arn: Option<&str>) -> Result<(), String> {
         .filter_map(|role| role["RoleName"].as_str().map(str::to_owned))
         .collect();
     for role in &roles {
-        let attached = aws_json(&["iam", "list-attached-role-policies", "--role-name", role]).await?;
+        let attached =
+            aws_json(&["iam", "list-attached-role-policies", "--role-name", role]).await?;
         if attached["AttachedPolicies"]
             .as_array()
             .into_iter()
@@ -715,9 +733,9 @@ async fn ship_logs(logs: &aws_sdk_cloudwatchlogs::Client, machine: &Machine) {
         if !instance_box.host_path(&format!("{etc}/running")).exists() {
             return;
         }
-        let Ok(configs) = std::fs::read_dir(
-            instance_box.host_path(&format!("{etc}/amazon-cloudwatch-agent.d")),
-        ) else {
+        let Ok(configs) =
+            std::fs::read_dir(instance_box.host_path(&format!("{etc}/amazon-cloudwatch-agent.d")))
+        else {
             return;
         };
         let mut targets = Vec::new();
@@ -846,7 +864,10 @@ impl GitServer {
             .expect("python3 http.server");
         std::fs::create_dir_all(dir.path().join("srv")).expect("served directory");
         for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -880,14 +901,32 @@ impl GitServer {
             std::fs::write(target, content).expect("change");
         }
         git(&work, &["add", "-A"]);
-        git(&work, &["commit", "--quiet", "--allow-empty", "-m", "jaam test commit"]);
+        git(
+            &work,
+            &[
+                "commit",
+                "--quiet",
+                "--allow-empty",
+                "-m",
+                "jaam test commit",
+            ],
+        );
         let sha = git(&work, &["rev-parse", "HEAD"]);
         let bare = self.dir.path().join("srv").join(format!("{repo}.git"));
         if !bare.exists() {
             std::fs::create_dir_all(&bare).expect("bare repository");
             git(&bare, &["init", "--quiet", "--bare"]);
         }
-        git(&work, &["push", "--quiet", "--force", bare.to_str().unwrap(), "main:main"]);
+        git(
+            &work,
+            &[
+                "push",
+                "--quiet",
+                "--force",
+                bare.to_str().unwrap(),
+                "main:main",
+            ],
+        );
         git(&bare, &["update-server-info"]);
         sha
     }

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-
 use jaam_tests::boxes::cloud::{Cloud, STDERR_LIMIT, STDOUT_LIMIT};
 use jaam_tests::boxes::{BoxConfig, InstanceBox};
 use jaam_tests::{moto_endpoint, unique};
@@ -58,7 +57,10 @@ async fn box_should_run_user_data_once_and_restart_only_enabled_units() {
         let instance_box = &instance_box;
         async move {
             instance_box
-                .run(&format!("systemctl is-active {unit}"), Duration::from_secs(10))
+                .run(
+                    &format!("systemctl is-active {unit}"),
+                    Duration::from_secs(10),
+                )
                 .await
                 .stdout
                 .trim()
@@ -69,12 +71,24 @@ async fn box_should_run_user_data_once_and_restart_only_enabled_units() {
     assert_eq!(active("gone").await, "active");
     // The box answers on its public address from the host.
     let ping = tokio::process::Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
         .arg("http://198.51.100.7:80/")
         .output()
         .await
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&ping.stdout), "000", "nothing listens on 80 yet");
+    assert_eq!(
+        String::from_utf8_lossy(&ping.stdout),
+        "000",
+        "nothing listens on 80 yet"
+    );
 
     instance_box.shutdown().await;
     assert!(!instance_box.is_running());
@@ -93,7 +107,11 @@ async fn box_should_run_user_data_once_and_restart_only_enabled_units() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(kept, "active", "an enabled unit comes back after a restart");
-    assert_eq!(active("gone").await, "inactive", "a unit never enabled does not");
+    assert_eq!(
+        active("gone").await,
+        "inactive",
+        "a unit never enabled does not"
+    );
     let served = instance_box
         .run(
             "for _ in $(seq 100); do curl -fsS -o /dev/null http://127.0.0.1:8001/ && echo up && break; sleep 0.1; done",
@@ -167,7 +185,10 @@ async fn finished(
     ssm: &aws_sdk_ssm::Client,
     command: &str,
     id: &str,
-) -> (Vec<String>, aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationOutput) {
+) -> (
+    Vec<String>,
+    aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationOutput,
+) {
     let mut seen: Vec<String> = Vec::new();
     loop {
         let answer = ssm
@@ -177,7 +198,10 @@ async fn finished(
             .send()
             .await
             .expect("GetCommandInvocation");
-        let status = answer.status().map(|s| s.as_str().to_owned()).unwrap_or_default();
+        let status = answer
+            .status()
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default();
         if seen.last() != Some(&status) {
             seen.push(status.clone());
         }
@@ -194,7 +218,12 @@ async fn ssm_stand_in_should_register_after_boot_run_commands_and_cut_output_lik
     let _moto = jaam_tests::MOTO.read().await;
     let cloud = Cloud::start(&moto, config()).await;
     let profile = jaam_tests::ssm_profile().await;
-    let id = launch(&cloud, Some(&profile), "#!/bin/bash\nsleep 2\necho booted >/srv/booted\n").await;
+    let id = launch(
+        &cloud,
+        Some(&profile),
+        "#!/bin/bash\nsleep 2\necho booted >/srv/booted\n",
+    )
+    .await;
     let ssm = ssm_client(&cloud).await;
 
     // Not registered while the boot script runs: SendCommand is refused.
@@ -243,7 +272,10 @@ async fn ssm_stand_in_should_register_after_boot_run_commands_and_cut_output_lik
     let (_, answer) = finished(&ssm, &command, &id).await;
     assert_eq!(answer.status().map(|s| s.as_str()), Some("Failed"));
     assert_eq!(answer.response_code(), 3);
-    assert_eq!(answer.standard_output_content().unwrap().len(), STDOUT_LIMIT);
+    assert_eq!(
+        answer.standard_output_content().unwrap().len(),
+        STDOUT_LIMIT
+    );
     assert_eq!(answer.standard_error_content().unwrap().len(), STDERR_LIMIT);
     let invocations = ssm
         .list_command_invocations()

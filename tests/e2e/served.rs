@@ -10,7 +10,9 @@ use jaam_tests::boxes::BoxConfig;
 use jaam_tests::boxes::cloud::{Cloud, GitServer};
 use jaam_tests::daemon::{Daemon, deliveries};
 use jaam_tests::github::GithubFake;
-use jaam_tests::{Run, Workspace, hosted_zone, instance_profile, moto_endpoint, unique, zone_records};
+use jaam_tests::{
+    Run, Workspace, hosted_zone, instance_profile, moto_endpoint, unique, zone_records,
+};
 
 /// One test's world: a stack, its zone, its repository and the cloud.
 pub(crate) struct Stage {
@@ -211,7 +213,10 @@ impl Prober {
                 total += 1;
                 if status != "200" {
                     failed += 1;
-                    eprintln!("probe failed: {status} {}", String::from_utf8_lossy(&out.stderr));
+                    eprintln!(
+                        "probe failed: {status} {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
                 }
                 let body = body.trim().to_owned();
                 if !bodies.contains(&body) {
@@ -257,7 +262,10 @@ async fn static_site_should_be_served_over_https_redeployed_and_rolled_back() {
     assert_eq!(page.status, 200, "{page:?}");
     assert!(page.body.contains("hello from revision A"), "{page:?}");
     let route = stage.get("https", "/some/client/route").await;
-    assert_eq!(route.status, 200, "client-side routes fall back to index.html");
+    assert_eq!(
+        route.status, 200,
+        "client-side routes fall back to index.html"
+    );
     let plain = stage.get("http", "/path?q=1").await;
     assert_eq!(plain.status, 301, "{plain:?}");
     assert_eq!(
@@ -271,24 +279,41 @@ async fn static_site_should_be_served_over_https_redeployed_and_rolled_back() {
         stage.ws.dir.path().join("daemon.log"),
     );
     let revision = |d: &Daemon| d.status()["revisions"]["blog"].as_str().map(str::to_owned);
-    daemon.wait_until("the daemon's first reconcile", Duration::from_secs(120), |d| {
-        revision(d).as_deref() == Some(first.as_str())
-    });
+    daemon.wait_until(
+        "the daemon's first reconcile",
+        Duration::from_secs(120),
+        |d| revision(d).as_deref() == Some(first.as_str()),
+    );
     let prober = Prober::start(&stage, stage.record_ip().await);
     let second = stage.push("static-spa", &[("message.txt", "hello from revision B\n")]);
-    let all = deliveries(HOOK_SECRET, &stage.repo, "main", std::slice::from_ref(&second), None);
-    let push = all.iter().find(|d| d.event == "push").expect("a push delivery");
+    let all = deliveries(
+        HOOK_SECRET,
+        &stage.repo,
+        "main",
+        std::slice::from_ref(&second),
+        None,
+    );
+    let push = all
+        .iter()
+        .find(|d| d.event == "push")
+        .expect("a push delivery");
     let (status, body) = daemon.deliver(push);
     assert!(status == 200 || status == 202, "{status} {body}");
-    daemon.wait_until("the pushed commit deployed", Duration::from_secs(300), |d| {
-        revision(d).as_deref() == Some(second.as_str())
-    });
+    daemon.wait_until(
+        "the pushed commit deployed",
+        Duration::from_secs(300),
+        |d| revision(d).as_deref() == Some(second.as_str()),
+    );
     let served = stage.get("https", "/").await;
     assert!(served.body.contains("hello from revision B"), "{served:?}");
     let (total, failed, bodies) = prober.finish().await;
-    assert_eq!(failed, 0, "{failed} of {total} requests failed during the switch");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {total} requests failed during the switch"
+    );
     assert!(
-        bodies.iter().any(|b| b.contains("revision A")) && bodies.iter().any(|b| b.contains("revision B")),
+        bodies.iter().any(|b| b.contains("revision A"))
+            && bodies.iter().any(|b| b.contains("revision B")),
         "the loop saw the switch: {bodies:?}"
     );
     assert_eq!(daemon.terminate(), Some(0));
@@ -305,27 +330,50 @@ async fn static_site_should_be_served_over_https_redeployed_and_rolled_back() {
     let run = stage.jaam(&["apply", "--auto-approve"]).await;
     run.expect_code(1);
     let text = run.squashed();
-    assert!(text.contains(&format!("deploy of {broken} failed")), "{text}");
-    assert!(text.contains("compiling the broken page"), "the build's output: {text}");
+    assert!(
+        text.contains(&format!("deploy of {broken} failed")),
+        "{text}"
+    );
+    assert!(
+        text.contains("compiling the broken page"),
+        "the build's output: {text}"
+    );
     assert!(text.contains("Error: the build broke on purpose"), "{text}");
     assert!(
         text.contains(&format!("build of {broken} failed; still serving {second}")),
         "{text}"
     );
-    assert!(stage.get("https", "/").await.body.contains("hello from revision B"));
+    assert!(
+        stage
+            .get("https", "/")
+            .await
+            .body
+            .contains("hello from revision B")
+    );
 
     // Rollback serves the release before.
     let run = stage.jaam(&["rollback", "site.blog"]).await;
     run.expect_code(0);
-    assert!(stage.get("https", "/").await.body.contains("hello from revision A"));
+    assert!(
+        stage
+            .get("https", "/")
+            .await
+            .body
+            .contains("hello from revision A")
+    );
 
     // The build log the agent shipped, read back with `jaam logs`.
-    let lines = jaam_tests::eventually("the build log in CloudWatch", Duration::from_secs(30), || async {
-        let run = stage.jaam(&["logs", "site.blog", "--since", "1h"]).await;
-        let text = run.stdout.clone();
-        (text.contains("built: hello from revision B") && text.contains("the build broke on purpose"))
+    let lines = jaam_tests::eventually(
+        "the build log in CloudWatch",
+        Duration::from_secs(30),
+        || async {
+            let run = stage.jaam(&["logs", "site.blog", "--since", "1h"]).await;
+            let text = run.stdout.clone();
+            (text.contains("built: hello from revision B")
+                && text.contains("the build broke on purpose"))
             .then_some(text)
-    })
+        },
+    )
     .await;
     assert!(lines.contains("build: npm run build"), "{lines}");
 }
@@ -334,21 +382,33 @@ async fn static_site_should_be_served_over_https_redeployed_and_rolled_back() {
 /// failed request, and serving again after an `instance_type` change (a
 /// stop/start: new public IP, only enabled units come back), with the record
 /// following the new IP in the same apply.
-async fn server_app_should_switch_without_failures_and_survive_a_restart(app: &str, framework: &str) {
+async fn server_app_should_switch_without_failures_and_survive_a_restart(
+    app: &str,
+    framework: &str,
+) {
     let _moto = jaam_tests::MOTO.read().await;
     let (stage, _) = Stage::new(&format!("srv-{framework}"), app).await;
     let profile = jaam_tests::ssm_profile().await;
     stage.write_site(framework, &profile, "  instance_type: t3.micro\n");
-    stage.jaam(&["apply", "--auto-approve"]).await.expect_code(0);
+    stage
+        .jaam(&["apply", "--auto-approve"])
+        .await
+        .expect_code(0);
     let page = stage.get("https", "/").await;
     assert_eq!(page.status, 200, "{page:?}");
     assert!(page.body.contains("hello from revision A"), "{page:?}");
 
     let prober = Prober::start(&stage, stage.record_ip().await);
     stage.push(app, &[("message.txt", "hello from revision B\n")]);
-    stage.jaam(&["apply", "--auto-approve"]).await.expect_code(0);
+    stage
+        .jaam(&["apply", "--auto-approve"])
+        .await
+        .expect_code(0);
     let (total, failed, bodies) = prober.finish().await;
-    assert_eq!(failed, 0, "{failed} of {total} requests failed during the switch");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {total} requests failed during the switch"
+    );
     assert!(
         bodies.iter().any(|b| b.contains("revision B")),
         "the loop saw the new release: {bodies:?}"
@@ -373,9 +433,15 @@ async fn server_app_should_switch_without_failures_and_survive_a_restart(app: &s
         after.as_str()
     );
     let page = stage.get("https", "/").await;
-    assert_eq!(page.status, 200, "serving again after the restart: {page:?}");
+    assert_eq!(
+        page.status, 200,
+        "serving again after the restart: {page:?}"
+    );
     assert!(page.body.contains("hello from revision B"), "{page:?}");
-    stage.jaam(&["plan", "--detailed-exitcode"]).await.expect_code(0);
+    stage
+        .jaam(&["plan", "--detailed-exitcode"])
+        .await
+        .expect_code(0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -405,7 +471,11 @@ async fn site_without_an_ssm_profile_should_fail_fast_naming_the_profile() {
         text.contains("has no instance profile (`iam_instance_profile`)"),
         "{text}"
     );
-    assert!(started.elapsed() < Duration::from_secs(120), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "{:?}",
+        started.elapsed()
+    );
 
     // A profile whose role does not allow SSM: the agent never registers,
     // and the error names the profile once the registration deadline passes.
@@ -420,14 +490,21 @@ async fn site_without_an_ssm_profile_should_fail_fast_naming_the_profile() {
     run.expect_code(1);
     let text = run.squashed();
     assert!(text.contains("did not register with SSM"), "{text}");
-    assert!(text.contains(&format!("check instance profile `{denied}`")), "{text}");
+    assert!(
+        text.contains(&format!("check instance profile `{denied}`")),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_boot_script_should_fail_the_first_deploy_with_its_errors() {
     let _moto = jaam_tests::MOTO.read().await;
     let (stage, _) = Stage::with_missing("badboot", "static-spa", &["nginx"]).await;
-    stage.write_site("static", &jaam_tests::ssm_profile().await, "  https: false\n");
+    stage.write_site(
+        "static",
+        &jaam_tests::ssm_profile().await,
+        "  https: false\n",
+    );
     let run = stage.jaam(&["apply", "--auto-approve"]).await;
     run.expect_code(1);
     let text = run.squashed();
@@ -435,8 +512,14 @@ async fn failed_boot_script_should_fail_the_first_deploy_with_its_errors() {
         text.contains("the instance's boot script (user data) failed"),
         "{text}"
     );
-    assert!(text.contains("Unable to find a match: nginx"), "the boot script's output: {text}");
-    assert!(!text.contains("No such file"), "not a missing deploy command: {text}");
+    assert!(
+        text.contains("Unable to find a match: nginx"),
+        "the boot script's output: {text}"
+    );
+    assert!(
+        !text.contains("No such file"),
+        "not a missing deploy command: {text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -457,7 +540,10 @@ async fn missing_secret_should_fail_the_deploy_by_name_and_keep_the_running_envi
         &jaam_tests::ssm_profile().await,
         &format!("  https: false\n  secrets:\n    API_KEY: {parameter}\n"),
     );
-    stage.jaam(&["apply", "--auto-approve"]).await.expect_code(0);
+    stage
+        .jaam(&["apply", "--auto-approve"])
+        .await
+        .expect_code(0);
     let machine = stage.cloud.machines().pop().expect("one instance");
     let instance_box = machine.instance_box().expect("its box");
     let secrets = instance_box.host_path("/srv/jaam/blog/env.secrets");
@@ -475,7 +561,9 @@ async fn missing_secret_should_fail_the_deploy_by_name_and_keep_the_running_envi
     let text = run.squashed();
     assert!(text.contains(&format!("deploy of {next} failed")), "{text}");
     assert!(
-        text.contains(&format!("cannot read secret API_KEY from SSM parameter {parameter}")),
+        text.contains(&format!(
+            "cannot read secret API_KEY from SSM parameter {parameter}"
+        )),
         "{text}"
     );
     assert!(!text.contains("first-secret-value"), "{text}");

@@ -662,13 +662,12 @@ async fn site_should_apply_redeploy_roll_back_show_logs_and_destroy() {
     hosted_zone(&domain).await;
     let a = random_sha();
     env.set_head(&repo, &a);
-    env.ws
-        .write_specs(&site_spec(
-            &stack,
-            &domain,
-            &pebble.directory,
-            &jaam_tests::ssm_profile().await,
-        ));
+    env.ws.write_specs(&site_spec(
+        &stack,
+        &domain,
+        &pebble.directory,
+        &jaam_tests::ssm_profile().await,
+    ));
 
     // The plan shows the expansion, with the branch head resolved.
     let run = env.jaam(&["plan"]);
