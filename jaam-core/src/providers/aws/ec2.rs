@@ -4,8 +4,12 @@
 //! - `ami` (required): an image id, or an SSM public parameter path such as
 //!   `/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64`,
 //!   resolved to an image id at plan time (one batched GetParameters per plan).
-//!   A new image — including the parameter moving to a newer AMI — **replaces**.
-//! - `instance_type` (required): **in place** by stop → modify → start.
+//!   Another image written in the spec **replaces**; the parameter moving to a
+//!   newer AMI is only a plan note (`--replace` forces the replacement).
+//! - `instance_type` (required): **in place** by stop → modify → start. The
+//!   start gives a new public IP: such a plan shows `public_ip` and
+//!   `public_dns` as `(known after apply)`, so dependents (a site's record)
+//!   follow in the same apply.
 //! - `subnet_id` (optional; AWS picks when unset): **replaces**.
 //! - `security_group_ids` (optional; AWS picks when unset): **in place**.
 //! - `key_name`, `iam_instance_profile` (by name), `user_data`, `root_volume_gb`
@@ -16,7 +20,13 @@
 //!   `deploy_command REVISION` (default `/opt/jaam/bin/deploy`, which a
 //!   `site`'s user data installs) over SSM Run Command and waits for it; a
 //!   failed deploy fails the apply with the tail of its output (the build log)
-//!   and leaves the recorded revision as it was. A revision written as
+//!   and leaves the recorded revision as it was. The command first waits for
+//!   the boot script ([`boot_wait`]: `cloud-init status --wait`), so the first
+//!   deploy never races the user data that installs the deploy command, and a
+//!   failed boot script fails it with cloud-init's errors. An instance without
+//!   `iam_instance_profile` fails the deploy at once (the SSM agent cannot
+//!   register without one); one that does not register in time fails naming
+//!   its profile. A revision written as
 //!   `github:owner/repo@branch` is resolved to the branch head at plan time
 //!   (through the resolver given with [`Instances::with_heads`]), so a plan
 //!   shows the commit it will deploy.

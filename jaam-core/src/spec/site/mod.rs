@@ -53,7 +53,8 @@
 //!   Linux 2023 through its SSM public parameter), `subnet_id`,
 //!   `security_group_ids`, `key_name`, `iam_instance_profile` (it needs SSM
 //!   managed-instance permissions, `ssm:GetParameter` on the site's secrets and
-//!   certificate, and CloudWatch Logs writes).
+//!   certificate, and CloudWatch Logs writes; without it the first deploy fails
+//!   at once, naming it: jaam deploys over SSM).
 //! - `revision`: the commit to serve; by default the branch head at plan time,
 //!   read through the GitHub API. A new revision is an in-place update of
 //!   `site.blog.instance` that runs the deploy script over SSM.
@@ -67,7 +68,9 @@
 //! being served, switched with one rename), `logs/build.log` and
 //! `logs/app.log` (shipped to the log group as streams `build` and `app`).
 //! `/opt/jaam/bin/deploy REVISION | rollback | current` is the deploy script
-//! ([`deploy_script`]). nginx serves HTTP until the certificate is installed;
+//! ([`deploy_script`]); a deploy waits for the user data to have finished
+//! first. A server app runs as the unit `jaam-site-<name>@<port>`; the serving
+//! one is enabled, so it comes back with nginx after a reboot or stop/start. nginx serves HTTP until the certificate is installed;
 //! the certificate's install hook then enables HTTPS and redirects HTTP to it.
 //!
 //! # Privileges
