@@ -7,8 +7,10 @@
 //! client reaches the site through the Route53 record jaam wrote) and a mount
 //! namespace in which the instance's disk — per-box copies of `/etc`, `/srv`,
 //! `/opt`, `/var/log`, `/var/lib/{cloud,nginx,amazon}`, `/usr/local/{bin,sbin}`
-//! — is bind-mounted over the host's, with a fresh tmpfs on `/run` and `/tmp`
-//! at every boot. The programs are Debian's (nginx, git, node, curl), with
+//! — is bind-mounted over the host's, with a fresh tmpfs on `/run`, `/tmp` and
+//! `/var/tmp` at every boot; the rest of the host's file system is read-only
+//! in the box (a script writing elsewhere fails, as on a read-only image, and
+//! never touches this machine). The programs are Debian's (nginx, git, node, curl), with
 //! stand-ins from `tests/boxes/` first on `PATH`: `dnf` (checks the packages
 //! asked for are the ones provided), `systemctl` (really starts, stops,
 //! restarts, reloads and enables units and nginx; a boot starts what is
@@ -309,6 +311,9 @@ impl InstanceBox {
             ));
         }
         mounts.push_str("mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /tmp && ");
+        mounts.push_str("mount -t tmpfs tmpfs /var/tmp && ");
+        // The rest of the file system is this machine's: read-only in the box.
+        mounts.push_str("mount -o remount,bind,ro / && ");
         mounts.push_str("echo ready && exec sleep infinity");
         let mut init = tokio::process::Command::new("nsenter")
             .args([&format!("--net=/run/netns/{ns}"), "--"])
