@@ -1,8 +1,10 @@
 //! The cloud around the boxes: a proxy in front of moto that jaam's AWS
 //! endpoint points at.
 //!
-//! - **EC2**: RunInstances, StopInstances, StartInstances and
-//!   TerminateInstances go to moto; then the instance's box is made and
+//! - **EC2**: RunInstances with more than 16,384 bytes of user data is
+//!   refused (`InvalidParameterValue`), as EC2 does and moto does not.
+//!   RunInstances, StopInstances, StartInstances and TerminateInstances go to
+//!   moto; then the instance's box is made and
 //!   booted (user data read back with DescribeInstanceAttribute, run once),
 //!   shut down, booted again on the new public IP, or destroyed. A stop
 //!   answers once the box is down; a launch or start answers at once, while
@@ -223,6 +225,20 @@ fn instance_ids(body: &str) -> Vec<String> {
         .collect()
 }
 
+/// EC2's limit on user data, in bytes before base64.
+pub const USER_DATA_LIMIT: usize = 16_384;
+
+/// The decoded size of a RunInstances request's `UserData`.
+fn user_data_size(body: &str) -> Option<usize> {
+    let encoded = form_value(body, "UserData")?
+        .replace("%2B", "+")
+        .replace("%2F", "/")
+        .replace("%3D", "=");
+    aws_smithy_types::base64::decode(encoded)
+        .ok()
+        .map(|raw| raw.len())
+}
+
 fn form_value<'a>(body: &'a str, name: &str) -> Option<&'a str> {
     body.split('&')
         .filter_map(|pair| pair.split_once('='))
@@ -249,6 +265,22 @@ async fn handle(shared: Arc<Shared>, mut client: tokio::net::TcpStream) -> std::
         return client.shutdown().await;
     }
     let action = form_value(&body, "Action").unwrap_or_default().to_owned();
+    if action == "RunInstances"
+        && let Some(size) = user_data_size(&body)
+        && size > USER_DATA_LIMIT
+    {
+        // EC2 enforces what moto does not.
+        let answer = respond(
+            "400 Bad Request",
+            "text/xml",
+            &format!(
+                "<Response><Errors><Error><Code>InvalidParameterValue</Code><Message>User data is limited to \
+                 {USER_DATA_LIMIT} bytes (got {size})</Message></Error></Errors><RequestID>cloud</RequestID></Response>"
+            ),
+        );
+        client.write_all(answer.as_bytes()).await?;
+        return client.shutdown().await;
+    }
     if action == "StopInstances" {
         // The box is down before EC2 says the instance is stopping.
         for id in instance_ids(&body) {

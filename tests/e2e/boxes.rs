@@ -292,6 +292,29 @@ async fn ssm_stand_in_should_register_after_boot_run_commands_and_cut_output_lik
     let (_, answer) = finished(&ssm, &command, &id).await;
     assert_eq!(answer.status().map(|s| s.as_str()), Some("TimedOut"));
 
+    // User data over EC2's limit is refused, as EC2 refuses it.
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&cloud.url)
+        .load()
+        .await;
+    let refused = aws_sdk_ec2::Client::new(&config)
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .min_count(1)
+        .max_count(1)
+        .user_data(aws_smithy_types::base64::encode(format!(
+            "#!/bin/bash\n#{}\n",
+            "x".repeat(17_000)
+        )))
+        .send()
+        .await
+        .expect_err("17 KB of user data");
+    assert_eq!(
+        aws_sdk_ec2::error::ProvideErrorMetadata::code(&refused),
+        Some("InvalidParameterValue"),
+        "{refused:?}"
+    );
+
     // A profile whose role cannot use SSM never registers.
     let denied = jaam_tests::instance_profile(&unique("no-ssm"), false).await;
     let other = launch(&cloud, Some(&denied), "#!/bin/bash\ntrue\n").await;
