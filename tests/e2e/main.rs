@@ -15,6 +15,7 @@ mod lock;
 mod log_groups;
 mod refresh_cost;
 mod s3_state;
+mod security_groups;
 mod served;
 mod sites;
 mod webhooks;

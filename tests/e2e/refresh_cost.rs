@@ -115,3 +115,48 @@ async fn refresh_of_200_instances_and_200_records_should_cost_at_most_6_calls() 
     )
     .await;
 }
+
+#[tokio::test]
+async fn refresh_of_100_security_groups_should_cost_at_most_2_calls() {
+    use jaam_core::providers::aws::security_groups::SecurityGroups;
+    let config = aws_config().await;
+    let _exclusive = jaam_tests::MOTO.write().await;
+    let counter = CallCounter::new();
+    let mut registry = Registry::new();
+    registry.register(Arc::new(SecurityGroups::new(&config, Some(counter.clone()))));
+    let stack = unique("sgs");
+    let text: String = (0..100)
+        .map(|n| {
+            format!(
+                "security_group.g{n}:\n  name: {stack}-g{n}\n  ingress: [\"tcp 443 0.0.0.0/0\", \"tcp {port} 10.0.0.0/8\"]\n",
+                port = 8000 + n
+            )
+        })
+        .collect();
+    let (engine, specs, _directory) = applied(registry, &stack, text).await;
+
+    counter.reset();
+    let plan = engine
+        .plan(&specs, &plan::Options::default())
+        .await
+        .unwrap();
+    let calls = counter.count();
+    assert!(
+        !plan.has_changes(),
+        "{}",
+        jaam_core::plan::render::text(&plan, Default::default())
+    );
+    assert_eq!(plan.changes.len(), 100);
+    // One DescribeSecurityGroups page, and one DescribeVpcs for the default VPC check.
+    println!("refresh of 100 security groups: {calls} API calls");
+    assert!(calls <= 2, "refresh made {calls} calls");
+    run(
+        &engine,
+        &specs,
+        &plan::Options {
+            destroy: true,
+            ..Default::default()
+        },
+    )
+    .await;
+}

@@ -11,6 +11,7 @@ pub mod ec2;
 pub mod logs;
 pub mod parameters;
 pub mod route53;
+pub mod security_groups;
 pub mod sites;
 pub mod ssm;
 
@@ -48,6 +49,7 @@ pub fn register(registry: &mut Registry, config: &SdkConfig, heads: Option<ec2::
         None => instances,
     }));
     registry.register(Arc::new(route53::Records::new(config, None)));
+    registry.register(Arc::new(security_groups::SecurityGroups::new(config, None)));
 }
 
 /// Counts HTTP attempts made through the clients it is attached to (tests use it
