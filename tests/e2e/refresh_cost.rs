@@ -123,7 +123,10 @@ async fn refresh_of_100_security_groups_should_cost_at_most_2_calls() {
     let _exclusive = jaam_tests::MOTO.write().await;
     let counter = CallCounter::new();
     let mut registry = Registry::new();
-    registry.register(Arc::new(SecurityGroups::new(&config, Some(counter.clone()))));
+    registry.register(Arc::new(SecurityGroups::new(
+        &config,
+        Some(counter.clone()),
+    )));
     let stack = unique("sgs");
     let text: String = (0..100)
         .map(|n| {

@@ -150,7 +150,10 @@ async fn security_group_should_change_rules_in_place_and_replace_on_description(
         .send()
         .await
         .unwrap();
-    assert!(gone.security_groups().is_empty(), "the old group is deleted");
+    assert!(
+        gone.security_groups().is_empty(),
+        "the old group is deleted"
+    );
 
     ws.jaam(&["destroy", "--auto-approve"]).expect_code(0);
     let gone = ec2_client()
@@ -198,7 +201,8 @@ async fn security_group_should_be_imported() {
     ws.write_specs(&format!(
         "security_group.hand:\n  name: {name}\n  description: made by hand\n"
     ));
-    ws.jaam(&["import", "security_group.hand", &id]).expect_code(0);
+    ws.jaam(&["import", "security_group.hand", &id])
+        .expect_code(0);
     ws.jaam(&["plan", "--detailed-exitcode"]).expect_code(0);
     ws.write_specs(&format!(
         "security_group.hand:\n  name: {name}\n  description: made by hand\n  ingress: [\"tcp 443 0.0.0.0/0\"]\n"

@@ -220,7 +220,12 @@ fn observed_rules(permissions: &[IpPermission]) -> Vec<Rule> {
             .ip_ranges()
             .iter()
             .filter_map(|r| r.cidr_ip())
-            .chain(permission.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6()));
+            .chain(
+                permission
+                    .ipv6_ranges()
+                    .iter()
+                    .filter_map(|r| r.cidr_ipv6()),
+            );
         for cidr in cidrs {
             out.push(Rule {
                 protocol: protocol.clone(),
@@ -710,11 +715,27 @@ mod tests {
         ] {
             assert_eq!(Rule::parse(text).map(|r| r.render()), Ok(text.to_owned()));
         }
-        assert!(Rule::parse("TCP 443 0.0.0.0/0").unwrap_err().contains("protocol"));
-        assert!(Rule::parse("tcp 443-443 0.0.0.0/0").unwrap_err().contains("write"));
-        assert!(Rule::parse("tcp 70000 0.0.0.0/0").unwrap_err().contains("port"));
+        assert!(
+            Rule::parse("TCP 443 0.0.0.0/0")
+                .unwrap_err()
+                .contains("protocol")
+        );
+        assert!(
+            Rule::parse("tcp 443-443 0.0.0.0/0")
+                .unwrap_err()
+                .contains("write")
+        );
+        assert!(
+            Rule::parse("tcp 70000 0.0.0.0/0")
+                .unwrap_err()
+                .contains("port")
+        );
         assert!(Rule::parse("tcp 443 0.0.0.0").unwrap_err().contains("CIDR"));
         assert!(Rule::parse("all 80 0.0.0.0/0").unwrap_err().contains("all"));
-        assert!(Rule::parse("tcp 443").unwrap_err().contains("PROTOCOL PORTS SOURCE"));
+        assert!(
+            Rule::parse("tcp 443")
+                .unwrap_err()
+                .contains("PROTOCOL PORTS SOURCE")
+        );
     }
 }

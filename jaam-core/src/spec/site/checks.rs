@@ -280,6 +280,29 @@ pub fn secrets(value: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// A list of CIDRs (`ssh_from`): IPv4 or IPv6, with a prefix length.
+pub fn cidrs(value: &Value) -> Result<(), String> {
+    let Value::List(items) = value else {
+        return Ok(());
+    };
+    for item in items.iter().filter_map(Value::as_str) {
+        let valid = item.split_once('/').is_some_and(|(address, bits)| {
+            let bits = bits.parse::<u8>().ok();
+            match address.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(_)) => bits.is_some_and(|b| b <= 32),
+                Ok(std::net::IpAddr::V6(_)) => bits.is_some_and(|b| b <= 128),
+                Err(_) => false,
+            }
+        });
+        if !valid {
+            return Err(format!(
+                "`{item}` is not a CIDR such as 203.0.113.7/32 or 2001:db8::/48"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A parameter name (for `repo_token`).
 pub fn parameter(value: &Value) -> Result<(), String> {
     value.as_str().map_or(Ok(()), parameter_name)

@@ -9,12 +9,13 @@
 //!   webhook_url: https://jaam.example.com/hooks/github
 //! ```
 //!
-//! expands, when the specs load, into five primitives whose addresses are the
+//! expands, when the specs load, into six primitives whose addresses are the
 //! site's plus their kind:
 //!
 //! | address | kind | what |
 //! |---|---|---|
 //! | `site.blog.log_group` | `log_group` | `/jaam/sites/<domain>`: build and app logs |
+//! | `site.blog.security_group` | `security_group` | `jaam-site-<domain>`: 80 and 443 open to the world, 22 only from `ssh_from` (unless the site names `security_group_ids`) |
 //! | `site.blog.instance` | `instance` | builds and serves the app; user data installs node, nginx, git, the CloudWatch agent and the deploy script; `revision` is the commit it serves |
 //! | `site.blog.record` | `record` | `A <domain>` → the instance's public IP |
 //! | `site.blog.certificate` | `certificate` | for `<domain>`, installed on the instance (with `https`, the default) |
@@ -51,7 +52,10 @@
 //! - `domain`, `zone`, `https` (default true), `acme_directory`, `contact_email`.
 //! - `instance_type` (default `t3.micro`), `ami` (default the latest Amazon
 //!   Linux 2023 through its SSM public parameter), `subnet_id`,
-//!   `security_group_ids`, `key_name`, `iam_instance_profile` (it needs SSM
+//!   `security_group_ids` (default: the site's own group, above; `vpc_id`
+//!   puts it in another VPC than the default one, with a `subnet_id` there;
+//!   `ssh_from: [CIDR, …]` opens port 22 to those sources only), `key_name`,
+//!   `iam_instance_profile` (it needs SSM
 //!   managed-instance permissions, `ssm:GetParameter` on the site's secrets and
 //!   certificate, and CloudWatch Logs writes; without it the first deploy fails
 //!   at once, naming it: jaam deploys over SSM).
@@ -225,6 +229,8 @@ pub fn schema() -> Schema {
             Attribute::optional("ami", Type::String).default_value(DEFAULT_AMI),
             Attribute::optional("subnet_id", Type::String),
             Attribute::optional("security_group_ids", strings()),
+            Attribute::optional("vpc_id", Type::String),
+            Attribute::optional("ssh_from", strings()).checked(checks::cidrs),
             Attribute::optional("key_name", Type::String),
             Attribute::optional("iam_instance_profile", Type::String),
             Attribute::optional("revision", Type::String).checked(checks::revision),
@@ -684,7 +690,61 @@ pub fn expand(
     );
     out.push(spec("log_group", logs, Vec::new()));
 
+    // Its own security group unless it names groups: HTTP and HTTPS from
+    // anywhere, SSH only from `ssh_from`.
+    let own_group = attrs.get("security_group_ids").is_none_or(Value::is_null);
+    if own_group {
+        let mut group = BTreeMap::new();
+        group.insert(
+            "name".into(),
+            literal(format!("jaam-site-{}", site.domain), location),
+        );
+        group.insert(
+            "description".into(),
+            literal(format!("jaam site {}: HTTP and HTTPS", site.name), location),
+        );
+        passthrough(&mut group, "vpc_id", "vpc_id");
+        let mut ingress: Vec<Value> = ["80", "443"]
+            .iter()
+            .flat_map(|port| {
+                ["0.0.0.0/0", "::/0"].map(|cidr| Value::String(format!("tcp {port} {cidr}")))
+            })
+            .collect();
+        if let Some(Value::List(sources)) = attrs.get("ssh_from") {
+            ingress.extend(
+                sources
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(|cidr| Value::String(format!("tcp 22 {cidr}"))),
+            );
+        }
+        group.insert("ingress".into(), literal(Value::List(ingress), location));
+        group.insert(
+            "tags".into(),
+            literal(
+                Value::Map(BTreeMap::from([(
+                    "site".to_owned(),
+                    Value::from(site.name.as_str()),
+                )])),
+                location,
+            ),
+        );
+        out.push(spec("security_group", group, Vec::new()));
+    }
+
     let mut instance = BTreeMap::new();
+    if own_group {
+        instance.insert(
+            "security_group_ids".into(),
+            Expr {
+                kind: ExprKind::List(vec![template(
+                    &format!("${{{}.id}}", at("security_group")),
+                    location,
+                )]),
+                location: location.clone(),
+            },
+        );
+    }
     for (from, to) in [
         ("ami", "ami"),
         ("instance_type", "instance_type"),

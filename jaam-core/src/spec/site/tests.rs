@@ -7,13 +7,14 @@ use super::*;
 use crate::provider::Registry;
 use crate::testing::FakeProvider;
 
-/// A registry with the five primitive kinds' real schemas (fake behaviour).
+/// A registry with the six primitive kinds' real schemas (fake behaviour).
 fn registry() -> Registry {
     let mut registry = Registry::new();
     for schema in [
         crate::providers::aws::logs::schema(),
         crate::providers::aws::ec2::schema(),
         crate::providers::aws::route53::schema(),
+        crate::providers::aws::security_groups::schema(),
         crate::providers::acme::schema(),
         crate::providers::github::schema(),
     ] {
@@ -71,7 +72,7 @@ fn describe(config: &crate::spec::Config) -> String {
 }
 
 #[test]
-fn a_site_should_expand_into_its_five_resources() {
+fn a_site_should_expand_into_its_six_resources() {
     let config = load(BLOG).unwrap();
     insta::assert_snapshot!("expansion_static", describe(&config));
     let graph = config.graph();
@@ -85,10 +86,11 @@ fn a_site_should_expand_into_its_five_resources() {
     assert!(at("site.blog.log_group") < at("site.blog.instance"));
     assert!(at("site.blog.instance") < at("site.blog.record"));
     assert!(at("site.blog.instance") < at("site.blog.certificate"));
+    assert!(at("site.blog.security_group") < at("site.blog.instance"));
 }
 
 #[test]
-fn a_server_site_without_https_or_webhook_should_expand_into_three() {
+fn a_server_site_without_https_or_webhook_should_expand_into_four() {
     let config = load(
         "site.api:
   repo: acme/api
@@ -104,7 +106,12 @@ fn a_server_site_without_https_or_webhook_should_expand_into_three() {
     let addrs: Vec<String> = config.resources().keys().map(ToString::to_string).collect();
     assert_eq!(
         addrs,
-        ["site.api.instance", "site.api.log_group", "site.api.record"]
+        [
+            "site.api.instance",
+            "site.api.log_group",
+            "site.api.record",
+            "site.api.security_group"
+        ]
     );
     insta::assert_snapshot!("expansion_node", describe(&config));
 }
@@ -398,4 +405,63 @@ fn user_data_over_ec2s_limit_should_be_a_validate_error() {
     .to_string();
     assert!(error.contains("site.yaml:5:"), "{error}");
     assert!(error.contains("user data is 17003 bytes"), "{error}");
+}
+
+/// Issue 13 (in part): a site brings its own security group — HTTP and
+/// HTTPS from anywhere, SSH only from `ssh_from` — unless it names groups.
+#[test]
+fn a_site_should_bring_its_own_security_group_unless_it_names_groups() {
+    let config = load(
+        "site.blog:\n  repo: acme/blog\n  domain: blog.example.com\n  zone: example.com\n  \
+         ssh_from: [203.0.113.7/32]\n",
+    )
+    .unwrap();
+    let text = describe(&config);
+    assert!(
+        text.contains("site.blog.security_group  (kind security_group)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("name = \"jaam-site-blog.example.com\""),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "ingress = [\"tcp 80 0.0.0.0/0\", \"tcp 80 ::/0\", \"tcp 443 0.0.0.0/0\", \"tcp 443 ::/0\", \"tcp 22 203.0.113.7/32\"]"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("security_group_ids = [(known after apply)]"),
+        "{text}"
+    );
+    let instance: crate::addr::ResourceAddr = "site.blog.instance".parse().unwrap();
+    assert!(
+        config.resources()[&instance]
+            .dependencies()
+            .iter()
+            .any(|d| d.to_string() == "site.blog.security_group"),
+        "{text}"
+    );
+
+    let config = load(
+        "site.blog:\n  repo: acme/blog\n  domain: blog.example.com\n  zone: example.com\n  \
+         security_group_ids: [sg-0123456789abcdef0]\n",
+    )
+    .unwrap();
+    let text = describe(&config);
+    assert!(!text.contains("site.blog.security_group "), "{text}");
+    assert!(
+        text.contains("security_group_ids = [\"sg-0123456789abcdef0\"]"),
+        "{text}"
+    );
+
+    let error = load(
+        "site.blog:\n  repo: acme/blog\n  domain: blog.example.com\n  zone: example.com\n  \
+         ssh_from: [0.0.0.0]\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("site.yaml:5:"), "{error}");
+    assert!(error.contains("`0.0.0.0` is not a CIDR"), "{error}");
 }
