@@ -20,6 +20,9 @@ pub enum Type {
     List(Box<Type>),
     /// A map from strings to one value type.
     Map(Box<Type>),
+    /// A document of any shape (maps, lists, strings, numbers, bools nested
+    /// freely): an IAM policy written as YAML.
+    Document,
 }
 
 impl Type {
@@ -31,6 +34,7 @@ impl Type {
             Type::Bool => "bool".to_owned(),
             Type::List(inner) => format!("list of {}", inner.describe()),
             Type::Map(inner) => format!("map of {}", inner.describe()),
+            Type::Document => "document".to_owned(),
         }
     }
 
@@ -38,7 +42,7 @@ impl Type {
     /// a null is allowed is the attribute's [`Mode`]'s business.
     pub fn accepts(&self, value: &Value) -> bool {
         match (self, value) {
-            (_, Value::Unknown(_) | Value::Null) => true,
+            (_, Value::Unknown(_) | Value::Null) | (Type::Document, _) => true,
             (Type::String, Value::String(_))
             | (Type::Int, Value::Int(_))
             | (Type::Bool, Value::Bool(_)) => true,

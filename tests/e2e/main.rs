@@ -10,6 +10,7 @@ mod crash;
 mod daemon;
 mod fixtures;
 mod hardening;
+mod iam_roles;
 mod instances;
 mod lock;
 mod log_groups;

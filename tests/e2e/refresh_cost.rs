@@ -163,3 +163,48 @@ async fn refresh_of_100_security_groups_should_cost_at_most_2_calls() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn refresh_of_100_roles_should_cost_one_call() {
+    use jaam_core::providers::aws::iam::Roles;
+    let config = aws_config().await;
+    let _exclusive = jaam_tests::MOTO.write().await;
+    let counter = CallCounter::new();
+    let mut registry = Registry::new();
+    registry.register(Arc::new(Roles::new(&config, Some(counter.clone()))));
+    let stack = unique("roles");
+    let text: String = (0..100)
+        .map(|n| {
+            format!(
+                "iam_role.r{n}:\n  name: {stack}-r{n}\n  managed_policy_arns: [arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore]\n  \
+                 inline_policies:\n    logs:\n      Version: \"2012-10-17\"\n      Statement:\n        - Effect: Allow\n          \
+                 Action: logs:PutLogEvents\n          Resource: \"*\"\n"
+            )
+        })
+        .collect();
+    let (engine, specs, _directory) = applied(registry, &stack, text).await;
+
+    counter.reset();
+    let plan = engine
+        .plan(&specs, &plan::Options::default())
+        .await
+        .unwrap();
+    let calls = counter.count();
+    assert!(
+        !plan.has_changes(),
+        "{}",
+        jaam_core::plan::render::text(&plan, Default::default())
+    );
+    assert_eq!(plan.changes.len(), 100);
+    println!("refresh of 100 roles with their profiles and policies: {calls} API calls");
+    assert!(calls <= 1, "refresh made {calls} calls");
+    run(
+        &engine,
+        &specs,
+        &plan::Options {
+            destroy: true,
+            ..Default::default()
+        },
+    )
+    .await;
+}

@@ -8,6 +8,7 @@
 //! `Transient` kind tells the daemon to retry later.
 
 pub mod ec2;
+pub mod iam;
 pub mod logs;
 pub mod parameters;
 pub mod route53;
@@ -50,6 +51,7 @@ pub fn register(registry: &mut Registry, config: &SdkConfig, heads: Option<ec2::
     }));
     registry.register(Arc::new(route53::Records::new(config, None)));
     registry.register(Arc::new(security_groups::SecurityGroups::new(config, None)));
+    registry.register(Arc::new(iam::Roles::new(config, None)));
 }
 
 /// Counts HTTP attempts made through the clients it is attached to (tests use it
