@@ -200,8 +200,8 @@ fn the_demo_specs_should_be_valid() {
             .unwrap(),
     );
     run.expect_code(0);
-    // Three log groups, an instance and its record, and a site's six.
-    assert!(run.stdout.contains("11 resources"), "{}", run.stdout);
+    // Three log groups, an instance and its record, and a site's seven.
+    assert!(run.stdout.contains("12 resources"), "{}", run.stdout);
 }
 
 /// `jaam` with no AWS region and the instance-metadata endpoint on a closed

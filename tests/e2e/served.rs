@@ -128,11 +128,15 @@ impl Stage {
         command
     }
 
-    /// The site spec: `extra` lines are added under `site.blog`.
-    pub(crate) fn write_site(&self, framework: &str, profile: &str, extra: &str) {
+    /// The site spec, with `profile` as its instance profile (none: the
+    /// site's own role); `extra` lines are added under `site.blog`.
+    pub(crate) fn write_site(&self, framework: &str, profile: Option<&str>, extra: &str) {
+        let profile = profile
+            .map(|name| format!("  iam_instance_profile: {name}\n"))
+            .unwrap_or_default();
         self.ws.write_specs(&format!(
             "site.blog:\n  repo: {repo}\n  framework: {framework}\n  domain: blog.{domain}\n  zone: {domain}\n  \
-             acme_directory: {directory}\n  iam_instance_profile: {profile}\n{extra}",
+             acme_directory: {directory}\n{profile}{extra}",
             repo = self.repo,
             domain = self.domain,
             directory = self.pebble.directory,
@@ -241,10 +245,10 @@ const HOOK_SECRET: &str = "served-hook-secret-never-printed";
 async fn static_site_should_be_served_over_https_redeployed_and_rolled_back() {
     let _moto = jaam_tests::MOTO.read().await;
     let (stage, first) = Stage::new("served", "static-spa").await;
-    let profile = instance_profile(&format!("{}-web", stage.ws.stack), true).await;
+    // No profile named: the site's own role is what lets the agent register.
     stage.write_site(
         "static",
-        &profile,
+        None,
         &format!(
             "  webhook_url: https://jaam.{}/hooks/github\n  webhook_secret: ${{env.HOOK_SECRET}}\n",
             stage.domain
@@ -257,6 +261,11 @@ async fn static_site_should_be_served_over_https_redeployed_and_rolled_back() {
     assert_eq!(
         state["resources"]["site.blog.instance"]["attributes"]["revision"],
         first.as_str()
+    );
+    assert_eq!(
+        state["resources"]["site.blog.instance"]["attributes"]["iam_instance_profile"],
+        format!("jaam-site-blog.{}", stage.domain),
+        "the instance runs with the site's own profile"
     );
     let page = stage.get("https", "/").await;
     assert_eq!(page.status, 200, "{page:?}");
@@ -388,8 +397,7 @@ async fn server_app_should_switch_without_failures_and_survive_a_restart(
 ) {
     let _moto = jaam_tests::MOTO.read().await;
     let (stage, _) = Stage::new(&format!("srv-{framework}"), app).await;
-    let profile = jaam_tests::ssm_profile().await;
-    stage.write_site(framework, &profile, "  instance_type: t3.micro\n");
+    stage.write_site(framework, None, "  instance_type: t3.micro\n");
     stage
         .jaam(&["apply", "--auto-approve"])
         .await
@@ -415,7 +423,7 @@ async fn server_app_should_switch_without_failures_and_survive_a_restart(
     );
 
     let before = stage.record_ip().await;
-    stage.write_site(framework, &profile, "  instance_type: t3.small\n");
+    stage.write_site(framework, None, "  instance_type: t3.small\n");
     let plan = stage.jaam(&["plan"]).await;
     plan.expect_code(0);
     let text = plan.squashed();
@@ -455,13 +463,13 @@ async fn nextjs_app_should_switch_without_failures_and_survive_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn site_without_an_ssm_profile_should_fail_fast_naming_the_profile() {
+async fn instance_without_an_ssm_profile_should_fail_fast_naming_the_profile() {
     let _moto = jaam_tests::MOTO.read().await;
-    let (stage, _) = Stage::new("noprofile", "static-spa").await;
+    // An instance told to serve a revision, with no instance profile.
+    let (stage, sha) = Stage::new("noprofile", "static-spa").await;
     stage.ws.write_specs(&format!(
-        "site.blog:\n  repo: {}\n  domain: blog.{d}\n  zone: {d}\n  https: false\n",
-        stage.repo,
-        d = stage.domain
+        "instance.web:\n  ami: ami-12c6146b\n  instance_type: t3.micro\n  revision: {sha}\n  \
+         user_data: |\n    #!/bin/bash\n    true\n"
     ));
     let started = std::time::Instant::now();
     let run = stage.jaam(&["apply", "--auto-approve"]).await;
@@ -481,7 +489,7 @@ async fn site_without_an_ssm_profile_should_fail_fast_naming_the_profile() {
     // and the error names the profile once the registration deadline passes.
     let (stage, _) = Stage::new("nossm", "static-spa").await;
     let denied = instance_profile(&format!("{}-denied", stage.ws.stack), false).await;
-    stage.write_site("static", &denied, "  https: false\n");
+    stage.write_site("static", Some(&denied), "  https: false\n");
     let mut command = stage.command(&["apply", "--auto-approve"]);
     command.env("JAAM_SSM_REGISTRATION_TIMEOUT", "20");
     let run = tokio::task::spawn_blocking(move || Run::from(command.output().expect("jaam")))
@@ -502,7 +510,7 @@ async fn failed_boot_script_should_fail_the_first_deploy_with_its_errors() {
     let (stage, _) = Stage::with_missing("badboot", "static-spa", &["nginx"]).await;
     stage.write_site(
         "static",
-        &jaam_tests::ssm_profile().await,
+        None,
         "  https: false\n",
     );
     let run = stage.jaam(&["apply", "--auto-approve"]).await;
@@ -537,7 +545,7 @@ async fn missing_secret_should_fail_the_deploy_by_name_and_keep_the_running_envi
         .expect("PutParameter");
     stage.write_site(
         "node",
-        &jaam_tests::ssm_profile().await,
+        None,
         &format!("  https: false\n  secrets:\n    API_KEY: {parameter}\n"),
     );
     stage

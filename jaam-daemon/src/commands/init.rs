@@ -100,10 +100,7 @@ pub(crate) async fn run(global: &Global, args: &InitArgs) -> anyhow::Result<Exit
         spec.push_str(&format!("  output_dir: {dir}\n"));
     }
     spec.push_str(&format!(
-        "  domain: {domain}\n  zone: {zone}              # a Route53 hosted zone you own\n  \
-         # jaam deploys over SSM: name an instance profile whose role allows the\n  \
-         # SSM core actions (AmazonSSMManagedInstanceCore).\n  \
-         # iam_instance_profile: jaam-site\n"
+        "  domain: {domain}\n  zone: {zone}              # a Route53 hosted zone you own\n"
     ));
     std::fs::create_dir_all(&global.specs)
         .with_context(|| format!("cannot create `{}`", global.specs.display()))?;

@@ -107,6 +107,13 @@ pub fn parse_branch_head(revision: &str) -> Option<(&str, &str)> {
     revision.strip_prefix(BRANCH_HEAD)?.split_once('@')
 }
 
+/// How long a launch waits for a new instance profile to become usable.
+const PROFILE_PROPAGATION: Backoff = Backoff {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(5),
+    deadline: Duration::from_secs(60),
+};
+
 /// How long a deploy waits for the instance's boot script (user data).
 pub const BOOT_SCRIPT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(900);
 
@@ -672,10 +679,26 @@ impl Provider for Instances {
                     .build(),
             );
         }
-        let answer = request
-            .send()
-            .await
-            .map_err(|e| classify("RunInstances", e))?;
+        // IAM is eventually consistent: a profile made moments ago (a site's
+        // own) may be refused for a few seconds. The client token makes the
+        // retry idempotent.
+        let sent = backoff::poll(PROFILE_PROPAGATION, || async {
+            match request.clone().send().await {
+                Ok(answer) => Ok(Some(answer)),
+                Err(error) => {
+                    let error = classify("RunInstances", error);
+                    if error.message.contains("Invalid IAM Instance Profile") {
+                        Ok(None)
+                    } else {
+                        Err(error)
+                    }
+                }
+            }
+        })
+        .await;
+        let answer = waited(sent, || {
+            "RunInstances: the instance profile is still not usable (Invalid IAM Instance Profile)".to_owned()
+        })?;
         let id = answer
             .instances()
             .first()

@@ -9,12 +9,13 @@
 //!   webhook_url: https://jaam.example.com/hooks/github
 //! ```
 //!
-//! expands, when the specs load, into six primitives whose addresses are the
+//! expands, when the specs load, into seven primitives whose addresses are the
 //! site's plus their kind:
 //!
 //! | address | kind | what |
 //! |---|---|---|
 //! | `site.blog.log_group` | `log_group` | `/jaam/sites/<domain>`: build and app logs |
+//! | `site.blog.iam_role` | `iam_role` | `jaam-site-<domain>` and its instance profile: the SSM core actions, its own log group, certificate, secrets and token parameters only (unless the site names `iam_instance_profile`) |
 //! | `site.blog.security_group` | `security_group` | `jaam-site-<domain>`: 80 and 443 open to the world, 22 only from `ssh_from` (unless the site names `security_group_ids`) |
 //! | `site.blog.instance` | `instance` | builds and serves the app; user data installs node, nginx, git, the CloudWatch agent and the deploy script; `revision` is the commit it serves |
 //! | `site.blog.record` | `record` | `A <domain>` → the instance's public IP |
@@ -55,10 +56,9 @@
 //!   `security_group_ids` (default: the site's own group, above; `vpc_id`
 //!   puts it in another VPC than the default one, with a `subnet_id` there;
 //!   `ssh_from: [CIDR, …]` opens port 22 to those sources only), `key_name`,
-//!   `iam_instance_profile` (it needs SSM
-//!   managed-instance permissions, `ssm:GetParameter` on the site's secrets and
-//!   certificate, and CloudWatch Logs writes; without it the first deploy fails
-//!   at once, naming it: jaam deploys over SSM).
+//!   `iam_instance_profile` (default: the site's own role, above; one named
+//!   here needs SSM managed-instance permissions, `ssm:GetParameter` on the
+//!   site's secrets and certificate, and CloudWatch Logs writes).
 //! - `revision`: the commit to serve; by default the branch head at plan time,
 //!   read through the GitHub API. A new revision is an in-place update of
 //!   `site.blog.instance` that runs the deploy script over SSM.
@@ -350,6 +350,19 @@ impl Site {
         }
     }
 
+    /// The name of its own IAM role and instance profile:
+    /// `jaam-site-<domain>` (a hash when that is over IAM's 64 characters).
+    pub fn role_name(&self) -> String {
+        let name = format!("jaam-site-{}", self.domain);
+        if name.len() <= 64 {
+            name
+        } else {
+            use sha2::Digest as _;
+            let digest = sha2::Sha256::digest(self.domain.as_bytes());
+            format!("jaam-site-{}", &hex::encode(digest)[..16])
+        }
+    }
+
     /// The log group of its build and app logs.
     pub fn log_group(&self) -> String {
         format!("/jaam/sites/{}", self.domain)
@@ -628,6 +641,58 @@ systemctl enable --now nginx
     out
 }
 
+/// The AWS managed policy with the SSM core actions (the agent registers,
+/// takes commands and reports).
+pub const SSM_CORE_POLICY: &str = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore";
+
+/// The SSM parameter ARN of `name` in any region and account.
+fn parameter_arn(name: &str) -> String {
+    format!("arn:aws:ssm:*:*:parameter/{}", name.trim_start_matches('/'))
+}
+
+/// The least privilege of a site's instance beside the SSM core actions:
+/// writing its own log group's streams, reading its own certificate,
+/// secrets and repository token (and decrypting them with the default key,
+/// through SSM only).
+pub fn site_policy(site: &Site) -> Value {
+    let group = site.log_group();
+    let mut parameters = vec![parameter_arn(&format!(
+        "jaam/*/site.{}.certificate/*",
+        site.name
+    ))];
+    parameters.extend(site.secrets.values().map(|name| parameter_arn(name)));
+    if let Some(token) = &site.repo_token {
+        parameters.push(parameter_arn(token));
+    }
+    Value::from_json(serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "Logs",
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+                "Resource": [
+                    format!("arn:aws:logs:*:*:log-group:{group}"),
+                    format!("arn:aws:logs:*:*:log-group:{group}:*"),
+                ],
+            },
+            {
+                "Sid": "Parameters",
+                "Effect": "Allow",
+                "Action": ["ssm:GetParameter", "ssm:GetParameters"],
+                "Resource": parameters,
+            },
+            {
+                "Sid": "DecryptThroughSsm",
+                "Effect": "Allow",
+                "Action": "kms:Decrypt",
+                "Resource": "*",
+                "Condition": {"StringLike": {"kms:ViaService": "ssm.*.amazonaws.com"}},
+            },
+        ],
+    }))
+}
+
 fn literal(value: impl Into<Value>, location: &Location) -> Expr {
     Expr {
         kind: ExprKind::Literal(value.into()),
@@ -732,7 +797,50 @@ pub fn expand(
         out.push(spec("security_group", group, Vec::new()));
     }
 
+    // Its own role and instance profile unless it names a profile.
+    let own_role = attrs
+        .get("iam_instance_profile")
+        .is_none_or(Value::is_null);
+    if own_role {
+        let mut role = BTreeMap::new();
+        role.insert("name".into(), literal(site.role_name(), location));
+        role.insert(
+            "managed_policy_arns".into(),
+            literal(strings(&[SSM_CORE_POLICY]), location),
+        );
+        role.insert(
+            "inline_policies".into(),
+            literal(
+                Value::Map(BTreeMap::from([(
+                    "jaam-site".to_owned(),
+                    site_policy(&site),
+                )])),
+                location,
+            ),
+        );
+        role.insert(
+            "tags".into(),
+            literal(
+                Value::Map(BTreeMap::from([(
+                    "site".to_owned(),
+                    Value::from(site.name.as_str()),
+                )])),
+                location,
+            ),
+        );
+        out.push(spec("iam_role", role, Vec::new()));
+    }
+
     let mut instance = BTreeMap::new();
+    if own_role {
+        instance.insert(
+            "iam_instance_profile".into(),
+            template(
+                &format!("${{{}.instance_profile_name}}", at("iam_role")),
+                location,
+            ),
+        );
+    }
     if own_group {
         instance.insert(
             "security_group_ids".into(),

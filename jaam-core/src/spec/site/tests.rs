@@ -7,7 +7,7 @@ use super::*;
 use crate::provider::Registry;
 use crate::testing::FakeProvider;
 
-/// A registry with the six primitive kinds' real schemas (fake behaviour).
+/// A registry with the seven primitive kinds' real schemas (fake behaviour).
 fn registry() -> Registry {
     let mut registry = Registry::new();
     for schema in [
@@ -15,6 +15,7 @@ fn registry() -> Registry {
         crate::providers::aws::ec2::schema(),
         crate::providers::aws::route53::schema(),
         crate::providers::aws::security_groups::schema(),
+        crate::providers::aws::iam::schema(),
         crate::providers::acme::schema(),
         crate::providers::github::schema(),
     ] {
@@ -72,7 +73,7 @@ fn describe(config: &crate::spec::Config) -> String {
 }
 
 #[test]
-fn a_site_should_expand_into_its_six_resources() {
+fn a_site_should_expand_into_its_seven_resources() {
     let config = load(BLOG).unwrap();
     insta::assert_snapshot!("expansion_static", describe(&config));
     let graph = config.graph();
@@ -87,10 +88,11 @@ fn a_site_should_expand_into_its_six_resources() {
     assert!(at("site.blog.instance") < at("site.blog.record"));
     assert!(at("site.blog.instance") < at("site.blog.certificate"));
     assert!(at("site.blog.security_group") < at("site.blog.instance"));
+    assert!(at("site.blog.iam_role") < at("site.blog.instance"));
 }
 
 #[test]
-fn a_server_site_without_https_or_webhook_should_expand_into_four() {
+fn a_server_site_without_https_or_webhook_should_expand_into_five() {
     let config = load(
         "site.api:
   repo: acme/api
@@ -107,6 +109,7 @@ fn a_server_site_without_https_or_webhook_should_expand_into_four() {
     assert_eq!(
         addrs,
         [
+            "site.api.iam_role",
             "site.api.instance",
             "site.api.log_group",
             "site.api.record",
@@ -464,4 +467,58 @@ fn a_site_should_bring_its_own_security_group_unless_it_names_groups() {
     .to_string();
     assert!(error.contains("site.yaml:5:"), "{error}");
     assert!(error.contains("`0.0.0.0` is not a CIDR"), "{error}");
+}
+
+/// Issue 13 (in part): a site brings its own role, least privilege: the SSM
+/// core actions, its own log group, certificate, secrets and token only.
+#[test]
+fn a_site_should_bring_its_own_least_privilege_role_unless_it_names_a_profile() {
+    let config = load(BLOG).unwrap();
+    let role: crate::addr::ResourceAddr = "site.blog.iam_role".parse().unwrap();
+    let args = &config.resources()[&role].args;
+    let value = |name: &str| {
+        args[name].evaluate(&|_, _| None, &|_| None)
+    };
+    assert_eq!(value("name"), Value::from("jaam-site-blog.example.com"));
+    assert_eq!(
+        value("managed_policy_arns"),
+        Value::List(vec![Value::from(SSM_CORE_POLICY)])
+    );
+    let policy = value("inline_policies").to_json()["jaam-site"].clone();
+    let statements = policy["Statement"].as_array().unwrap();
+    assert_eq!(
+        statements[0]["Resource"],
+        serde_json::json!([
+            "arn:aws:logs:*:*:log-group:/jaam/sites/blog.example.com",
+            "arn:aws:logs:*:*:log-group:/jaam/sites/blog.example.com:*"
+        ])
+    );
+    assert_eq!(
+        statements[1]["Resource"],
+        serde_json::json!([
+            "arn:aws:ssm:*:*:parameter/jaam/*/site.blog.certificate/*",
+            "arn:aws:ssm:*:*:parameter/blog/api-key"
+        ])
+    );
+    assert_eq!(statements[2]["Action"], "kms:Decrypt");
+    assert_eq!(
+        statements[2]["Condition"]["StringLike"]["kms:ViaService"],
+        "ssm.*.amazonaws.com",
+        "the default key, through SSM only"
+    );
+    assert_eq!(statements.len(), 3, "nothing else: {policy}");
+    let instance: crate::addr::ResourceAddr = "site.blog.instance".parse().unwrap();
+    assert!(
+        config.resources()[&instance]
+            .dependencies()
+            .iter()
+            .any(|d| d.to_string() == "site.blog.iam_role")
+    );
+
+    let config = load(
+        "site.blog:\n  repo: acme/blog\n  domain: blog.example.com\n  zone: example.com\n  \
+         iam_instance_profile: my-profile\n",
+    )
+    .unwrap();
+    assert!(!config.resources().contains_key(&role));
 }
