@@ -508,11 +508,7 @@ async fn instance_without_an_ssm_profile_should_fail_fast_naming_the_profile() {
 async fn failed_boot_script_should_fail_the_first_deploy_with_its_errors() {
     let _moto = jaam_tests::MOTO.read().await;
     let (stage, _) = Stage::with_missing("badboot", "static-spa", &["nginx"]).await;
-    stage.write_site(
-        "static",
-        None,
-        "  https: false\n",
-    );
+    stage.write_site("static", None, "  https: false\n");
     let run = stage.jaam(&["apply", "--auto-approve"]).await;
     run.expect_code(1);
     let text = run.squashed();

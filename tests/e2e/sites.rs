@@ -607,10 +607,9 @@ impl SiteEnv {
     }
 }
 
-fn site_spec(stack: &str, domain: &str, directory: &str, profile: &str) -> String {
+fn site_spec(stack: &str, domain: &str, directory: &str) -> String {
     format!(
         "site.blog:\n  repo: acme/{stack}\n  framework: static\n  domain: blog.{domain}\n  zone: {domain}\n  \
-         iam_instance_profile: {profile}\n  \
          acme_directory: {directory}\n  webhook_url: https://jaam.{domain}/hooks/github\n  \
          webhook_secret: ${{env.HOOK_SECRET}}\n"
     )
@@ -662,18 +661,23 @@ async fn site_should_apply_redeploy_roll_back_show_logs_and_destroy() {
     hosted_zone(&domain).await;
     let a = random_sha();
     env.set_head(&repo, &a);
-    env.ws.write_specs(&site_spec(
-        &stack,
-        &domain,
-        &pebble.directory,
-        &jaam_tests::ssm_profile().await,
-    ));
+    // From nothing but a hosted zone: the site brings its role and group.
+    env.ws
+        .write_specs(&site_spec(&stack, &domain, &pebble.directory));
 
     // The plan shows the expansion, with the branch head resolved.
     let run = env.jaam(&["plan"]);
     run.expect_code(0);
     let text = run.squashed();
-    for kind in ["log_group", "instance", "record", "certificate", "webhook"] {
+    for kind in [
+        "log_group",
+        "iam_role",
+        "security_group",
+        "instance",
+        "record",
+        "certificate",
+        "webhook",
+    ] {
         assert!(
             text.contains(&format!("# site.blog.{kind} will be created")),
             "{kind}: {text}"
@@ -721,6 +725,13 @@ async fn site_should_apply_redeploy_roll_back_show_logs_and_destroy() {
         position(log, "site.blog.instance: Creation complete")
             < position(log, "site.blog.record: Creating...")
     );
+    for first in ["iam_role", "security_group"] {
+        assert!(
+            position(log, &format!("site.blog.{first}: Creation complete"))
+                < position(log, "site.blog.instance: Creating..."),
+            "{first} before the instance"
+        );
+    }
     assert!(
         position(log, "site.blog.instance: Creation complete")
             < position(log, "site.blog.certificate: Creating...")
@@ -841,6 +852,29 @@ async fn site_should_apply_redeploy_roll_back_show_logs_and_destroy() {
     assert!(env.github.hooks(&repo).is_empty());
     assert!(jaam_tests::stack_instances(&stack).await.is_empty());
     assert!(jaam_tests::log_groups(&logs, &group).await.is_empty());
+    let groups = jaam_tests::ec2_client()
+        .await
+        .describe_security_groups()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("group-name")
+                .values(format!("jaam-site-blog.{domain}"))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        groups.security_groups().is_empty(),
+        "the site's group is gone"
+    );
+    let role = tokio::process::Command::new(jaam_tests::boxes::aws_cli().expect("aws CLI"))
+        .args(["iam", "get-role", "--role-name"])
+        .arg(format!("jaam-site-blog.{domain}"))
+        .output()
+        .await
+        .unwrap();
+    assert!(!role.status.success(), "the site's role is gone");
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(env.ws.state()).unwrap()).unwrap();
     assert_eq!(state["resources"], serde_json::json!({}));

@@ -697,7 +697,8 @@ impl Provider for Instances {
         })
         .await;
         let answer = waited(sent, || {
-            "RunInstances: the instance profile is still not usable (Invalid IAM Instance Profile)".to_owned()
+            "RunInstances: the instance profile is still not usable (Invalid IAM Instance Profile)"
+                .to_owned()
         })?;
         let id = answer
             .instances()

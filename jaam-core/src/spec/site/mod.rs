@@ -798,9 +798,7 @@ pub fn expand(
     }
 
     // Its own role and instance profile unless it names a profile.
-    let own_role = attrs
-        .get("iam_instance_profile")
-        .is_none_or(Value::is_null);
+    let own_role = attrs.get("iam_instance_profile").is_none_or(Value::is_null);
     if own_role {
         let mut role = BTreeMap::new();
         role.insert("name".into(), literal(site.role_name(), location));

@@ -476,9 +476,7 @@ fn a_site_should_bring_its_own_least_privilege_role_unless_it_names_a_profile() 
     let config = load(BLOG).unwrap();
     let role: crate::addr::ResourceAddr = "site.blog.iam_role".parse().unwrap();
     let args = &config.resources()[&role].args;
-    let value = |name: &str| {
-        args[name].evaluate(&|_, _| None, &|_| None)
-    };
+    let value = |name: &str| args[name].evaluate(&|_, _| None, &|_| None);
     assert_eq!(value("name"), Value::from("jaam-site-blog.example.com"));
     assert_eq!(
         value("managed_policy_arns"),
@@ -502,8 +500,7 @@ fn a_site_should_bring_its_own_least_privilege_role_unless_it_names_a_profile() 
     );
     assert_eq!(statements[2]["Action"], "kms:Decrypt");
     assert_eq!(
-        statements[2]["Condition"]["StringLike"]["kms:ViaService"],
-        "ssm.*.amazonaws.com",
+        statements[2]["Condition"]["StringLike"]["kms:ViaService"], "ssm.*.amazonaws.com",
         "the default key, through SSM only"
     );
     assert_eq!(statements.len(), 3, "nothing else: {policy}");
