@@ -9,6 +9,7 @@ pub mod acme;
 pub mod boxes;
 pub mod daemon;
 pub mod github;
+pub mod iam_policy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

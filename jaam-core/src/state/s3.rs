@@ -158,9 +158,12 @@ impl S3Store {
         key: impl Into<String>,
         ttl: Duration,
     ) -> Self {
-        let s3 = aws_sdk_s3::config::Builder::from(config)
-            .force_path_style(true)
-            .build();
+        let s3 = crate::providers::aws::instrumented!(
+            aws_sdk_s3::config::Builder::from(config),
+            None::<crate::providers::aws::CallCounter>
+        )
+        .force_path_style(true)
+        .build();
         Self {
             config: config.clone(),
             client: Client::from_conf(s3),
@@ -511,9 +514,12 @@ impl S3Journal {
                     .build()
                     .expect("journal runtime");
                 let mut writer = writer;
-                let config = aws_sdk_s3::config::Builder::from(&writer.config)
-                    .force_path_style(true)
-                    .build();
+                let config = crate::providers::aws::instrumented!(
+                    aws_sdk_s3::config::Builder::from(&writer.config),
+                    None::<crate::providers::aws::CallCounter>
+                )
+                .force_path_style(true)
+                .build();
                 writer.client = Client::from_conf(config);
                 while let Ok((key, body, reply)) = requests.recv() {
                     let _ = reply.send(runtime.block_on(writer.put(&key, body, None)));

@@ -300,12 +300,8 @@ fn observe(instance: &Instance, known: &Attrs) -> Observed {
 impl Instances {
     /// A provider using `config`; `counter` counts every HTTP attempt (tests).
     pub fn new(config: &SdkConfig, counter: Option<CallCounter>) -> Self {
-        let mut ec2 = aws_sdk_ec2::config::Builder::from(config);
-        let mut ssm = aws_sdk_ssm::config::Builder::from(config);
-        if let Some(counter) = counter {
-            ec2 = ec2.interceptor(counter.clone());
-            ssm = ssm.interceptor(counter);
-        }
+        let ec2 = super::instrumented!(aws_sdk_ec2::config::Builder::from(config), counter.clone());
+        let ssm = super::instrumented!(aws_sdk_ssm::config::Builder::from(config), counter);
         Self {
             ec2: Ec2Client::from_conf(ec2.build()),
             ssm: SsmClient::from_conf(ssm.build()),

@@ -224,10 +224,7 @@ fn policies(value: Option<&Value>) -> BTreeMap<String, Value> {
 impl Roles {
     /// A provider using `config`, counting calls with `counter` when given.
     pub fn new(config: &SdkConfig, counter: Option<CallCounter>) -> Self {
-        let mut builder = aws_sdk_iam::config::Builder::from(config);
-        if let Some(counter) = counter {
-            builder = builder.interceptor(counter);
-        }
+        let builder = super::instrumented!(aws_sdk_iam::config::Builder::from(config), counter);
         Self {
             iam: IamClient::from_conf(builder.build()),
             schema: schema(),

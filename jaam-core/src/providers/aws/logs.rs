@@ -124,12 +124,14 @@ fn name_from_arn(arn: &str) -> Option<&str> {
 impl LogGroups {
     /// A provider using `config`; `counter` counts every HTTP attempt (tests).
     pub fn new(config: &SdkConfig, counter: Option<CallCounter>) -> Self {
-        let mut logs = aws_sdk_cloudwatchlogs::config::Builder::from(config);
-        let mut tagging = aws_sdk_resourcegroupstagging::config::Builder::from(config);
-        if let Some(counter) = counter {
-            logs = logs.interceptor(counter.clone());
-            tagging = tagging.interceptor(counter);
-        }
+        let logs = super::instrumented!(
+            aws_sdk_cloudwatchlogs::config::Builder::from(config),
+            counter.clone()
+        );
+        let tagging = super::instrumented!(
+            aws_sdk_resourcegroupstagging::config::Builder::from(config),
+            counter
+        );
         Self {
             logs: LogsClient::from_conf(logs.build()),
             tagging: TaggingClient::from_conf(tagging.build()),

@@ -54,6 +54,78 @@ pub fn register(registry: &mut Registry, config: &SdkConfig, heads: Option<ec2::
     registry.register(Arc::new(iam::Roles::new(config, None)));
 }
 
+/// Adds the interceptors every AWS client of jaam's carries to a client
+/// configuration builder: `counter` (tests counting calls) and the
+/// [`OperationLog`] when `JAAM_AWS_OPERATION_LOG` is set.
+macro_rules! instrumented {
+    ($builder:expr, $counter:expr) => {{
+        let mut builder = $builder;
+        if let Some(counter) = $counter {
+            builder = builder.interceptor(counter);
+        }
+        if let Some(log) = $crate::providers::aws::OperationLog::from_env() {
+            builder = builder.interceptor(log);
+        }
+        builder
+    }};
+}
+pub(crate) use instrumented;
+
+/// Appends every AWS operation jaam performs to a file, one
+/// `service:Operation` line each in IAM's action spelling (`ec2:RunInstances`,
+/// `logs:FilterLogEvents`), when `JAAM_AWS_OPERATION_LOG` names the file: what
+/// a least-privilege policy for jaam's credentials must allow (the tests check
+/// `docs/iam-policy.json` against it).
+#[derive(Clone, Debug)]
+pub struct OperationLog(Arc<std::path::PathBuf>);
+
+impl OperationLog {
+    /// The log `JAAM_AWS_OPERATION_LOG` names, if any.
+    pub fn from_env() -> Option<Self> {
+        std::env::var_os("JAAM_AWS_OPERATION_LOG")
+            .filter(|path| !path.is_empty())
+            .map(|path| Self(Arc::new(path.into())))
+    }
+
+    /// IAM's prefix for an SDK service name.
+    pub fn prefix(service: &str) -> String {
+        match service {
+            "CloudWatch Logs" => "logs".to_owned(),
+            "Route 53" => "route53".to_owned(),
+            "Resource Groups Tagging API" => "tag".to_owned(),
+            other => other.to_ascii_lowercase().replace(' ', ""),
+        }
+    }
+}
+
+impl Intercept for OperationLog {
+    fn name(&self) -> &'static str {
+        "jaam-operation-log"
+    }
+
+    fn read_before_attempt(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        use std::io::Write as _;
+        if let Some(metadata) = cfg.load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+        {
+            let line = format!("{}:{}\n", Self::prefix(metadata.service()), metadata.name());
+            // One short append per line: lines from parallel processes do not mix.
+            if let Ok(mut file) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.0.as_path())
+            {
+                let _ = file.write_all(line.as_bytes());
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Counts HTTP attempts made through the clients it is attached to (tests use it
 /// to prove refresh is batched).
 #[derive(Clone, Debug, Default)]

@@ -41,10 +41,7 @@ pub struct Parameters {
 impl Parameters {
     /// A client using `config`; `counter` counts every HTTP attempt (tests).
     pub fn new(config: &SdkConfig, counter: Option<CallCounter>) -> Self {
-        let mut builder = aws_sdk_ssm::config::Builder::from(config);
-        if let Some(counter) = counter {
-            builder = builder.interceptor(counter);
-        }
+        let builder = super::instrumented!(aws_sdk_ssm::config::Builder::from(config), counter);
         Self {
             client: SsmClient::from_conf(builder.build()),
         }

@@ -197,10 +197,7 @@ pub struct Records {
 impl Records {
     /// A provider using `config`; `counter` counts every HTTP attempt (tests).
     pub fn new(config: &SdkConfig, counter: Option<CallCounter>) -> Self {
-        let mut builder = aws_sdk_route53::config::Builder::from(config);
-        if let Some(counter) = counter {
-            builder = builder.interceptor(counter);
-        }
+        let builder = super::instrumented!(aws_sdk_route53::config::Builder::from(config), counter);
         Self {
             client: Route53Client::from_conf(builder.build()),
             schema: schema(),

@@ -348,10 +348,7 @@ fn observe(group: &SecurityGroup, known: &Attrs) -> Observed {
 impl SecurityGroups {
     /// A provider using `config`, counting calls with `counter` when given.
     pub fn new(config: &SdkConfig, counter: Option<CallCounter>) -> Self {
-        let mut builder = aws_sdk_ec2::config::Builder::from(config);
-        if let Some(counter) = counter {
-            builder = builder.interceptor(counter);
-        }
+        let builder = super::instrumented!(aws_sdk_ec2::config::Builder::from(config), counter);
         Self {
             ec2: Ec2Client::from_conf(builder.build()),
             schema: schema(),

@@ -75,7 +75,13 @@ impl Logs {
     /// A reader using `config`.
     pub fn new(config: &SdkConfig) -> Self {
         Self {
-            client: LogsClient::new(config),
+            client: LogsClient::from_conf(
+                super::instrumented!(
+                    aws_sdk_cloudwatchlogs::config::Builder::from(config),
+                    None::<super::CallCounter>
+                )
+                .build(),
+            ),
         }
     }
 
@@ -188,7 +194,13 @@ pub async fn rollback(config: &SdkConfig, state: &State, site: &ResourceAddr) ->
         .get("deploy_command")
         .and_then(Value::as_str)
         .unwrap_or(super::ec2::DEPLOY_COMMAND);
-    let client = aws_sdk_ssm::Client::new(config);
+    let client = aws_sdk_ssm::Client::from_conf(
+        super::instrumented!(
+            aws_sdk_ssm::config::Builder::from(config),
+            None::<super::CallCounter>
+        )
+        .build(),
+    );
     let outputs = super::ssm::send_command(
         &client,
         std::slice::from_ref(&instance.id),
