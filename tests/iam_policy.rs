@@ -15,6 +15,8 @@ pub fn action(operation: &str) -> String {
         "s3:HeadObject" => "s3:GetObject".to_owned(),
         "s3:ListObjectsV2" | "s3:ListObjects" | "s3:HeadBucket" => "s3:ListBucket".to_owned(),
         "s3:DeleteObjects" => "s3:DeleteObject".to_owned(),
+        // A copy reads the source (GetObject, allowed beside) and writes the copy.
+        "s3:CopyObject" => "s3:PutObject".to_owned(),
         other => other.to_owned(),
     }
 }

@@ -213,3 +213,91 @@ async fn security_group_should_be_imported() {
     assert_eq!(rules(&id).await.0, ["tcp 443 0.0.0.0/0"]);
     ws.jaam(&["destroy", "--auto-approve"]).expect_code(0);
 }
+
+/// A region without a default VPC: a group (or a site) that does not say
+/// which VPC fails at plan, saying what to set — not at apply.
+#[tokio::test]
+async fn a_region_without_a_default_vpc_should_fail_the_plan_saying_what_to_set() {
+    moto_endpoint();
+    let _moto = jaam_tests::MOTO.read().await;
+    // A region no other test uses, its default VPC removed.
+    let region = "ap-southeast-2";
+    let config = aws_sdk_ec2::config::Builder::from(&jaam_tests::aws_config().await)
+        .region(aws_sdk_ec2::config::Region::new(region))
+        .build();
+    let ec2 = aws_sdk_ec2::Client::from_conf(config);
+    let vpcs = ec2
+        .describe_vpcs()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("is-default")
+                .values("true")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    for vpc in vpcs.vpcs() {
+        let id = vpc.vpc_id().unwrap();
+        let filter = aws_sdk_ec2::types::Filter::builder()
+            .name("vpc-id")
+            .values(id)
+            .build();
+        let subnets = ec2
+            .describe_subnets()
+            .filters(filter.clone())
+            .send()
+            .await
+            .unwrap();
+        for subnet in subnets.subnets() {
+            ec2.delete_subnet()
+                .subnet_id(subnet.subnet_id().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+        let gateways = ec2
+            .describe_internet_gateways()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("attachment.vpc-id")
+                    .values(id)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        for gateway in gateways.internet_gateways() {
+            let gateway = gateway.internet_gateway_id().unwrap();
+            ec2.detach_internet_gateway()
+                .internet_gateway_id(gateway)
+                .vpc_id(id)
+                .send()
+                .await
+                .unwrap();
+            ec2.delete_internet_gateway()
+                .internet_gateway_id(gateway)
+                .send()
+                .await
+                .unwrap();
+        }
+        ec2.delete_vpc().vpc_id(id).send().await.unwrap();
+    }
+
+    let ws = Workspace::new(&unique("novpc"));
+    ws.write_specs("security_group.web:\n  name: web\n  ingress: [\"tcp 443 0.0.0.0/0\"]\n");
+    let run = jaam_tests::Run::from(
+        ws.command(&["plan"])
+            .env("AWS_REGION", region)
+            .env("AWS_DEFAULT_REGION", region)
+            .output()
+            .unwrap(),
+    );
+    run.expect_code(1);
+    let text = run.squashed();
+    assert!(text.contains("security group `web`"), "{text}");
+    assert!(
+        text.contains("this region has no default VPC: set `vpc_id`"),
+        "{text}"
+    );
+}

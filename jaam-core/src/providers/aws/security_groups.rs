@@ -297,6 +297,13 @@ pub struct SecurityGroups {
     schema: Schema,
 }
 
+fn text_of<'a>(attributes: &'a Attrs, name: &str) -> &'a str {
+    attributes
+        .get(name)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
 fn tags_of(group: &SecurityGroup) -> BTreeMap<String, String> {
     group
         .tags()
@@ -527,11 +534,18 @@ impl Provider for SecurityGroups {
 
     /// Fails the plan when a group without `vpc_id` has no default VPC to go to.
     async fn prepare(&self, _context: &Context, desired: &[&Attrs]) -> Result<Vec<Rewrite>> {
-        if desired
+        let homeless: Vec<String> = desired
             .iter()
-            .any(|attrs| attrs.get("vpc_id").is_none_or(Value::is_null))
+            .filter(|attrs| attrs.get("vpc_id").is_none_or(Value::is_null))
+            .map(|attrs| format!("`{}`", text_of(attrs, "name")))
+            .collect();
+        if !homeless.is_empty()
+            && let Err(error) = self.default_vpc().await
         {
-            self.default_vpc().await?;
+            return Err(ProviderError {
+                message: format!("security group {}: {}", homeless.join(", "), error.message),
+                ..error
+            });
         }
         Ok(Vec::new())
     }
