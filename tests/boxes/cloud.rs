@@ -22,6 +22,8 @@
 //!   ListCommandInvocations' plugin output the first 2,500; ListCommands and
 //!   DescribeInstanceInformation answer for boxed instances. Everything else
 //!   (and every instance without a box) passes through to moto.
+//! - **Parameter Store**: PutParameter of more than 4,096 characters on the
+//!   Standard tier (or no tier) is refused, as SSM does and moto does not.
 //! - **The CloudWatch agent**: once a box's agent was started with a
 //!   configuration (`amazon-cloudwatch-agent-ctl -a fetch-config … -s`), the
 //!   lines appended to the files it lists are shipped to their log group and
@@ -515,9 +517,28 @@ async fn role_allows_ssm(arn: Option<&str>) -> Result<(), String> {
     ))
 }
 
+/// SSM's limit on a Standard parameter's value, in characters.
+pub const STANDARD_PARAMETER_LIMIT: usize = 4_096;
+
 /// Answers an SSM operation for boxed instances; `None` passes it to moto.
 async fn ssm(shared: &Arc<Shared>, operation: &str, body: &str) -> Option<String> {
     let request: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    // SSM enforces what moto does not: a Standard parameter holds 4 KB.
+    if operation == "putparameter"
+        && request["Value"]
+            .as_str()
+            .is_some_and(|v| v.chars().count() > STANDARD_PARAMETER_LIMIT)
+        && !matches!(
+            request["Tier"].as_str(),
+            Some("Advanced" | "Intelligent-Tiering")
+        )
+    {
+        return Some(ssm_error(
+            "ValidationException",
+            "Standard tier parameters support a maximum parameter value of 4096 characters. \
+             To create a larger parameter value, upgrade the parameter to use the advanced-parameter tier.",
+        ));
+    }
     let boxed = |id: &str| shared.machines.lock().unwrap().get(id).cloned();
     match operation {
         "sendcommand" => {

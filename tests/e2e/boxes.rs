@@ -315,6 +315,32 @@ async fn ssm_stand_in_should_register_after_boot_run_commands_and_cut_output_lik
         "{refused:?}"
     );
 
+    // A parameter over 4 KB: refused on the Standard tier, as SSM does;
+    // jaam's writes ask for Intelligent-Tiering and go through.
+    let big = "k".repeat(6_000);
+    let refused = ssm
+        .put_parameter()
+        .name(format!("/jaam-tests/{}/big", unique("tier")))
+        .value(&big)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .expect_err("6 KB on the Standard tier");
+    assert_eq!(
+        aws_sdk_ssm::error::ProvideErrorMetadata::code(&refused),
+        Some("ValidationException")
+    );
+    let parameters = jaam_core::providers::aws::parameters::Parameters::new(&config, None);
+    let name = format!("/jaam-tests/{}/chain", unique("tier"));
+    parameters
+        .put(
+            &name,
+            &jaam_core::value::Secret::new(big.clone()),
+            "a long chain",
+        )
+        .await
+        .expect("jaam's write of a long value");
+
     // A profile whose role cannot use SSM never registers.
     let denied = jaam_tests::instance_profile(&unique("no-ssm"), false).await;
     let other = launch(&cloud, Some(&denied), "#!/bin/bash\ntrue\n").await;

@@ -488,3 +488,77 @@ async fn a_newer_image_should_be_a_note_not_a_replacement_until_asked() {
     ws.jaam(&["plan", "--detailed-exitcode"]).expect_code(0);
     ws.jaam(&["destroy", "--auto-approve"]).expect_code(0);
 }
+
+/// Split-horizon DNS: a private zone of the same name is never where a
+/// record (or an ACME challenge) looked up by domain goes.
+#[tokio::test]
+async fn a_private_zone_of_the_same_name_should_be_ignored() {
+    moto_endpoint();
+    let _moto = jaam_tests::MOTO.read().await;
+    let ws = Workspace::new(&unique("private"));
+    let domain = format!("{}.test", ws.stack);
+    let route53 = jaam_tests::route53_client().await;
+    let vpc = jaam_tests::ec2_client()
+        .await
+        .describe_vpcs()
+        .send()
+        .await
+        .unwrap()
+        .vpcs()[0]
+        .vpc_id()
+        .unwrap()
+        .to_owned();
+    let private = route53
+        .create_hosted_zone()
+        .name(&domain)
+        .caller_reference(uuid::Uuid::new_v4().to_string())
+        .hosted_zone_config(
+            aws_sdk_route53::types::HostedZoneConfig::builder()
+                .private_zone(true)
+                .build(),
+        )
+        .vpc(
+            aws_sdk_route53::types::Vpc::builder()
+                .vpc_id(vpc)
+                .vpc_region(aws_sdk_route53::types::VpcRegion::UsEast1)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("private zone")
+        .hosted_zone()
+        .unwrap()
+        .id()
+        .trim_start_matches("/hostedzone/")
+        .to_owned();
+    ws.write_specs(&format!(
+        "record.www:\n  zone: {domain}\n  name: www.{domain}\n  type: A\n  values: [\"192.0.2.10\"]\n"
+    ));
+    let run = ws.jaam(&["plan"]);
+    run.expect_code(1);
+    assert!(
+        run.squashed()
+            .contains("has only a private Route53 hosted zone"),
+        "{}",
+        run.squashed()
+    );
+
+    let public = hosted_zone(&domain).await;
+    ws.jaam(&["apply", "--auto-approve"]).expect_code(0);
+    let name = format!("www.{domain}");
+    assert!(
+        zone_records(&public)
+            .await
+            .iter()
+            .any(|(n, _, _)| *n == name),
+        "the record is in the public zone"
+    );
+    assert!(
+        !zone_records(&private)
+            .await
+            .iter()
+            .any(|(n, _, _)| *n == name),
+        "and not in the private one"
+    );
+    ws.jaam(&["destroy", "--auto-approve"]).expect_code(0);
+}

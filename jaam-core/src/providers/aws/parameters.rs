@@ -9,6 +9,12 @@
 //! - `/jaam/acme/account/<hash of the directory URL>` for ACME account keys,
 //!   shared by every stack that uses the same CA.
 //!
+//! # Size
+//! Standard parameters hold at most 4 KB, and a certificate chain with its
+//! intermediates can be more: every write asks for `Intelligent-Tiering`,
+//! which stores a value as Standard when it fits and as Advanced (8 KB) only
+//! when it does not.
+//!
 //! # Refresh cost
 //! [`Parameters::get_many`] asks for up to 10 names per GetParameters call (the
 //! API's limit), whatever the number of resources.
@@ -17,7 +23,7 @@ use std::collections::HashMap;
 
 use aws_config::SdkConfig;
 use aws_sdk_ssm::Client as SsmClient;
-use aws_sdk_ssm::types::ParameterType;
+use aws_sdk_ssm::types::{ParameterTier, ParameterType};
 
 use super::{CallCounter, classify};
 use crate::addr::ResourceAddr;
@@ -115,6 +121,7 @@ impl Parameters {
             .name(name)
             .value(value.expose())
             .r#type(ParameterType::SecureString)
+            .tier(ParameterTier::IntelligentTiering)
             .description(description)
             .overwrite(true)
             .send()

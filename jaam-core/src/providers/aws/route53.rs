@@ -1,8 +1,9 @@
 //! `record`: a Route53 resource record set.
 //!
-//! Arguments: `zone` (a domain name such as `example.com`, or a hosted zone id,
-//! which plan time turns into the zone's domain so that state always holds the
-//! name), `name`, `type` (A, AAAA, CNAME or TXT) — changing any of these
+//! Arguments: `zone` (a domain name such as `example.com` — its public hosted
+//! zone: a private zone of the same name is skipped, as split-horizon setups
+//! have one — or a hosted zone id, which plan time turns into the zone's
+//! domain so that state always holds the name), `name`, `type` (A, AAAA, CNAME or TXT) — changing any of these
 //! **replaces** the record (delete first: the new one may reuse the name) — and
 //! `ttl` (default 300) and `values` — these **update in place** with UPSERT.
 //! Computed: `zone_id`, `fqdn`. The cloud id is `ZONEID/name/type`, the form
@@ -248,16 +249,28 @@ impl Records {
             .send()
             .await
             .map_err(|e| classify("ListHostedZonesByName", e))?;
-        let id = answer
+        // A private zone of the same name (split-horizon DNS) is not where
+        // public records and ACME challenges go: only the public one is
+        // looked up by name (a private zone can still be named by its id).
+        let named: Vec<_> = answer
             .hosted_zones()
             .iter()
-            .find(|hosted| fqdn(hosted.name()) == domain)
+            .filter(|hosted| fqdn(hosted.name()) == domain)
+            .collect();
+        let id = named
+            .iter()
+            .find(|hosted| !hosted.config().is_some_and(|config| config.private_zone()))
             .map(|hosted| hosted.id().trim_start_matches("/hostedzone/").to_owned())
             .ok_or_else(|| {
-                ProviderError::new(
-                    ErrorKind::Invalid,
-                    format!("no Route53 hosted zone for `{zone}`"),
-                )
+                let message = if named.is_empty() {
+                    format!("no Route53 hosted zone for `{zone}`")
+                } else {
+                    format!(
+                        "`{zone}` has only a private Route53 hosted zone; jaam looks up public zones by name \
+                         (give the zone id to use the private one)"
+                    )
+                };
+                ProviderError::new(ErrorKind::Invalid, message)
             })?;
         self.zones
             .lock()
