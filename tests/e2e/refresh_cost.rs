@@ -28,6 +28,44 @@ async fn applied(
     (engine, specs, directory)
 }
 
+/// Applies `text`, then counts the calls of one no-change plan (refresh);
+/// destroys what it made when `clean_up`. Returns the count.
+async fn refresh_calls(
+    registry: Registry,
+    counter: &CallCounter,
+    stack: &str,
+    text: String,
+    resources: usize,
+    clean_up: bool,
+) -> usize {
+    let (engine, specs, _directory) = applied(registry, stack, text).await;
+    counter.reset();
+    let plan = engine
+        .plan(&specs, &plan::Options::default())
+        .await
+        .unwrap();
+    let calls = counter.count();
+    assert!(
+        !plan.has_changes(),
+        "{}",
+        jaam_core::plan::render::text(&plan, Default::default())
+    );
+    assert_eq!(plan.changes.len(), resources);
+    if clean_up {
+        // The shared emulator stays small.
+        run(
+            &engine,
+            &specs,
+            &plan::Options {
+                destroy: true,
+                ..Default::default()
+            },
+        )
+        .await;
+    }
+    calls
+}
+
 /// Plans and applies under the lock; every change must succeed.
 async fn run(engine: &Engine, specs: &jaam_core::spec::Config, options: &plan::Options) {
     let mut session = engine.lock("test").await.unwrap();
@@ -87,33 +125,9 @@ async fn refresh_of_200_instances_and_200_records_should_cost_at_most_6_calls() 
             )
         })
         .collect();
-    let (engine, specs, _directory) = applied(registry, &stack, text).await;
-
-    counter.reset();
-    let plan = engine
-        .plan(&specs, &plan::Options::default())
-        .await
-        .unwrap();
-    let calls = counter.count();
-    assert!(
-        !plan.has_changes(),
-        "{}",
-        jaam_core::plan::render::text(&plan, Default::default())
-    );
-    assert_eq!(plan.changes.len(), 400);
+    let calls = refresh_calls(registry, &counter, &stack, text, 400, true).await;
     println!("refresh of 200 instances and 200 records: {calls} API calls");
     assert!(calls <= 6, "refresh made {calls} calls");
-
-    // Clean up what this test made, so the shared emulator stays small.
-    run(
-        &engine,
-        &specs,
-        &plan::Options {
-            destroy: true,
-            ..Default::default()
-        },
-    )
-    .await;
 }
 
 #[tokio::test]
@@ -136,32 +150,10 @@ async fn refresh_of_100_security_groups_should_cost_at_most_2_calls() {
             )
         })
         .collect();
-    let (engine, specs, _directory) = applied(registry, &stack, text).await;
-
-    counter.reset();
-    let plan = engine
-        .plan(&specs, &plan::Options::default())
-        .await
-        .unwrap();
-    let calls = counter.count();
-    assert!(
-        !plan.has_changes(),
-        "{}",
-        jaam_core::plan::render::text(&plan, Default::default())
-    );
-    assert_eq!(plan.changes.len(), 100);
+    let calls = refresh_calls(registry, &counter, &stack, text, 100, true).await;
     // One DescribeSecurityGroups page, and one DescribeVpcs for the default VPC check.
     println!("refresh of 100 security groups: {calls} API calls");
     assert!(calls <= 2, "refresh made {calls} calls");
-    run(
-        &engine,
-        &specs,
-        &plan::Options {
-            destroy: true,
-            ..Default::default()
-        },
-    )
-    .await;
 }
 
 #[tokio::test]
@@ -182,29 +174,7 @@ async fn refresh_of_100_roles_should_cost_one_call() {
             )
         })
         .collect();
-    let (engine, specs, _directory) = applied(registry, &stack, text).await;
-
-    counter.reset();
-    let plan = engine
-        .plan(&specs, &plan::Options::default())
-        .await
-        .unwrap();
-    let calls = counter.count();
-    assert!(
-        !plan.has_changes(),
-        "{}",
-        jaam_core::plan::render::text(&plan, Default::default())
-    );
-    assert_eq!(plan.changes.len(), 100);
+    let calls = refresh_calls(registry, &counter, &stack, text, 100, true).await;
     println!("refresh of 100 roles with their profiles and policies: {calls} API calls");
     assert!(calls <= 1, "refresh made {calls} calls");
-    run(
-        &engine,
-        &specs,
-        &plan::Options {
-            destroy: true,
-            ..Default::default()
-        },
-    )
-    .await;
 }

@@ -107,6 +107,51 @@ pub fn parse_branch_head(revision: &str) -> Option<(&str, &str)> {
     revision.strip_prefix(BRANCH_HEAD)?.split_once('@')
 }
 
+/// The tags an EC2 resource carries: the user's, then jaam's ownership tags.
+pub(crate) fn ec2_tags(attributes: &Attrs, owner: &Owner) -> Vec<Tag> {
+    string_map(attributes.get("tags"))
+        .into_iter()
+        .chain(owner.tags())
+        .map(|(key, value)| Tag::builder().key(key).value(value).build())
+        .collect()
+}
+
+/// Rewrites EC2 resource `id`'s tags: drops the user tags no longer wanted
+/// (when `tags` is among `changed`), then writes the user's and the ownership
+/// tags (so an imported resource becomes owned at its first update).
+pub(crate) async fn retag(
+    ec2: &Ec2Client,
+    id: &str,
+    owner: &Owner,
+    prior: &Attrs,
+    attributes: &Attrs,
+    changed: &[String],
+) -> Result<()> {
+    if changed.iter().any(|c| c == "tags") {
+        let new = string_map(attributes.get("tags"));
+        let removed: Vec<Tag> = string_map(prior.get("tags"))
+            .keys()
+            .filter(|key| !new.contains_key(*key))
+            .map(|key| Tag::builder().key(key).build())
+            .collect();
+        if !removed.is_empty() {
+            ec2.delete_tags()
+                .resources(id)
+                .set_tags(Some(removed))
+                .send()
+                .await
+                .map_err(|e| classify("DeleteTags", e))?;
+        }
+    }
+    ec2.create_tags()
+        .resources(id)
+        .set_tags(Some(ec2_tags(attributes, owner)))
+        .send()
+        .await
+        .map_err(|e| classify("CreateTags", e))?;
+    Ok(())
+}
+
 /// How long a launch waits for a new instance profile to become usable.
 const PROFILE_PROPAGATION: Backoff = Backoff {
     initial: Duration::from_secs(1),
@@ -594,16 +639,8 @@ impl Provider for Instances {
         Ok(targets
             .iter()
             .map(|target| {
-                let instance = match target.id {
-                    Some(id) => owned.iter().find(|i| i.instance_id() == Some(id)),
-                    None => {
-                        let addr = target.addr.to_string();
-                        owned
-                            .iter()
-                            .find(|i| tags_of(i).get(Owner::ADDRESS_TAG) == Some(&addr))
-                    }
-                };
-                instance.map(|instance| observe(instance, target.attributes))
+                super::pick(&owned, target, Instance::instance_id, tags_of)
+                    .map(|instance| observe(instance, target.attributes))
             })
             .collect())
     }
@@ -617,11 +654,7 @@ impl Provider for Instances {
         let ami = text(attributes, "ami")
             .ok_or_else(|| ProviderError::new(ErrorKind::Invalid, "no ami"))?;
         let instance_type = text(attributes, "instance_type").unwrap_or_default();
-        let mut tags: Vec<Tag> = string_map(attributes.get("tags"))
-            .into_iter()
-            .chain(owner.tags())
-            .map(|(key, value)| Tag::builder().key(key).value(value).build())
-            .collect();
+        let mut tags = ec2_tags(attributes, owner);
         tags.sort_by(|a, b| a.key().cmp(&b.key()));
         let groups = match attributes.get("security_group_ids") {
             Some(Value::List(items)) => Some(
@@ -757,37 +790,8 @@ impl Provider for Instances {
                 })?;
             return Ok(observe(instance, attributes));
         }
-        if changed.iter().any(|c| c == "tags") {
-            let old = string_map(prior.get("tags"));
-            let new = string_map(attributes.get("tags"));
-            let removed: Vec<Tag> = old
-                .keys()
-                .filter(|key| !new.contains_key(*key))
-                .map(|key| Tag::builder().key(key).build())
-                .collect();
-            if !removed.is_empty() {
-                self.ec2
-                    .delete_tags()
-                    .resources(id)
-                    .set_tags(Some(removed))
-                    .send()
-                    .await
-                    .map_err(|e| classify("DeleteTags", e))?;
-            }
-        }
         // Tags (and ownership, so an imported instance becomes owned).
-        let tags: Vec<Tag> = string_map(attributes.get("tags"))
-            .into_iter()
-            .chain(owner.tags())
-            .map(|(key, value)| Tag::builder().key(key).value(value).build())
-            .collect();
-        self.ec2
-            .create_tags()
-            .resources(id)
-            .set_tags(Some(tags))
-            .send()
-            .await
-            .map_err(|e| classify("CreateTags", e))?;
+        retag(&self.ec2, id, owner, prior, attributes, changed).await?;
         if changed.iter().any(|c| c == "security_group_ids")
             && let Some(Value::List(items)) = attributes.get("security_group_ids")
         {

@@ -201,13 +201,6 @@ pub struct Roles {
     schema: Schema,
 }
 
-fn text<'a>(attributes: &'a Attrs, name: &str) -> &'a str {
-    attributes
-        .get(name)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-}
-
 fn sorted_arns(value: Option<&Value>) -> Vec<String> {
     let mut arns = crate::value::string_list(value);
     arns.sort();
@@ -375,7 +368,7 @@ impl Provider for Roles {
         owner: &Owner,
         attributes: &Attrs,
     ) -> Result<Observed> {
-        let name = text(attributes, "name").to_owned();
+        let name = super::text_arg(attributes, "name").to_owned();
         self.iam
             .create_role()
             .role_name(&name)

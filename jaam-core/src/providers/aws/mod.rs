@@ -166,6 +166,33 @@ impl Intercept for CallCounter {
 
 pub(crate) use crate::value::string_map;
 
+/// The string argument `name` of `attributes`, or "".
+pub(crate) fn text_arg<'a>(attributes: &'a crate::value::Attrs, name: &str) -> &'a str {
+    attributes
+        .get(name)
+        .and_then(crate::value::Value::as_str)
+        .unwrap_or_default()
+}
+
+/// The resource of `found` a refresh target stands for: by its recorded id,
+/// or (no id: adoption after a crash) by the `jaam:address` ownership tag.
+pub(crate) fn pick<'a, T>(
+    found: &'a [T],
+    target: &crate::provider::RefreshTarget<'_>,
+    id_of: impl Fn(&T) -> Option<&str>,
+    tags_of: impl Fn(&T) -> std::collections::BTreeMap<String, String>,
+) -> Option<&'a T> {
+    match target.id {
+        Some(id) => found.iter().find(|item| id_of(item) == Some(id)),
+        None => {
+            let addr = target.addr.to_string();
+            found
+                .iter()
+                .find(|item| tags_of(item).get(crate::provider::Owner::ADDRESS_TAG) == Some(&addr))
+        }
+    }
+}
+
 /// The result of a [`crate::backoff::poll`] as a provider result: a timeout
 /// becomes a transient error saying what did not happen (`what`) and how long
 /// it was waited for.

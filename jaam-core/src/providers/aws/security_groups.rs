@@ -51,10 +51,10 @@ use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_ec2::Client as Ec2Client;
 use aws_sdk_ec2::types::{
-    Filter, IpPermission, IpRange, Ipv6Range, ResourceType, SecurityGroup, Tag, TagSpecification,
+    Filter, IpPermission, IpRange, Ipv6Range, ResourceType, SecurityGroup, TagSpecification,
 };
 
-use super::{CallCounter, classify, string_map, waited};
+use super::{CallCounter, classify, waited};
 use crate::backoff::{self, Backoff};
 use crate::provider::{
     Context, ErrorKind, Observed, Owner, Provider, ProviderError, RefreshTarget, Result, Rewrite,
@@ -297,13 +297,6 @@ pub struct SecurityGroups {
     schema: Schema,
 }
 
-fn text_of<'a>(attributes: &'a Attrs, name: &str) -> &'a str {
-    attributes
-        .get(name)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-}
-
 fn tags_of(group: &SecurityGroup) -> BTreeMap<String, String> {
     group
         .tags()
@@ -537,7 +530,7 @@ impl Provider for SecurityGroups {
         let homeless: Vec<String> = desired
             .iter()
             .filter(|attrs| attrs.get("vpc_id").is_none_or(Value::is_null))
-            .map(|attrs| format!("`{}`", text_of(attrs, "name")))
+            .map(|attrs| format!("`{}`", super::text_arg(attrs, "name")))
             .collect();
         if !homeless.is_empty()
             && let Err(error) = self.default_vpc().await
@@ -566,16 +559,8 @@ impl Provider for SecurityGroups {
         Ok(targets
             .iter()
             .map(|target| {
-                let group = match target.id {
-                    Some(id) => found.iter().find(|g| g.group_id() == Some(id)),
-                    None => {
-                        let addr = target.addr.to_string();
-                        found
-                            .iter()
-                            .find(|g| tags_of(g).get(Owner::ADDRESS_TAG) == Some(&addr))
-                    }
-                };
-                group.map(|group| observe(group, target.attributes))
+                super::pick(&found, target, SecurityGroup::group_id, tags_of)
+                    .map(|group| observe(group, target.attributes))
             })
             .collect())
     }
@@ -586,19 +571,12 @@ impl Provider for SecurityGroups {
         owner: &Owner,
         attributes: &Attrs,
     ) -> Result<Observed> {
-        let name = attributes
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let name = super::text_arg(attributes, "name");
         let vpc = match attributes.get("vpc_id").and_then(Value::as_str) {
             Some(vpc) => vpc.to_owned(),
             None => self.default_vpc().await?,
         };
-        let tags: Vec<Tag> = string_map(attributes.get("tags"))
-            .into_iter()
-            .chain(owner.tags())
-            .map(|(key, value)| Tag::builder().key(key).value(value).build())
-            .collect();
+        let tags = super::ec2::ec2_tags(attributes, owner);
         let answer = self
             .ec2
             .create_security_group()
@@ -642,36 +620,7 @@ impl Provider for SecurityGroups {
         attributes: &Attrs,
         changed: &[String],
     ) -> Result<Observed> {
-        if changed.iter().any(|c| c == "tags") {
-            let old = string_map(prior.get("tags"));
-            let new = string_map(attributes.get("tags"));
-            let removed: Vec<Tag> = old
-                .keys()
-                .filter(|key| !new.contains_key(*key))
-                .map(|key| Tag::builder().key(key).build())
-                .collect();
-            if !removed.is_empty() {
-                self.ec2
-                    .delete_tags()
-                    .resources(id)
-                    .set_tags(Some(removed))
-                    .send()
-                    .await
-                    .map_err(|e| classify("DeleteTags", e))?;
-            }
-        }
-        let tags: Vec<Tag> = string_map(attributes.get("tags"))
-            .into_iter()
-            .chain(owner.tags())
-            .map(|(key, value)| Tag::builder().key(key).value(value).build())
-            .collect();
-        self.ec2
-            .create_tags()
-            .resources(id)
-            .set_tags(Some(tags))
-            .send()
-            .await
-            .map_err(|e| classify("CreateTags", e))?;
+        super::ec2::retag(&self.ec2, id, owner, prior, attributes, changed).await?;
         self.converge(id, attributes).await
     }
 

@@ -693,6 +693,17 @@ pub fn site_policy(site: &Site) -> Value {
     }))
 }
 
+/// `{site: NAME}`: the tag on everything a site makes.
+fn site_tags(site: &Site, location: &Location) -> Expr {
+    literal(
+        Value::Map(BTreeMap::from([(
+            "site".to_owned(),
+            Value::from(site.name.as_str()),
+        )])),
+        location,
+    )
+}
+
 fn literal(value: impl Into<Value>, location: &Location) -> Expr {
     Expr {
         kind: ExprKind::Literal(value.into()),
@@ -743,16 +754,7 @@ pub fn expand(
     let mut logs = BTreeMap::new();
     logs.insert("name".into(), literal(site.log_group(), location));
     passthrough(&mut logs, "log_retention_days", "retention_days");
-    logs.insert(
-        "tags".into(),
-        literal(
-            Value::Map(BTreeMap::from([(
-                "site".to_owned(),
-                Value::from(site.name.as_str()),
-            )])),
-            location,
-        ),
-    );
+    logs.insert("tags".into(), site_tags(&site, location));
     out.push(spec("log_group", logs, Vec::new()));
 
     // Its own security group unless it names groups: HTTP and HTTPS from
@@ -784,16 +786,7 @@ pub fn expand(
             );
         }
         group.insert("ingress".into(), literal(Value::List(ingress), location));
-        group.insert(
-            "tags".into(),
-            literal(
-                Value::Map(BTreeMap::from([(
-                    "site".to_owned(),
-                    Value::from(site.name.as_str()),
-                )])),
-                location,
-            ),
-        );
+        group.insert("tags".into(), site_tags(&site, location));
         out.push(spec("security_group", group, Vec::new()));
     }
 
@@ -816,16 +809,7 @@ pub fn expand(
                 location,
             ),
         );
-        role.insert(
-            "tags".into(),
-            literal(
-                Value::Map(BTreeMap::from([(
-                    "site".to_owned(),
-                    Value::from(site.name.as_str()),
-                )])),
-                location,
-            ),
-        );
+        role.insert("tags".into(), site_tags(&site, location));
         out.push(spec("iam_role", role, Vec::new()));
     }
 
