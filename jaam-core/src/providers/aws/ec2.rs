@@ -848,15 +848,9 @@ impl Provider for Instances {
     }
 
     async fn delete(&self, _context: &Context, id: &str, _prior: &Attrs) -> Result<()> {
-        match self.ec2.terminate_instances().instance_ids(id).send().await {
-            Ok(_) => {}
-            Err(error) => {
-                let error = classify("TerminateInstances", error);
-                if error.kind == ErrorKind::NotFound {
-                    return Ok(());
-                }
-                return Err(error);
-            }
+        let terminated = self.ec2.terminate_instances().instance_ids(id).send().await;
+        if !super::gone_is_fine("TerminateInstances", terminated)? {
+            return Ok(());
         }
         // Terminated instances stay listed for a while: wait for the state, not absence.
         let outcome = backoff::poll(WAIT, || async {

@@ -48,7 +48,7 @@ use aws_config::SdkConfig;
 use aws_sdk_iam::Client as IamClient;
 use aws_sdk_iam::types::{EntityType, RoleDetail, Tag};
 
-use super::{CallCounter, classify, string_map};
+use super::{CallCounter, classify, gone_is_fine, string_map};
 use crate::provider::{
     Context, ErrorKind, Observed, Owner, Provider, ProviderError, RefreshTarget, Result,
 };
@@ -268,22 +268,14 @@ impl Roles {
                 .map_err(|e| classify("AttachRolePolicy", e))?;
         }
         for arn in old.iter().filter(|arn| !new.contains(arn)) {
-            match self
+            let detached = self
                 .iam
                 .detach_role_policy()
                 .role_name(name)
                 .policy_arn(arn)
                 .send()
-                .await
-            {
-                Ok(_) => {}
-                Err(error) => {
-                    let error = classify("DetachRolePolicy", error);
-                    if error.kind != ErrorKind::NotFound {
-                        return Err(error);
-                    }
-                }
-            }
+                .await;
+            gone_is_fine("DetachRolePolicy", detached)?;
         }
         let (old, new) = (
             policies(prior.get("inline_policies")),
@@ -302,22 +294,14 @@ impl Roles {
             }
         }
         for policy in old.keys().filter(|policy| !new.contains_key(*policy)) {
-            match self
+            let deleted = self
                 .iam
                 .delete_role_policy()
                 .role_name(name)
                 .policy_name(policy)
                 .send()
-                .await
-            {
-                Ok(_) => {}
-                Err(error) => {
-                    let error = classify("DeleteRolePolicy", error);
-                    if error.kind != ErrorKind::NotFound {
-                        return Err(error);
-                    }
-                }
-            }
+                .await;
+            gone_is_fine("DeleteRolePolicy", deleted)?;
         }
         Ok(())
     }
@@ -466,38 +450,21 @@ impl Provider for Roles {
                 .role_name(id)
                 .send()
                 .await;
-            match self
+            let deleted = self
                 .iam
                 .delete_instance_profile()
                 .instance_profile_name(profile)
                 .send()
-                .await
-            {
-                Ok(_) => {}
-                Err(error) => {
-                    let error = classify("DeleteInstanceProfile", error);
-                    if error.kind != ErrorKind::NotFound {
-                        return Err(error);
-                    }
-                }
-            }
+                .await;
+            gone_is_fine("DeleteInstanceProfile", deleted)?;
         }
         let empty = Attrs::from([
             ("managed_policy_arns".to_owned(), Value::List(Vec::new())),
             ("inline_policies".to_owned(), Value::Map(BTreeMap::new())),
         ]);
         self.converge(id, &current, &empty).await?;
-        match self.iam.delete_role().role_name(id).send().await {
-            Ok(_) => Ok(()),
-            Err(error) => {
-                let error = classify("DeleteRole", error);
-                if error.kind == ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(error)
-                }
-            }
-        }
+        let deleted = self.iam.delete_role().role_name(id).send().await;
+        gone_is_fine("DeleteRole", deleted).map(|_| ())
     }
 
     async fn import(&self, _context: &Context, id: &str) -> Result<Observed> {

@@ -434,17 +434,8 @@ impl Provider for LogGroups {
     }
 
     async fn delete(&self, _context: &Context, id: &str, _prior: &Attrs) -> Result<()> {
-        match self.logs.delete_log_group().log_group_name(id).send().await {
-            Ok(_) => Ok(()),
-            Err(error) => {
-                let error = classify("DeleteLogGroup", error);
-                if error.kind == ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(error)
-                }
-            }
-        }
+        let deleted = self.logs.delete_log_group().log_group_name(id).send().await;
+        super::gone_is_fine("DeleteLogGroup", deleted).map(|_| ())
     }
 
     async fn import(&self, _context: &Context, id: &str) -> Result<Observed> {

@@ -210,6 +210,31 @@ pub(crate) fn waited<T>(
     }
 }
 
+/// The outcome of a removal, where "it is already gone" counts as done.
+///
+/// # Errors
+/// Any other failure, classified.
+pub(crate) fn gone_is_fine<T, E, R>(
+    operation: &str,
+    outcome: std::result::Result<T, SdkError<E, R>>,
+) -> std::result::Result<bool, ProviderError>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match outcome {
+        Ok(_) => Ok(true),
+        Err(error) => {
+            let error = classify(operation, error);
+            if error.kind == ErrorKind::NotFound {
+                Ok(false)
+            } else {
+                Err(error)
+            }
+        }
+    }
+}
+
 /// Turns an SDK error into an address-free [`ProviderError`].
 pub(crate) fn classify<E, R>(operation: &str, error: SdkError<E, R>) -> ProviderError
 where
