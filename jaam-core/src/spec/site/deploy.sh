@@ -118,7 +118,7 @@ app_start() {
     setsid bash "$0" run "$2" >>"$ROOT/logs/app.log" 2>&1 9>&- &
     echo "$!" >"$ROOT/run/app-$2.pid"
   else
-    systemctl enable "jaam-site-$NAME@$2.service" 2>/dev/null
+    systemctl enable --quiet "jaam-site-$NAME@$2.service"
     systemctl restart "jaam-site-$NAME@$2.service"
   fi
 }
@@ -130,7 +130,7 @@ app_stop() {
       rm -f "$ROOT/run/app-$1.pid"
     fi
   else
-    systemctl disable "jaam-site-$NAME@$1.service" 2>/dev/null || true
+    systemctl disable --quiet "jaam-site-$NAME@$1.service" || true
     systemctl stop "jaam-site-$NAME@$1.service" || true
   fi
 }
