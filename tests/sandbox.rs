@@ -88,6 +88,13 @@ async fn main() {
     let _ = writeln!(out, "# ready");
     let _ = out.flush();
     drop(out);
-    let _ = tokio::signal::ctrl_c().await;
+    // Stopped with SIGINT or SIGTERM (how the demo stops it): the boxes are
+    // dropped, which kills their processes and removes their namespaces.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
     drop((cloud, git));
 }
