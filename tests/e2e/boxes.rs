@@ -131,12 +131,17 @@ async fn box_should_run_user_data_once_and_restart_only_enabled_units() {
     instance_box.destroy().await;
 }
 
-/// Launches one instance through `cloud` with `profile` and `user_data`.
-async fn launch(cloud: &Cloud, profile: Option<&str>, user_data: &str) -> String {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+/// The AWS configuration of a client talking to `cloud`.
+async fn cloud_config(cloud: &Cloud) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(&cloud.url)
         .load()
-        .await;
+        .await
+}
+
+/// Launches one instance through `cloud` with `profile` and `user_data`.
+async fn launch(cloud: &Cloud, profile: Option<&str>, user_data: &str) -> String {
+    let config = cloud_config(cloud).await;
     let ec2 = aws_sdk_ec2::Client::new(&config);
     let mut request = ec2
         .run_instances()
@@ -157,10 +162,7 @@ async fn launch(cloud: &Cloud, profile: Option<&str>, user_data: &str) -> String
 }
 
 async fn ssm_client(cloud: &Cloud) -> aws_sdk_ssm::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&cloud.url)
-        .load()
-        .await;
+    let config = cloud_config(cloud).await;
     aws_sdk_ssm::Client::new(&config)
 }
 
@@ -293,10 +295,7 @@ async fn ssm_stand_in_should_register_after_boot_run_commands_and_cut_output_lik
     assert_eq!(answer.status().map(|s| s.as_str()), Some("TimedOut"));
 
     // User data over EC2's limit is refused, as EC2 refuses it.
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&cloud.url)
-        .load()
-        .await;
+    let config = cloud_config(&cloud).await;
     let refused = aws_sdk_ec2::Client::new(&config)
         .run_instances()
         .image_id("ami-12c6146b")

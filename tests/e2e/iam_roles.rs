@@ -24,6 +24,32 @@ async fn aws(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("JSON")
 }
 
+/// The managed policy ARNs attached to role `name`, sorted.
+async fn attached(name: &str) -> Vec<String> {
+    let attached = aws(&["iam", "list-attached-role-policies", "--role-name", name]).await;
+    let mut arns: Vec<String> = attached["AttachedPolicies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["PolicyArn"].as_str().map(str::to_owned))
+        .collect();
+    arns.sort();
+    arns
+}
+
+/// Role `name`'s inline policy `logs`.
+async fn inline_logs(name: &str) -> serde_json::Value {
+    aws(&[
+        "iam",
+        "get-role-policy",
+        "--role-name",
+        name,
+        "--policy-name",
+        "logs",
+    ])
+    .await
+}
+
 fn spec(name: &str, managed: &str, actions: &str) -> String {
     format!(
         "iam_role.web:\n  name: {name}\n  managed_policy_arns: [{managed}]\n  inline_policies:\n    logs:\n      \
@@ -53,17 +79,8 @@ async fn iam_role_should_create_its_profile_and_change_policies_in_place() {
         profile["InstanceProfile"]["Roles"][0]["RoleName"],
         name.as_str()
     );
-    let attached = aws(&["iam", "list-attached-role-policies", "--role-name", &name]).await;
-    assert_eq!(attached["AttachedPolicies"][0]["PolicyArn"], ssm);
-    let inline = aws(&[
-        "iam",
-        "get-role-policy",
-        "--role-name",
-        &name,
-        "--policy-name",
-        "logs",
-    ])
-    .await;
+    assert_eq!(attached(&name).await, [ssm]);
+    let inline = inline_logs(&name).await;
     assert_eq!(
         inline["PolicyDocument"]["Statement"][0]["Action"][0],
         "logs:PutLogEvents"
@@ -98,23 +115,8 @@ async fn iam_role_should_create_its_profile_and_change_policies_in_place() {
         "{text}"
     );
     ws.jaam(&["apply", "--auto-approve"]).expect_code(0);
-    let attached = aws(&["iam", "list-attached-role-policies", "--role-name", &name]).await;
-    let arns: Vec<&str> = attached["AttachedPolicies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|p| p["PolicyArn"].as_str())
-        .collect();
-    assert_eq!(arns, [logs]);
-    let inline = aws(&[
-        "iam",
-        "get-role-policy",
-        "--role-name",
-        &name,
-        "--policy-name",
-        "logs",
-    ])
-    .await;
+    assert_eq!(attached(&name).await, [logs]);
+    let inline = inline_logs(&name).await;
     assert_eq!(
         inline["PolicyDocument"]["Statement"][0]["Action"][1],
         "logs:CreateLogStream"
@@ -135,6 +137,28 @@ async fn iam_role_should_create_its_profile_and_change_policies_in_place() {
     ws.jaam(&["apply", "--auto-approve"]).expect_code(0);
     ws.jaam(&["plan", "--detailed-exitcode"]).expect_code(0);
 
+    // Two policies written in another order than IAM lists them: no drift.
+    ws.write_specs(&spec(
+        &name,
+        &format!("{logs}, {ssm}"),
+        "logs:PutLogEvents, logs:CreateLogStream",
+    ));
+    ws.jaam(&["apply", "--auto-approve"]).expect_code(0);
+    assert_eq!(attached(&name).await, [ssm, logs]);
+    ws.jaam(&["plan", "--detailed-exitcode"]).expect_code(0);
+
+    // Destroy reads what is attached now, not what state remembers: IAM
+    // deletes a role only once nothing is.
+    let extra = "arn:aws:iam::aws:policy/ReadOnlyAccess";
+    aws(&[
+        "iam",
+        "attach-role-policy",
+        "--role-name",
+        &name,
+        "--policy-arn",
+        extra,
+    ])
+    .await;
     ws.jaam(&["destroy", "--auto-approve"]).expect_code(0);
     let roles = aws(&["iam", "list-roles"]).await;
     assert!(

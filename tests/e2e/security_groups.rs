@@ -44,6 +44,23 @@ async fn rules(id: &str) -> (Vec<String>, Vec<String>, Option<String>) {
     )
 }
 
+/// Whether group `id` exists in moto.
+async fn exists(id: &str) -> bool {
+    let found = ec2_client()
+        .await
+        .describe_security_groups()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("group-id")
+                .values(id)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    !found.security_groups().is_empty()
+}
+
 fn state_id(ws: &Workspace, addr: &str) -> String {
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ws.state()).unwrap()).unwrap();
@@ -138,37 +155,10 @@ async fn security_group_should_change_rules_in_place_and_replace_on_description(
     run.expect_code(0);
     let replaced = state_id(&ws, "security_group.web");
     assert_ne!(replaced, id);
-    let gone = ec2_client()
-        .await
-        .describe_security_groups()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("group-id")
-                .values(&id)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        gone.security_groups().is_empty(),
-        "the old group is deleted"
-    );
+    assert!(!exists(&id).await, "the old group is deleted");
 
     ws.jaam(&["destroy", "--auto-approve"]).expect_code(0);
-    let gone = ec2_client()
-        .await
-        .describe_security_groups()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("group-id")
-                .values(&replaced)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert!(gone.security_groups().is_empty());
+    assert!(!exists(&replaced).await, "destroy deletes it");
 }
 
 #[test]

@@ -165,8 +165,9 @@ pub const BOOT_SCRIPT_DEADLINE: std::time::Duration = std::time::Duration::from_
 /// The lines a deploy runs first: wait until cloud-init has run the user data
 /// (which installs the deploy command), and fail with its errors and the end
 /// of its output when it failed or did not finish in
-/// [`BOOT_SCRIPT_DEADLINE`]. Without cloud-init (an image that has none)
-/// there is nothing to wait for.
+/// [`BOOT_SCRIPT_DEADLINE`]. Exit status 2 is cloud-init's "degraded" (23.4
+/// and later: recoverable warnings, the boot script ran), not a failure.
+/// Without cloud-init (an image that has none) there is nothing to wait for.
 pub fn boot_wait() -> Vec<String> {
     let seconds = BOOT_SCRIPT_DEADLINE.as_secs();
     vec![
@@ -402,7 +403,7 @@ impl Instances {
         )
         .await
         .map_err(|error| {
-            let hint = if error.message.contains("did not register with SSM") {
+            let hint = if error.message.contains(super::ssm::NOT_REGISTERED) {
                 format!(" (check instance profile `{profile}`)")
             } else {
                 String::new()

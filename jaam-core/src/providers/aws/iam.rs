@@ -37,7 +37,10 @@
 //! interrupted apply is found and adopted. One refresh is
 //! GetAccountAuthorizationDetails filtered to roles: one paginated call returns
 //! every role with its trust policy, attached and inline policies, instance
-//! profiles and tags (100 roles: 1 call; the pages hold up to 1,000). IAM is
+//! profiles and tags (100 roles: 1 call; the pages hold up to 1,000). A create
+//! or update records what it wrote instead of reading the account again; a
+//! delete reads only that role's attachments (IAM refuses to delete a role
+//! with anything attached). IAM is
 //! eventually consistent: an instance launched right after its profile was
 //! made may be refused for a few seconds (the `instance` kind retries that).
 
@@ -95,26 +98,10 @@ pub fn schema() -> Schema {
     }
 }
 
-/// Decodes the URL-encoded JSON IAM returns policy documents as.
+/// Decodes the URL-encoded JSON IAM returns policy documents as (plain JSON
+/// is read as it is).
 fn decode_document(text: &str) -> Value {
-    let mut bytes = Vec::with_capacity(text.len());
-    let raw = text.as_bytes();
-    let mut i = 0;
-    while i < raw.len() {
-        if raw[i] == b'%'
-            && let Some(byte) = raw
-                .get(i + 1..i + 3)
-                .and_then(|hex| std::str::from_utf8(hex).ok())
-                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-        {
-            bytes.push(byte);
-            i += 3;
-            continue;
-        }
-        bytes.push(raw[i]);
-        i += 1;
-    }
-    let decoded = String::from_utf8_lossy(&bytes);
+    let decoded = percent_encoding::percent_decode_str(text).decode_utf8_lossy();
     serde_json::from_str(&decoded)
         .or_else(|_| serde_json::from_str(text))
         .map_or_else(|_| Value::String(text.to_owned()), Value::from_json)
@@ -131,7 +118,7 @@ fn tags_of(role: &RoleDetail) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn observe(role: &RoleDetail) -> Observed {
+fn observe(role: &RoleDetail, known: &Attrs) -> Observed {
     let tags = tags_of(role);
     let name = role.role_name().unwrap_or_default().to_owned();
     let profile = role
@@ -146,14 +133,20 @@ fn observe(role: &RoleDetail) -> Observed {
         role.assume_role_policy_document()
             .map_or(Value::Null, decode_document),
     );
-    let mut arns: Vec<Value> = role
+    let arns: Vec<String> = role
         .attached_managed_policies()
         .iter()
         .filter_map(|p| p.policy_arn())
-        .map(Value::from)
+        .map(str::to_owned)
         .collect();
-    arns.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
-    attributes.insert("managed_policy_arns".into(), Value::List(arns));
+    let arns = super::in_written_order(
+        arns,
+        &crate::value::string_list(known.get("managed_policy_arns")),
+    );
+    attributes.insert(
+        "managed_policy_arns".into(),
+        Value::List(arns.into_iter().map(Value::String).collect()),
+    );
     attributes.insert(
         "inline_policies".into(),
         Value::Map(
@@ -190,6 +183,42 @@ fn observe(role: &RoleDetail) -> Observed {
         id: name,
         attributes,
         owner: Owner::from_tags(&tags),
+        due: None,
+    }
+}
+
+/// What a create or update wrote, as state records it: no read back (a
+/// read would list every role of the account).
+fn written(
+    name: &str,
+    arn: Value,
+    profile: Option<(Value, Value)>,
+    attributes: &Attrs,
+    owner: &Owner,
+) -> Observed {
+    let mut recorded = Attrs::new();
+    for argument in [
+        "name",
+        "instance_profile",
+        "assume_role_policy",
+        "managed_policy_arns",
+        "inline_policies",
+        "tags",
+    ] {
+        recorded.insert(
+            argument.to_owned(),
+            attributes.get(argument).cloned().unwrap_or(Value::Null),
+        );
+    }
+    recorded.insert("instance_profile".into(), Value::Bool(profile.is_some()));
+    recorded.insert("arn".into(), arn);
+    let (profile_name, profile_arn) = profile.unwrap_or((Value::Null, Value::Null));
+    recorded.insert("instance_profile_name".into(), profile_name);
+    recorded.insert("instance_profile_arn".into(), profile_arn);
+    Observed {
+        id: name.to_owned(),
+        attributes: recorded,
+        owner: Some(owner.clone()),
         due: None,
     }
 }
@@ -241,15 +270,69 @@ impl Roles {
         Ok(out)
     }
 
-    async fn one(&self, name: &str) -> Result<Observed> {
-        self.all()
-            .await?
-            .iter()
-            .find(|role| role.role_name() == Some(name))
-            .map(observe)
-            .ok_or_else(|| {
-                ProviderError::new(ErrorKind::NotFound, format!("role `{name}` not found"))
-            })
+    /// What is attached to role `name` (managed policy ARNs, inline policy
+    /// names, instance profiles), read with the role's own listings; `None`
+    /// when the role is gone.
+    async fn attachments(&self, name: &str) -> Result<Option<(Attrs, Vec<String>)>> {
+        let mut arns = Vec::new();
+        let mut pages = self
+            .iam
+            .list_attached_role_policies()
+            .role_name(name)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            match page {
+                Ok(page) => arns.extend(
+                    page.attached_policies()
+                        .iter()
+                        .filter_map(|p| p.policy_arn().map(Value::from)),
+                ),
+                Err(error) => {
+                    let error = classify("ListAttachedRolePolicies", error);
+                    return if error.kind == ErrorKind::NotFound {
+                        Ok(None)
+                    } else {
+                        Err(error)
+                    };
+                }
+            }
+        }
+        let mut inline = BTreeMap::new();
+        let mut pages = self
+            .iam
+            .list_role_policies()
+            .role_name(name)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("ListRolePolicies", e))?;
+            inline.extend(
+                page.policy_names()
+                    .iter()
+                    .map(|policy| (policy.clone(), Value::Null)),
+            );
+        }
+        let mut profiles = Vec::new();
+        let mut pages = self
+            .iam
+            .list_instance_profiles_for_role()
+            .role_name(name)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("ListInstanceProfilesForRole", e))?;
+            profiles.extend(
+                page.instance_profiles()
+                    .iter()
+                    .map(|p| p.instance_profile_name().to_owned()),
+            );
+        }
+        let attached = Attrs::from([
+            ("managed_policy_arns".to_owned(), Value::List(arns)),
+            ("inline_policies".to_owned(), Value::Map(inline)),
+        ]);
+        Ok(Some((attached, profiles)))
     }
 
     /// Makes the policies of role `name` what `attributes` say, from `prior`.
@@ -341,7 +424,7 @@ impl Provider for Roles {
                         })
                     }
                 };
-                role.map(observe)
+                role.map(|role| observe(role, target.attributes))
             })
             .collect())
     }
@@ -353,7 +436,8 @@ impl Provider for Roles {
         attributes: &Attrs,
     ) -> Result<Observed> {
         let name = super::text_arg(attributes, "name").to_owned();
-        self.iam
+        let created = self
+            .iam
             .create_role()
             .role_name(&name)
             .assume_role_policy_document(document_json(attributes.get("assume_role_policy")))
@@ -361,34 +445,45 @@ impl Provider for Roles {
             .send()
             .await
             .map_err(|e| classify("CreateRole", e))?;
+        let arn = created
+            .role()
+            .map_or(Value::Null, |role| Value::from(role.arn()));
         let rest = async {
             self.converge(&name, &Attrs::new(), attributes).await?;
-            if attributes.get("instance_profile") != Some(&Value::Bool(false)) {
-                self.iam
-                    .create_instance_profile()
-                    .instance_profile_name(&name)
-                    .set_tags(Some(Self::tags(attributes, owner)))
-                    .send()
-                    .await
-                    .map_err(|e| classify("CreateInstanceProfile", e))?;
-                self.iam
-                    .add_role_to_instance_profile()
-                    .instance_profile_name(&name)
-                    .role_name(&name)
-                    .send()
-                    .await
-                    .map_err(|e| classify("AddRoleToInstanceProfile", e))?;
+            if attributes.get("instance_profile") == Some(&Value::Bool(false)) {
+                return Ok::<_, ProviderError>(None);
             }
-            Ok::<_, ProviderError>(())
+            let profile = self
+                .iam
+                .create_instance_profile()
+                .instance_profile_name(&name)
+                .set_tags(Some(Self::tags(attributes, owner)))
+                .send()
+                .await
+                .map_err(|e| classify("CreateInstanceProfile", e))?;
+            self.iam
+                .add_role_to_instance_profile()
+                .instance_profile_name(&name)
+                .role_name(&name)
+                .send()
+                .await
+                .map_err(|e| classify("AddRoleToInstanceProfile", e))?;
+            Ok(Some((
+                Value::from(name.as_str()),
+                profile
+                    .instance_profile()
+                    .map_or(Value::Null, |p| Value::from(p.arn())),
+            )))
         };
-        // The role exists whatever the rest does: a failure here is recorded.
-        if let Err(error) = rest.await {
-            return Err(match self.one(&name).await {
-                Ok(partial) => error.with_partial(partial),
-                Err(_) => error,
-            });
+        match rest.await {
+            Ok(profile) => Ok(written(&name, arn, profile, attributes, owner)),
+            // The role exists whatever the rest did: it is recorded (with no
+            // policies or profile claimed; the next refresh reads them).
+            Err(error) => {
+                let bare = Attrs::from([("name".to_owned(), Value::from(name.as_str()))]);
+                Err(error.with_partial(written(&name, arn, None, &bare, owner)))
+            }
         }
-        self.one(&name).await
     }
 
     async fn update(
@@ -433,30 +528,47 @@ impl Provider for Roles {
             .send()
             .await
             .map_err(|e| classify("TagRole", e))?;
-        self.one(id).await
+        let profile = prior
+            .get("instance_profile_name")
+            .filter(|v| !v.is_null())
+            .map(|name| {
+                (
+                    name.clone(),
+                    prior
+                        .get("instance_profile_arn")
+                        .cloned()
+                        .unwrap_or(Value::Null),
+                )
+            });
+        let arn = prior.get("arn").cloned().unwrap_or(Value::Null);
+        Ok(written(id, arn, profile, attributes, owner))
     }
 
     async fn delete(&self, _context: &Context, id: &str, _prior: &Attrs) -> Result<()> {
-        let current = match self.one(id).await {
-            Ok(current) => current.attributes,
-            Err(error) if error.kind == ErrorKind::NotFound => return Ok(()),
-            Err(error) => return Err(error),
+        // IAM deletes a role only once nothing is attached: read what is,
+        // from the role's own listings (state may be stale).
+        let Some((current, profiles)) = self.attachments(id).await? else {
+            return Ok(());
         };
-        if let Some(profile) = current.get("instance_profile_name").and_then(Value::as_str) {
-            let _ = self
+        for profile in &profiles {
+            let removed = self
                 .iam
                 .remove_role_from_instance_profile()
                 .instance_profile_name(profile)
                 .role_name(id)
                 .send()
                 .await;
-            let deleted = self
-                .iam
-                .delete_instance_profile()
-                .instance_profile_name(profile)
-                .send()
-                .await;
-            gone_is_fine("DeleteInstanceProfile", deleted)?;
+            gone_is_fine("RemoveRoleFromInstanceProfile", removed)?;
+            // Its own profile goes with it; another one (made elsewhere) stays.
+            if profile == id {
+                let deleted = self
+                    .iam
+                    .delete_instance_profile()
+                    .instance_profile_name(profile)
+                    .send()
+                    .await;
+                gone_is_fine("DeleteInstanceProfile", deleted)?;
+            }
         }
         let empty = Attrs::from([
             ("managed_policy_arns".to_owned(), Value::List(Vec::new())),
@@ -468,7 +580,14 @@ impl Provider for Roles {
     }
 
     async fn import(&self, _context: &Context, id: &str) -> Result<Observed> {
-        self.one(id).await
+        self.all()
+            .await?
+            .iter()
+            .find(|role| role.role_name() == Some(id))
+            .map(|role| observe(role, &Attrs::new()))
+            .ok_or_else(|| {
+                ProviderError::new(ErrorKind::NotFound, format!("role `{id}` not found"))
+            })
     }
 
     async fn list_owned(&self, context: &Context) -> Result<Vec<Observed>> {
@@ -477,7 +596,7 @@ impl Provider for Roles {
             .await?
             .iter()
             .filter(|role| tags_of(role).get(Owner::STACK_TAG) == Some(&context.stack))
-            .map(observe)
+            .map(|role| observe(role, &Attrs::new()))
             .collect())
     }
 }

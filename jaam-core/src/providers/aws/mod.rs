@@ -166,6 +166,25 @@ impl Intercept for CallCounter {
 
 pub(crate) use crate::value::string_map;
 
+/// `found` (a set the cloud reports in its own order) in the order of
+/// `written` first, then what was not written, sorted: a list the user wrote
+/// in another order than the cloud's is not drift.
+pub(crate) fn in_written_order<T: Ord + Clone>(found: Vec<T>, written: &[T]) -> Vec<T> {
+    let mut ordered: Vec<T> = written
+        .iter()
+        .filter(|item| found.contains(item))
+        .cloned()
+        .collect();
+    let mut rest: Vec<T> = found
+        .into_iter()
+        .filter(|item| !ordered.contains(item))
+        .collect();
+    rest.sort();
+    rest.dedup();
+    ordered.extend(rest);
+    ordered
+}
+
 /// The string argument `name` of `attributes`, or "".
 pub(crate) fn text_arg<'a>(attributes: &'a crate::value::Attrs, name: &str) -> &'a str {
     attributes

@@ -125,15 +125,7 @@ impl Rule {
         if protocol == "-1" && from != -1 {
             return Err(format!("`{text}`: protocol `all` takes ports `all`"));
         }
-        let valid_cidr = cidr.split_once('/').is_some_and(|(address, bits)| {
-            let bits = bits.parse::<u8>().ok();
-            match address.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(_)) => bits.is_some_and(|b| b <= 32),
-                Ok(std::net::IpAddr::V6(_)) => bits.is_some_and(|b| b <= 128),
-                Err(_) => false,
-            }
-        });
-        if !valid_cidr {
+        if !crate::spec::site::checks::is_cidr(cidr) {
             return Err(format!(
                 "`{text}`: `{cidr}` is not a CIDR such as 0.0.0.0/0 or ::/0"
             ));
@@ -238,22 +230,10 @@ fn observed_rules(permissions: &[IpPermission]) -> Vec<Rule> {
     out
 }
 
-/// `found` in the order of `written` first, then the rest sorted.
-fn in_written_order(found: Vec<Rule>, written: &[Rule]) -> Value {
-    let mut ordered: Vec<Rule> = written
-        .iter()
-        .filter(|rule| found.contains(rule))
-        .cloned()
-        .collect();
-    let mut rest: Vec<Rule> = found
-        .into_iter()
-        .filter(|rule| !ordered.contains(rule))
-        .collect();
-    rest.sort();
-    rest.dedup();
-    ordered.extend(rest);
+/// The rules `found` in the order written, as a list of their texts.
+fn rules_value(found: Vec<Rule>, written: &[Rule]) -> Value {
     Value::List(
-        ordered
+        super::in_written_order(found, written)
             .iter()
             .map(|rule| Value::String(rule.render()))
             .collect(),
@@ -315,14 +295,14 @@ fn observe(group: &SecurityGroup, known: &Attrs) -> Observed {
     attributes.insert("vpc_id".into(), text(group.vpc_id()));
     attributes.insert(
         "ingress".into(),
-        in_written_order(
+        rules_value(
             observed_rules(group.ip_permissions()),
             &rules(known.get("ingress")),
         ),
     );
     attributes.insert(
         "egress".into(),
-        in_written_order(
+        rules_value(
             observed_rules(group.ip_permissions_egress()),
             &rules(known.get("egress")),
         ),

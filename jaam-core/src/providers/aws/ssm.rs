@@ -48,6 +48,10 @@ fn registration() -> Duration {
         .map_or(REGISTRATION, Duration::from_secs)
 }
 
+/// How the error of an instance that never registered begins (callers add
+/// what they know of its instance profile).
+pub const NOT_REGISTERED: &str = "did not register with SSM";
+
 /// Lines of output kept in an error.
 const TAIL: usize = 40;
 
@@ -75,15 +79,22 @@ pub async fn send_command(
         deadline: wait.deadline.min(registration()),
         ..wait
     };
-    let execution_timeout = wait.deadline.as_secs().clamp(1, 172_800).to_string();
     let sent = backoff::poll(register, || async {
+        // What is left of the wait when the command goes: the instance stops
+        // a command jaam no longer waits for.
+        let execution_timeout = wait
+            .deadline
+            .saturating_sub(started.elapsed())
+            .as_secs()
+            .clamp(1, 172_800)
+            .to_string();
         match client
             .send_command()
             .document_name("AWS-RunShellScript")
             .set_instance_ids(Some(instances.to_vec()))
             .comment(comment)
             .parameters("commands", script.clone())
-            .parameters("executionTimeout", vec![execution_timeout.clone()])
+            .parameters("executionTimeout", vec![execution_timeout])
             .send()
             .await
         {
@@ -108,7 +119,7 @@ pub async fn send_command(
     .await;
     let command_id = super::waited(sent, || {
         format!(
-            "{} did not register with SSM (the agent registers once the instance has booted, and only with an \
+            "{} {NOT_REGISTERED} (the agent registers once the instance has booted, and only with an \
              instance profile whose role allows the SSM core actions, e.g. AmazonSSMManagedInstanceCore)",
             instances.join(", ")
         )

@@ -280,21 +280,25 @@ pub fn secrets(value: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// A list of CIDRs (`ssh_from`): IPv4 or IPv6, with a prefix length.
+/// Whether `text` is an IPv4 or IPv6 CIDR with its prefix length.
+pub fn is_cidr(text: &str) -> bool {
+    text.split_once('/').is_some_and(|(address, bits)| {
+        let bits = bits.parse::<u8>().ok();
+        match address.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(_)) => bits.is_some_and(|b| b <= 32),
+            Ok(std::net::IpAddr::V6(_)) => bits.is_some_and(|b| b <= 128),
+            Err(_) => false,
+        }
+    })
+}
+
+/// A list of CIDRs (`ssh_from`).
 pub fn cidrs(value: &Value) -> Result<(), String> {
     let Value::List(items) = value else {
         return Ok(());
     };
     for item in items.iter().filter_map(Value::as_str) {
-        let valid = item.split_once('/').is_some_and(|(address, bits)| {
-            let bits = bits.parse::<u8>().ok();
-            match address.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(_)) => bits.is_some_and(|b| b <= 32),
-                Ok(std::net::IpAddr::V6(_)) => bits.is_some_and(|b| b <= 128),
-                Err(_) => false,
-            }
-        });
-        if !valid {
+        if !is_cidr(item) {
             return Err(format!(
                 "`{item}` is not a CIDR such as 203.0.113.7/32 or 2001:db8::/48"
             ));

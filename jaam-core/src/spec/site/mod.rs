@@ -74,7 +74,8 @@
 //! `/opt/jaam/bin/deploy REVISION | rollback | current` is the deploy script
 //! ([`deploy_script`]); a deploy waits for the user data to have finished
 //! first. A server app runs as the unit `jaam-site-<name>@<port>`; the serving
-//! one is enabled, so it comes back with nginx after a reboot or stop/start. nginx serves HTTP until the certificate is installed;
+//! one is enabled, so it comes back with nginx after a reboot or stop/start.
+//! nginx serves HTTP until the certificate is installed;
 //! the certificate's install hook then enables HTTPS and redirects HTTP to it.
 //!
 //! # Privileges
@@ -350,9 +351,9 @@ impl Site {
         }
     }
 
-    /// The name of its own IAM role and instance profile:
+    /// The name of its own IAM role, instance profile and security group:
     /// `jaam-site-<domain>` (a hash when that is over IAM's 64 characters).
-    pub fn role_name(&self) -> String {
+    pub fn aws_name(&self) -> String {
         let name = format!("jaam-site-{}", self.domain);
         if name.len() <= 64 {
             name
@@ -762,10 +763,7 @@ pub fn expand(
     let own_group = attrs.get("security_group_ids").is_none_or(Value::is_null);
     if own_group {
         let mut group = BTreeMap::new();
-        group.insert(
-            "name".into(),
-            literal(format!("jaam-site-{}", site.domain), location),
-        );
+        group.insert("name".into(), literal(site.aws_name(), location));
         group.insert(
             "description".into(),
             literal(format!("jaam site {}: HTTP and HTTPS", site.name), location),
@@ -794,7 +792,7 @@ pub fn expand(
     let own_role = attrs.get("iam_instance_profile").is_none_or(Value::is_null);
     if own_role {
         let mut role = BTreeMap::new();
-        role.insert("name".into(), literal(site.role_name(), location));
+        role.insert("name".into(), literal(site.aws_name(), location));
         role.insert(
             "managed_policy_arns".into(),
             literal(strings(&[SSM_CORE_POLICY]), location),
