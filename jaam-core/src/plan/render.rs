@@ -91,6 +91,9 @@ pub fn attribute(
     generated: bool,
     full: bool,
 ) -> String {
+    if !sensitive && let Some(entries) = text_map(value) {
+        return map_attribute(prefix, name, width, &entries, generated, full);
+    }
     let text = match value {
         Value::String(text) if !sensitive && text.contains('\n') => text,
         _ => return format!("{prefix}{name:<width$} = {}\n", display(value, sensitive)),
@@ -116,6 +119,110 @@ pub fn attribute(
     }
     let _ = writeln!(out, "{indent}EOT");
     out
+}
+
+/// The entries of a map holding multi-line text (an instance's `files`),
+/// which print one by one; `None` for any other value.
+fn text_map(value: &Value) -> Option<Vec<(&String, &Value)>> {
+    match value {
+        Value::Map(map)
+            if map
+                .values()
+                .any(|v| matches!(v, Value::String(text) if text.contains('\n'))) =>
+        {
+            Some(map.iter().collect())
+        }
+        _ => None,
+    }
+}
+
+/// A map of multi-line text: a summary when generated (unless `full`), else
+/// `name = {` and each entry as its own attribute.
+fn map_attribute(
+    prefix: &str,
+    name: &str,
+    width: usize,
+    entries: &[(&String, &Value)],
+    generated: bool,
+    full: bool,
+) -> String {
+    if generated && !full {
+        use sha2::Digest as _;
+        let mut digest = sha2::Sha256::new();
+        let mut bytes = 0;
+        for (key, value) in entries {
+            let text = value.as_str().map_or_else(|| value.render(), str::to_owned);
+            bytes += text.len();
+            digest.update(key.as_bytes());
+            digest.update([0]);
+            digest.update(text.as_bytes());
+        }
+        return format!(
+            "{prefix}{name:<width$} = (generated: {} entries, {bytes} bytes, sha256 {}…; --full shows them)\n",
+            entries.len(),
+            &hex::encode(digest.finalize())[..12]
+        );
+    }
+    let indent = " ".repeat(visible_width(prefix));
+    let mut out = format!("{prefix}{name:<width$} = {{\n");
+    let inner = format!("{indent}    ");
+    let key_width = entries
+        .iter()
+        .map(|(key, _)| key.len() + 2)
+        .max()
+        .unwrap_or(0);
+    for (key, value) in entries {
+        out.push_str(&attribute(
+            &inner,
+            &format!("{key:?}"),
+            key_width,
+            value,
+            false,
+            false,
+            true,
+        ));
+    }
+    let _ = writeln!(out, "{indent}}}");
+    out
+}
+
+/// The changed entries of two maps of text, each as a line diff (or an
+/// added or removed entry).
+fn map_diff(
+    out: &mut String,
+    painter: &Painter,
+    name: &str,
+    before: &std::collections::BTreeMap<String, Value>,
+    after: &std::collections::BTreeMap<String, Value>,
+    forces: bool,
+) {
+    let keys: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    let note = if forces { " # forces replacement" } else { "" };
+    for key in keys {
+        let entry = format!("{name}[{key:?}]");
+        match (before.get(key), after.get(key)) {
+            (Some(a), Some(b)) if a == b => {}
+            (Some(Value::String(a)), Some(Value::String(b))) => {
+                multiline_diff(out, painter, &entry, a, b, forces);
+            }
+            (None, Some(value)) | (Some(value), None) => {
+                let symbol = if before.contains_key(key) { "-" } else { "+" };
+                let prefix = format!("      {} ", painter.symbol(symbol));
+                out.push_str(&attribute(&prefix, &entry, 0, value, false, false, true));
+            }
+            (old, new) => {
+                let text =
+                    |value: Option<&Value>| value.map_or_else(|| "null".to_owned(), Value::render);
+                let _ = writeln!(
+                    out,
+                    "      {} {entry} = {} -> {}{note}",
+                    painter.symbol("~"),
+                    text(old),
+                    text(new)
+                );
+            }
+        }
+    }
 }
 
 fn heading(change: &ResourceChange, drift: bool) -> String {
@@ -221,6 +328,11 @@ fn block(out: &mut String, painter: &Painter, change: &ResourceChange, drift: bo
                         if !sensitive && (a.contains('\n') || b.contains('\n')) =>
                     {
                         multiline_diff(out, painter, name, a, b, forcing.contains(name));
+                    }
+                    (Value::Map(a), Value::Map(b))
+                        if !sensitive && (text_map(old).is_some() || text_map(new).is_some()) =>
+                    {
+                        map_diff(out, painter, name, a, b, forcing.contains(name));
                     }
                     _ => {
                         let note = if forcing.contains(name) {
@@ -438,5 +550,63 @@ mod tests {
             attribute("    ", "key", 3, &Value::from("a\nb"), true, false, true)
                 .contains("(sensitive value)")
         );
+    }
+    /// Issue 13: an instance's `files` (path → content) print entry by entry:
+    /// summarized when generated, each file a heredoc with `--full` or when
+    /// written by hand, and an update as one line diff per changed file.
+    #[test]
+    fn maps_of_files_should_render_entry_by_entry() {
+        let files = |env: &str| {
+            Value::Map(
+                [
+                    (
+                        "/opt/bin/deploy".to_owned(),
+                        Value::from("#!/bin/bash\necho deploy\n"),
+                    ),
+                    ("/srv/app/env".to_owned(), Value::from(env)),
+                    ("/srv/app/port".to_owned(), Value::from("3000")),
+                ]
+                .into(),
+            )
+        };
+        let mut plain = create("instance.web", &[("instance_type", "t3.micro")]);
+        plain
+            .after
+            .as_mut()
+            .unwrap()
+            .insert("files".into(), files("TITLE='one'\n"));
+        let mut site = plain.clone();
+        site.addr = "site.blog.instance".parse().unwrap();
+        let before: Attrs = [("files".to_owned(), files("TITLE='one'\nKEPT=1\n"))].into();
+        let mut after = before.clone();
+        after.insert("files".into(), files("TITLE='two'\nKEPT=1\n"));
+        if let Some(Value::Map(map)) = after.get_mut("files") {
+            map.remove("/srv/app/port");
+            map.insert("/srv/app/new.conf".into(), Value::from("a\nb\n"));
+        }
+        let update = ResourceChange {
+            action: Action::Update {
+                changed: vec!["files".into()],
+            },
+            id: Some("i-1".into()),
+            before: Some(before),
+            after: Some(after),
+            ..site.clone()
+        };
+        let plan = Plan {
+            format_version: super::super::FORMAT_VERSION,
+            stack: "demo".into(),
+            prior: None,
+            lineage: uuid::Uuid::nil(),
+            destroy: false,
+            drift: Vec::new(),
+            changes: vec![plain, site, update],
+            deposed: Vec::new(),
+            resolved_intents: Vec::new(),
+            notes: Vec::new(),
+        };
+        let rendered = text(&plan, TextOptions::default());
+        assert!(!rendered.contains("\\n"), "no escaped text: {rendered}");
+        insta::assert_snapshot!("plan_files", rendered);
     }
 }

@@ -31,6 +31,13 @@
 //!   (through the resolver given with [`Instances::with_heads`]), so a plan
 //!   shows the commit it will deploy.
 //! - `deploy_command`: **in place**, used by the next deploy.
+//! - `files` (absolute path → content) and `files_command` (run after they
+//!   changed): written on the running instance over SSM, **in place**, in
+//!   the same command as the deploy and before it (see [`super::files`]);
+//!   a change of either also runs the deploy command for the recorded
+//!   revision, which decides whether that needs a new release (a `site`'s
+//!   does when its env file changed). Like `user_data`, kept as recorded by
+//!   refresh.
 //!
 //! Computed: `id`, `public_ip`, `private_ip`, `public_dns`, `state`.
 //!
@@ -215,6 +222,9 @@ pub fn schema() -> Schema {
                 .default_value(Value::Map(BTreeMap::new())),
             Attribute::optional("revision", Type::String),
             Attribute::optional("deploy_command", Type::String).default_value(DEPLOY_COMMAND),
+            Attribute::optional("files", Type::Map(Box::new(Type::String)))
+                .checked(super::files::check),
+            Attribute::optional("files_command", Type::String),
             Attribute::computed("id", Type::String),
             // A stop/start (an `instance_type` change) gives a new public IP.
             Attribute::computed("public_ip", Type::String).changes_with(&["instance_type"]),
@@ -230,6 +240,9 @@ pub fn schema() -> Schema {
         in_flight_grace: Duration::from_secs(10),
     }
 }
+
+/// The arguments an SSM command on the instance brings about (no EC2 call).
+const CONVERGED: [&str; 4] = ["revision", "deploy_command", "files", "files_command"];
 
 /// The EC2 provider.
 pub struct Instances {
@@ -315,7 +328,13 @@ fn observe(instance: &Instance, known: &Attrs) -> Observed {
         known.get("user_data").cloned().unwrap_or(Value::Null),
     );
     // Neither can be read from EC2: kept as recorded.
-    for name in ["root_volume_gb", "revision", "deploy_command"] {
+    for name in [
+        "root_volume_gb",
+        "revision",
+        "deploy_command",
+        "files",
+        "files_command",
+    ] {
         attributes.insert(name.into(), known.get(name).cloned().unwrap_or(Value::Null));
     }
     attributes.insert(
@@ -363,15 +382,26 @@ impl Instances {
         self
     }
 
-    /// Runs the deploy command for `attributes`' revision on `id`, if it has one.
-    async fn deploy(&self, id: &str, attributes: &Attrs) -> Result<()> {
-        let Some(revision) = text(attributes, "revision") else {
+    /// Brings `id` to `attributes`' files and revision in one SSM command:
+    /// the wait for the boot script, the files (when their version is not
+    /// the instance's), then the deploy command (when there is a revision).
+    /// Nothing to do without either.
+    async fn converge(&self, id: &str, attributes: &Attrs) -> Result<()> {
+        let revision = text(attributes, "revision");
+        let files = crate::value::string_map(attributes.get("files"));
+        if revision.is_none() && files.is_empty() {
             return Ok(());
+        }
+        let what = match &revision {
+            Some(revision) => format!("deploy of {revision}"),
+            None => "writing the instance's files".to_owned(),
         };
         // Only a commit id reaches the instance's command line: a branch name
         // would deploy whatever the branch holds when the command runs, and a
         // word such as `rollback` is a command of the deploy script.
-        if !crate::spec::site::checks::is_commit(&revision) {
+        if let Some(revision) = &revision
+            && !crate::spec::site::checks::is_commit(revision)
+        {
             return Err(ProviderError::new(
                 ErrorKind::Invalid,
                 format!("revision `{revision}` is not a commit id (7 to 64 hexadecimal digits)"),
@@ -383,21 +413,33 @@ impl Instances {
             return Err(ProviderError::new(
                 ErrorKind::Invalid,
                 format!(
-                    "deploy of {revision} failed: instance `{id}` has no instance profile (`iam_instance_profile`), so \
+                    "{what} failed: instance `{id}` has no instance profile (`iam_instance_profile`), so \
                      the SSM agent cannot register and jaam cannot run commands on it; set one whose role allows \
                      the SSM core actions (AmazonSSMManagedInstanceCore)"
                 ),
             ));
         };
-        let command =
-            text(attributes, "deploy_command").unwrap_or_else(|| DEPLOY_COMMAND.to_owned());
-        tracing::info!(instance = id, %revision, "deploying");
         let mut script = boot_wait();
-        script.push(format!("exec {command} {revision}"));
+        if !files.is_empty() {
+            script.extend(super::files::delivery(
+                &files,
+                text(attributes, "files_command").as_deref(),
+            ));
+        }
+        let comment = match &revision {
+            Some(revision) => {
+                let command =
+                    text(attributes, "deploy_command").unwrap_or_else(|| DEPLOY_COMMAND.to_owned());
+                tracing::info!(instance = id, %revision, "deploying");
+                script.push(format!("exec {command} {revision}"));
+                format!("jaam: deploy {revision}")
+            }
+            None => "jaam: files".to_owned(),
+        };
         super::ssm::send_command(
             &self.ssm,
             &[id.to_owned()],
-            &format!("jaam: deploy {revision}"),
+            &comment,
             script,
             super::ssm::DEPLOY,
         )
@@ -409,7 +451,7 @@ impl Instances {
                 String::new()
             };
             ProviderError {
-                message: format!("deploy of {revision} failed: {}{hint}", error.message),
+                message: format!("{what} failed: {}{hint}", error.message),
                 ..error
             }
         })?;
@@ -753,7 +795,7 @@ impl Provider for Instances {
         let observed = observe(instance, attributes);
         // The instance exists whatever the deploy does: a failed first deploy
         // is recorded with no revision, so the next apply deploys again.
-        if let Err(error) = self.deploy(&id, attributes).await {
+        if let Err(error) = self.converge(&id, attributes).await {
             let mut partial = observed;
             partial.attributes.insert("revision".into(), Value::Null);
             return Err(ProviderError {
@@ -775,13 +817,10 @@ impl Provider for Instances {
         changed: &[String],
     ) -> Result<Observed> {
         let ids = [id.to_owned()];
-        // A new revision only: deploy, then read the instance once.
-        if !changed.is_empty()
-            && changed
-                .iter()
-                .all(|c| c == "revision" || c == "deploy_command")
-        {
-            self.deploy(id, attributes).await?;
+        // A new revision or new files only: one command, then read the
+        // instance once.
+        if !changed.is_empty() && changed.iter().all(|c| CONVERGED.contains(&c.as_str())) {
+            self.converge(id, attributes).await?;
             let found = self.describe_ids(&ids).await?;
             let instance = found
                 .iter()
@@ -841,9 +880,9 @@ impl Provider for Instances {
             })?;
         if changed
             .iter()
-            .any(|c| c == "revision" || c == "instance_type")
+            .any(|c| c == "instance_type" || CONVERGED.contains(&c.as_str()))
         {
-            self.deploy(id, attributes).await?;
+            self.converge(id, attributes).await?;
         }
         Ok(observe(instance, attributes))
     }

@@ -8,6 +8,7 @@
 //! `Transient` kind tells the daemon to retry later.
 
 pub mod ec2;
+pub mod files;
 pub mod iam;
 pub mod logs;
 pub mod parameters;

@@ -17,7 +17,7 @@
 //! | `site.blog.log_group` | `log_group` | `/jaam/sites/<domain>`: build and app logs |
 //! | `site.blog.iam_role` | `iam_role` | `jaam-site-<domain>` and its instance profile: the SSM core actions, its own log group, certificate, secrets and token parameters only (unless the site names `iam_instance_profile`) |
 //! | `site.blog.security_group` | `security_group` | `jaam-site-<domain>`: 80 and 443 open to the world, 22 only from `ssh_from` (unless the site names `security_group_ids`) |
-//! | `site.blog.instance` | `instance` | builds and serves the app; user data installs node, nginx, git, the CloudWatch agent and the deploy script; `revision` is the commit it serves |
+//! | `site.blog.instance` | `instance` | builds and serves the app; its user data is a small bootstrap (node, nginx, git, the CloudWatch agent, the site's user); its `files` — deploy script, env file, nginx, units, agent configuration — arrive over SSM and change in place; `revision` is the commit it serves |
 //! | `site.blog.record` | `record` | `A <domain>` → the instance's public IP |
 //! | `site.blog.certificate` | `certificate` | for `<domain>`, installed on the instance (with `https`, the default) |
 //! | `site.blog.webhook` | `webhook` | push and pull_request deliveries to `webhook_url` (when set) |
@@ -26,7 +26,7 @@
 //!
 //! # Arguments
 //! Site arguments may read `${env.NAME}` but not other resources (they shape
-//! the generated user data, which is fixed when the specs load).
+//! the generated user data and files, which are fixed when the specs load).
 //! - `repo` (`owner/name`), `branch` (default `main`), `repo_url` (the clone
 //!   URL; default `https://github.com/<repo>.git`; `https://…` or
 //!   `git@host:path`, never with credentials in it).
@@ -73,7 +73,19 @@
 //! `logs/app.log` (shipped to the log group as streams `build` and `app`).
 //! `/opt/jaam/bin/deploy REVISION | rollback | current` is the deploy script
 //! ([`deploy_script`]); a deploy waits for the user data to have finished
-//! first. A server app runs as the unit `jaam-site-<name>@<port>`; the serving
+//! first.
+//!
+//! The user data ([`user_data`], under 4 KB) only bootstraps: packages, the
+//! directories, the site's user, nginx started. The site's [`files`] are the
+//! `instance`'s `files` argument: written over SSM in the deploy's own
+//! command when their version (a content hash) is not the instance's, then
+//! [`configure_script`] puts them to work (systemd, nginx, the log agent).
+//! So an `env` edit, or a jaam release with a new deploy script, is an
+//! update in place of `site.NAME.instance` (`~ files`, with a line diff in
+//! the plan); the same instance redeploys its revision, and the deploy
+//! script builds a new release when the env changed (a release is named by
+//! its commit and a key of its env and commands). Only a change of the
+//! bootstrap itself (packages, `node_version`) replaces the instance. A server app runs as the unit `jaam-site-<name>@<port>`; the serving
 //! one is enabled, so it comes back with nginx after a reboot or stop/start.
 //! nginx serves HTTP until the certificate is installed;
 //! the certificate's install hook then enables HTTPS and redirects HTTP to it.
@@ -545,29 +557,107 @@ pub fn scripts(site: &Site) -> Vec<(&'static str, String)> {
         ("deploy", deploy_script(site, &site.root())),
         ("fetch-secrets", fetch_secrets_script(site)),
         ("on-install", on_install_script(site)),
+        ("configure", configure_script(site)),
     ]
 }
 
-/// The instance's user data: packages, the deploy script, nginx, the app's
-/// service, the certificate hook and the log shipping.
-pub fn user_data(site: &Site) -> String {
+/// Where the site's files go (see [`files`]).
+const BIN: &str = "/opt/jaam/bin";
+
+/// The command the instance runs after the site's files changed.
+pub fn configure_command() -> String {
+    format!("{BIN}/configure")
+}
+
+/// The env file: one `NAME='value'` line per `env` entry.
+pub fn env_file(site: &Site) -> String {
+    let mut env = String::new();
+    for (name, value) in &site.env {
+        let _ = writeln!(env, "{name}={}", shell_quote(value));
+    }
+    env
+}
+
+/// The systemd unit template of a server app (`jaam-site-<name>@<port>`).
+pub fn app_unit(site: &Site) -> String {
+    format!(
+        "[Unit]\nDescription=jaam site {name} on port %i\nAfter=network.target\n\n[Service]\n\
+         ExecStart={BIN}/deploy run %i\nRestart=on-failure\nStandardOutput=append:{root}/logs/app.log\n\
+         StandardError=append:{root}/logs/app.log\n\n[Install]\nWantedBy=multi-user.target\n",
+        name = site.name,
+        root = site.root(),
+    )
+}
+
+/// Run after the site's files changed ([`configure_command`]): systemd
+/// re-reads the unit, nginx takes the configuration that fits (HTTPS once
+/// the certificate is installed) and reloads, the log agent re-reads its
+/// configuration. The running app keeps its process until the next deploy
+/// switches releases.
+pub fn configure_script(site: &Site) -> String {
+    let root = site.root();
+    format!(
+        "#!/bin/bash\n# jaam site {name}: puts its delivered files to work (generated by jaam; do not edit)\n\
+         set -euo pipefail\nsystemctl daemon-reload\n\
+         if [ ! -f {root}/upstream.conf ]; then\n  printf 'server 127.0.0.1:%s;\\n' {port} >{root}/upstream.conf\nfi\n\
+         if [ -f {tls}/fullchain.pem ]; then\n  cp {root}/nginx-https.conf /etc/nginx/conf.d/jaam-{name}.conf\n\
+         else\n  cp {root}/nginx.conf /etc/nginx/conf.d/jaam-{name}.conf\nfi\nnginx -t\n\
+         if systemctl is-active --quiet nginx; then\n  systemctl reload nginx\nelse\n  systemctl enable --now --quiet nginx\nfi\n\
+         /opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 \\\n  \
+         -c file:/opt/aws/amazon-cloudwatch-agent/etc/jaam-{name}.json -s\n",
+        name = site.name,
+        port = site.port,
+        tls = site.tls_dir(),
+    )
+}
+
+/// The site's files on its instance, by path: the deploy and secrets
+/// scripts, the env file, the app's unit, nginx's two configurations, the
+/// certificate's install hook, the log agent's configuration and the
+/// [`configure_script`]. Delivered over SSM (the `instance` kind's
+/// `files`), so a change of any — an `env` edit, a new jaam — is an update
+/// in place, never a new instance.
+pub fn files(site: &Site) -> BTreeMap<String, String> {
     let root = site.root();
     let layout = NginxLayout {
         listen: "80".into(),
         root: root.clone(),
     };
-    let mut env = String::new();
-    for (name, value) in &site.env {
-        let _ = writeln!(env, "{name}={}", shell_quote(value));
-    }
-    let node = shell_quote(&site.node_version);
     let name = &site.name;
-    let tls = site.tls_dir();
-    let mut out = String::new();
-    let _ = write!(
-        out,
+    BTreeMap::from([
+        (format!("{BIN}/deploy"), deploy_script(site, &root)),
+        (format!("{BIN}/fetch-secrets"), fetch_secrets_script(site)),
+        (format!("{BIN}/configure"), configure_script(site)),
+        (format!("{root}/env"), env_file(site)),
+        (
+            format!("/etc/systemd/system/jaam-site-{name}@.service"),
+            app_unit(site),
+        ),
+        (format!("{root}/nginx.conf"), nginx_conf(site, &layout)),
+        (
+            format!("{root}/nginx-https.conf"),
+            nginx_https_conf(site, &layout),
+        ),
+        (
+            format!("{}/on-install", site.tls_dir()),
+            on_install_script(site),
+        ),
+        (
+            format!("/opt/aws/amazon-cloudwatch-agent/etc/jaam-{name}.json"),
+            cloudwatch_agent_config(site) + "\n",
+        ),
+    ])
+}
+
+/// The instance's user data: a small bootstrap that installs the packages
+/// (node, nginx, git, the CloudWatch agent), makes the site's directories
+/// and system user and starts nginx. Everything that names the app — the
+/// scripts, the env file, nginx's server block — is in [`files`].
+pub fn user_data(site: &Site) -> String {
+    format!(
         r#"#!/bin/bash
-# jaam site {name}: instance bootstrap (generated by jaam; do not edit)
+# jaam site {name}: instance bootstrap (generated by jaam; do not edit).
+# The site's files (deploy script, env, nginx, units) arrive over SSM.
 set -euo pipefail
 
 dnf install -y nginx git tar amazon-cloudwatch-agent "nodejs{node}" "nodejs{node}-npm" ||
@@ -576,70 +666,21 @@ for tool in node npm npx; do
   if [ -x "/usr/bin/$tool-{node}" ]; then ln -sf "/usr/bin/$tool-{node}" "/usr/local/bin/$tool"; fi
 done
 
-install -d -m 0755 {root} {root}/logs {root}/releases {root}/run /opt/jaam/bin {tls}
+install -d -m 0755 {root} {root}/logs {root}/releases {root}/run {bin} {tls}
 # The site's code runs as its own system user, never as root.
 id -u {user} >/dev/null 2>&1 ||
   useradd --system --home-dir {root}/home --no-create-home --shell /sbin/nologin {user}
 install -d -m 0750 -o {user} -g {user} {root}/home
-install -m 0600 /dev/null {root}/env
-cat >{root}/env <<'JAAM_ENV'
-{env}JAAM_ENV
-
-# Secrets come from SSM Parameter Store at deploy time, never from user data.
-cat >/opt/jaam/bin/fetch-secrets <<'JAAM_SECRETS'
-{fetch_secrets}JAAM_SECRETS
-chmod 0755 /opt/jaam/bin/fetch-secrets
-
-cat >/opt/jaam/bin/deploy <<'JAAM_DEPLOY'
-{deploy}JAAM_DEPLOY
-chmod 0755 /opt/jaam/bin/deploy
-
-cat >/etc/systemd/system/jaam-site-{name}@.service <<'JAAM_UNIT'
-[Unit]
-Description=jaam site {name} on port %i
-After=network.target
-
-[Service]
-ExecStart=/opt/jaam/bin/deploy run %i
-Restart=on-failure
-StandardOutput=append:{root}/logs/app.log
-StandardError=append:{root}/logs/app.log
-
-[Install]
-WantedBy=multi-user.target
-JAAM_UNIT
-systemctl daemon-reload
-
-printf 'server 127.0.0.1:%s;\n' {port} >{root}/upstream.conf
-cat >/etc/nginx/conf.d/jaam-{name}.conf <<'JAAM_NGINX'
-{nginx}JAAM_NGINX
-cat >{root}/nginx-https.conf <<'JAAM_NGINX'
-{nginx_https}JAAM_NGINX
-
-# Run by the certificate's installation: serve HTTPS from now on.
-cat >{tls}/on-install <<'JAAM_HOOK'
-{on_install}JAAM_HOOK
-chmod 0755 {tls}/on-install
-
-cat >/opt/aws/amazon-cloudwatch-agent/etc/jaam-{name}.json <<'JAAM_AGENT'
-{agent}
-JAAM_AGENT
-/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 \
-  -c file:/opt/aws/amazon-cloudwatch-agent/etc/jaam-{name}.json -s
 
 systemctl enable --now nginx
 "#,
-        root = root,
+        name = site.name,
+        node = shell_quote(&site.node_version),
+        root = site.root(),
+        bin = BIN,
+        tls = site.tls_dir(),
         user = site.user(),
-        deploy = deploy_script(site, &root),
-        fetch_secrets = fetch_secrets_script(site),
-        on_install = on_install_script(site),
-        port = site.port,
-        nginx = nginx_conf(site, &layout),
-        nginx_https = nginx_https_conf(site, &layout),
-        agent = cloudwatch_agent_config(site),
-    );
-    out
+    )
 }
 
 /// The AWS managed policy with the SSM core actions (the agent registers,
@@ -844,6 +885,22 @@ pub fn expand(
         passthrough(&mut instance, from, to);
     }
     instance.insert("user_data".into(), literal(user_data(&site), location));
+    instance.insert(
+        "files".into(),
+        literal(
+            Value::Map(
+                files(&site)
+                    .into_iter()
+                    .map(|(path, content)| (path, Value::String(content)))
+                    .collect(),
+            ),
+            location,
+        ),
+    );
+    instance.insert(
+        "files_command".into(),
+        literal(configure_command(), location),
+    );
     instance.insert(
         "tags".into(),
         literal(
