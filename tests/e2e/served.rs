@@ -497,6 +497,23 @@ async fn env_edit_and_a_new_deploy_script_should_be_updates_in_place() {
         .jaam(&["plan", "--detailed-exitcode"])
         .await
         .expect_code(0);
+
+    // An older jaam's boot script: the running instance keeps it (a note,
+    // no replacement); `--replace` would take the new one.
+    let mut recorded: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    recorded["resources"]["site.blog.instance"]["attributes"]["user_data"] =
+        serde_json::Value::String("#!/bin/bash\n# an older bootstrap\n".into());
+    std::fs::write(&path, serde_json::to_string_pretty(&recorded).unwrap()).unwrap();
+    let run = stage.jaam(&["plan", "--detailed-exitcode"]).await;
+    run.expect_code(0);
+    let text = run.squashed();
+    assert!(
+        text.contains("`site.blog.instance` keeps user_data = (")
+            && text.contains("jaam apply --replace site.blog.instance"),
+        "{text}"
+    );
+    assert!(text.contains("No changes."), "{text}");
     assert!(
         stage
             .get("https", "/")

@@ -417,13 +417,17 @@ pub async fn compute(
                     .filter(|kept| !kept.is_null());
                 match kept {
                     Some(kept) if *kept != rule.to => {
+                        let from = if rule.from == rule.to {
+                            String::new()
+                        } else {
+                            format!(" (from {})", brief(&rule.from))
+                        };
                         notes.push(format!(
-                            "`{addr}` keeps {} = {}; newer: {} (from {}) — replace with \
+                            "`{addr}` keeps {} = {}; newer: {}{from} — replace with \
                              `jaam apply --replace {addr}`",
                             rule.attribute,
-                            kept.render(),
-                            rule.to.render(),
-                            rule.from.render(),
+                            brief(kept),
+                            brief(&rule.to),
                         ));
                         *value = kept.clone();
                     }
@@ -670,5 +674,17 @@ fn diff_arguments(schema: &Schema, salt: &str, current: &Attrs, desired: &Attrs)
         Action::Update { changed }
     } else {
         Action::NoOp
+    }
+}
+
+/// A value for a one-line note: multi-line text as its size and digest.
+fn brief(value: &Value) -> String {
+    match value {
+        Value::String(text) if text.contains('\n') => {
+            use sha2::Digest as _;
+            let digest = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+            format!("({} bytes, sha256 {}…)", text.len(), &digest[..12])
+        }
+        _ => value.render(),
     }
 }

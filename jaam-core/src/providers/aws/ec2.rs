@@ -13,7 +13,11 @@
 //! - `subnet_id` (optional; AWS picks when unset): **replaces**.
 //! - `security_group_ids` (optional; AWS picks when unset): **in place**.
 //! - `key_name`, `iam_instance_profile` (by name), `user_data`, `root_volume_gb`
-//!   (AWS's default when unset): **replace**.
+//!   (AWS's default when unset): **replace**. With
+//!   `user_data_replace_on_change: false` (Terraform's argument of that
+//!   name; a `site` sets it, its user data only bootstraps) an existing
+//!   instance keeps the user data it booted with: a new one is a plan note,
+//!   and `--replace` takes it.
 //! - `tags`: **in place**.
 //! - `revision` (optional): a git commit id (hexadecimal) the instance should serve. At create
 //!   (once running) and whenever it changes, **in place**, apply runs
@@ -214,6 +218,7 @@ pub fn schema() -> Schema {
             Attribute::optional("user_data", Type::String)
                 .force_new()
                 .checked(check_user_data),
+            Attribute::optional("user_data_replace_on_change", Type::Bool).default_value(true),
             Attribute {
                 mode: Mode::OptionalComputed,
                 ..Attribute::optional("root_volume_gb", Type::Int).force_new()
@@ -330,6 +335,7 @@ fn observe(instance: &Instance, known: &Attrs) -> Observed {
     // Neither can be read from EC2: kept as recorded.
     for name in [
         "root_volume_gb",
+        "user_data_replace_on_change",
         "revision",
         "deploy_command",
         "files",
@@ -624,6 +630,22 @@ impl Provider for Instances {
 
     async fn prepare(&self, _context: &Context, desired: &[&Attrs]) -> Result<Vec<Rewrite>> {
         let mut rewrites = self.resolve_heads(desired).await?;
+        // A boot script that only bootstraps: an existing instance keeps the
+        // one it booted with (a plan note; `--replace` takes the new one).
+        rewrites.extend(
+            desired
+                .iter()
+                .filter(|attrs| {
+                    attrs.get("user_data_replace_on_change") == Some(&Value::Bool(false))
+                })
+                .filter_map(|attrs| attrs.get("user_data").filter(|v| !v.is_null()))
+                .map(|user_data| Rewrite {
+                    attribute: "user_data".into(),
+                    from: user_data.clone(),
+                    to: user_data.clone(),
+                    keep: true,
+                }),
+        );
         let mut paths: Vec<String> = desired
             .iter()
             .filter_map(|attrs| text(attrs, "ami"))
@@ -819,8 +841,15 @@ impl Provider for Instances {
         let ids = [id.to_owned()];
         // A new revision or new files only: one command, then read the
         // instance once.
-        if !changed.is_empty() && changed.iter().all(|c| CONVERGED.contains(&c.as_str())) {
-            self.converge(id, attributes).await?;
+        let settings_only = |c: &String| c == "user_data_replace_on_change";
+        if !changed.is_empty()
+            && changed
+                .iter()
+                .all(|c| CONVERGED.contains(&c.as_str()) || settings_only(c))
+        {
+            if changed.iter().any(|c| CONVERGED.contains(&c.as_str())) {
+                self.converge(id, attributes).await?;
+            }
             let found = self.describe_ids(&ids).await?;
             let instance = found
                 .iter()

@@ -68,7 +68,7 @@
 //!
 //! # On the instance
 //! Everything lives under `/srv/jaam/<site>`: `repo.git` (a bare mirror),
-//! `releases/<sha>` (one build each), `current` (a symlink to the release
+//! `releases/<sha>-<key>` (one build each), `current` (a symlink to the release
 //! being served, switched with one rename), `logs/build.log` and
 //! `logs/app.log` (shipped to the log group as streams `build` and `app`).
 //! `/opt/jaam/bin/deploy REVISION | rollback | current` is the deploy script
@@ -84,8 +84,12 @@
 //! update in place of `site.NAME.instance` (`~ files`, with a line diff in
 //! the plan); the same instance redeploys its revision, and the deploy
 //! script builds a new release when the env changed (a release is named by
-//! its commit and a key of its env and commands). Only a change of the
-//! bootstrap itself (packages, `node_version`) replaces the instance. A server app runs as the unit `jaam-site-<name>@<port>`; the serving
+//! its commit and a key of its env and commands). A changed bootstrap
+//! (`node_version`, or a jaam upgrade) does not replace a running instance
+//! either (`user_data_replace_on_change: false`): the plan notes it and
+//! `jaam apply --replace site.NAME.instance` takes it.
+//!
+//! A server app runs as the unit `jaam-site-<name>@<port>`; the serving
 //! one is enabled, so it comes back with nginx after a reboot or stop/start.
 //! nginx serves HTTP until the certificate is installed;
 //! the certificate's install hook then enables HTTPS and redirects HTTP to it.
@@ -900,6 +904,12 @@ pub fn expand(
     instance.insert(
         "files_command".into(),
         literal(configure_command(), location),
+    );
+    // The bootstrap runs once: a newer one (a jaam upgrade) never replaces
+    // a running instance by surprise.
+    instance.insert(
+        "user_data_replace_on_change".into(),
+        literal(false, location),
     );
     instance.insert(
         "tags".into(),
