@@ -232,6 +232,18 @@ impl Report {
     pub fn succeeded(&self) -> bool {
         self.failed.is_empty() && self.skipped.is_empty() && self.not_started.is_empty()
     }
+
+    /// The latest time a failed resource's service asked not to be tried
+    /// again before (an ACME `Retry-After`), if any did.
+    pub fn retry_after(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.failed
+            .iter()
+            .filter_map(|failure| match failure {
+                ResourceError::Provider { source, .. } => source.retry_after,
+                _ => None,
+            })
+            .max()
+    }
 }
 
 struct Emitter {

@@ -132,6 +132,9 @@ pub struct ProviderError {
     /// running whose first deploy failed): what exists, so state records it
     /// instead of losing it. The apply still fails.
     pub partial: Option<Box<Observed>>,
+    /// When the service asked not to be tried again before (an ACME
+    /// `rateLimited` problem's `Retry-After`): the daemon waits until then.
+    pub retry_after: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl ProviderError {
@@ -142,6 +145,7 @@ impl ProviderError {
             message: message.into(),
             source: None,
             partial: None,
+            retry_after: None,
         }
     }
 
@@ -149,6 +153,14 @@ impl ProviderError {
     #[must_use]
     pub fn with_partial(mut self, observed: Observed) -> Self {
         self.partial = Some(Box::new(observed));
+        self
+    }
+
+    /// Records when the service said to try again (see
+    /// [`ProviderError::retry_after`]).
+    #[must_use]
+    pub fn with_retry_after(mut self, at: chrono::DateTime<chrono::Utc>) -> Self {
+        self.retry_after = Some(at);
         self
     }
 

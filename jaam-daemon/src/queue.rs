@@ -158,9 +158,10 @@ impl<K: Ord + Clone, R: Merge> Queue<K, R> {
     }
 
     /// Reports the end of `key`'s reconcile. On failure the key is scheduled
-    /// again after a backoff (merged with anything that arrived meanwhile), with
-    /// `retry` as its request when nothing else is pending.
-    pub(crate) fn done(&self, key: &K, succeeded: bool, retry: R) {
+    /// again after a backoff, and not before `not_before` when the failure
+    /// said when to try again (merged with anything that arrived meanwhile),
+    /// with `retry` as its request when nothing else is pending.
+    pub(crate) fn done(&self, key: &K, succeeded: bool, retry: R, not_before: Option<Instant>) {
         let mut inner = self.inner();
         inner.running.remove(key);
         if succeeded {
@@ -169,7 +170,7 @@ impl<K: Ord + Clone, R: Merge> Queue<K, R> {
             let attempts = inner.failures.entry(key.clone()).or_insert(0);
             let delay = self.config.retry.delay(*attempts);
             *attempts = attempts.saturating_add(1);
-            let due = Instant::now() + delay;
+            let due = (Instant::now() + delay).max(not_before.unwrap_or_else(Instant::now));
             match inner.pending.get_mut(key) {
                 Some(entry) => entry.due = entry.due.max(due),
                 None => {
@@ -294,7 +295,7 @@ mod tests {
         assert_eq!(other, "shop", "another stack is not held up");
         let waiting = tokio::time::timeout(Duration::from_secs(60), queue.next()).await;
         assert!(waiting.is_err(), "blog is not handed out while it runs");
-        queue.done(&key, true, Request::default());
+        queue.done(&key, true, Request::default(), None);
         let (again, request) = queue.next().await;
         assert_eq!(again, "blog");
         assert_eq!(
@@ -314,7 +315,7 @@ mod tests {
         let (mut key, _) = queue.next().await;
         for _ in 0..4 {
             let failed_at = Instant::now();
-            queue.done(&key, false, request("retry", None));
+            queue.done(&key, false, request("retry", None), None);
             let (again, request) = queue.next().await;
             assert!(request.reasons.contains("retry"));
             waits.push(Instant::now() - failed_at);
@@ -328,10 +329,31 @@ mod tests {
                 full / 2
             );
         }
-        queue.done(&key, true, Request::default());
+        queue.done(&key, true, Request::default(), None);
         assert!(
             queue.inner().failures.is_empty(),
             "a success resets the backoff"
+        );
+    }
+
+    /// Issue 13: a failure that says when to try again (an ACME
+    /// `Retry-After`) is not retried before then, however short the backoff.
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_with_a_retry_time_should_wait_for_it() {
+        let queue = queue(10);
+        queue
+            .schedule("blog".into(), Instant::now(), request("push", None))
+            .unwrap();
+        let (key, _) = queue.next().await;
+        let failed_at = Instant::now();
+        let asked = failed_at + Duration::from_secs(3_600);
+        queue.done(&key, false, request("retry", None), Some(asked));
+        let (_, request) = queue.next().await;
+        assert!(request.reasons.contains("retry"));
+        assert!(
+            Instant::now() >= asked,
+            "retried after {:?}",
+            Instant::now() - failed_at
         );
     }
 

@@ -47,6 +47,15 @@
 //! there that switches its nginx to HTTPS), else reload nginx when installed. The key never travels in the command.
 //! Apply waits for every instance's result with backoff.
 //!
+//! # Rate limits
+//! A CA that refuses with `rateLimited` (Let's Encrypt: certificates per
+//! domain per week, new orders, accounts) says when to come back in
+//! `Retry-After`. jaam keeps that header (a wrapper around the HTTPS client,
+//! as instant-acme reads it only while polling an order): the error is
+//! transient, its message names the time, and the daemon schedules the
+//! retry no earlier (`ProviderError::retry_after`) instead of asking again
+//! every few minutes and extending the limit.
+//!
 //! # Decisions
 //! - A replacement deletes the old parameters before issuing (both objects share
 //!   the address's parameter path); files already installed keep serving.
@@ -268,23 +277,6 @@ fn text<'a>(attributes: &'a Attrs, name: &str) -> Option<&'a str> {
     attributes.get(name).and_then(Value::as_str)
 }
 
-fn acme_error(step: &str, error: instant_acme::Error) -> ProviderError {
-    let kind = match &error {
-        instant_acme::Error::Api(problem)
-            if problem
-                .r#type
-                .as_deref()
-                .is_some_and(|t| t.ends_with(":rateLimited")) =>
-        {
-            ErrorKind::Transient
-        }
-        instant_acme::Error::Api(_) => ErrorKind::Invalid,
-        instant_acme::Error::Hyper(_) | instant_acme::Error::Timeout(_) => ErrorKind::Transient,
-        _ => ErrorKind::Other,
-    };
-    ProviderError::new(kind, format!("ACME {step}: {error}")).with_source(error)
-}
-
 /// The `certificate` provider.
 pub struct Certificates {
     schema: Schema,
@@ -296,6 +288,89 @@ pub struct Certificates {
     /// tokio mutex: creating an account is awaited while it is held, so two
     /// certificates of one apply never register two accounts.
     accounts: tokio::sync::Mutex<HashMap<String, Account>>,
+    /// The `Retry-After` of the CA's last error answer (see [`RetryAfterWatch`]).
+    retry_after: std::sync::Arc<std::sync::Mutex<Option<std::time::SystemTime>>>,
+}
+
+/// The HTTPS client instant-acme would build (the system's roots, or one PEM
+/// root instead), built here so it can be wrapped.
+fn https_client(
+    root: Option<&std::path::Path>,
+) -> std::result::Result<Box<dyn instant_acme::HttpClient>, String> {
+    use hyper_rustls::HttpsConnectorBuilder;
+    let builder = match root {
+        Some(path) => {
+            use rustls_pki_types::pem::PemObject as _;
+            let der = rustls_pki_types::CertificateDer::from_pem_file(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(der)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            HttpsConnectorBuilder::new().with_tls_config(
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth(),
+            )
+        }
+        None => HttpsConnectorBuilder::new()
+            .try_with_platform_verifier()
+            .map_err(|e| e.to_string())?,
+    };
+    let client: hyper_util::client::legacy::Client<_, instant_acme::BodyWrapper<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(builder.https_only().enable_http1().enable_http2().build());
+    Ok(Box::new(client))
+}
+
+/// Remembers the `Retry-After` of the CA's error answers: instant-acme 0.8
+/// reads that header only while polling an order, not on a problem such as
+/// `rateLimited` (RFC 8555 §6.6), which is where a CA sends it.
+struct RetryAfterWatch {
+    inner: Box<dyn instant_acme::HttpClient>,
+    seen: std::sync::Arc<std::sync::Mutex<Option<std::time::SystemTime>>>,
+}
+
+impl instant_acme::HttpClient for RetryAfterWatch {
+    fn request(
+        &self,
+        request: http::Request<instant_acme::BodyWrapper<bytes::Bytes>>,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = std::result::Result<instant_acme::BytesResponse, instant_acme::Error>,
+                > + Send,
+        >,
+    > {
+        let answer = self.inner.request(request);
+        let seen = std::sync::Arc::clone(&self.seen);
+        Box::pin(async move {
+            let answer = answer.await?;
+            let status = answer.parts.status;
+            if (status.is_client_error() || status.is_server_error())
+                && let Some(at) = answer
+                    .parts
+                    .headers
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(parse_retry_after)
+            {
+                *seen.lock().expect("retry_after") = Some(at);
+            }
+            Ok(answer)
+        })
+    }
+}
+
+/// `Retry-After`: seconds, or an HTTP date (RFC 9110 §10.2.3).
+fn parse_retry_after(value: &str) -> Option<std::time::SystemTime> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(std::time::SystemTime::now() + Duration::from_secs(seconds));
+    }
+    DateTime::parse_from_rfc2822(value)
+        .ok()
+        .map(|at| std::time::SystemTime::from(at.with_timezone(&Utc)))
 }
 
 impl Certificates {
@@ -309,6 +384,40 @@ impl Certificates {
             region: config.region().map(ToString::to_string),
             root_ca: std::env::var_os("JAAM_ACME_ROOT_CA").map(PathBuf::from),
             accounts: tokio::sync::Mutex::default(),
+            retry_after: std::sync::Arc::default(),
+        }
+    }
+
+    /// An ACME error as a provider error. A `rateLimited` problem is
+    /// transient and carries the `Retry-After` the CA sent with it, so the
+    /// daemon does not ask again before then (the message says when).
+    fn acme_error(&self, step: &str, error: instant_acme::Error) -> ProviderError {
+        let limited = matches!(&error, instant_acme::Error::Api(problem)
+            if problem.r#type.as_deref().is_some_and(|t| t.ends_with(":rateLimited")));
+        let kind = match &error {
+            _ if limited => ErrorKind::Transient,
+            instant_acme::Error::Api(_) => ErrorKind::Invalid,
+            instant_acme::Error::Hyper(_) | instant_acme::Error::Timeout(_) => ErrorKind::Transient,
+            _ => ErrorKind::Other,
+        };
+        let retry_after = limited
+            .then(|| self.retry_after.lock().expect("retry_after").take())
+            .flatten()
+            .map(DateTime::<Utc>::from);
+        let mut message = format!("ACME {step}: {error}");
+        if let Some(at) = retry_after {
+            let _ = std::fmt::Write::write_fmt(
+                &mut message,
+                format_args!(
+                    "; the CA asks not to retry before {}",
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+            );
+        }
+        let error = ProviderError::new(kind, message).with_source(error);
+        match retry_after {
+            Some(at) => error.with_retry_after(at),
+            None => error,
         }
     }
 
@@ -318,11 +427,13 @@ impl Certificates {
     }
 
     fn builder(&self) -> Result<instant_acme::AccountBuilder> {
-        match &self.root_ca {
-            Some(path) => Account::builder_with_root(path),
-            None => Account::builder(),
-        }
-        .map_err(|e| acme_error("client set-up", e))
+        let inner = https_client(self.root_ca.as_deref()).map_err(|message| {
+            ProviderError::new(ErrorKind::Invalid, format!("ACME client set-up: {message}"))
+        })?;
+        Ok(Account::builder_with_http(Box::new(RetryAfterWatch {
+            inner,
+            seen: std::sync::Arc::clone(&self.retry_after),
+        })))
     }
 
     /// The account for `directory`: cached, else loaded from Parameter Store,
@@ -346,7 +457,7 @@ impl Certificates {
                 self.builder()?
                     .from_credentials(credentials)
                     .await
-                    .map_err(|e| acme_error("account", e))?
+                    .map_err(|e| self.acme_error("account", e))?
             }
             None if create => {
                 let contact: Vec<String> = contact
@@ -365,7 +476,7 @@ impl Certificates {
                         None,
                     )
                     .await
-                    .map_err(|e| acme_error("new account", e))?;
+                    .map_err(|e| self.acme_error("new account", e))?;
                 let stored = serde_json::to_string(&credentials).map_err(|e| {
                     ProviderError::new(ErrorKind::Other, format!("encoding the account: {e}"))
                 })?;
@@ -394,13 +505,14 @@ impl Certificates {
         let mut order = account
             .new_order(&NewOrder::new(&identifiers))
             .await
-            .map_err(|e| acme_error("new order", e))?;
+            .map_err(|e| self.acme_error("new order", e))?;
 
         // Challenge values by TXT name (a wildcard and its apex share one name).
         let mut txt: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut authorizations = order.authorizations();
         while let Some(authorization) = authorizations.next().await {
-            let mut authorization = authorization.map_err(|e| acme_error("authorization", e))?;
+            let mut authorization =
+                authorization.map_err(|e| self.acme_error("authorization", e))?;
             match authorization.status {
                 AuthorizationStatus::Pending => {}
                 AuthorizationStatus::Valid => continue,
@@ -479,11 +591,11 @@ impl Certificates {
         order
             .finalize_csr(csr.der())
             .await
-            .map_err(|e| acme_error("finalize", e))?;
+            .map_err(|e| self.acme_error("finalize", e))?;
         let chain = order
             .poll_certificate(&ORDER_POLL)
             .await
-            .map_err(|e| acme_error("certificate download", e))?;
+            .map_err(|e| self.acme_error("certificate download", e))?;
         Ok((Secret::new(key.serialize_pem()), chain))
     }
 
@@ -492,7 +604,8 @@ impl Certificates {
     async fn validate(&self, order: &mut instant_acme::Order) -> Result<()> {
         let mut authorizations = order.authorizations();
         while let Some(authorization) = authorizations.next().await {
-            let mut authorization = authorization.map_err(|e| acme_error("authorization", e))?;
+            let mut authorization =
+                authorization.map_err(|e| self.acme_error("authorization", e))?;
             if authorization.status != AuthorizationStatus::Pending {
                 continue;
             }
@@ -500,13 +613,13 @@ impl Certificates {
                 challenge
                     .set_ready()
                     .await
-                    .map_err(|e| acme_error("challenge", e))?;
+                    .map_err(|e| self.acme_error("challenge", e))?;
             }
         }
         let status = order
             .poll_ready(&ORDER_POLL)
             .await
-            .map_err(|e| acme_error("validation", e));
+            .map_err(|e| self.acme_error("validation", e));
         if matches!(status, Ok(OrderStatus::Ready)) {
             return Ok(());
         }
@@ -895,6 +1008,125 @@ fn rustls_pki_types_der(der: &[u8]) -> rustls::pki_types::CertificateDer<'static
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A CA that refuses new accounts as Let's Encrypt does when a limit is
+    /// hit: 429, a `rateLimited` problem and `Retry-After` (RFC 8555 §6.6).
+    struct LimitedCa;
+
+    impl instant_acme::HttpClient for LimitedCa {
+        fn request(
+            &self,
+            request: http::Request<instant_acme::BodyWrapper<bytes::Bytes>>,
+        ) -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<
+                        Output = std::result::Result<
+                            instant_acme::BytesResponse,
+                            instant_acme::Error,
+                        >,
+                    > + Send,
+            >,
+        > {
+            let path = request.uri().path().to_owned();
+            Box::pin(async move {
+                let answer = http::Response::builder().header("Replay-Nonce", "nonce-1");
+                let answer = match path.as_str() {
+                    "/directory" => answer.status(200).body(
+                        serde_json::json!({
+                            "newNonce": "https://ca.test/nonce",
+                            "newAccount": "https://ca.test/account",
+                            "newOrder": "https://ca.test/order",
+                        })
+                        .to_string()
+                        .into_bytes(),
+                    ),
+                    "/nonce" => answer.status(200).body(Vec::new()),
+                    _ => answer
+                        .status(429)
+                        .header("content-type", "application/problem+json")
+                        .header("Retry-After", "3600")
+                        .body(
+                            serde_json::json!({
+                                "type": "urn:ietf:params:acme:error:rateLimited",
+                                "detail": "too many new registrations from this IP",
+                                "status": 429,
+                            })
+                            .to_string()
+                            .into_bytes(),
+                        ),
+                };
+                let answer = answer.expect("a response");
+                let (parts, body) = answer.into_parts();
+                Ok(instant_acme::BytesResponse::from(
+                    http::Response::from_parts(
+                        parts,
+                        instant_acme::BodyWrapper::<bytes::Bytes>::from(body),
+                    ),
+                ))
+            })
+        }
+    }
+
+    /// Issue 13, item 6: a `rateLimited` answer is transient and carries the
+    /// CA's `Retry-After`, so the daemon does not ask again before then.
+    #[tokio::test]
+    async fn a_rate_limited_answer_should_carry_the_cas_retry_after() {
+        let config = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let provider = Certificates::new(&config, None);
+        let builder = Account::builder_with_http(Box::new(RetryAfterWatch {
+            inner: Box::new(LimitedCa),
+            seen: std::sync::Arc::clone(&provider.retry_after),
+        }));
+        let before = Utc::now();
+        let error = builder
+            .create(
+                &NewAccount {
+                    contact: &[],
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                "https://ca.test/directory".to_owned(),
+                None,
+            )
+            .await
+            .map(|_| ())
+            .expect_err("the CA refuses");
+        let error = provider.acme_error("new account", error);
+        assert!(error.is_retryable(), "{error:?}");
+        let at = error.retry_after.expect("the CA's Retry-After");
+        assert!(
+            at >= before + chrono::Duration::seconds(3_590)
+                && at <= Utc::now() + chrono::Duration::seconds(3_600),
+            "{at}"
+        );
+        assert!(
+            error.message.contains("rateLimited") || error.message.contains("too many"),
+            "{}",
+            error.message
+        );
+        assert!(
+            error.message.contains("the CA asks not to retry before"),
+            "{}",
+            error.message
+        );
+        // Taken once: a later, unrelated error does not inherit it.
+        assert!(provider.retry_after.lock().unwrap().is_none());
+    }
+
+    #[test]
+    fn retry_after_should_read_seconds_and_http_dates() {
+        let now = std::time::SystemTime::now();
+        let soon = parse_retry_after("120").unwrap();
+        assert!(soon >= now + Duration::from_secs(119));
+        let dated = parse_retry_after("Fri, 31 Dec 1999 23:59:59 GMT").unwrap();
+        assert_eq!(
+            DateTime::<Utc>::from(dated).to_rfc3339(),
+            "1999-12-31T23:59:59+00:00"
+        );
+        assert!(parse_retry_after("soon").is_none());
+    }
 
     #[test]
     fn durations_should_parse_with_units() {

@@ -117,6 +117,9 @@ pub(crate) struct Daemon {
     bodies: tokio::sync::Semaphore,
     /// Generated webhook secrets read from Parameter Store, by (name, hook id).
     stored_secrets: Mutex<HashMap<(String, String), Secret>>,
+    /// When the last failed reconcile's service asked to be tried again
+    /// (taken by the worker when it schedules the retry).
+    retry_after: Mutex<Option<DateTime<Utc>>>,
     parameters: jaam_core::providers::aws::parameters::Parameters,
     /// Stops intake (HTTP, watcher, timer).
     intake: CancellationToken,
@@ -173,6 +176,7 @@ pub(crate) async fn run(global: &Global, args: &DaemonArgs) -> anyhow::Result<Ex
         deliveries: Mutex::new(Deliveries::load(deliveries_file, 20_000)),
         bodies: tokio::sync::Semaphore::new(MAX_BODIES),
         stored_secrets: Mutex::default(),
+        retry_after: Mutex::default(),
         parameters: jaam_core::providers::aws::parameters::Parameters::new(&sdk, None),
         intake: CancellationToken::new(),
         push_window: Mutex::new(Instant::now()),
@@ -466,6 +470,10 @@ impl Daemon {
             if report.succeeded() {
                 Ok("applied")
             } else {
+                if let Some(at) = report.retry_after() {
+                    tracing::warn!(stack = %self.stack, retry_after = %at, "a service asked not to be retried before then");
+                    *self.retry_after.lock().expect("retry_after") = Some(at);
+                }
                 let errors: Vec<String> = report.failed.iter().map(ToString::to_string).collect();
                 Err(if errors.is_empty() {
                     "the apply was interrupted".to_owned()
@@ -490,7 +498,16 @@ async fn work(daemon: Arc<Daemon>, shutdown: CancellationToken) {
         let result = daemon.reconcile(&request, &shutdown).await;
         let mut retry = request.clone();
         retry.reasons.insert(RETRY);
-        daemon.queue.done(&stack, result.is_ok(), retry);
+        // A service that said when to try again (an ACME rate limit) is
+        // not asked before then.
+        let not_before = daemon
+            .retry_after
+            .lock()
+            .expect("retry_after")
+            .take()
+            .and_then(|at| (at - Utc::now()).to_std().ok())
+            .map(|wait| Instant::now() + wait);
+        daemon.queue.done(&stack, result.is_ok(), retry, not_before);
         if daemon.intake.is_cancelled() {
             return;
         }
