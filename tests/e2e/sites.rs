@@ -1208,3 +1208,77 @@ fn a_hostile_postinstall_should_neither_read_the_key_nor_change_the_deploy_scrip
     assert_eq!(status, 200);
     assert!(body.contains("with a hostile postinstall"), "{body}");
 }
+
+/// Issue 13, item 6: two sites of one zone with `certificate: wildcard`
+/// share one certificate for `*.<zone>`, issued once by the ACME CA through
+/// DNS-01 and installed on both instances.
+#[tokio::test(flavor = "multi_thread")]
+async fn wildcard_sites_should_share_one_certificate_issued_once() {
+    let moto = moto_endpoint();
+    let pebble = pebble();
+    let _moto = jaam_tests::MOTO.read().await;
+    let mirror = Route53Mirror::start(&moto, &pebble.challtestsrv, false).await;
+    let env = SiteEnv {
+        ws: Workspace::new(&unique("wild")),
+        github: GithubFake::start().await,
+        aws: mirror.url.clone(),
+    };
+    let stack = env.ws.stack.clone();
+    let domain = format!("{stack}.test");
+    hosted_zone(&domain).await;
+    let mut specs = String::new();
+    for name in ["blog", "docs"] {
+        let repo = format!("acme/{stack}-{name}");
+        env.set_head(&repo, &random_sha());
+        specs.push_str(&format!(
+            "site.{name}:\n  repo: {repo}\n  domain: {name}.{domain}\n  zone: {domain}\n  \
+             certificate: wildcard\n  acme_directory: {}\n",
+            pebble.directory
+        ));
+    }
+    env.ws.write_specs(&specs);
+    let shared = format!("certificate.wildcard-{}", domain.replace('.', "-"));
+    let run = env.jaam(&["plan"]);
+    run.expect_code(0);
+    let text = run.squashed();
+    assert!(
+        text.contains(&format!("# {shared} will be created")),
+        "{text}"
+    );
+    assert!(!text.contains("site.blog.certificate"), "{text}");
+    env.jaam(&["apply", "--auto-approve"]).expect_code(0);
+
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.ws.state()).unwrap()).unwrap();
+    let certificate = &state["resources"][shared.as_str()];
+    assert_eq!(
+        certificate["attributes"]["domains"],
+        serde_json::json!([format!("*.{domain}"), domain])
+    );
+    assert!(
+        certificate["attributes"]["not_after"].is_string(),
+        "{certificate}"
+    );
+    let certificates = state["resources"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|addr| addr.contains("certificate"))
+        .count();
+    assert_eq!(certificates, 1, "one certificate for both sites");
+    for name in ["blog", "docs"] {
+        let instance = state["resources"][format!("site.{name}.instance").as_str()]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            commands_with(&instance, &format!("/jaam/{stack}/{shared}/private_key"))
+                .await
+                .len(),
+            1,
+            "installed on {name}"
+        );
+    }
+    env.jaam(&["plan", "--detailed-exitcode"]).expect_code(0);
+    env.jaam(&["destroy", "--auto-approve"]).expect_code(0);
+}

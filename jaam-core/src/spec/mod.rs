@@ -361,6 +361,7 @@ pub fn load_sources(
         diagnostics: Vec::new(),
         config: Config::default(),
         pending_depends: Vec::new(),
+        wildcards: BTreeMap::new(),
     };
     for (path, text) in sources {
         let file: Arc<Path> = Arc::from(path.as_path());
@@ -376,6 +377,7 @@ pub fn load_sources(
             }),
         }
     }
+    loader.share_wildcards();
     loader.check_references();
     if loader.diagnostics.is_empty() {
         loader.check_cycles();
@@ -394,6 +396,9 @@ struct Loader<'a> {
     config: Config,
     /// `depends_on` entries, checked once every file is loaded.
     pending_depends: Vec<(ResourceAddr, ResourceAddr, Location)>,
+    /// Sites sharing their zone's wildcard certificate, by zone: the site,
+    /// its evaluated arguments and where it is written.
+    wildcards: BTreeMap<String, Vec<(ResourceAddr, crate::value::Attrs, Location)>>,
 }
 
 impl Loader<'_> {
@@ -581,6 +586,14 @@ impl Loader<'_> {
             return;
         }
         let attrs = evaluate_args(&spec, &schema, &|_, _| None, self.env);
+        let shown = site::Site::from_attrs(addr.name(), &attrs);
+        if shown.https && shown.wildcard {
+            self.wildcards.entry(shown.zone.clone()).or_default().push((
+                addr.clone(),
+                attrs.clone(),
+                location.clone(),
+            ));
+        }
         for mut expanded in site::expand(&addr, &attrs, &spec.args, &location) {
             if self.registry.schema(expanded.addr.kind()).is_none() {
                 self.error(
@@ -614,6 +627,82 @@ impl Loader<'_> {
             self.config
                 .resources
                 .insert(expanded.addr.clone(), expanded);
+        }
+    }
+
+    /// One certificate per zone for the sites that share its wildcard
+    /// (`certificate: wildcard`): `*.<zone>` and `<zone>`, installed on each
+    /// of their instances, at [`site::wildcard_certificate`].
+    fn share_wildcards(&mut self) {
+        for (zone, sites) in std::mem::take(&mut self.wildcards) {
+            let addr = site::wildcard_certificate(&zone);
+            let (first, first_attrs, location) = &sites[0];
+            if let Some(existing) = self.config.resources.get(&addr) {
+                let at = existing.location.clone();
+                self.error(
+                    location,
+                    Some(&addr),
+                    format!("`{first}` shares `{addr}`, which is also declared at {at}"),
+                    Some("rename that resource, or give the site `certificate: own`".into()),
+                );
+                continue;
+            }
+            let literal = |value: Value| Expr {
+                kind: ExprKind::Literal(value),
+                location: location.clone(),
+            };
+            let mut args = BTreeMap::new();
+            args.insert(
+                "domains".to_owned(),
+                literal(Value::List(vec![
+                    Value::String(format!("*.{zone}")),
+                    Value::String(zone.clone()),
+                ])),
+            );
+            args.insert("zone".to_owned(), literal(Value::String(zone.clone())));
+            for name in ["acme_directory", "contact_email"] {
+                let value = first_attrs.get(name).cloned().unwrap_or(Value::Null);
+                if let Some((other, _, at)) = sites
+                    .iter()
+                    .find(|(_, attrs, _)| attrs.get(name).cloned().unwrap_or(Value::Null) != value)
+                {
+                    self.error(
+                        at,
+                        Some(other),
+                        format!("`{other}` and `{first}` share `{addr}` but not their `{name}`"),
+                        Some(format!("give both the same `{name}`")),
+                    );
+                }
+                if !value.is_null() {
+                    args.insert(name.to_owned(), literal(value));
+                }
+            }
+            let instances = sites
+                .iter()
+                .map(|(site, _, at)| Expr {
+                    kind: ExprKind::Template(
+                        Template::parse(&format!("${{{site}.instance.id}}"))
+                            .expect("generated templates parse"),
+                    ),
+                    location: at.clone(),
+                })
+                .collect();
+            args.insert(
+                "install_on".to_owned(),
+                Expr {
+                    kind: ExprKind::List(instances),
+                    location: location.clone(),
+                },
+            );
+            self.config.resources.insert(
+                addr.clone(),
+                ResourceSpec {
+                    addr,
+                    args,
+                    depends_on: Vec::new(),
+                    location: location.clone(),
+                },
+            );
         }
     }
 

@@ -51,6 +51,13 @@
 //!   data or state. (A secret taken from jaam's own environment would need a
 //!   resource that writes it to Parameter Store first; that is left for later.)
 //! - `domain`, `zone`, `https` (default true), `acme_directory`, `contact_email`.
+//! - `certificate`: `own` (default: `site.NAME.certificate` for `domain`) or
+//!   `wildcard`: the sites of one zone that say so share one certificate,
+//!   `certificate.wildcard-<zone>` for `*.<zone>` and `<zone>`, issued once
+//!   and installed on each of their instances. It keeps a busy domain under
+//!   the CA's limits (Let's Encrypt: 50 certificates per registered domain
+//!   per week) and serves any host of the zone. The sharing sites must agree
+//!   on `acme_directory` and `contact_email`.
 //! - `instance_type` (default `t3.micro`), `ami` (default the latest Amazon
 //!   Linux 2023 through its SSM public parameter), `subnet_id`,
 //!   `security_group_ids` (default: the site's own group, above; `vpc_id`
@@ -195,6 +202,21 @@ impl Framework {
     }
 }
 
+fn check_certificate(value: &Value) -> Result<(), String> {
+    crate::schema::one_of(value, &["own", "wildcard"], "a certificate mode")
+}
+
+/// The address of the wildcard certificate the sites of `zone` share
+/// (`certificate: wildcard`): `certificate.wildcard-<zone with dashes>`.
+pub fn wildcard_certificate(zone: &str) -> ResourceAddr {
+    format!(
+        "certificate.wildcard-{}",
+        zone.trim_end_matches('.').replace('.', "-")
+    )
+    .parse()
+    .expect("a checked zone makes a valid address")
+}
+
 fn check_framework(value: &Value) -> Result<(), String> {
     crate::schema::one_of(
         value,
@@ -240,6 +262,9 @@ pub fn schema() -> Schema {
             Attribute::required("domain", Type::String).checked(checks::domain),
             Attribute::required("zone", Type::String).checked(checks::domain),
             Attribute::optional("https", Type::Bool).default_value(true),
+            Attribute::optional("certificate", Type::String)
+                .default_value("own")
+                .checked(check_certificate),
             Attribute::optional("acme_directory", Type::String),
             Attribute::optional("contact_email", Type::String),
             Attribute::optional("instance_type", Type::String).default_value("t3.micro"),
@@ -299,6 +324,8 @@ pub struct Site {
     pub zone: String,
     /// Whether the site gets a certificate.
     pub https: bool,
+    /// Whether it shares its zone's wildcard certificate instead of its own.
+    pub wildcard: bool,
     /// Releases kept on the instance.
     pub keep_releases: i64,
 }
@@ -336,6 +363,7 @@ impl Site {
             domain: text(attrs, "domain").unwrap_or_default(),
             zone: text(attrs, "zone").unwrap_or_default(),
             https: attrs.get("https") != Some(&Value::Bool(false)),
+            wildcard: text(attrs, "certificate").as_deref() == Some("wildcard"),
             keep_releases: attrs
                 .get("keep_releases")
                 .and_then(Value::as_int)
@@ -388,7 +416,19 @@ impl Site {
     /// The directory its certificate files are installed in (see the
     /// `certificate` kind: `/etc/jaam/tls/<name>` for `site.<name>.certificate`).
     pub fn tls_dir(&self) -> String {
-        format!("/etc/jaam/tls/{}.certificate", self.name)
+        format!("/etc/jaam/tls/{}", self.certificate().name())
+    }
+
+    /// The certificate it serves: its own (`site.<name>.certificate`) or its
+    /// zone's shared wildcard one ([`wildcard_certificate`]).
+    pub fn certificate(&self) -> ResourceAddr {
+        if self.wildcard {
+            wildcard_certificate(&self.zone)
+        } else {
+            format!("site.{}.certificate", self.name)
+                .parse()
+                .expect("a site name makes valid addresses")
+        }
     }
 }
 
@@ -702,10 +742,7 @@ fn parameter_arn(name: &str) -> String {
 /// through SSM only).
 pub fn site_policy(site: &Site) -> Value {
     let group = site.log_group();
-    let mut parameters = vec![parameter_arn(&format!(
-        "jaam/*/site.{}.certificate/*",
-        site.name
-    ))];
+    let mut parameters = vec![parameter_arn(&format!("jaam/*/{}/*", site.certificate()))];
     parameters.extend(site.secrets.values().map(|name| parameter_arn(name)));
     if let Some(token) = &site.repo_token {
         parameters.push(parameter_arn(token));
@@ -948,7 +985,9 @@ pub fn expand(
     );
     out.push(spec("record", record, Vec::new()));
 
-    if site.https {
+    // A wildcard site's certificate is its zone's, shared (the loader makes
+    // one per zone: `spec::Loader::share_wildcards`).
+    if site.https && !site.wildcard {
         let mut certificate = BTreeMap::new();
         certificate.insert(
             "domains".into(),

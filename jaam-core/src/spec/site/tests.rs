@@ -539,3 +539,86 @@ fn a_site_should_bring_its_own_least_privilege_role_unless_it_names_a_profile() 
     .unwrap();
     assert!(!config.resources().contains_key(&role));
 }
+
+/// Issue 13, item 6: sites of one zone with `certificate: wildcard` share
+/// one certificate for `*.<zone>`, installed on each of their instances; a
+/// site with its own certificate keeps it.
+#[test]
+fn wildcard_sites_of_a_zone_should_share_one_certificate() {
+    let site = |name: &str, mode: &str, directory: &str| {
+        format!(
+            "site.{name}:\n  repo: acme/{name}\n  domain: {name}.example.com\n  zone: example.com\n  \
+             certificate: {mode}\n  acme_directory: {directory}\n"
+        )
+    };
+    let config = load(&format!(
+        "{}{}{}",
+        site("blog", "wildcard", "https://ca.test/dir"),
+        site("docs", "wildcard", "https://ca.test/dir"),
+        site("shop", "own", "https://ca.test/dir"),
+    ))
+    .unwrap();
+    let addrs: Vec<String> = config
+        .resources()
+        .keys()
+        .map(ToString::to_string)
+        .filter(|a| a.contains("certificate"))
+        .collect();
+    assert_eq!(
+        addrs,
+        ["certificate.wildcard-example-com", "site.shop.certificate"]
+    );
+    let shared = &config.resources()[&"certificate.wildcard-example-com".parse().unwrap()];
+    let value = |name: &str| shared.args[name].evaluate(&|_, _| None, &|_| None);
+    assert_eq!(
+        value("domains").render(),
+        r#"["*.example.com", "example.com"]"#
+    );
+    let ExprKind::List(targets) = &shared.args["install_on"].kind else {
+        panic!("install_on is a list");
+    };
+    let targets: Vec<String> = targets
+        .iter()
+        .map(|t| match &t.kind {
+            ExprKind::Template(t) => t.source.clone(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        targets,
+        ["${site.blog.instance.id}", "${site.docs.instance.id}"]
+    );
+    // Each sharing site serves the shared files and may read only them.
+    for name in ["blog", "docs"] {
+        let instance = &config.resources()[&format!("site.{name}.instance").parse().unwrap()];
+        let files = instance.args["files"].evaluate(&|_, _| None, &|_| None);
+        let files = crate::value::string_map(Some(&files));
+        assert!(
+            files[&format!("/srv/jaam/{name}/nginx-https.conf")]
+                .contains("ssl_certificate /etc/jaam/tls/wildcard-example-com/fullchain.pem"),
+            "{name}"
+        );
+        assert!(files.contains_key("/etc/jaam/tls/wildcard-example-com/on-install"));
+        let role = &config.resources()[&format!("site.{name}.iam_role").parse().unwrap()];
+        let policy = role.args["inline_policies"]
+            .evaluate(&|_, _| None, &|_| None)
+            .render();
+        assert!(
+            policy.contains("parameter/jaam/*/certificate.wildcard-example-com/*"),
+            "{policy}"
+        );
+    }
+
+    // Sharing sites must agree on the CA.
+    let error = load(&format!(
+        "{}{}",
+        site("blog", "wildcard", "https://ca.test/dir"),
+        site("docs", "wildcard", "https://other.test/dir"),
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("share `certificate.wildcard-example-com` but not their `acme_directory`"),
+        "{error}"
+    );
+}
