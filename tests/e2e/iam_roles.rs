@@ -54,7 +54,7 @@ fn spec(name: &str, managed: &str, actions: &str) -> String {
     format!(
         "iam_role.web:\n  name: {name}\n  managed_policy_arns: [{managed}]\n  inline_policies:\n    logs:\n      \
          Version: \"2012-10-17\"\n      Statement:\n        - Effect: Allow\n          Action: [{actions}]\n          \
-         Resource: \"arn:aws:logs:*:*:log-group:/jaam/sites/web:*\"\n  tags:\n    team: web\n"
+         Resource: \"arn:aws:logs:*:*:log-group:/jaam/{{{{jaam:stack}}}}/web:*\"\n  tags:\n    team: web\n"
     )
 }
 
@@ -84,6 +84,11 @@ async fn iam_role_should_create_its_profile_and_change_policies_in_place() {
     assert_eq!(
         inline["PolicyDocument"]["Statement"][0]["Action"][0],
         "logs:PutLogEvents"
+    );
+    // `{{jaam:stack}}` in a document is the stack's name.
+    assert_eq!(
+        inline["PolicyDocument"]["Statement"][0]["Resource"],
+        format!("arn:aws:logs:*:*:log-group:/jaam/{}/web:*", ws.stack)
     );
     let role = aws(&["iam", "get-role", "--role-name", &name]).await;
     assert_eq!(

@@ -760,6 +760,24 @@ async fn site_should_apply_redeploy_roll_back_show_logs_and_destroy() {
         "the certificate was installed on the instance"
     );
     assert_eq!(env.github.hooks(&repo).len(), 1);
+    // The site's role reads its own stack's certificate parameters only.
+    let policy = tokio::process::Command::new(jaam_tests::boxes::aws_cli().expect("aws CLI"))
+        .args([
+            "iam",
+            "get-role-policy",
+            "--policy-name",
+            "jaam-site",
+            "--role-name",
+        ])
+        .arg(format!("jaam-site-blog.{domain}"))
+        .output()
+        .await
+        .unwrap();
+    let policy = String::from_utf8_lossy(&policy.stdout).into_owned();
+    assert!(
+        policy.contains(&format!("parameter/jaam/{stack}/site.blog.certificate/*")),
+        "{policy}"
+    );
     assert!(
         !std::fs::read_to_string(env.ws.state())
             .unwrap()

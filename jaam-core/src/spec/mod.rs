@@ -246,6 +246,12 @@ pub struct StackSettings {
     pub drift: DriftPolicy,
 }
 
+/// What a policy document names the stack with (CloudFormation's
+/// `${AWS::StackName}`; the `iam_role` kind replaces it at plan time): a
+/// site's role names its own certificate's parameters, `/jaam/<stack>/…`,
+/// with it.
+pub const STACK_MARKER: &str = "{{jaam:stack}}";
+
 /// Everything the specs declare. Immutable once loaded: its dependency graph is
 /// built once, when [`load`] checks for cycles, and kept.
 #[derive(Clone, Debug, Default)]

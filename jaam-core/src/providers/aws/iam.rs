@@ -28,6 +28,10 @@
 //!   (PutRolePolicy, DeleteRolePolicy).
 //! - `tags`: **in place**.
 //!
+//! In a policy document, `{{jaam:stack}}` stands for the stack's name
+//! (resolved at plan time), so a role can name its own stack's parameters
+//! (`arn:aws:ssm:*:*:parameter/jaam/{{jaam:stack}}/…`): a site's role does.
+//!
 //! Computed: `arn`, `instance_profile_name` (what an instance's
 //! `iam_instance_profile` takes), `instance_profile_arn`. The cloud id is the
 //! role name.
@@ -53,7 +57,7 @@ use aws_sdk_iam::types::{EntityType, RoleDetail, Tag};
 
 use super::{CallCounter, classify, gone_is_fine, string_map};
 use crate::provider::{
-    Context, ErrorKind, Observed, Owner, Provider, ProviderError, RefreshTarget, Result,
+    Context, ErrorKind, Observed, Owner, Provider, ProviderError, RefreshTarget, Result, Rewrite,
 };
 use crate::schema::{Attribute, ReplaceOrder, Schema, Type};
 use crate::value::{Attrs, Value};
@@ -68,6 +72,43 @@ pub fn ec2_trust_policy() -> Value {
             "Action": "sts:AssumeRole",
         }],
     }))
+}
+
+pub use crate::spec::STACK_MARKER;
+
+/// `value` with every [`STACK_MARKER`] in its strings replaced by `stack`;
+/// `None` when it has none.
+fn with_stack(value: &Value, stack: &str) -> Option<Value> {
+    match value {
+        Value::String(text) if text.contains(STACK_MARKER) => {
+            Some(Value::String(text.replace(STACK_MARKER, stack)))
+        }
+        Value::List(items) => {
+            let replaced: Vec<Option<Value>> = items.iter().map(|v| with_stack(v, stack)).collect();
+            replaced.iter().any(Option::is_some).then(|| {
+                Value::List(
+                    replaced
+                        .into_iter()
+                        .zip(items)
+                        .map(|(new, old)| new.unwrap_or_else(|| old.clone()))
+                        .collect(),
+                )
+            })
+        }
+        Value::Map(entries) => {
+            let mut changed = false;
+            let map = entries
+                .iter()
+                .map(|(key, v)| {
+                    let new = with_stack(v, stack);
+                    changed |= new.is_some();
+                    (key.clone(), new.unwrap_or_else(|| v.clone()))
+                })
+                .collect();
+            changed.then_some(Value::Map(map))
+        }
+        _ => None,
+    }
 }
 
 /// The `iam_role` schema.
@@ -402,6 +443,33 @@ impl Roles {
 impl Provider for Roles {
     fn schema(&self) -> &Schema {
         &self.schema
+    }
+
+    fn prepares(&self) -> bool {
+        true
+    }
+
+    /// `{{jaam:stack}}` in a policy document is the stack's name.
+    async fn prepare(&self, context: &Context, desired: &[&Attrs]) -> Result<Vec<Rewrite>> {
+        let mut rewrites = Vec::new();
+        for attrs in desired {
+            for name in ["inline_policies", "assume_role_policy"] {
+                if let Some(value) = attrs.get(name)
+                    && let Some(to) = with_stack(value, &context.stack)
+                    && !rewrites
+                        .iter()
+                        .any(|r: &Rewrite| r.attribute == name && r.from == *value)
+                {
+                    rewrites.push(Rewrite {
+                        attribute: name.to_owned(),
+                        from: value.clone(),
+                        to,
+                        keep: false,
+                    });
+                }
+            }
+        }
+        Ok(rewrites)
     }
 
     async fn refresh(

@@ -742,7 +742,12 @@ fn parameter_arn(name: &str) -> String {
 /// through SSM only).
 pub fn site_policy(site: &Site) -> Value {
     let group = site.log_group();
-    let mut parameters = vec![parameter_arn(&format!("jaam/*/{}/*", site.certificate()))];
+    // `{{jaam:stack}}`: the `iam_role` kind puts the stack's name there.
+    let mut parameters = vec![parameter_arn(&format!(
+        "jaam/{}/{}/*",
+        crate::spec::STACK_MARKER,
+        site.certificate()
+    ))];
     parameters.extend(site.secrets.values().map(|name| parameter_arn(name)));
     if let Some(token) = &site.repo_token {
         parameters.push(parameter_arn(token));

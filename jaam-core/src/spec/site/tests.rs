@@ -514,7 +514,7 @@ fn a_site_should_bring_its_own_least_privilege_role_unless_it_names_a_profile() 
     assert_eq!(
         statements[1]["Resource"],
         serde_json::json!([
-            "arn:aws:ssm:*:*:parameter/jaam/*/site.blog.certificate/*",
+            "arn:aws:ssm:*:*:parameter/jaam/{{jaam:stack}}/site.blog.certificate/*",
             "arn:aws:ssm:*:*:parameter/blog/api-key"
         ])
     );
@@ -604,7 +604,7 @@ fn wildcard_sites_of_a_zone_should_share_one_certificate() {
             .evaluate(&|_, _| None, &|_| None)
             .render();
         assert!(
-            policy.contains("parameter/jaam/*/certificate.wildcard-example-com/*"),
+            policy.contains("parameter/jaam/{{jaam:stack}}/certificate.wildcard-example-com/*"),
             "{policy}"
         );
     }
