@@ -39,6 +39,9 @@ emulators_install() {
   command -v ip >/dev/null || [ -x /usr/sbin/ip ] || missing+=(iproute2)
   command -v nsenter >/dev/null || missing+=(util-linux)
   command -v node >/dev/null || missing+=(nodejs)
+  # The dashboard's browser tests: Debian's Chromium and its WebDriver.
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "==> installing ${missing[*]} from Debian" >&2
     apt-get update -qq

@@ -60,6 +60,54 @@ pub fn site_of(addr: &ResourceAddr) -> String {
         .map_or_else(|| addr.to_string(), |site| site.name().to_owned())
 }
 
+/// The history row of a rollback of `site` (`site.NAME`) begun at
+/// `started` that took `took`: `output` is what the deploy script printed
+/// (it ends with "serving <sha>"), or why it failed. `None` when `site` is
+/// not a site.
+pub fn rollback(
+    state: &crate::state::State,
+    site: &ResourceAddr,
+    started: DateTime<Utc>,
+    took: std::time::Duration,
+    output: Result<&str, String>,
+) -> Option<Deployment> {
+    let instance: ResourceAddr = format!("{site}.instance").parse().ok()?;
+    let previous = state
+        .resources
+        .get(&instance)
+        .and_then(|r| r.attributes.get("revision"))
+        .and_then(crate::value::Value::as_str)
+        .map(str::to_owned);
+    Some(Deployment {
+        site: site_of(&instance),
+        stack: state.stack.clone(),
+        revision: output
+            .as_ref()
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .rev()
+                    .find_map(|line| line.split("serving ").nth(1))
+            })
+            .and_then(|rest| rest.split_whitespace().next())
+            .map_or_else(
+                || "(the previous release)".to_owned(),
+                |release| release.split('-').next().unwrap_or(release).to_owned(),
+            ),
+        previous,
+        trigger: "rollback".to_owned(),
+        started,
+        duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        result: if output.is_ok() {
+            "succeeded"
+        } else {
+            "failed"
+        }
+        .to_owned(),
+        error: output.err(),
+    })
+}
+
 /// The deploys an apply of `plan` ran, per its `report`.
 pub fn from_apply(
     plan: &Plan,

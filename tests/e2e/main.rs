@@ -8,6 +8,7 @@ mod certificates;
 mod cli;
 mod crash;
 mod daemon;
+mod dashboard;
 mod fixtures;
 mod hardening;
 mod iam_roles;

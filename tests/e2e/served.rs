@@ -239,7 +239,7 @@ impl Prober {
     }
 }
 
-const HOOK_SECRET: &str = "served-hook-secret-never-printed";
+pub(crate) const HOOK_SECRET: &str = "served-hook-secret-never-printed";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn static_site_should_be_served_over_https_redeployed_and_rolled_back() {

@@ -63,40 +63,17 @@ pub(crate) async fn rollback(global: &Global, args: &RollbackArgs) -> anyhow::Re
     let (started, took) = (chrono::Utc::now(), std::time::Instant::now());
     let outcome = sites::rollback(&config, &state, &args.site).await;
     // The history records the rollback whatever happened, under the lock.
-    let instance: jaam_core::ResourceAddr = format!("{}.instance", args.site)
-        .parse()
-        .map_err(|_| anyhow!("`{}` is not a site", args.site))?;
-    let previous = state
-        .resources
-        .get(&instance)
-        .and_then(|r| r.attributes.get("revision"))
-        .and_then(jaam_core::Value::as_str)
-        .map(str::to_owned);
-    let output = outcome.as_ref().map(String::as_str).unwrap_or_default();
-    let deployment = jaam_core::history::Deployment {
-        site: jaam_core::history::site_of(&instance),
-        stack: state.stack.clone(),
-        // The deploy script ends with "serving <sha>".
-        revision: output
-            .lines()
-            .rev()
-            .find_map(|line| line.split("serving ").nth(1))
-            .map_or_else(
-                || "(the previous release)".to_owned(),
-                |sha| sha.trim().to_owned(),
-            ),
-        previous,
-        trigger: "rollback".to_owned(),
+    let deployment = jaam_core::history::rollback(
+        &state,
+        &args.site,
         started,
-        duration_ms: u64::try_from(took.elapsed().as_millis()).unwrap_or(u64::MAX),
-        result: if outcome.is_ok() {
-            "succeeded"
-        } else {
-            "failed"
-        }
-        .to_owned(),
-        error: outcome.as_ref().err().map(ToString::to_string),
-    };
+        took.elapsed(),
+        outcome
+            .as_ref()
+            .map(String::as_str)
+            .map_err(ToString::to_string),
+    )
+    .ok_or_else(|| anyhow!("`{}` is not a site", args.site))?;
     let store = super::store(global).await?;
     let lock = store
         .lock(

@@ -27,6 +27,7 @@ pub(crate) async fn serve(daemon: Shared, listener: tokio::net::TcpListener) {
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/sites/{name}/logs", get(logs))
+        .merge(super::dashboard::routes())
         .with_state(daemon);
     // hyper directly rather than `axum::serve`, for a header read timeout: a
     // client that trickles its request headers is cut off.
@@ -231,15 +232,19 @@ fn refused(daemon: &Daemon, error: webhook::SignatureError) -> Response {
     answer(StatusCode::UNAUTHORIZED, json!({"error": error.reason()}))
 }
 
-/// Whether a read endpoint's caller shows the token (when one is set).
+/// Whether a read endpoint's caller may read: no token set, `--public-read`,
+/// the token as a bearer, or the dashboard's session cookie.
 ///
 /// Both sides are hashed first and the digests compared in constant time,
 /// so the answer's timing tells neither the token's content nor its length.
-fn allowed(daemon: &Daemon, headers: &HeaderMap) -> bool {
+pub(super) fn allowed(daemon: &Daemon, headers: &HeaderMap) -> bool {
     use sha2::{Digest as _, Sha256};
     let Some(token) = &daemon.read_token else {
         return true;
     };
+    if daemon.args.public_read || super::dashboard::signed_in(daemon, headers) {
+        return true;
+    }
     let given = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())

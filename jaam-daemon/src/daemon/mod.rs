@@ -38,7 +38,13 @@
 //! [`logs`]). With a token (`JAAM_DAEMON_TOKEN` or `--read-token-file`; never
 //! on the command line) the last three want `Authorization: Bearer <token>`,
 //! compared by digest in constant time. Without a token the daemon refuses to
-//! listen beyond loopback unless `--public-read` says the read side is public.
+//! listen beyond loopback unless `--public-read` says the read side is public
+//! (with a token and `--public-read`, reads are open and actions still need
+//! the token).
+//!
+//! `GET /` is the dashboard ([`dashboard`]): the sites, their deploy
+//! history, live build logs, and buttons to deploy, roll back and apply
+//! drift (which always need the token).
 //!
 //! # Lifecycle
 //! SIGTERM or SIGINT stops intake (the HTTP server, watcher and timer), lets
@@ -51,6 +57,7 @@
 //! - A reconcile triggered by a push, a merge or a spec change applies
 //!   whatever the plan holds; only resyncs obey `report`.
 
+mod dashboard;
 mod http;
 mod logs;
 mod metrics;
@@ -229,6 +236,42 @@ async fn wait_for_signal() {
 }
 
 impl Daemon {
+    /// Rolls `site` back to its previous release (the deploy script's
+    /// `rollback` over SSM) under the stack's lock, so never during a
+    /// reconcile, and records it in the deploy history.
+    async fn rollback(&self, site: &ResourceAddr) -> Result<String, String> {
+        let session = self
+            .engine
+            .lock("jaam daemon: rollback")
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(state) = session.state().cloned() else {
+            let _ = session.release().await;
+            return Err("nothing applied yet".to_owned());
+        };
+        let sdk = jaam_core::providers::aws::load_config().await;
+        let (started, took) = (Utc::now(), std::time::Instant::now());
+        let outcome = jaam_core::providers::aws::sites::rollback(&sdk, &state, site).await;
+        let deployment = jaam_core::history::rollback(
+            &state,
+            site,
+            started,
+            took.elapsed(),
+            outcome
+                .as_ref()
+                .map(String::as_str)
+                .map_err(ToString::to_string),
+        );
+        if let Some(deployment) = deployment
+            && let Err(error) = session.record_deployments(&[deployment]).await
+        {
+            tracing::warn!(%error, "the deploy history was not written");
+        }
+        session.release().await.map_err(|e| e.to_string())?;
+        self.record_revisions(&state);
+        outcome.map_err(|e| e.to_string())
+    }
+
     fn schedule(&self, due: Instant, request: Request) -> Result<(), queue::Full> {
         self.queue.schedule(self.stack.clone(), due, request)
     }

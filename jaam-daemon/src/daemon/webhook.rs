@@ -23,7 +23,7 @@
 //!   into it ask for a deploy; `ping` is answered; anything else is
 //!   acknowledged and ignored.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::Write as _;
 use std::path::PathBuf;
 
@@ -123,6 +123,19 @@ impl Routes {
         self.sites
             .keys()
             .any(|(repo, _)| !self.hooks.contains_key(repo))
+    }
+
+    /// Every site with the repository (lowercase) and branch it deploys,
+    /// by site name.
+    pub(crate) fn all_sites(&self) -> BTreeMap<String, (String, String)> {
+        self.sites
+            .iter()
+            .flat_map(|((repo, branch), sites)| {
+                sites
+                    .iter()
+                    .map(move |site| (site.clone(), (repo.clone(), branch.clone())))
+            })
+            .collect()
     }
 
     /// The sites that deploy `branch` of `repo`.

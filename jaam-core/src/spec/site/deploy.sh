@@ -310,7 +310,7 @@ rollback() {
   [ -n "$target" ] || fail "no earlier release to roll back to"
   log "rollback from ${serving:-nothing} to $target"
   activate "$target"
-  log "serving $target"
+  log "serving ${target%%-*} (release $target)"
 }
 
 run_app() {
