@@ -272,3 +272,53 @@ async fn install_on_should_send_one_command_per_issue() {
         .await
         .expect("terminate");
 }
+
+/// Issue 16, item 4: on a terminal, `apply` keeps a live line per resource in
+/// flight (spinner and time spent) under the lines of what finished. The
+/// terminal is a real pseudo-terminal (`script` from util-linux).
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_on_a_terminal_should_show_a_live_line_per_resource_in_flight() {
+    let moto = moto_endpoint();
+    let pebble = pebble();
+    let _moto = jaam_tests::MOTO.read().await;
+    let mirror = Route53Mirror::start(&moto, &pebble.challtestsrv, false).await;
+    let ws = Workspace::new(&unique("live"));
+    let domain = format!("{}.test", ws.stack);
+    hosted_zone(&domain).await;
+    ws.write_specs(&spec(&domain, &pebble.directory, ""));
+    let command = ws.command(&["apply", "--auto-approve"]);
+    let quote = |arg: &std::ffi::OsStr| format!("'{}'", arg.to_string_lossy().replace('\'', r"'\''"));
+    let line: Vec<String> = std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(quote)
+        .collect();
+    let mut terminal = std::process::Command::new("script");
+    terminal
+        .args(["-qfec", &line.join(" "), "/dev/null"])
+        .current_dir(ws.dir.path())
+        .env("AWS_ENDPOINT_URL", &mirror.url)
+        .env("TERM", "xterm-256color")
+        .env("COLUMNS", "120");
+    for (key, value) in command.get_envs() {
+        if let Some(value) = value {
+            terminal.env(key, value);
+        }
+    }
+    let output = terminal.output().expect("run script(1)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("certificate.www: Creating...") && text.contains("elapsed]"),
+        "a live line while the certificate is issued: {text}"
+    );
+    assert!(text.contains("\x1b["), "redrawn in place: {text}");
+    assert!(
+        text.contains("certificate.www: Creation complete after"),
+        "{text}"
+    );
+
+    // Piped, the same apply (a destroy here) prints plain lines only.
+    let run = jaam(&ws, &mirror, &["destroy", "--auto-approve"]);
+    run.expect_code(0);
+    assert!(!run.stderr.contains("elapsed]") && !run.stderr.contains('\x1b'), "{}", run.stderr);
+}
