@@ -197,12 +197,34 @@ pub(crate) struct Request {
     pub(crate) revisions: BTreeMap<String, String>,
     /// What asked for it: `spec change`, `push`, `resync`, `retry`.
     pub(crate) reasons: BTreeSet<&'static str>,
+    /// The webhook deliveries (`X-GitHub-Delivery`) that asked for it, for
+    /// the deploy history.
+    pub(crate) deliveries: BTreeSet<String>,
+}
+
+impl Request {
+    /// What the deploy history says triggered it: the reasons, and the
+    /// deliveries when a webhook asked (`push (delivery 72d3…)`).
+    pub(crate) fn trigger(&self) -> String {
+        let reasons: Vec<&str> = self.reasons.iter().copied().collect();
+        let mut trigger = reasons.join(", ");
+        if !self.deliveries.is_empty() {
+            let ids: Vec<&str> = self.deliveries.iter().map(String::as_str).collect();
+            trigger.push_str(&format!(
+                " (deliver{} {})",
+                if ids.len() == 1 { "y" } else { "ies" },
+                ids.join(", ")
+            ));
+        }
+        trigger
+    }
 }
 
 impl Merge for Request {
     fn merge(&mut self, newer: Self) {
         self.revisions.extend(newer.revisions);
         self.reasons.extend(newer.reasons);
+        self.deliveries.extend(newer.deliveries);
     }
 }
 

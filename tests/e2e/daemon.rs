@@ -219,7 +219,11 @@ async fn deliveries_should_be_verified_deduplicated_and_deploy_the_site() {
     history.expect_code(0);
     let rows: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
     assert_eq!(rows[0]["revision"], b.as_str(), "{rows}");
-    assert_eq!(rows[0]["trigger"], "push", "{rows}");
+    assert_eq!(
+        rows[0]["trigger"],
+        format!("push (delivery {})", push.id),
+        "the delivery that asked: {rows}"
+    );
     assert_eq!(rows[0]["previous"], a.as_str(), "{rows}");
     assert_eq!(rows[1]["trigger"], "resync", "the first deploy: {rows}");
     // The same delivery again is processed once; so is the same body under

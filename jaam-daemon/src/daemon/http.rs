@@ -204,6 +204,7 @@ fn deploy(
     }
     let mut work = Work::default();
     work.reasons.insert(why);
+    work.deliveries.insert(delivery.to_owned());
     for site in &sites {
         work.revisions.insert(site.clone(), sha.to_owned());
     }

@@ -497,11 +497,10 @@ impl Daemon {
                 .await
                 .map_err(|e| e.to_string())?;
             self.metrics.apply(took.elapsed());
-            let trigger: Vec<&str> = request.reasons.iter().copied().collect();
             let deployments = jaam_core::history::from_apply(
                 &plan,
                 &report,
-                &trigger.join(", "),
+                &request.trigger(),
                 started,
                 took.elapsed(),
             );
