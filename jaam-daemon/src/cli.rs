@@ -142,6 +142,11 @@ pub(crate) struct DaemonArgs {
     /// How long a reconcile waits for the state lock another process holds.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub(crate) lock_wait: Duration,
+    /// Failed deploys in a row of one revision after which it is parked: not
+    /// deployed again until a new push, a spec change or a manual apply (0:
+    /// never park).
+    #[arg(long, default_value_t = 5)]
+    pub(crate) max_failures: u32,
     /// On SIGTERM, how long a running reconcile may go on before it is cancelled.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub(crate) shutdown_grace: Duration,

@@ -742,3 +742,92 @@ async fn a_failed_push_should_be_retried_as_a_deploy() {
     assert_eq!(daemon.terminate(), Some(0));
     cli(&ws, &github, &moto, &["destroy", "--auto-approve"]).expect_code(0);
 }
+
+/// Issue 14, item 3: a revision whose deploy fails `--max-failures` times in
+/// a row is parked: no more retries, and resyncs keep the site on what it
+/// serves instead of rebuilding the broken head every time; `/status` says
+/// so; a new push lets the branch deploy again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revision_that_keeps_failing_should_be_parked_until_a_new_push() {
+    let moto = moto_endpoint();
+    let _moto = jaam_tests::MOTO.read().await;
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answer: jaam_tests::Answer = {
+        let failing = Arc::clone(&failing);
+        Arc::new(move |head: &str, body: &str| {
+            if !(failing.load(Ordering::SeqCst)
+                && head.contains("x-amz-target: amazonssm.getcommandinvocation"))
+            {
+                return jaam_tests::Intercept::Forward;
+            }
+            jaam_tests::Intercept::failed_invocation(
+                body,
+                "> build\nerror: the build broke\n",
+                "error: build failed; still serving the previous release",
+            )
+        })
+    };
+    let proxy = jaam_tests::InterceptProxy::start(&moto, answer).await;
+    let github = GithubFake::start().await;
+    let ws = Workspace::new(&unique("daemonpark"));
+    let repo = format!("acme/{}", ws.stack);
+    let domain = format!("{}.test", ws.stack);
+    hosted_zone(&domain).await;
+    let (a, b, c) = (sha(), sha(), sha());
+    set_head(&github, &repo, &a);
+    site(&ws, &repo, &domain, &jaam_tests::ssm_profile().await);
+    let daemon = Daemon::start(
+        daemon_command(
+            &ws,
+            Some(&github),
+            &proxy.url,
+            &["--max-failures", "2", "--resync", "3s"],
+        ),
+        ws.dir.path().join("daemon.log"),
+    );
+    daemon.wait_until("the first deploy", Duration::from_secs(60), |d| {
+        revision(d) == a
+    });
+
+    failing.store(true, Ordering::SeqCst);
+    set_head(&github, &repo, &b);
+    let push = deliveries(SECRET, &repo, "main", std::slice::from_ref(&b), None);
+    assert_eq!(daemon.deliver(&push[1]).0, 202);
+    daemon.wait_until("the revision parked", Duration::from_secs(60), |d| {
+        d.status()["parked"][0]["revision"] == b.as_str()
+    });
+    let parked = daemon.status()["parked"][0].clone();
+    assert_eq!(parked["failures"], 2, "{parked}");
+    assert_eq!(parked["serving"], a.as_str(), "{parked}");
+    assert!(
+        parked["error"].as_str().unwrap().contains("the build broke"),
+        "{parked}"
+    );
+    assert_eq!(revision(&daemon), a, "the site still serves a");
+    let deploys = commands(&format!("/opt/jaam/bin/deploy {b}")).await;
+    assert_eq!(deploys, 2, "two failed deploys of b");
+
+    // Resyncs go on, without building b again.
+    let seen = daemon.status()["reconciles"].as_u64().unwrap();
+    daemon.wait_until("two more resyncs", Duration::from_secs(30), |d| {
+        d.status()["reconciles"].as_u64().unwrap() >= seen + 2
+    });
+    assert_eq!(
+        commands(&format!("/opt/jaam/bin/deploy {b}")).await,
+        deploys,
+        "a parked revision is not deployed again"
+    );
+    assert_eq!(daemon.status()["result"], "no_changes");
+
+    // A new push: the branch deploys again.
+    failing.store(false, Ordering::SeqCst);
+    set_head(&github, &repo, &c);
+    let push = deliveries(SECRET, &repo, "main", std::slice::from_ref(&c), None);
+    assert_eq!(daemon.deliver(&push[1]).0, 202);
+    daemon.wait_until("the new push deployed", Duration::from_secs(60), |d| {
+        revision(d) == c
+    });
+    assert_eq!(daemon.status()["parked"], serde_json::json!([]));
+    assert_eq!(daemon.terminate(), Some(0));
+    cli(&ws, &github, &moto, &["destroy", "--auto-approve"]).expect_code(0);
+}

@@ -202,6 +202,8 @@ fn deploy(
             json!({"status": "ignored", "reason": format!("no site deploys {repo}@{branch}")}),
         );
     }
+    // A new push: a revision parked for failing may be deployed again.
+    daemon.parking.pushed(repo, branch);
     let mut work = Work::default();
     work.reasons.insert(why);
     work.deliveries.insert(delivery.to_owned());
@@ -287,7 +289,9 @@ async fn status(State(daemon): State<Shared>, headers: HeaderMap) -> Response {
         return unauthorized();
     }
     let status = daemon.status.lock().expect("status").clone();
-    Json(json!({ "stacks": [status] })).into_response()
+    let mut stack = serde_json::to_value(status).unwrap_or_default();
+    stack["parked"] = serde_json::to_value(daemon.parking.list()).unwrap_or_default();
+    Json(json!({ "stacks": [stack] })).into_response()
 }
 
 /// `GET /sites/{name}/logs`: the site's log group as server-sent events, from

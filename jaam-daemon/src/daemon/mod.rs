@@ -27,6 +27,10 @@
 //! A failure is retried by the queue with exponential backoff and jitter; a
 //! retry keeps the reasons of what failed (plus `retry`), so a failed push is
 //! retried as a deploy planned from state, and a failed resync as a resync.
+//! A revision whose deploy fails `--max-failures` times in a row (5) is
+//! parked ([`parking`]): not retried, and resyncs keep its sites on what they
+//! serve, until a new push, a spec change or a manual apply; `/status` lists
+//! it. A rate-limited service's `Retry-After` delays the retry to then.
 //! A reconcile asked for only by pushes and merges plans just the pushed
 //! sites' instances from state (`--target`, no refresh): the deploy starts in
 //! milliseconds, and the next resync refreshes everything.
@@ -61,6 +65,7 @@ mod dashboard;
 mod http;
 mod logs;
 mod metrics;
+mod parking;
 mod webhook;
 
 use std::collections::{BTreeMap, HashMap};
@@ -127,6 +132,10 @@ pub(crate) struct Daemon {
     /// When the last failed reconcile's service asked to be tried again
     /// (taken by the worker when it schedules the retry).
     retry_after: Mutex<Option<DateTime<Utc>>>,
+    /// Revisions that keep failing (see [`parking`]).
+    parking: parking::Parking,
+    /// Set by a reconcile whose every failure parked its revision: no retry.
+    all_parked: std::sync::atomic::AtomicBool,
     parameters: jaam_core::providers::aws::parameters::Parameters,
     /// Stops intake (HTTP, watcher, timer).
     intake: CancellationToken,
@@ -142,7 +151,10 @@ pub(crate) async fn run(global: &Global, args: &DaemonArgs) -> anyhow::Result<Ex
     let sdk = jaam_core::providers::aws::load_config().await;
     // Branch heads come from the GitHub API when a reconcile runs: a
     // delivery only says which sites to look at (see `webhook`).
-    let registry = jaam_core::providers::registry(&sdk, |heads| heads);
+    // A revision that keeps failing is parked: the resolver then answers
+    // what serves (see `parking`).
+    let parking = parking::Parking::new(args.max_failures);
+    let registry = jaam_core::providers::registry(&sdk, |heads| parking.wrap(heads));
     // The specs must load to start: a daemon that cannot read them says so now.
     let config = crate::commands::load_specs_with(global, &registry)?;
     let stack = crate::commands::stack_name(global, Some(&config));
@@ -184,6 +196,8 @@ pub(crate) async fn run(global: &Global, args: &DaemonArgs) -> anyhow::Result<Ex
         bodies: tokio::sync::Semaphore::new(MAX_BODIES),
         stored_secrets: Mutex::default(),
         retry_after: Mutex::default(),
+        parking,
+        all_parked: std::sync::atomic::AtomicBool::new(false),
         parameters: jaam_core::providers::aws::parameters::Parameters::new(&sdk, None),
         intake: CancellationToken::new(),
         push_window: Mutex::new(Instant::now()),
@@ -236,6 +250,56 @@ async fn wait_for_signal() {
 }
 
 impl Daemon {
+    /// Counts the apply's failed and succeeded site deploys per revision
+    /// (see [`parking`]); notes when every failure is a parked revision.
+    fn park(&self, plan: &jaam_core::Plan, report: &jaam_core::apply::Report) {
+        let routes = self.routes.read().expect("routes").all_sites();
+        let site_of = |addr: &ResourceAddr| -> Option<(String, &(String, String))> {
+            let site = addr.composite()?;
+            (addr.kind() == "instance" && site.kind() == "site")
+                .then(|| site.name().to_owned())
+                .and_then(|name| routes.get(&name).map(|route| (name, route)))
+        };
+        let planned = |addr: &ResourceAddr| {
+            plan.changes
+                .iter()
+                .find(|change| &change.addr == addr)
+                .and_then(|change| change.after.as_ref()?.get("revision")?.as_str())
+                .map(str::to_owned)
+        };
+        let recorded = |addr: &ResourceAddr| {
+            report
+                .state
+                .resources
+                .get(addr)
+                .and_then(|r| r.attributes.get("revision")?.as_str())
+                .map(str::to_owned)
+        };
+        for addr in &report.applied {
+            if let (Some((_, (repo, branch))), Some(revision)) = (site_of(addr), recorded(addr)) {
+                self.parking.succeeded(repo, branch, &revision);
+            }
+        }
+        let mut all_parked = !report.failed.is_empty();
+        for failure in &report.failed {
+            let addr = failure.addr();
+            let parked = match (site_of(addr), planned(addr)) {
+                (Some((_, (repo, branch))), Some(revision)) => {
+                    let error = std::error::Error::source(failure)
+                        .map_or_else(|| failure.to_string(), ToString::to_string);
+                    self.parking
+                        .failed(repo, branch, &revision, recorded(addr), &error)
+                }
+                _ => false,
+            };
+            all_parked &= parked;
+        }
+        if all_parked {
+            self.all_parked
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     /// Rolls `site` back to its previous release (the deploy script's
     /// `rollback` over SSM) under the stack's lock, so never during a
     /// reconcile, and records it in the deploy history.
@@ -508,6 +572,7 @@ impl Daemon {
                 tracing::warn!(%error, "the deploy history was not written");
             }
             self.record_revisions(&report.state);
+            self.park(&plan, &report);
             self.status.lock().expect("status").drift.clear();
             if report.succeeded() {
                 Ok("applied")
@@ -549,7 +614,13 @@ async fn work(daemon: Arc<Daemon>, shutdown: CancellationToken) {
             .take()
             .and_then(|at| (at - Utc::now()).to_std().ok())
             .map(|wait| Instant::now() + wait);
-        daemon.queue.done(&stack, result.is_ok(), retry, not_before);
+        // Every failure parked its revision: nothing to retry.
+        let parked = daemon
+            .all_parked
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
+        daemon
+            .queue
+            .done(&stack, result.is_ok() || parked, retry, not_before);
         if daemon.intake.is_cancelled() {
             return;
         }
@@ -589,6 +660,8 @@ fn watch(daemon: Arc<Daemon>) -> anyhow::Result<notify::RecommendedWatcher> {
         if !relevant || daemon.intake.is_cancelled() {
             return;
         }
+        // New specs: parked revisions may go again.
+        daemon.parking.clear();
         let mut request = Request::default();
         request.reasons.insert("spec change");
         let due = Instant::now() + daemon.args.debounce;
