@@ -251,6 +251,10 @@ pub struct Rewrite {
     /// the latest AMI must not replace what runs); the plan notes the newer
     /// value, and `--replace ADDR` takes it.
     pub keep: bool,
+    /// Why the value could not be resolved (a branch head GitHub would not
+    /// give): an existing resource keeps its value and the plan says why; a
+    /// new one keeps the value as written, which fails its own apply only.
+    pub unresolved: Option<String>,
 }
 
 /// The kinds jaam knows, each with its provider.

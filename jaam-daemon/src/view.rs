@@ -67,7 +67,11 @@ struct InFlight {
     bar: Option<indicatif::ProgressBar>,
 }
 
-fn live_line(multi: &indicatif::MultiProgress, addr: &ResourceAddr, action: &str) -> indicatif::ProgressBar {
+fn live_line(
+    multi: &indicatif::MultiProgress,
+    addr: &ResourceAddr,
+    action: &str,
+) -> indicatif::ProgressBar {
     let bar = multi.add(indicatif::ProgressBar::new_spinner());
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed} elapsed]")

@@ -287,7 +287,8 @@ async fn apply_on_a_terminal_should_show_a_live_line_per_resource_in_flight() {
     hosted_zone(&domain).await;
     ws.write_specs(&spec(&domain, &pebble.directory, ""));
     let command = ws.command(&["apply", "--auto-approve"]);
-    let quote = |arg: &std::ffi::OsStr| format!("'{}'", arg.to_string_lossy().replace('\'', r"'\''"));
+    let quote =
+        |arg: &std::ffi::OsStr| format!("'{}'", arg.to_string_lossy().replace('\'', r"'\''"));
     let line: Vec<String> = std::iter::once(command.get_program())
         .chain(command.get_args())
         .map(quote)
@@ -320,5 +321,9 @@ async fn apply_on_a_terminal_should_show_a_live_line_per_resource_in_flight() {
     // Piped, the same apply (a destroy here) prints plain lines only.
     let run = jaam(&ws, &mirror, &["destroy", "--auto-approve"]);
     run.expect_code(0);
-    assert!(!run.stderr.contains("elapsed]") && !run.stderr.contains('\x1b'), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("elapsed]") && !run.stderr.contains('\x1b'),
+        "{}",
+        run.stderr
+    );
 }

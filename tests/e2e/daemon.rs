@@ -800,7 +800,10 @@ async fn a_revision_that_keeps_failing_should_be_parked_until_a_new_push() {
     assert_eq!(parked["failures"], 2, "{parked}");
     assert_eq!(parked["serving"], a.as_str(), "{parked}");
     assert!(
-        parked["error"].as_str().unwrap().contains("the build broke"),
+        parked["error"]
+            .as_str()
+            .unwrap()
+            .contains("the build broke"),
         "{parked}"
     );
     assert_eq!(revision(&daemon), a, "the site still serves a");

@@ -1300,3 +1300,91 @@ async fn wildcard_sites_should_share_one_certificate_issued_once() {
     env.jaam(&["plan", "--detailed-exitcode"]).expect_code(0);
     env.jaam(&["destroy", "--auto-approve"]).expect_code(0);
 }
+
+/// Issue 14, item 4: a repository whose branch head cannot be read holds
+/// back only its own site (a plan note; the other site deploys), and a
+/// targeted plan reads only its targets' branch heads.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_repository_should_hold_back_only_its_own_site() {
+    let moto = moto_endpoint();
+    let _moto = jaam_tests::MOTO.read().await;
+    let env = SiteEnv {
+        ws: Workspace::new(&unique("unread")),
+        github: GithubFake::start().await,
+        aws: moto.clone(),
+    };
+    let stack = env.ws.stack.clone();
+    let domain = format!("{stack}.test");
+    hosted_zone(&domain).await;
+    let repo = |name: &str| format!("acme/{stack}-{name}");
+    let (blog_a, docs_a) = (random_sha(), random_sha());
+    env.set_head(&repo("blog"), &blog_a);
+    env.set_head(&repo("docs"), &docs_a);
+    let mut specs = String::new();
+    for name in ["blog", "docs"] {
+        specs.push_str(&format!(
+            "site.{name}:\n  repo: {}\n  domain: {name}.{domain}\n  zone: {domain}\n  https: false\n",
+            repo(name)
+        ));
+    }
+    env.ws.write_specs(&specs);
+    env.jaam(&["apply", "--auto-approve"]).expect_code(0);
+
+    // docs' repository cannot be read any more; blog moves on.
+    env.github
+        .repos
+        .lock()
+        .unwrap()
+        .branches
+        .remove(&(repo("docs"), "main".to_owned()));
+    let blog_b = random_sha();
+    env.set_head(&repo("blog"), &blog_b);
+    let run = env.jaam(&["plan"]);
+    run.expect_code(0);
+    let text = run.squashed();
+    assert!(
+        text.contains(&format!(
+            "Note: `site.docs.instance` keeps revision = \"{docs_a}\": the head of `{}@main` could not be read",
+            repo("docs")
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("~ revision = \"{blog_a}\" -> \"{blog_b}\"")),
+        "{text}"
+    );
+    assert!(
+        text.contains("Plan: 0 to add, 1 to change, 0 to destroy."),
+        "{text}"
+    );
+    env.jaam(&["apply", "--auto-approve"]).expect_code(0);
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.ws.state()).unwrap()).unwrap();
+    assert_eq!(
+        state["resources"]["site.blog.instance"]["attributes"]["revision"],
+        blog_b.as_str()
+    );
+    assert_eq!(
+        state["resources"]["site.docs.instance"]["attributes"]["revision"],
+        docs_a.as_str()
+    );
+
+    // A plan targeted at blog reads blog's branch head only.
+    env.set_head(&repo("docs"), &docs_a);
+    let asked = |name: &str| {
+        env.github
+            .repos
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .filter(|(_, path, _)| path.contains(&format!("{}/branches", repo(name))))
+            .count()
+    };
+    let (blog_before, docs_before) = (asked("blog"), asked("docs"));
+    env.jaam(&["plan", "--target", "site.blog.instance"])
+        .expect_code(0);
+    assert_eq!(asked("blog"), blog_before + 1);
+    assert_eq!(asked("docs"), docs_before, "the docs head is not read");
+    env.jaam(&["destroy", "--auto-approve"]).expect_code(0);
+}

@@ -349,9 +349,19 @@ pub async fn compute(
         );
     }
 
-    // 3a. Plan-time resolution (AMI parameter paths …), batched per kind.
+    // 3a. Plan-time resolution (AMI parameter paths, branch heads …),
+    // batched per kind; with targets, for the targets and what they depend
+    // on only (a push's plan reads only the pushed sites' branch heads).
+    let scope: Option<BTreeSet<ResourceAddr>> = (!options.targets.is_empty()).then(|| {
+        let mut scope = config.graph().with_dependencies(&options.targets);
+        scope.extend(options.targets.iter().cloned());
+        scope
+    });
     let mut by_kind: BTreeMap<&str, Vec<Attrs>> = BTreeMap::new();
     for (addr, resource) in &desired {
+        if scope.as_ref().is_some_and(|scope| !scope.contains(*addr)) {
+            continue;
+        }
         let provider = registry
             .provider(addr.kind())
             .expect("specs only hold known kinds");
@@ -416,6 +426,15 @@ pub async fn compute(
                     .and_then(|existing| existing.attributes.get(&rule.attribute))
                     .filter(|kept| !kept.is_null());
                 match kept {
+                    Some(kept) if rule.unresolved.is_some() => {
+                        notes.push(format!(
+                            "`{addr}` keeps {} = {}: {}",
+                            rule.attribute,
+                            brief(kept),
+                            rule.unresolved.as_deref().unwrap_or_default(),
+                        ));
+                        *value = kept.clone();
+                    }
                     Some(kept) if *kept != rule.to => {
                         let from = if rule.from == rule.to {
                             String::new()

@@ -80,7 +80,12 @@ impl Parking {
                 match parking.inner().parked.get(&key) {
                     Some(parked) if parked.revision == head => {
                         if let Some(serving) = &parked.serving {
-                            tracing::info!(repo, head, serving, "parked head: planning the revision serving");
+                            tracing::info!(
+                                repo,
+                                head,
+                                serving,
+                                "parked head: planning the revision serving"
+                            );
                             return Ok(serving.clone());
                         }
                         Ok(head)
@@ -148,7 +153,12 @@ impl Parking {
             .get(&key)
             .is_some_and(|parked| parked.revision == revision)
         {
-            tracing::info!(repo, branch, revision, "a parked revision was deployed: unparked");
+            tracing::info!(
+                repo,
+                branch,
+                revision,
+                "a parked revision was deployed: unparked"
+            );
             inner.parked.remove(&key);
         }
     }
@@ -196,20 +206,59 @@ mod tests {
     async fn a_revision_should_park_after_max_failures_in_a_row_and_unpark_on_a_push() {
         let parking = Parking::new(3);
         let heads = parking.wrap(Some(resolver("bbbbbbb"))).unwrap();
-        assert!(!parking.failed("Acme/Blog", "main", "bbbbbbb", Some("aaaaaaa".into()), "broke"));
+        assert!(!parking.failed(
+            "Acme/Blog",
+            "main",
+            "bbbbbbb",
+            Some("aaaaaaa".into()),
+            "broke"
+        ));
         // Another revision failing starts the count again.
-        assert!(!parking.failed("acme/blog", "main", "ccccccc", Some("aaaaaaa".into()), "broke"));
-        assert!(!parking.failed("acme/blog", "main", "bbbbbbb", Some("aaaaaaa".into()), "broke"));
-        assert!(!parking.failed("acme/blog", "main", "bbbbbbb", Some("aaaaaaa".into()), "broke"));
-        assert_eq!(heads("acme/blog".into(), "main".into()).await.unwrap(), "bbbbbbb");
-        assert!(parking.failed("acme/blog", "main", "bbbbbbb", Some("aaaaaaa".into()), "broke"));
+        assert!(!parking.failed(
+            "acme/blog",
+            "main",
+            "ccccccc",
+            Some("aaaaaaa".into()),
+            "broke"
+        ));
+        assert!(!parking.failed(
+            "acme/blog",
+            "main",
+            "bbbbbbb",
+            Some("aaaaaaa".into()),
+            "broke"
+        ));
+        assert!(!parking.failed(
+            "acme/blog",
+            "main",
+            "bbbbbbb",
+            Some("aaaaaaa".into()),
+            "broke"
+        ));
+        assert_eq!(
+            heads("acme/blog".into(), "main".into()).await.unwrap(),
+            "bbbbbbb"
+        );
+        assert!(parking.failed(
+            "acme/blog",
+            "main",
+            "bbbbbbb",
+            Some("aaaaaaa".into()),
+            "broke"
+        ));
         assert!(parking.is_parked("ACME/blog", "main"));
         // The resolver answers the revision serving for the parked head.
-        assert_eq!(heads("acme/blog".into(), "main".into()).await.unwrap(), "aaaaaaa");
+        assert_eq!(
+            heads("acme/blog".into(), "main".into()).await.unwrap(),
+            "aaaaaaa"
+        );
         assert_eq!(parking.list()[0].failures, 3);
         parking.pushed("acme/blog", "main");
         assert!(!parking.is_parked("acme/blog", "main"));
-        assert_eq!(heads("acme/blog".into(), "main".into()).await.unwrap(), "bbbbbbb");
+        assert_eq!(
+            heads("acme/blog".into(), "main".into()).await.unwrap(),
+            "bbbbbbb"
+        );
     }
 
     #[test]
@@ -217,7 +266,10 @@ mod tests {
         let parking = Parking::new(1);
         assert!(parking.failed("acme/blog", "main", "bbbbbbb", None, "broke"));
         parking.succeeded("acme/blog", "main", "aaaaaaa");
-        assert!(parking.is_parked("acme/blog", "main"), "another revision does not");
+        assert!(
+            parking.is_parked("acme/blog", "main"),
+            "another revision does not"
+        );
         parking.succeeded("acme/blog", "main", "bbbbbbb");
         assert!(!parking.is_parked("acme/blog", "main"));
     }

@@ -406,6 +406,17 @@ impl Instances {
         // would deploy whatever the branch holds when the command runs, and a
         // word such as `rollback` is a command of the deploy script.
         if let Some(revision) = &revision
+            && revision.starts_with(BRANCH_HEAD)
+        {
+            return Err(ProviderError::new(
+                ErrorKind::Transient,
+                format!(
+                    "nothing deployed: the head of `{}` could not be read when planning (see the plan's note)",
+                    revision.trim_start_matches(BRANCH_HEAD)
+                ),
+            ));
+        }
+        if let Some(revision) = &revision
             && !crate::spec::site::checks::is_commit(revision)
         {
             return Err(ProviderError::new(
@@ -552,8 +563,12 @@ impl Instances {
         })
     }
 
-    /// Branch heads for `github:owner/repo@branch` revisions, one call per branch.
+    /// Branch heads for `github:owner/repo@branch` revisions: one call per
+    /// branch, eight at once. A branch whose head cannot be read is not an
+    /// error of the plan: its rewrite says why ([`Rewrite::unresolved`]), so
+    /// only the sites of that branch stay as they are.
     async fn resolve_heads(&self, desired: &[&Attrs]) -> Result<Vec<Rewrite>> {
+        use futures::StreamExt as _;
         let mut wanted: Vec<String> = desired
             .iter()
             .filter_map(|attrs| text(attrs, "revision"))
@@ -561,35 +576,66 @@ impl Instances {
             .collect();
         wanted.sort();
         wanted.dedup();
-        let mut rewrites = Vec::new();
-        for revision in wanted {
-            let (repo, branch) = parse_branch_head(&revision).ok_or_else(|| {
-                ProviderError::new(
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let heads = self.heads.as_ref().ok_or_else(|| {
+            ProviderError::new(
+                ErrorKind::Invalid,
+                format!(
+                    "cannot resolve `{}`: this build has no GitHub client",
+                    wanted[0]
+                ),
+            )
+        })?;
+        let resolve = |revision: String| async move {
+            let outcome = match parse_branch_head(&revision) {
+                None => Err(ProviderError::new(
                     ErrorKind::Invalid,
                     format!("`{revision}` is not github:owner/repo@branch"),
-                )
-            })?;
-            let heads = self.heads.as_ref().ok_or_else(|| {
-                ProviderError::new(
-                    ErrorKind::Invalid,
-                    format!("cannot resolve `{revision}`: this build has no GitHub client"),
-                )
-            })?;
-            let sha = heads(repo.to_owned(), branch.to_owned()).await?;
-            if !crate::spec::site::checks::is_commit(&sha) {
-                return Err(ProviderError::new(
-                    ErrorKind::Invalid,
-                    format!("the head of `{repo}@{branch}` is not a commit id: `{sha}`"),
-                ));
-            }
-            rewrites.push(Rewrite {
-                attribute: "revision".into(),
-                from: Value::String(revision.clone()),
-                to: Value::String(sha),
-                keep: false,
-            });
-        }
-        Ok(rewrites)
+                )),
+                Some((repo, branch)) => match heads(repo.to_owned(), branch.to_owned()).await {
+                    Ok(sha) if crate::spec::site::checks::is_commit(&sha) => Ok(sha),
+                    Ok(sha) => Err(ProviderError::new(
+                        ErrorKind::Invalid,
+                        format!("the head of `{repo}@{branch}` is not a commit id: `{sha}`"),
+                    )),
+                    Err(error) => Err(error),
+                },
+            };
+            (revision, outcome)
+        };
+        let answers: Vec<(String, Result<String>)> = futures::stream::iter(wanted)
+            .map(resolve)
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        Ok(answers
+            .into_iter()
+            .map(|(revision, outcome)| match outcome {
+                Ok(sha) => Rewrite {
+                    attribute: "revision".into(),
+                    from: Value::String(revision),
+                    to: Value::String(sha),
+                    keep: false,
+                    unresolved: None,
+                },
+                Err(error) => {
+                    tracing::warn!(%revision, %error, "a branch head could not be read");
+                    Rewrite {
+                        attribute: "revision".into(),
+                        from: Value::String(revision.clone()),
+                        to: Value::String(revision.clone()),
+                        keep: true,
+                        unresolved: Some(format!(
+                            "the head of `{}` could not be read: {}",
+                            revision.trim_start_matches(BRANCH_HEAD),
+                            error.message
+                        )),
+                    }
+                }
+            })
+            .collect())
     }
 
     async fn resolve_amis(&self, paths: Vec<String>) -> Result<HashMap<String, String>> {
@@ -644,6 +690,7 @@ impl Provider for Instances {
                     from: user_data.clone(),
                     to: user_data.clone(),
                     keep: true,
+                    unresolved: None,
                 }),
         );
         let mut paths: Vec<String> = desired
@@ -664,6 +711,7 @@ impl Provider for Instances {
             from: Value::String(path),
             to: Value::String(ami),
             keep: true,
+            unresolved: None,
         }));
         Ok(rewrites)
     }

@@ -465,6 +465,7 @@ impl Provider for Roles {
                         from: value.clone(),
                         to,
                         keep: false,
+                        unresolved: None,
                     });
                 }
             }

@@ -513,6 +513,7 @@ impl Provider for Records {
                 from: Value::String(written),
                 to: Value::String(name),
                 keep: false,
+                unresolved: None,
             });
         }
         Ok(out)
