@@ -1388,3 +1388,146 @@ async fn an_unreadable_repository_should_hold_back_only_its_own_site() {
     assert_eq!(asked("docs"), docs_before, "the docs head is not read");
     env.jaam(&["destroy", "--auto-approve"]).expect_code(0);
 }
+
+/// Issue 17, item 2: the build cache. A redeploy with the same lockfile
+/// reuses the serving release's node_modules (hard links, nothing
+/// installed), a cache broken between deploys falls back to a clean install
+/// and the deploy still succeeds, and the log says which path ran.
+#[test]
+fn deploy_script_should_reuse_node_modules_and_fall_back_to_a_clean_install() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = site_dir();
+    let repo = Repo::new(dir.path(), "static-spa");
+    // A dependency from a tarball in the repository: npm installs it
+    // without a registry, as it would any package.
+    let package = dir.path().join("greeting");
+    std::fs::create_dir_all(&package).unwrap();
+    std::fs::write(
+        package.join("package.json"),
+        r#"{"name":"greeting","version":"1.0.0","main":"index.js"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        package.join("index.js"),
+        "module.exports = (m) => `greeting: ${m}`;\n",
+    )
+    .unwrap();
+    let packed = Command::new("npm")
+        .args(["pack", "--silent", "--pack-destination"])
+        .arg(&repo.work)
+        .current_dir(&package)
+        .output()
+        .unwrap();
+    assert!(packed.status.success(), "{packed:?}");
+    std::fs::write(
+        repo.work.join("package.json"),
+        r#"{"name":"cached","version":"1.0.0","private":true,"scripts":{"build":"node build.cjs"},"dependencies":{"greeting":"file:greeting-1.0.0.tgz"}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        repo.work.join("build.cjs"),
+        "const fs = require('fs');\nconst greet = require('greeting');\nfs.mkdirSync('dist', { recursive: true });\n\
+         fs.writeFileSync('dist/index.html', greet(fs.readFileSync('message.txt', 'utf8').trim()));\n",
+    )
+    .unwrap();
+    std::fs::write(repo.work.join(".gitignore"), "node_modules\n").unwrap();
+    let locked = Command::new("npm")
+        .args([
+            "install",
+            "--offline",
+            "--no-audit",
+            "--no-fund",
+            "--package-lock-only",
+        ])
+        .current_dir(&repo.work)
+        .output()
+        .unwrap();
+    assert!(locked.status.success(), "{locked:?}");
+    let a = repo.commit("hello from revision A");
+    let root = dir.path().join("site");
+    let site = sample_site(
+        "cached",
+        "static",
+        &[("repo_url", Value::from(repo.bare.to_str().unwrap()))],
+    );
+    let script = dir.path().join("deploy");
+    std::fs::write(&script, site::deploy_script(&site, &site.root())).unwrap();
+    let nginx = Nginx::start(dir.path(), &site, &root);
+    let log = || std::fs::read_to_string(root.join("logs/build.log")).unwrap_or_default();
+    let serving = || std::fs::canonicalize(root.join("current")).unwrap();
+    let run = |sha: &str| {
+        let output = deploy(&script, &root, &nginx, &[sha]);
+        assert!(
+            output.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            log()
+        );
+    };
+
+    run(&a);
+    assert!(log().contains("(clean, as nobody)"), "{}", log());
+    let first = serving();
+    let dependency = |release: &Path| release.join("node_modules/greeting/index.js");
+    assert!(dependency(&first).is_file());
+
+    // Same lockfile: the node_modules of the release serving, hard-linked.
+    let b = repo.commit("hello from revision B");
+    run(&b);
+    let second = serving();
+    assert_ne!(first, second);
+    assert!(
+        log().contains(&format!(
+            "install: reusing node_modules of release {}",
+            first.file_name().unwrap().to_string_lossy()
+        )),
+        "{}",
+        log()
+    );
+    assert_eq!(
+        std::fs::metadata(dependency(&first)).unwrap().ino(),
+        std::fs::metadata(dependency(&second)).unwrap().ino(),
+        "a hard-linked copy"
+    );
+    assert_eq!(
+        std::fs::read_to_string(second.join("dist/index.html")).unwrap(),
+        "greeting: hello from revision B"
+    );
+
+    // A cache broken between deploys: the deploy still succeeds, clean.
+    std::fs::remove_file(dependency(&second)).unwrap();
+    let c = repo.commit("hello from revision C");
+    run(&c);
+    let third = serving();
+    assert!(
+        log().contains(
+            "the build failed with the cached node_modules: once more with a clean install"
+        ),
+        "{}",
+        log()
+    );
+    assert_eq!(
+        std::fs::read_to_string(third.join("dist/index.html")).unwrap(),
+        "greeting: hello from revision C"
+    );
+    assert!(
+        dependency(&first).is_file(),
+        "the older release is untouched"
+    );
+
+    // A failed install fails the deploy even when the build after it would
+    // pass (the install ran where `set -e` does not apply).
+    std::fs::write(
+        repo.work.join("package.json"),
+        r#"{"name":"cached","version":"1.0.0","private":true,"scripts":{"build":"node -e \"require('fs').mkdirSync('dist',{recursive:true});require('fs').writeFileSync('dist/index.html','built anyway')\""},"dependencies":{"missing":"file:missing-1.0.0.tgz"}}"#,
+    )
+    .unwrap();
+    let d = repo.commit("hello from revision D");
+    let output = deploy(&script, &root, &nginx, &[&d]);
+    assert!(!output.status.success(), "{}", log());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(&format!("build of {d} failed")),
+        "{output:?}"
+    );
+    assert_eq!(serving(), third, "the release before keeps serving");
+}

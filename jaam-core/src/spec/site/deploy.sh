@@ -208,34 +208,85 @@ activate() {
 # Builds commit $1 into releases/$2 ($3: the commit still serving).
 build() {
   local sha="$1" release="$2" previous="$3" work="$ROOT/releases/.$2.building"
+  local lock_hash="" from="" serving
   rm -rf "$work"
   mkdir -p "$work" "$ROOT/home"
   chown "$SITE_USER:" "$work" "$ROOT/home"
   git -C "$ROOT/repo.git" archive "$sha" | as_site tar -x -C "$work"
-  # In here standard output is the build log; fd 3 is the deploy's own.
-  (
-    cd "$work"
-    load_env
-    if [ -n "$INSTALL_CMD" ]; then
-      log "install: $INSTALL_CMD (as $SITE_USER)" >&3
-      as_site bash -c "$INSTALL_CMD" 3>&-
+  # npm ci installs what both files say: the cache is keyed by both.
+  if [ -f "$work/package-lock.json" ]; then
+    lock_hash=$(cat "$work/package.json" "$work/package-lock.json" | sha256sum | cut -c 1-16)
+  fi
+  serving=$(current_release)
+  if [ -n "$serving" ] && [ -d "$ROOT/releases/$serving" ]; then
+    from="$ROOT/releases/$serving"
+  fi
+  # The build cache: the serving release's node_modules when its package.json
+  # and lockfile are this one's (a hard-linked copy: releases stay independent, nothing is
+  # downloaded or unpacked again), and the framework's own cache (.next/cache).
+  local cached=""
+  if [ -n "$lock_hash" ] && [ -n "$from" ] && [ ! -e "$work/node_modules" ] &&
+    [ -f "$from/node_modules/.jaam-lock" ] &&
+    [ "$(cat "$from/node_modules/.jaam-lock")" = "$lock_hash" ]; then
+    if cp -al "$from/node_modules" "$work/node_modules" 2>/dev/null; then
+      cached="$serving"
+    else
+      rm -rf "$work/node_modules"
     fi
-    if [ -n "$BUILD_CMD" ]; then
-      log "build: $BUILD_CMD (as $SITE_USER)" >&3
-      as_site bash -c "$BUILD_CMD" 3>&-
+  fi
+  if [ -n "$from" ] && [ -d "$from/.next/cache" ]; then
+    mkdir -p "$work/.next"
+    chown "$SITE_USER:" "$work/.next"
+    if ! cp -al "$from/.next/cache" "$work/.next/cache" 2>/dev/null; then
+      rm -rf "$work/.next/cache"
     fi
-  ) 3>&1 >>"$LOG" 2>&1 || {
-    rm -rf "$work"
-    log_tail 40
-    fail "build of $sha failed; still serving ${previous:-nothing}"
-  }
+  fi
+  if ! install_and_build "$work" "$cached" 3>&1 >>"$LOG" 2>&1; then
+    if [ -z "$cached" ]; then
+      rm -rf "$work"
+      log_tail 40
+      fail "build of $sha failed; still serving ${previous:-nothing}"
+    fi
+    # A corrupt or partial cache never breaks a deploy: once more, clean.
+    log "the build failed with the cached node_modules: once more with a clean install"
+    rm -rf "$work/node_modules" "$work/.next/cache"
+    if ! install_and_build "$work" "" 3>&1 >>"$LOG" 2>&1; then
+      rm -rf "$work"
+      log_tail 40
+      fail "build of $sha failed; still serving ${previous:-nothing}"
+    fi
+  fi
   if [ "$FRAMEWORK" = "static" ] && [ ! -d "$work/$OUTPUT_DIR" ]; then
     rm -rf "$work"
     fail "build of $sha made no $OUTPUT_DIR/; still serving ${previous:-nothing}"
   fi
+  # Which lockfile these node_modules were installed from (a new file, not
+  # the hard link a cached copy would share with the release before).
+  if [ -n "$lock_hash" ] && [ -d "$work/node_modules" ]; then
+    rm -f "$work/node_modules/.jaam-lock"
+    printf '%s\n' "$lock_hash" >"$work/node_modules/.jaam-lock"
+  fi
   touch "$work/.jaam-built"
   mv -T "$work" "$ROOT/releases/$release"
 }
+
+# Installs (or reuses the cached node_modules of release $2) and builds in
+# $1. Standard output is the build log; fd 3 is the deploy's own. Called as
+# a condition, where `set -e` does not apply: every step says its failure.
+install_and_build() (
+  cd "$1" || exit 1
+  load_env || exit 1
+  if [ -n "$2" ]; then
+    log "install: reusing node_modules of release $2 (package.json and package-lock.json unchanged)" >&3
+  elif [ -n "$INSTALL_CMD" ]; then
+    log "install: $INSTALL_CMD (clean, as $SITE_USER)" >&3
+    as_site bash -c "$INSTALL_CMD" 3>&- || exit 1
+  fi
+  if [ -n "$BUILD_CMD" ]; then
+    log "build: $BUILD_CMD (as $SITE_USER)" >&3
+    as_site bash -c "$BUILD_CMD" 3>&- || exit 1
+  fi
+)
 
 # Keeps the newest $KEEP releases, never the one being served.
 prune() {

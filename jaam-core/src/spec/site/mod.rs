@@ -96,6 +96,15 @@
 //! either (`user_data_replace_on_change: false`): the plan notes it and
 //! `jaam apply --replace site.NAME.instance` takes it.
 //!
+//! Builds keep a cache: npm's download cache lives in the site user's home
+//! (`/srv/jaam/<site>/home/.npm`) across deploys; a release whose
+//! `package.json` and `package-lock.json` are the serving release's starts
+//! from a hard-linked copy of its `node_modules` (no install at all), and
+//! `.next/cache` is carried over. If a build on the cached `node_modules`
+//! fails, it runs once more after a clean install, so a corrupt or partial
+//! cache never fails a deploy (a broken build then costs two builds); the
+//! build log says which path ran.
+//!
 //! A server app runs as the unit `jaam-site-<name>@<port>`; the serving
 //! one is enabled, so it comes back with nginx after a reboot or stop/start.
 //! nginx serves HTTP until the certificate is installed;
