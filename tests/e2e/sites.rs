@@ -1531,3 +1531,145 @@ fn deploy_script_should_reuse_node_modules_and_fall_back_to_a_clean_install() {
     );
     assert_eq!(serving(), third, "the release before keeps serving");
 }
+
+/// Issue 17, item 3: the bootstrap adds 2 GiB of swap where memory is under
+/// 2 GiB and there is no swap yet (run here against stand-ins of
+/// fallocate/mkswap/swapon and a made-up meminfo).
+#[test]
+fn bootstrap_should_add_swap_only_where_memory_is_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let calls = dir.path().join("calls");
+    for (tool, body) in [
+        ("fallocate", "touch \"$3\""),
+        ("mkswap", "true"),
+        (
+            "swapon",
+            "if [ \"$1\" = --show=NAME ]; then printf '%s' \"${FAKE_SWAP:-}\"; fi",
+        ),
+    ] {
+        let path = bin.join(tool);
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/bash\necho \"{tool} $*\" >>{}\n{body}\n",
+                calls.display()
+            ),
+        )
+        .unwrap();
+        Command::new("chmod").arg("+x").arg(&path).status().unwrap();
+    }
+    let swapfile = dir.path().join("swapfile");
+    let fstab = dir.path().join("fstab");
+    let script = site::swap_script(swapfile.to_str().unwrap(), fstab.to_str().unwrap());
+    let run = |mem_kb: u64, existing: &str| {
+        let _ = std::fs::remove_file(&calls);
+        let _ = std::fs::remove_file(&fstab);
+        let meminfo = dir.path().join("meminfo");
+        std::fs::write(
+            &meminfo,
+            format!("MemTotal: {mem_kb} kB\nSwapTotal: 0 kB\n"),
+        )
+        .unwrap();
+        let output = Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .env(
+                "PATH",
+                format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+            )
+            .env("JAAM_MEMINFO", &meminfo)
+            .env("FAKE_SWAP", existing)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        (
+            std::fs::read_to_string(&calls).unwrap_or_default(),
+            std::fs::read_to_string(&fstab).unwrap_or_default(),
+        )
+    };
+    // A t3.micro (1 GiB) without swap: 2 GiB of swap, kept across reboots.
+    let (called, table) = run(1_000_000, "");
+    assert!(
+        called.contains(&format!("mkswap {}", swapfile.display())),
+        "{called}"
+    );
+    assert!(
+        called.contains(&format!("swapon {}", swapfile.display())),
+        "{called}"
+    );
+    assert_eq!(table, format!("{} none swap sw 0 0\n", swapfile.display()));
+    // Swap there already, or memory enough: nothing done.
+    let (called, table) = run(1_000_000, "/dev/zram0");
+    assert!(!called.contains("mkswap") && table.is_empty(), "{called}");
+    let (called, table) = run(4_000_000, "");
+    assert!(called.is_empty() && table.is_empty(), "{called}");
+}
+
+/// Issue 17, item 3: the build's heap is sized from the instance's memory
+/// and swap; a build killed for memory fails with a message that says so
+/// and names a bigger `instance_type`, and the release before keeps serving.
+#[test]
+fn a_build_killed_for_memory_should_say_so_and_name_a_bigger_instance_type() {
+    let dir = site_dir();
+    let repo = Repo::new(dir.path(), "static-spa");
+    let a = git(&repo.work, &["rev-parse", "HEAD"]);
+    let root = dir.path().join("site");
+    let meminfo = dir.path().join("meminfo");
+    // 1,000,000 kB of memory + 2 GiB of swap: (976 + 2048) * 3 / 4 MB.
+    std::fs::write(&meminfo, "MemTotal: 1000000 kB\nSwapTotal: 2097152 kB\n").unwrap();
+    let deploy_with = |build: &str, sha: &str| {
+        let site = sample_site(
+            "heap",
+            "static",
+            &[
+                ("repo_url", Value::from(repo.bare.to_str().unwrap())),
+                ("build", Value::from(build)),
+            ],
+        );
+        let script = dir.path().join("deploy");
+        std::fs::write(&script, site::deploy_script(&site, &site.root())).unwrap();
+        let nginx = Nginx::start(
+            &dir.path().join(format!("nginx-{}", &sha[..7])),
+            &site,
+            &root,
+        );
+        let mut command = Command::new("bash");
+        command
+            .arg(&script)
+            .arg(sha)
+            .env("JAAM_SITE_ROOT", &root)
+            .env("JAAM_SITE_USER", SITE_USER)
+            .env("JAAM_NO_SYSTEMD", "1")
+            .env("JAAM_NGINX_RELOAD", nginx.reload_command())
+            .env("JAAM_FETCH_SECRETS", "/nonexistent")
+            .env("JAAM_MEMINFO", &meminfo);
+        command.output().unwrap()
+    };
+    let output = deploy_with(
+        "mkdir -p dist && printf '%s' \"$NODE_OPTIONS\" >dist/index.html",
+        &a,
+    );
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("current/dist/index.html")).unwrap(),
+        "--max-old-space-size=2268"
+    );
+
+    let b = repo.commit("hello from revision B");
+    let output = deploy_with("echo 'allocating…'; kill -9 $$", &b);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("build of {b} was killed (SIGKILL, exit 137)"))
+            && stderr.contains("lack of memory (3024 MB of memory and swap here)")
+            && stderr.contains("choose a bigger instance_type")
+            && stderr.contains(&format!("still serving {a}")),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("current/dist/index.html")).unwrap(),
+        "--max-old-space-size=2268",
+        "the release before keeps serving"
+    );
+}

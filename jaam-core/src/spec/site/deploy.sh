@@ -241,20 +241,23 @@ build() {
       rm -rf "$work/.next/cache"
     fi
   fi
-  if ! install_and_build "$work" "$cached" 3>&1 >>"$LOG" 2>&1; then
-    if [ -z "$cached" ]; then
-      rm -rf "$work"
-      log_tail 40
-      fail "build of $sha failed; still serving ${previous:-nothing}"
-    fi
+  local status=0
+  install_and_build "$work" "$cached" 3>&1 >>"$LOG" 2>&1 || status=$?
+  if [ "$status" -ne 0 ] && [ -n "$cached" ] && [ "$status" -ne 137 ]; then
     # A corrupt or partial cache never breaks a deploy: once more, clean.
     log "the build failed with the cached node_modules: once more with a clean install"
     rm -rf "$work/node_modules" "$work/.next/cache"
-    if ! install_and_build "$work" "" 3>&1 >>"$LOG" 2>&1; then
-      rm -rf "$work"
-      log_tail 40
-      fail "build of $sha failed; still serving ${previous:-nothing}"
-    fi
+    status=0
+    install_and_build "$work" "" 3>&1 >>"$LOG" 2>&1 || status=$?
+  fi
+  if [ "$status" -eq 137 ]; then
+    rm -rf "$work"
+    log_tail 20
+    fail "build of $sha was killed (SIGKILL, exit 137), most likely by the kernel for lack of memory ($(memory_mb) MB of memory and swap here); choose a bigger instance_type (t3.small: 2 GiB, t3.medium: 4 GiB); still serving ${previous:-nothing}"
+  elif [ "$status" -ne 0 ]; then
+    rm -rf "$work"
+    log_tail 40
+    fail "build of $sha failed; still serving ${previous:-nothing}"
   fi
   if [ "$FRAMEWORK" = "static" ] && [ ! -d "$work/$OUTPUT_DIR" ]; then
     rm -rf "$work"
@@ -283,10 +286,31 @@ install_and_build() (
     as_site bash -c "$INSTALL_CMD" 3>&- || exit 1
   fi
   if [ -n "$BUILD_CMD" ]; then
-    log "build: $BUILD_CMD (as $SITE_USER)" >&3
-    as_site bash -c "$BUILD_CMD" 3>&- || exit 1
+    # Node's heap for the build, sized from the instance (unless the env
+    # sets it): three quarters of memory and swap.
+    case "${NODE_OPTIONS:-}" in
+      *max-old-space-size*) ;;
+      *)
+        NODE_OPTIONS="--max-old-space-size=$(heap_mb)${NODE_OPTIONS:+ $NODE_OPTIONS}"
+        export NODE_OPTIONS
+        ;;
+    esac
+    log "build: $BUILD_CMD (as $SITE_USER; ${NODE_OPTIONS})" >&3
+    as_site env NODE_OPTIONS="$NODE_OPTIONS" bash -c "$BUILD_CMD" 3>&- || exit $?
   fi
 )
+
+# Memory and swap in MB (JAAM_MEMINFO: another meminfo, for tests).
+memory_mb() {
+  awk '/^(MemTotal|SwapTotal):/ {kb += $2} END {print int(kb / 1024)}' "${JAAM_MEMINFO:-/proc/meminfo}"
+}
+
+# The build's heap: three quarters of memory and swap, at least 256 MB.
+heap_mb() {
+  local mb
+  mb=$(($(memory_mb) * 3 / 4))
+  echo $((mb < 256 ? 256 : mb))
+}
 
 # Keeps the newest $KEEP releases, never the one being served.
 prune() {

@@ -105,6 +105,12 @@
 //! cache never fails a deploy (a broken build then costs two builds); the
 //! build log says which path ran.
 //!
+//! Builds fit the instance: the bootstrap adds 2 GiB of swap where memory
+//! is under 2 GiB ([`swap_script`]), the build's Node heap is three quarters
+//! of memory and swap (`NODE_OPTIONS=--max-old-space-size`, unless the env
+//! sets it), and a build killed for memory (SIGKILL) fails saying so and
+//! naming a bigger `instance_type`.
+//!
 //! A server app runs as the unit `jaam-site-<name>@<port>`; the serving
 //! one is enabled, so it comes back with nginx after a reboot or stop/start.
 //! nginx serves HTTP until the certificate is installed;
@@ -702,6 +708,21 @@ pub fn files(site: &Site) -> BTreeMap<String, String> {
     ])
 }
 
+/// The bootstrap's swap: 2 GiB at `swapfile` (recorded in `fstab`) when the
+/// instance has less than 2 GiB of memory and no swap yet, so a build does
+/// not die for memory on a t3.micro. `JAAM_MEMINFO` reads another meminfo
+/// (tests).
+pub fn swap_script(swapfile: &str, fstab: &str) -> String {
+    format!(
+        "# Builds need memory: 2 GiB of swap where there is less than 2 GiB.\n\
+         if [ \"$(awk '/^MemTotal:/ {{print $2}}' \"${{JAAM_MEMINFO:-/proc/meminfo}}\")\" -lt 2000000 ] &&\n  \
+         [ -z \"$(swapon --show=NAME --noheadings)\" ]; then\n  \
+         if fallocate -l 2G {swapfile} && chmod 0600 {swapfile} && mkswap {swapfile} && swapon {swapfile}; then\n    \
+         echo '{swapfile} none swap sw 0 0' >>{fstab}\n  \
+         else\n    echo 'jaam: could not add swap; builds have the memory there is' >&2\n  fi\nfi\n"
+    )
+}
+
 /// The instance's user data: a small bootstrap that installs the packages
 /// (node, nginx, git, the CloudWatch agent), makes the site's directories
 /// and system user and starts nginx. Everything that names the app — the
@@ -725,8 +746,10 @@ id -u {user} >/dev/null 2>&1 ||
   useradd --system --home-dir {root}/home --no-create-home --shell /sbin/nologin {user}
 install -d -m 0750 -o {user} -g {user} {root}/home
 
+{swap}
 systemctl enable --now nginx
 "#,
+        swap = swap_script("/swapfile", "/etc/fstab"),
         name = site.name,
         node = shell_quote(&site.node_version),
         root = site.root(),
