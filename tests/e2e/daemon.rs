@@ -672,10 +672,15 @@ async fn sigterm_during_a_reconcile_should_finish_it_and_exit_0() {
 
 /// Issue 14, item 3 (in part): a failed push is retried as what it was — a
 /// deploy of the pushed site planned from state — never as a full refresh.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_failed_push_should_be_retried_as_a_deploy() {
-    let moto = moto_endpoint();
-    let _moto = jaam_tests::MOTO.read().await;
+/// A proxy in front of moto whose deploys fail (a build's tail as SSM
+/// reports it) while the flag is set; it also counts DescribeInstances.
+async fn failing_builds(
+    moto: &str,
+) -> (
+    Arc<std::sync::atomic::AtomicBool>,
+    Arc<AtomicUsize>,
+    jaam_tests::InterceptProxy,
+) {
     let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let describes = Arc::new(AtomicUsize::new(0));
     let answer: jaam_tests::Answer = {
@@ -696,7 +701,15 @@ async fn a_failed_push_should_be_retried_as_a_deploy() {
             )
         })
     };
-    let proxy = jaam_tests::InterceptProxy::start(&moto, answer).await;
+    let proxy = jaam_tests::InterceptProxy::start(moto, answer).await;
+    (failing, describes, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_push_should_be_retried_as_a_deploy() {
+    let moto = moto_endpoint();
+    let _moto = jaam_tests::MOTO.read().await;
+    let (failing, describes, proxy) = failing_builds(&moto).await;
     let github = GithubFake::start().await;
     let ws = Workspace::new(&unique("daemonretry"));
     let repo = format!("acme/{}", ws.stack);
@@ -751,23 +764,7 @@ async fn a_failed_push_should_be_retried_as_a_deploy() {
 async fn a_revision_that_keeps_failing_should_be_parked_until_a_new_push() {
     let moto = moto_endpoint();
     let _moto = jaam_tests::MOTO.read().await;
-    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let answer: jaam_tests::Answer = {
-        let failing = Arc::clone(&failing);
-        Arc::new(move |head: &str, body: &str| {
-            if !(failing.load(Ordering::SeqCst)
-                && head.contains("x-amz-target: amazonssm.getcommandinvocation"))
-            {
-                return jaam_tests::Intercept::Forward;
-            }
-            jaam_tests::Intercept::failed_invocation(
-                body,
-                "> build\nerror: the build broke\n",
-                "error: build failed; still serving the previous release",
-            )
-        })
-    };
-    let proxy = jaam_tests::InterceptProxy::start(&moto, answer).await;
+    let (failing, _, proxy) = failing_builds(&moto).await;
     let github = GithubFake::start().await;
     let ws = Workspace::new(&unique("daemonpark"));
     let repo = format!("acme/{}", ws.stack);

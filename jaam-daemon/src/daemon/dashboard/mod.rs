@@ -389,6 +389,37 @@ struct SiteView {
     history: Vec<jaam_core::history::Deployment>,
 }
 
+impl SiteView {
+    /// Its URL as a link, or `none` when it is not served yet.
+    fn url_html(&self, none: &str) -> String {
+        self.url.as_ref().map_or_else(
+            || none.to_owned(),
+            |u| format!("<a class=\"url\" href=\"{0}\">{0}</a>", escape(u)),
+        )
+    }
+
+    /// Its repository (linked) and branch.
+    fn repo_html(&self) -> String {
+        self.repo.as_ref().map_or_else(
+            || "—".to_owned(),
+            |r| {
+                format!(
+                    "<a href=\"https://github.com/{0}\">{0}</a> <span class=\"muted\">{1}</span>",
+                    escape(r),
+                    escape(self.branch.as_deref().unwrap_or_default())
+                )
+            },
+        )
+    }
+
+    /// The revision serving, linked to its commit.
+    fn serving_html(&self) -> String {
+        self.serving
+            .as_ref()
+            .map_or_else(|| "—".to_owned(), |s| commit_link(self.repo.as_deref(), s))
+    }
+}
+
 /// Reads what every site shows: routes, state, history, status.
 async fn sites(daemon: &Daemon) -> BTreeMap<String, SiteView> {
     let routes = daemon.routes.read().expect("routes").all_sites();
@@ -538,25 +569,9 @@ async fn index(State(daemon): State<Shared>, headers: HeaderMap) -> Response {
              {url}\n<dl>\n<dt>Repository</dt><dd>{repo}</dd>\n<dt>Serving</dt><dd>{serving}</dd>\n<dt>Last deploy</dt><dd>{last}</dd>\n{drift}</dl>\n</article>\n",
             name = escape(&site.name),
             result = last.map(|d| badge(&d.result)).unwrap_or_default(),
-            url = site
-                .url
-                .as_ref()
-                .map(|u| format!("<a class=\"url\" href=\"{0}\">{0}</a>", escape(u)))
-                .unwrap_or_else(|| "<span class=\"muted\">not served yet</span>".to_owned()),
-            repo = site
-                .repo
-                .as_ref()
-                .map(|r| format!(
-                    "<a href=\"https://github.com/{0}\">{0}</a> <span class=\"muted\">{1}</span>",
-                    escape(r),
-                    escape(site.branch.as_deref().unwrap_or_default())
-                ))
-                .unwrap_or_else(|| "—".to_owned()),
-            serving = site
-                .serving
-                .as_ref()
-                .map(|s| commit_link(site.repo.as_deref(), s))
-                .unwrap_or_else(|| "—".to_owned()),
+            url = site.url_html("<span class=\"muted\">not served yet</span>"),
+            repo = site.repo_html(),
+            serving = site.serving_html(),
             last = last
                 .map(|d| format!("{} · {}", escape(&d.trigger), time(d.started)))
                 .unwrap_or_else(|| "—".to_owned()),
@@ -623,25 +638,9 @@ async fn site_page(
          <div class=\"actions\"><button data-action=\"/sites/{name}/deploy\">Deploy latest</button>\
          <button class=\"secondary\" data-action=\"/sites/{name}/rollback\" data-confirm=\"Switch {name} back to its previous release now?\">Roll back</button></div></section>\n\
          <section class=\"card\"><dl class=\"wide\"><dt>Repository</dt><dd>{repo}</dd><dt>Serving</dt><dd id=\"serving\">{serving}</dd>{drift}</dl></section>\n",
-        url = site
-            .url
-            .as_ref()
-            .map(|u| format!("<a class=\"url\" href=\"{0}\">{0}</a>", escape(u)))
-            .unwrap_or_default(),
-        repo = site
-            .repo
-            .as_ref()
-            .map(|r| format!(
-                "<a href=\"https://github.com/{0}\">{0}</a> <span class=\"muted\">{1}</span>",
-                escape(r),
-                escape(site.branch.as_deref().unwrap_or_default())
-            ))
-            .unwrap_or_else(|| "—".to_owned()),
-        serving = site
-            .serving
-            .as_ref()
-            .map(|s| commit_link(site.repo.as_deref(), s))
-            .unwrap_or_else(|| "—".to_owned()),
+        url = site.url_html(""),
+        repo = site.repo_html(),
+        serving = site.serving_html(),
         drift = if site.drift.is_empty() {
             String::new()
         } else {
