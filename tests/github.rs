@@ -15,7 +15,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 /// What the fake holds.
@@ -36,6 +36,12 @@ pub struct Repos {
     pub files: BTreeMap<(String, String), String>,
     /// Branch reads answered `304 Not Modified` (a matching `If-None-Match`).
     pub not_modified: usize,
+    /// Deployments by id: repository and the request's body.
+    pub deployments: BTreeMap<i64, (String, Value)>,
+    /// Deployment statuses in order: deployment id and the request's body.
+    pub statuses: Vec<(i64, Value)>,
+    /// Repositories whose deployments the token may not write (403).
+    pub deployments_denied: std::collections::BTreeSet<String>,
     next_id: i64,
 }
 
@@ -268,6 +274,47 @@ async fn contents(
         })
 }
 
+async fn create_deployment(
+    State(repos): State<Shared>,
+    Path((owner, name)): Path<(String, String)>,
+    Json(body): Json<Value>,
+) -> Response {
+    let repo = format!("{owner}/{name}");
+    let mut repos = repos.lock().expect("fake");
+    if repos.deployments_denied.contains(&repo) {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({"message": "Resource not accessible by personal access token"})),
+        )
+            .into_response();
+    }
+    repos.next_id += 1;
+    let id = repos.next_id;
+    repos.deployments.insert(id, (repo, body.clone()));
+    (
+        StatusCode::CREATED,
+        Json(json!({"id": id, "ref": body["ref"], "environment": body["environment"]})),
+    )
+        .into_response()
+}
+
+async fn create_status(
+    State(repos): State<Shared>,
+    Path((_owner, _name, id)): Path<(String, String, i64)>,
+    Json(body): Json<Value>,
+) -> Response {
+    let mut repos = repos.lock().expect("fake");
+    if !repos.deployments.contains_key(&id) {
+        return not_found();
+    }
+    repos.statuses.push((id, body.clone()));
+    (
+        StatusCode::CREATED,
+        Json(json!({"id": id, "state": body["state"]})),
+    )
+        .into_response()
+}
+
 async fn gate(
     State(repos): State<Shared>,
     headers: HeaderMap,
@@ -337,6 +384,11 @@ impl GithubFake {
             )
             .route("/repos/{owner}/{name}/branches/{branch}", get(branch))
             .route("/repos/{owner}/{name}/contents/{*path}", get(contents))
+            .route("/repos/{owner}/{name}/deployments", post(create_deployment))
+            .route(
+                "/repos/{owner}/{name}/deployments/{id}/statuses",
+                post(create_status),
+            )
             .layer(middleware::from_fn_with_state(Arc::clone(&repos), gate))
             .with_state(Arc::clone(&repos));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -142,6 +142,10 @@ pub(crate) struct DaemonArgs {
     /// How long a reconcile waits for the state lock another process holds.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub(crate) lock_wait: Duration,
+    /// The daemon's address as people reach it (`https://jaam.example.com`):
+    /// GitHub deployment statuses link to its page of the site as their log.
+    #[arg(long, env = "JAAM_PUBLIC_URL")]
+    pub(crate) public_url: Option<String>,
     /// Failed deploys in a row of one revision after which it is parked: not
     /// deployed again until a new push, a spec change or a manual apply (0:
     /// never park).

@@ -713,6 +713,13 @@ async fn a_failed_push_should_be_retried_as_a_deploy() {
     let github = GithubFake::start().await;
     let ws = Workspace::new(&unique("daemonretry"));
     let repo = format!("acme/{}", ws.stack);
+    // A token that may not write deployments: a warning, never a failed deploy.
+    github
+        .repos
+        .lock()
+        .unwrap()
+        .deployments_denied
+        .insert(repo.clone());
     let domain = format!("{}.test", ws.stack);
     hosted_zone(&domain).await;
     let (a, b) = (sha(), sha());
@@ -752,6 +759,12 @@ async fn a_failed_push_should_be_retried_as_a_deploy() {
     daemon.wait_until("the retried deploy", Duration::from_secs(90), |d| {
         revision(d) == b
     });
+    assert!(
+        daemon
+            .logs()
+            .contains("no GitHub deployment for this deploy"),
+        "the missing permission is a warning"
+    );
     assert_eq!(daemon.terminate(), Some(0));
     cli(&ws, &github, &moto, &["destroy", "--auto-approve"]).expect_code(0);
 }
@@ -778,7 +791,14 @@ async fn a_revision_that_keeps_failing_should_be_parked_until_a_new_push() {
             &ws,
             Some(&github),
             &proxy.url,
-            &["--max-failures", "2", "--resync", "3s"],
+            &[
+                "--max-failures",
+                "2",
+                "--resync",
+                "3s",
+                "--public-url",
+                "https://jaam.example.test/",
+            ],
         ),
         ws.dir.path().join("daemon.log"),
     );
@@ -828,6 +848,43 @@ async fn a_revision_that_keeps_failing_should_be_parked_until_a_new_push() {
         revision(d) == c
     });
     assert_eq!(daemon.status()["parked"], serde_json::json!([]));
+
+    // Issue 15, item 2: each deploy was a GitHub deployment of its commit,
+    // moved in_progress then success or failure, with the site's URL and
+    // the daemon's page of it.
+    let (deployments, statuses) = {
+        let fake = github.repos.lock().unwrap();
+        (fake.deployments.clone(), fake.statuses.clone())
+    };
+    let of = |sha: &str| -> Vec<(i64, serde_json::Value)> {
+        deployments
+            .iter()
+            .filter(|(_, (r, body))| *r == repo && body["ref"] == sha)
+            .map(|(id, (_, body))| (*id, body.clone()))
+            .collect()
+    };
+    let states = |id: i64| -> Vec<String> {
+        statuses
+            .iter()
+            .filter(|(d, _)| *d == id)
+            .map(|(_, body)| body["state"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    for (sha, expected) in [(&a, "success"), (&c, "success")] {
+        let made = of(sha);
+        assert_eq!(made.len(), 1, "one deployment of {sha}: {deployments:?}");
+        let (id, body) = &made[0];
+        assert_eq!(body["environment"], "production");
+        assert_eq!(states(*id), ["in_progress", expected], "{statuses:?}");
+    }
+    let failed = of(&b);
+    assert_eq!(failed.len(), 2, "two failed deploys of b: {deployments:?}");
+    for (id, _) in &failed {
+        assert_eq!(states(*id), ["in_progress", "failure"], "{statuses:?}");
+    }
+    let last = &statuses.last().unwrap().1;
+    assert_eq!(last["environment_url"], format!("http://blog.{domain}"));
+    assert_eq!(last["log_url"], "https://jaam.example.test/sites/blog");
     assert_eq!(daemon.terminate(), Some(0));
     cli(&ws, &github, &moto, &["destroy", "--auto-approve"]).expect_code(0);
 }

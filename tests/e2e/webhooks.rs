@@ -234,6 +234,32 @@ async fn every_request_should_match_githubs_schema() {
         .await
         .expect("delete matches the schema");
 
+    // Issue 15, item 2: a deployment and its statuses, as the daemon sends them.
+    let api = jaam_core::providers::github::Api::new(&simulator, Some("ghp_test".into()));
+    let id = api
+        .create_deployment(
+            "octocat/Hello-World",
+            "7fd1a60b01f91b314f59955a4e4d4e80d8edf11d",
+            "production",
+            "jaam: deploying 7fd1a60",
+        )
+        .await
+        .expect("a deployment matches the schema");
+    for state in ["in_progress", "success", "failure"] {
+        api.deployment_status(
+            "octocat/Hello-World",
+            id,
+            &jaam_core::providers::github::DeploymentStatus {
+                state,
+                description: "jaam: deployed",
+                environment_url: Some("https://blog.example.test"),
+                log_url: Some("https://jaam.example.test/sites/blog"),
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("a {state} status matches the schema: {e}"));
+    }
+
     // The simulator does reject what GitHub would: a malformed body is a 400.
     let bad = std::process::Command::new("curl")
         .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])

@@ -149,6 +149,19 @@ impl Answer {
 type HeadCache =
     std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, String), (String, String)>>>;
 
+/// One deployment status (see [`Api::deployment_status`]).
+#[derive(Clone, Copy, Debug)]
+pub struct DeploymentStatus<'a> {
+    /// `in_progress`, `success`, `failure` or `error`.
+    pub state: &'a str,
+    /// A line for people (at most 140 characters).
+    pub description: &'a str,
+    /// Where the deployment serves.
+    pub environment_url: Option<&'a str>,
+    /// Where its log is.
+    pub log_url: Option<&'a str>,
+}
+
 /// A GitHub REST client (octocrab) that waits out rate limits.
 #[derive(Clone)]
 pub struct Api {
@@ -263,6 +276,73 @@ impl Api {
             .decode(encoded)
             .map_err(|e| ProviderError::new(ErrorKind::Other, format!("file: {e}")))?;
         Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// Creates a GitHub deployment of `sha` in `repo` for `environment`
+    /// (`production`, `preview/pr-42`): what GitHub shows on the commit and
+    /// the pull request. Returns its id.
+    ///
+    /// # Errors
+    /// A failed call (a token without "Deployments: write" gets 403/404).
+    pub async fn create_deployment(
+        &self,
+        repo: &str,
+        sha: &str,
+        environment: &str,
+        description: &str,
+    ) -> Result<u64> {
+        let body = json!({
+            "ref": sha,
+            "environment": environment,
+            "description": description,
+            "auto_merge": false,
+            "required_contexts": [],
+            "production_environment": environment == "production",
+            "transient_environment": environment != "production",
+        });
+        let answer = self
+            .expect(
+                Method::POST,
+                &format!("/repos/{repo}/deployments"),
+                Some(&body),
+            )
+            .await?;
+        answer
+            .json("deployment")?
+            .get("id")
+            .and_then(Json::as_u64)
+            .ok_or_else(|| ProviderError::new(ErrorKind::Other, "a deployment without an id"))
+    }
+
+    /// Sets deployment `id`'s state (`in_progress`, `success`, `failure`),
+    /// with the URL it serves and the URL of its log.
+    ///
+    /// # Errors
+    /// A failed call.
+    pub async fn deployment_status(
+        &self,
+        repo: &str,
+        id: u64,
+        status: &DeploymentStatus<'_>,
+    ) -> Result<()> {
+        let mut body = json!({
+            "state": status.state,
+            "description": status.description,
+            "auto_inactive": true,
+        });
+        if let Some(url) = status.environment_url {
+            body["environment_url"] = json!(url);
+        }
+        if let Some(url) = status.log_url {
+            body["log_url"] = json!(url);
+        }
+        self.expect(
+            Method::POST,
+            &format!("/repos/{repo}/deployments/{id}/statuses"),
+            Some(&body),
+        )
+        .await?;
+        Ok(())
     }
 
     /// [`Api::branch_head`] as the instance provider's revision resolver.

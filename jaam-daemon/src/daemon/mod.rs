@@ -46,6 +46,9 @@
 //! (with a token and `--public-read`, reads are open and actions still need
 //! the token).
 //!
+//! Each deploy is also a GitHub deployment with its statuses
+//! ([`deployments`]).
+//!
 //! `GET /` is the dashboard ([`dashboard`]): the sites, their deploy
 //! history, live build logs, and buttons to deploy, roll back and apply
 //! drift (which always need the token).
@@ -62,6 +65,7 @@
 //!   whatever the plan holds; only resyncs obey `report`.
 
 mod dashboard;
+mod deployments;
 mod http;
 mod logs;
 mod metrics;
@@ -134,6 +138,8 @@ pub(crate) struct Daemon {
     retry_after: Mutex<Option<DateTime<Utc>>>,
     /// Revisions that keep failing (see [`parking`]).
     parking: parking::Parking,
+    /// GitHub, for deployment statuses (see [`deployments`]).
+    github: jaam_core::providers::github::Api,
     /// Set by a reconcile whose every failure parked its revision: no retry.
     all_parked: std::sync::atomic::AtomicBool,
     parameters: jaam_core::providers::aws::parameters::Parameters,
@@ -197,6 +203,7 @@ pub(crate) async fn run(global: &Global, args: &DaemonArgs) -> anyhow::Result<Ex
         stored_secrets: Mutex::default(),
         retry_after: Mutex::default(),
         parking,
+        github: jaam_core::providers::github::Api::from_env(),
         all_parked: std::sync::atomic::AtomicBool::new(false),
         parameters: jaam_core::providers::aws::parameters::Parameters::new(&sdk, None),
         intake: CancellationToken::new(),
@@ -556,10 +563,20 @@ impl Daemon {
                 return Ok("drift_reported");
             }
             let (started, took) = (Utc::now(), std::time::Instant::now());
+            let routes = self.routes.read().expect("routes").all_sites();
+            let on_github = deployments::start(
+                &self.github,
+                &plan,
+                &config,
+                &routes,
+                self.args.public_url.as_deref(),
+            )
+            .await;
             let report = session
                 .apply(&plan, &Default::default(), None, cancel.clone())
                 .await
                 .map_err(|e| e.to_string())?;
+            deployments::finish(&self.github, &on_github, &report).await;
             self.metrics.apply(took.elapsed());
             let deployments = jaam_core::history::from_apply(
                 &plan,

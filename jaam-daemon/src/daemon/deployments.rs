@@ -1,0 +1,144 @@
+//! Deploy status on GitHub: each site deploy the daemon runs is a GitHub
+//! deployment (environment `production`) of the commit it deploys, moved
+//! `in_progress` when the apply starts and `success` or `failure` when it
+//! ends, with the site's URL (`environment_url`) and, with `--public-url`,
+//! the daemon's page of the site as its log (`log_url`). GitHub shows them on
+//! the commit and the pull request, as Vercel's and Netlify's checks do.
+//!
+//! A token that may not write deployments ("Deployments: write" on a
+//! fine-grained token, `repo_deployment` on a classic one) costs a warning
+//! in the daemon's log, never a failed deploy; so does any other error of
+//! these calls.
+
+use jaam_core::ResourceAddr;
+use jaam_core::providers::github::{Api, DeploymentStatus};
+
+/// One deploy the apply is about to run.
+pub(super) struct Started {
+    site: String,
+    repo: String,
+    revision: String,
+    addr: ResourceAddr,
+    url: Option<String>,
+    log_url: Option<String>,
+    id: Option<u64>,
+}
+
+/// What an apply of `plan` deploys: sites whose instance gets a new commit.
+fn planned(
+    plan: &jaam_core::Plan,
+    config: &jaam_core::spec::Config,
+    routes: &std::collections::BTreeMap<String, (String, String)>,
+    public_url: Option<&str>,
+) -> Vec<Started> {
+    plan.changes
+        .iter()
+        .filter(|change| change.action.is_change() && change.addr.kind() == "instance")
+        .filter_map(|change| {
+            let site = change.addr.composite()?;
+            let name = site.name().to_owned();
+            let revision = change.after.as_ref()?.get("revision")?.as_str()?.to_owned();
+            let before = change
+                .before
+                .as_ref()
+                .and_then(|b| b.get("revision")?.as_str());
+            if before == Some(revision.as_str()) || !revision.chars().all(|c| c.is_ascii_hexdigit())
+            {
+                return None;
+            }
+            let (repo, _) = routes.get(&name)?.clone();
+            let record: ResourceAddr = format!("site.{name}.record").parse().ok()?;
+            let domain = config
+                .resources()
+                .get(&record)
+                .and_then(|r| r.args.get("name"))
+                .map(|expr| expr.evaluate(&|_, _| None, &|_| None))
+                .and_then(|value| value.as_str().map(str::to_owned));
+            let https = config.resources().keys().any(|addr| {
+                addr.kind() == "certificate"
+                    && (addr.to_string() == format!("site.{name}.certificate")
+                        || addr.name().starts_with("wildcard-"))
+            });
+            Some(Started {
+                url: domain.map(|d| format!("{}://{d}", if https { "https" } else { "http" })),
+                log_url: public_url
+                    .map(|base| format!("{}/sites/{name}", base.trim_end_matches('/'))),
+                site: name,
+                repo,
+                revision,
+                addr: change.addr.clone(),
+                id: None,
+            })
+        })
+        .collect()
+}
+
+/// Creates the deployments of what `plan` deploys, `in_progress`.
+pub(super) async fn start(
+    api: &Api,
+    plan: &jaam_core::Plan,
+    config: &jaam_core::spec::Config,
+    routes: &std::collections::BTreeMap<String, (String, String)>,
+    public_url: Option<&str>,
+) -> Vec<Started> {
+    let mut started = planned(plan, config, routes, public_url);
+    for deploy in &mut started {
+        let description = format!(
+            "jaam: deploying {}",
+            &deploy.revision[..7.min(deploy.revision.len())]
+        );
+        match api
+            .create_deployment(&deploy.repo, &deploy.revision, "production", &description)
+            .await
+        {
+            Ok(id) => {
+                deploy.id = Some(id);
+                set(api, deploy, "in_progress", &description).await;
+            }
+            Err(error) => tracing::warn!(
+                site = deploy.site,
+                repo = deploy.repo,
+                %error,
+                "no GitHub deployment for this deploy (the token may lack \"Deployments: write\"); the deploy goes on"
+            ),
+        }
+    }
+    started
+}
+
+/// Moves each deployment to `success` or `failure` per `report`.
+pub(super) async fn finish(api: &Api, started: &[Started], report: &jaam_core::apply::Report) {
+    for deploy in started.iter().filter(|d| d.id.is_some()) {
+        let failure = report.failed.iter().find(|f| f.addr() == &deploy.addr);
+        let (state, description) = if report.applied.contains(&deploy.addr) {
+            ("success", "jaam: deployed".to_owned())
+        } else if let Some(failure) = failure {
+            let why = std::error::Error::source(failure)
+                .map_or_else(|| failure.to_string(), ToString::to_string);
+            let line = why.lines().next().unwrap_or_default();
+            (
+                "failure",
+                format!("jaam: {}", line.chars().take(120).collect::<String>()),
+            )
+        } else {
+            (
+                "failure",
+                "jaam: not deployed (the apply stopped first)".to_owned(),
+            )
+        };
+        set(api, deploy, state, &description).await;
+    }
+}
+
+async fn set(api: &Api, deploy: &Started, state: &str, description: &str) {
+    let Some(id) = deploy.id else { return };
+    let status = DeploymentStatus {
+        state,
+        description,
+        environment_url: deploy.url.as_deref(),
+        log_url: deploy.log_url.as_deref(),
+    };
+    if let Err(error) = api.deployment_status(&deploy.repo, id, &status).await {
+        tracing::warn!(site = deploy.site, state, %error, "a GitHub deployment status was not set");
+    }
+}
