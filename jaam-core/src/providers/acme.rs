@@ -289,6 +289,9 @@ pub struct Certificates {
     /// certificates of one apply never register two accounts.
     accounts: tokio::sync::Mutex<HashMap<String, Account>>,
     /// The `Retry-After` of the CA's last error answer (see [`RetryAfterWatch`]).
+    /// One slot for the provider: certificates applied at once share it, so
+    /// a rate limit seen by one may be reported by another's error, which is
+    /// right for per-account limits and harmless for the rest (a later time).
     retry_after: std::sync::Arc<std::sync::Mutex<Option<std::time::SystemTime>>>,
 }
 

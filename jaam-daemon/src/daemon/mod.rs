@@ -564,18 +564,20 @@ impl Daemon {
             }
             let (started, took) = (Utc::now(), std::time::Instant::now());
             let routes = self.routes.read().expect("routes").all_sites();
-            let on_github = deployments::start(
-                &self.github,
-                &plan,
-                &config,
-                &routes,
-                self.args.public_url.as_deref(),
-            )
-            .await;
-            let report = session
-                .apply(&plan, &Default::default(), None, cancel.clone())
-                .await
-                .map_err(|e| e.to_string())?;
+            let apply_options = Default::default();
+            // GitHub hears of the deploys while they start, not before: its
+            // calls stay off the path from a push to the deploy command.
+            let (on_github, report) = tokio::join!(
+                deployments::start(
+                    &self.github,
+                    &plan,
+                    &config,
+                    &routes,
+                    self.args.public_url.as_deref(),
+                ),
+                session.apply(&plan, &apply_options, None, cancel.clone()),
+            );
+            let report = report.map_err(|e| e.to_string())?;
             deployments::finish(&self.github, &on_github, &report).await;
             self.metrics.apply(took.elapsed());
             let deployments = jaam_core::history::from_apply(
