@@ -653,6 +653,28 @@ impl Loader<'_> {
                 );
                 continue;
             }
+            // `*.<zone>` covers one label below the zone, no deeper.
+            for (site, attrs, at) in &sites {
+                let domain = attrs
+                    .get("domain")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let covered = domain == zone
+                    || domain
+                        .strip_suffix(&format!(".{zone}"))
+                        .is_some_and(|label| !label.is_empty() && !label.contains('.'));
+                if !covered {
+                    self.error(
+                        at,
+                        Some(site),
+                        format!(
+                            "`{site}` serves `{domain}`, which the shared certificate for `*.{zone}` does not cover \
+                             (a wildcard covers one label below the zone)"
+                        ),
+                        Some("give this site `certificate: own`".into()),
+                    );
+                }
+            }
             let literal = |value: Value| Expr {
                 kind: ExprKind::Literal(value),
                 location: location.clone(),

@@ -621,4 +621,18 @@ fn wildcard_sites_of_a_zone_should_share_one_certificate() {
         error.contains("share `certificate.wildcard-example-com` but not their `acme_directory`"),
         "{error}"
     );
+
+    // A wildcard covers one label below the zone, no deeper.
+    let error = load(
+        "site.deep:\n  repo: acme/deep\n  domain: a.deep.example.com\n  zone: example.com\n  certificate: wildcard\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains(
+            "`site.deep` serves `a.deep.example.com`, which the shared certificate for `*.example.com` does not cover"
+        ),
+        "{error}"
+    );
+    assert!(error.contains("site.yaml:1:1"), "{error}");
 }
