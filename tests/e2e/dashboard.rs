@@ -307,6 +307,41 @@ async fn dashboard_should_show_sites_follow_a_build_and_roll_back_with_the_token
         .unwrap();
     screenshot(&client, "rolled-back.png").await;
 
+    // Deploy latest: a push whose delivery never came is deployed from the
+    // page, as a deploy of this site (a trigger of its own in the history).
+    let third = stage.push("static-spa", &[("message.txt", "hello from revision C\n")]);
+    client
+        .execute("window.scrollTo(0, 0)", Vec::new())
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("button[data-action$='/deploy']"))
+        .await
+        .expect("the button")
+        .click()
+        .await
+        .expect("click");
+    let rows = eventually(
+        "the deploy's history row",
+        Duration::from_secs(300),
+        || async {
+            let rows = history(&client).await;
+            (rows.len() == 4).then_some(rows)
+        },
+    )
+    .await;
+    assert!(
+        rows[0].contains("deploy") && rows[0].contains(&third[..7]),
+        "{rows:?}"
+    );
+    assert!(
+        stage
+            .get("https", "/")
+            .await
+            .body
+            .contains("hello from revision C")
+    );
+
     // A page and its script are one origin: a cross-site POST is refused.
     let (status, _) = jaam_tests::daemon::http(
         daemon.port,

@@ -95,6 +95,11 @@ use webhook::{Deliveries, KnownHook, Routes};
 /// The reason a failed reconcile's retry adds to the reasons it keeps.
 const RETRY: &str = "retry";
 
+/// What asks to deploy sites, not to reconcile the stack: a push, a merge,
+/// the dashboard's Deploy latest. Such a reconcile plans only those sites'
+/// instances (it never applies drift a `report` stack holds back).
+const DEPLOY_REASONS: [&str; 3] = ["push", "merged pull request", "deploy"];
+
 /// Webhook bodies read and checked at once; more concurrent deliveries get
 /// 503 (GitHub retries), so unauthenticated senders cannot hold the memory
 /// of many 25 MB bodies.
@@ -512,7 +517,7 @@ impl Daemon {
             && request
                 .reasons
                 .iter()
-                .all(|r| *r == "push" || *r == "merged pull request" || *r == RETRY);
+                .all(|r| DEPLOY_REASONS.contains(r) || *r == RETRY);
         let options = if deploy_only {
             jaam_core::plan::Options {
                 refresh: false,

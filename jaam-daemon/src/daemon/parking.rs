@@ -77,19 +77,28 @@ impl Parking {
             Box::pin(async move {
                 let head = resolver(repo.clone(), branch.clone()).await?;
                 let key = (repo.to_ascii_lowercase(), branch);
-                match parking.inner().parked.get(&key) {
-                    Some(parked) if parked.revision == head => {
-                        if let Some(serving) = &parked.serving {
+                let parked = parking.inner().parked.get(&key).cloned();
+                match parked {
+                    Some(parked) if parked.revision == head => match parked.serving {
+                        Some(serving) => {
                             tracing::info!(
                                 repo,
                                 head,
                                 serving,
                                 "parked head: planning the revision serving"
                             );
-                            return Ok(serving.clone());
+                            Ok(serving)
                         }
-                        Ok(head)
-                    }
+                        // Nothing serves yet: no revision to plan, and no
+                        // build of the parked one either.
+                        None => Err(jaam_core::provider::ProviderError::new(
+                            jaam_core::provider::ErrorKind::Transient,
+                            format!(
+                                "{head} is parked after {} failed deploys ({}); push a fix or run `jaam apply`",
+                                parked.failures, parked.error
+                            ),
+                        )),
+                    },
                     _ => Ok(head),
                 }
             })
@@ -206,46 +215,19 @@ mod tests {
     async fn a_revision_should_park_after_max_failures_in_a_row_and_unpark_on_a_push() {
         let parking = Parking::new(3);
         let heads = parking.wrap(Some(resolver("bbbbbbb"))).unwrap();
-        assert!(!parking.failed(
-            "Acme/Blog",
-            "main",
-            "bbbbbbb",
-            Some("aaaaaaa".into()),
-            "broke"
-        ));
+        let fail = |repo: &str, revision: &str| {
+            parking.failed(repo, "main", revision, Some("aaaaaaa".into()), "broke")
+        };
+        assert!(!fail("Acme/Blog", "bbbbbbb"));
         // Another revision failing starts the count again.
-        assert!(!parking.failed(
-            "acme/blog",
-            "main",
-            "ccccccc",
-            Some("aaaaaaa".into()),
-            "broke"
-        ));
-        assert!(!parking.failed(
-            "acme/blog",
-            "main",
-            "bbbbbbb",
-            Some("aaaaaaa".into()),
-            "broke"
-        ));
-        assert!(!parking.failed(
-            "acme/blog",
-            "main",
-            "bbbbbbb",
-            Some("aaaaaaa".into()),
-            "broke"
-        ));
+        assert!(!fail("acme/blog", "ccccccc"));
+        assert!(!fail("acme/blog", "bbbbbbb"));
+        assert!(!fail("acme/blog", "bbbbbbb"));
         assert_eq!(
             heads("acme/blog".into(), "main".into()).await.unwrap(),
             "bbbbbbb"
         );
-        assert!(parking.failed(
-            "acme/blog",
-            "main",
-            "bbbbbbb",
-            Some("aaaaaaa".into()),
-            "broke"
-        ));
+        assert!(fail("acme/blog", "bbbbbbb"));
         assert!(parking.is_parked("ACME/blog", "main"));
         // The resolver answers the revision serving for the parked head.
         assert_eq!(
@@ -258,6 +240,22 @@ mod tests {
         assert_eq!(
             heads("acme/blog".into(), "main".into()).await.unwrap(),
             "bbbbbbb"
+        );
+    }
+
+    /// A site that never served: its parked head is no revision to plan
+    /// (the resolver says why), so nothing builds it again.
+    #[tokio::test]
+    async fn a_parked_head_with_nothing_serving_should_not_be_planned() {
+        let parking = Parking::new(1);
+        let heads = parking.wrap(Some(resolver("bbbbbbb"))).unwrap();
+        assert!(parking.failed("acme/blog", "main", "bbbbbbb", None, "the build broke"));
+        let error = heads("acme/blog".into(), "main".into()).await.unwrap_err();
+        assert!(
+            error
+                .message
+                .contains("bbbbbbb is parked after 1 failed deploys (the build broke)"),
+            "{error}"
         );
     }
 

@@ -7,8 +7,8 @@
 //!   rollback, newest first, with the failing build's last lines) and its
 //!   build and app log, live while a build runs (server-sent events from
 //!   `/sites/NAME/logs`, the endpoint `jaam logs --follow` readers share).
-//! - Buttons: **Deploy latest** (a reconcile now: branch heads read, what
-//!   changed deployed), **Roll back** (the previous release, at once, recorded
+//! - Buttons: **Deploy latest** (this site's instance only, at its branch
+//!   head, as a push would: never the rest of the stack's drift), **Roll back** (the previous release, at once, recorded
 //!   in the history), and **Apply drift** when a `report` resync found some.
 //!
 //! Server-rendered HTML, one stylesheet and one small script, all embedded in
@@ -118,11 +118,15 @@ fn bearer(daemon: &Daemon, headers: &HeaderMap) -> bool {
         .is_some_and(|given| same(given, token.expose()))
 }
 
-/// Whether `Origin`, when the browser sent one, is this host.
-fn same_origin(headers: &HeaderMap) -> bool {
+/// Whether `Origin`, when the browser sent one, is this host, or the
+/// daemon's `--public-url` (behind a proxy the `Host` may be an inner one).
+fn same_origin(headers: &HeaderMap, public_url: Option<&str>) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
+    if public_url.is_some_and(|url| url.trim_end_matches('/') == origin) {
+        return true;
+    }
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -144,7 +148,7 @@ fn may_act(daemon: &Daemon, headers: &HeaderMap) -> Result<(), Box<Response>> {
             "actions need the daemon's token: start it with JAAM_DAEMON_TOKEN (or --read-token-file)",
         )));
     };
-    if !same_origin(headers) {
+    if !same_origin(headers, daemon.args.public_url.as_deref()) {
         return Err(Box::new(refuse(
             StatusCode::FORBIDDEN,
             "a request from another site is refused",
@@ -205,7 +209,7 @@ async fn sign_in(
             "this daemon has no token: start it with JAAM_DAEMON_TOKEN to sign in",
         );
     };
-    if !same_origin(&headers) {
+    if !same_origin(&headers, daemon.args.public_url.as_deref()) {
         return refuse(
             StatusCode::FORBIDDEN,
             "a request from another site is refused",
@@ -261,8 +265,14 @@ async fn deploy(
     {
         return refuse(StatusCode::NOT_FOUND, "no such site");
     }
+    // This site's instance only, at its branch head (read when the
+    // reconcile runs): never the drift of the rest of the stack.
+    let mut request = Request::default();
+    request.reasons.insert("deploy");
+    request.revisions.insert(name.clone(), String::new());
     schedule_now(
         &daemon,
+        request,
         &format!("deploy of {name} asked from the dashboard"),
     )
 }
@@ -272,12 +282,12 @@ async fn apply(State(daemon): State<Shared>, headers: HeaderMap) -> Response {
     if let Err(refused) = may_act(&daemon, &headers) {
         return *refused;
     }
-    schedule_now(&daemon, "apply asked from the dashboard")
-}
-
-fn schedule_now(daemon: &Daemon, why: &str) -> Response {
     let mut request = Request::default();
     request.reasons.insert("dashboard");
+    schedule_now(&daemon, request, "apply asked from the dashboard")
+}
+
+fn schedule_now(daemon: &Daemon, request: Request, why: &str) -> Response {
     match daemon.schedule(tokio::time::Instant::now(), request) {
         Ok(()) => {
             tracing::info!(stack = %daemon.stack, "{why}");
@@ -729,12 +739,20 @@ mod tests {
             }
             map
         };
-        assert!(same_origin(&headers(None)));
-        assert!(same_origin(&headers(Some("http://127.0.0.1:8080"))));
-        assert!(!same_origin(&headers(Some("https://evil.test"))));
-        assert!(!same_origin(&headers(Some(
-            "http://127.0.0.1:8080.evil.test"
-        ))));
+        assert!(same_origin(&headers(None), None));
+        assert!(same_origin(&headers(Some("http://127.0.0.1:8080")), None));
+        assert!(!same_origin(&headers(Some("https://evil.test")), None));
+        assert!(!same_origin(
+            &headers(Some("http://127.0.0.1:8080.evil.test")),
+            None
+        ));
+        // Behind a proxy: the public URL's origin, and only it.
+        let public = Some("https://jaam.example.test/");
+        assert!(same_origin(
+            &headers(Some("https://jaam.example.test")),
+            public
+        ));
+        assert!(!same_origin(&headers(Some("https://evil.test")), public));
     }
 
     #[test]
