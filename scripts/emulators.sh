@@ -162,6 +162,21 @@ github_simulator_start() {
   echo "==> github-api-simulator at $JAAM_TEST_GITHUB_SIMULATOR" >&2
 }
 
+# A caching proxy of the npm registry (tests/node/npm-registry.py): the
+# instance boxes' builds install from it, and its tarballs stay under
+# $JAAM_CACHE/npm-registry between runs, so a warm machine downloads nothing.
+npm_registry_start() {
+  local port
+  port=$(free_port)
+  python3 "$EMU_SCRIPTS/../tests/node/npm-registry.py" "$port" "$JAAM_CACHE/npm-registry" \
+    2>"$JAAM_CACHE/npm-registry-$port.log" &
+  EMU_PIDS+=("$!")
+  trap emulators_stop EXIT
+  wait_for "http://127.0.0.1:$port/-/ping" 30
+  export JAAM_TEST_NPM_REGISTRY="http://127.0.0.1:$port/"
+  echo "==> npm registry proxy at $JAAM_TEST_NPM_REGISTRY (cache in $JAAM_CACHE/npm-registry)" >&2
+}
+
 emulators_stop() {
   local pid
   for pid in "${EMU_PIDS[@]}"; do

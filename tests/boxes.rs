@@ -72,6 +72,40 @@ pub struct BoxConfig {
     pub missing_packages: Vec<String>,
 }
 
+/// The npm registry the boxes' builds install from: the caching proxy
+/// `scripts/emulators.sh` starts (`npm_registry_start`), named by
+/// `JAAM_TEST_NPM_REGISTRY`.
+///
+/// # Panics
+/// When it is not running: a test that builds a real app fails loudly.
+pub fn npm_registry() -> String {
+    std::env::var("JAAM_TEST_NPM_REGISTRY").unwrap_or_else(|_| {
+        panic!(
+            "JAAM_TEST_NPM_REGISTRY is unset: start the npm registry proxy (scripts/emulators.sh: npm_registry_start)"
+        )
+    })
+}
+
+impl BoxConfig {
+    /// Boxes whose `npm` installs from [`npm_registry`] (forwarded into the
+    /// box at the same port), as a real instance installs from
+    /// registry.npmjs.org; without the proxy running, boxes that have no
+    /// registry (an app with dependencies fails its install).
+    pub fn with_npm_registry(mut self) -> Self {
+        if let Ok(registry) = std::env::var("JAAM_TEST_NPM_REGISTRY") {
+            let port = registry
+                .trim_end_matches('/')
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("JAAM_TEST_NPM_REGISTRY ends with a port");
+            self.forwards.push(port);
+            self.env.push(("npm_config_registry".into(), registry));
+        }
+        self
+    }
+}
+
 /// How one command run in a box ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ran {

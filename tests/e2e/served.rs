@@ -70,7 +70,8 @@ impl Stage {
                     ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
                 ],
                 missing_packages: missing.iter().map(|p| (*p).to_owned()).collect(),
-            },
+            }
+            .with_npm_registry(),
         )
         .await;
         let mirror = Route53Mirror::start(&cloud.url, &pebble.challtestsrv, false).await;

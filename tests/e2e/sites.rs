@@ -42,7 +42,7 @@ fn every_generated_script_should_pass_shellcheck() {
     let shellcheck = tool("shellcheck");
     let dir = tempfile::tempdir().unwrap();
     let mut checked = 0;
-    for framework in ["static", "nextjs", "node"] {
+    for framework in ["auto", "static", "nextjs", "node"] {
         let site = sample_site(
             "blog",
             framework,
@@ -73,7 +73,7 @@ fn every_generated_script_should_pass_shellcheck() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 15);
+    assert_eq!(checked, 20);
 }
 
 /// Issue 11, item 4: a secret that cannot be read fails the deploy by name and
@@ -278,6 +278,31 @@ impl Nginx {
         std::fs::write(
             root.join("upstream.conf"),
             format!("server 127.0.0.1:{};\n", site.port),
+        )
+        .unwrap();
+        // And what the site's `configure` does: both ways of serving, the
+        // framework's in place, `www` pointing at the static output.
+        for (mode, server) in [("static", false), ("server", true)] {
+            std::fs::write(
+                root.join(format!("serve-{mode}.conf")),
+                site::serve_conf(site, &layout.root, server),
+            )
+            .unwrap();
+        }
+        let mode = if site.framework.is_server() {
+            "server"
+        } else {
+            "static"
+        };
+        std::fs::copy(
+            root.join(format!("serve-{mode}.conf")),
+            root.join("serve.conf"),
+        )
+        .unwrap();
+        let _ = std::fs::remove_file(root.join("www"));
+        std::os::unix::fs::symlink(
+            format!("current/{}", site.commands.output_dir),
+            root.join("www"),
         )
         .unwrap();
         // As root the workers must run as root to read the temp directories.
@@ -563,6 +588,98 @@ fn deploy_script_should_switch_a_static_app_atomically_and_roll_back() {
 #[test]
 fn deploy_script_should_switch_a_node_server_without_dropping_requests() {
     run_deploy_cycle("node-server", "node", |body| !body.contains("<h1"));
+}
+
+/// Issue 17, `framework: auto`: the instance detects each commit's framework
+/// and serves it the way it needs, so a repository that turns from a static
+/// app into a Node server is served by proxy from that commit on, and a
+/// rollback serves the static release as it was built (with nginx's
+/// `serve.conf` following).
+#[test]
+fn deploy_script_should_serve_each_commit_as_auto_detects_it() {
+    let dir = site_dir();
+    let repo = Repo::new(dir.path(), "static-spa");
+    let a = git(&repo.work, &["rev-parse", "HEAD"]);
+    let root = dir.path().join("site");
+    let port = loop {
+        let port: u16 = rand::random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok()
+        {
+            break port;
+        }
+    };
+    let site = sample_site(
+        "sample",
+        "auto",
+        &[
+            ("repo_url", Value::from(repo.bare.to_str().unwrap())),
+            ("port", Value::Int(i64::from(port))),
+        ],
+    );
+    let script = dir.path().join("deploy");
+    std::fs::write(&script, site::deploy_script(&site, &site.root())).unwrap();
+    let nginx = Nginx::start(dir.path(), &site, &root);
+    let _cleanup = scopeguard(root.clone());
+    let log = || std::fs::read_to_string(root.join("logs/build.log")).unwrap_or_default();
+
+    let output = deploy(&script, &root, &nginx, &[&a]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        log().contains(
+            "framework: static (auto: no framework dependency and no start script in package.json)"
+        ),
+        "{}",
+        log()
+    );
+    let (status, body) = get(nginx.port, "/about/team").expect("nginx answers");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("<h1") && body.contains("revision A"),
+        "{body}"
+    );
+
+    // The repository becomes a Node server.
+    let server = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/apps/node-server");
+    for file in ["server.js", "package.json", "package-lock.json"] {
+        std::fs::copy(server.join(file), repo.work.join(file)).unwrap();
+    }
+    let b = repo.commit("hello from revision B");
+    let output = deploy(&script, &root, &nginx, &[&b]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        log().contains("framework: node (auto: package.json has a `start` script)"),
+        "{}",
+        log()
+    );
+    let (status, body) = get(nginx.port, "/").expect("nginx answers");
+    assert_eq!(status, 200);
+    assert_eq!(
+        body.trim(),
+        "hello from revision B",
+        "served by the Node server"
+    );
+    assert!(
+        std::fs::read_to_string(root.join("serve.conf"))
+            .unwrap()
+            .contains("proxy_pass")
+    );
+
+    // A rollback serves the static release as it was built; the server stops.
+    let output = deploy(&script, &root, &nginx, &["rollback"]);
+    assert!(output.status.success(), "{output:?}");
+    let (status, body) = get(nginx.port, "/").expect("nginx answers");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("<h1") && body.contains("revision A"),
+        "{body}"
+    );
+    assert!(
+        std::fs::read_to_string(root.join("serve.conf"))
+            .unwrap()
+            .contains("try_files")
+    );
+    assert!(!root.join("run/port").exists(), "no server app is active");
 }
 
 // --- The whole site against moto, Pebble and a GitHub fake -----------------

@@ -5,9 +5,11 @@
 //! - The framework is detected from the repository's `package.json`, read
 //!   through the GitHub API at init time (not at deploy time): the spec then
 //!   says what was chosen and the user can change it before the first plan.
+//!   The rules are `framework: auto`'s ([`jaam_core::spec::site::detect`]):
 //!   `next` → `nextjs`; `vite` → `static` with `output_dir: dist`;
 //!   `react-scripts` → `static` with `output_dir: build`; a `start` script →
-//!   `node`; otherwise `static`. Without a token or a readable
+//!   `node`; otherwise `static`. Writing the result pins it (a site that
+//!   says nothing is `auto`, detected again for every commit). Without a token or a readable
 //!   `package.json`, `static` is written with a comment saying why.
 //! - It writes `<specs>/<name>.yaml` and never overwrites a file.
 
@@ -18,27 +20,11 @@ use anyhow::Context as _;
 use crate::cli::{Global, InitArgs};
 
 /// What a repository's `package.json` says the site is: framework, and the
-/// build output directory for static sites.
+/// build output directory for static sites (`framework: auto`'s rules,
+/// [`jaam_core::spec::site::detect`]).
 pub(crate) fn detect(package_json: &str) -> (&'static str, Option<&'static str>) {
-    let Ok(package) = serde_json::from_str::<serde_json::Value>(package_json) else {
-        return ("static", None);
-    };
-    let has = |name: &str| {
-        ["dependencies", "devDependencies"]
-            .iter()
-            .any(|section| package.get(section).and_then(|d| d.get(name)).is_some())
-    };
-    if has("next") {
-        ("nextjs", None)
-    } else if has("vite") {
-        ("static", Some("dist"))
-    } else if has("react-scripts") {
-        ("static", Some("build"))
-    } else if package.pointer("/scripts/start").is_some() {
-        ("node", None)
-    } else {
-        ("static", None)
-    }
+    let detected = jaam_core::spec::site::detect(Some(package_json));
+    (detected.framework.name(), detected.output_dir)
 }
 
 pub(crate) async fn run(global: &Global, args: &InitArgs) -> anyhow::Result<ExitCode> {

@@ -16,6 +16,14 @@
 # serving commit after an `env` edit builds a new release and switches to it;
 # deploying it again with nothing changed does nothing.
 #
+# The framework (`auto`: detected for each commit from its package.json by
+# the rules in DETECTION, the same jaam's plan shows) decides the commands
+# the spec does not name and how the release is served: static files
+# (nginx's root is `www`, a link to `current/<output_dir>`) or a server app
+# (nginx proxies to it). Each release records what it is in meta/<release>,
+# so a rollback serves it as it was built, and nginx's `serve.conf` is the
+# one that fits the release being served.
+#
 # A failed build changes nothing: the previous release keeps serving. Build
 # output goes to logs/build.log (the CloudWatch agent ships it to the site's
 # log group). Progress lines go to standard output; a failure writes only its
@@ -47,6 +55,9 @@ REPO_URL=@@REPO_URL@@
 # handed to git through its environment only: never argv, never a file.
 REPO_TOKEN_PARAMETER=@@REPO_TOKEN@@
 FRAMEWORK=@@FRAMEWORK@@
+# Which of the commands below the spec names; with `auto`, the others are
+# the detected framework's defaults.
+NAMED=@@NAMED@@
 # The commands run later through `bash -c`: their `$` expand then, not here.
 # shellcheck disable=SC2016
 INSTALL_CMD=@@INSTALL@@
@@ -55,13 +66,16 @@ BUILD_CMD=@@BUILD@@
 # shellcheck disable=SC2016
 START_CMD=@@START@@
 OUTPUT_DIR=@@OUTPUT_DIR@@
+# framework: auto's rules (jaam's `site::detect`, as JSON).
+# shellcheck disable=SC2016
+DETECTION=@@DETECTION@@
 PORTS=(@@PORT_A@@ @@PORT_B@@)
 KEEP=@@KEEP@@
 NGINX_RELOAD="${JAAM_NGINX_RELOAD:-systemctl reload nginx}"
 FETCH_SECRETS="${JAAM_FETCH_SECRETS:-/opt/jaam/bin/fetch-secrets}"
 
 LOG="$ROOT/logs/build.log"
-mkdir -p "$ROOT/releases" "$ROOT/logs" "$ROOT/run"
+mkdir -p "$ROOT/releases" "$ROOT/logs" "$ROOT/run" "$ROOT/meta"
 touch "$ROOT/history"
 
 log() {
@@ -71,6 +85,77 @@ log() {
 fail() {
   log "error: $*" >&2
   exit 1
+}
+
+@@FRAMEWORK_DEFAULTS@@
+
+# Prints "framework|output_dir|reason" for the tree in $1 by the
+# DETECTION rules (node reads its package.json, as the site's user).
+detect_framework() {
+  # shellcheck disable=SC2016
+  (cd "$1" && as_site node -e @@DETECT_JS@@ "$DETECTION")
+}
+
+# What the release built from the tree in $1 is: sets R_FRAMEWORK and the
+# commands (the spec's, else the framework's defaults; with `auto`, the
+# detected framework's), and says which in the build log.
+resolve_framework() {
+  local detected="" dir="" reason=""
+  R_FRAMEWORK=$FRAMEWORK
+  if [ "$FRAMEWORK" = auto ]; then
+    detected=$(detect_framework "$1") || fail "could not read package.json to detect the framework"
+    IFS='|' read -r R_FRAMEWORK dir reason <<<"$detected"
+    log "framework: $R_FRAMEWORK (auto: $reason)"
+  fi
+  framework_defaults "$R_FRAMEWORK"
+  # No package.json: nothing to install or build.
+  if [ "$FRAMEWORK" = auto ] && [ ! -f "$1/package.json" ]; then
+    D_INSTALL="" D_BUILD=""
+  fi
+  if [ -n "$dir" ]; then D_OUTPUT_DIR=$dir; fi
+  named install || INSTALL_CMD=$D_INSTALL
+  named build || BUILD_CMD=$D_BUILD
+  named start || START_CMD=$D_START
+  named output_dir || OUTPUT_DIR=$D_OUTPUT_DIR
+}
+
+# Whether the spec names command $1.
+named() {
+  case " $NAMED " in *" $1 "*) return 0 ;; *) return 1 ;; esac
+}
+
+# Records what release $1 is (read back by release_meta).
+write_meta() {
+  printf 'R_FRAMEWORK=%q\nR_OUTPUT_DIR=%q\nR_START=%q\n' "$R_FRAMEWORK" "$OUTPUT_DIR" "$START_CMD" \
+    >"$ROOT/meta/$1.new"
+  mv -T "$ROOT/meta/$1.new" "$ROOT/meta/$1"
+}
+
+# Sets R_FRAMEWORK, R_OUTPUT_DIR and R_START for release $1. A release built
+# by a jaam that kept no record is what this script would build.
+release_meta() {
+  if [ -f "$ROOT/meta/$1" ]; then
+    # shellcheck disable=SC1090
+    . "$ROOT/meta/$1"
+  else
+    resolve_framework "$ROOT/releases/$1"
+    R_OUTPUT_DIR=$OUTPUT_DIR R_START=$START_CMD
+    write_meta "$1"
+  fi
+}
+
+is_server() {
+  [ "$1" = nextjs ] || [ "$1" = node ]
+}
+
+# Puts serve-$1.conf (static | server) in place as serve.conf; true when
+# it changed (nginx must reload).
+serve_as() {
+  if cmp -s "$ROOT/serve-$1.conf" "$ROOT/serve.conf"; then
+    return 1
+  fi
+  cp "$ROOT/serve-$1.conf" "$ROOT/serve.conf.new"
+  mv -T "$ROOT/serve.conf.new" "$ROOT/serve.conf"
 }
 
 # The last $1 lines of the build log on standard error, each cut short.
@@ -116,7 +201,8 @@ build_key() {
   {
     cat "$salt"
     cat "$ROOT/env" "$ROOT/env.secrets" 2>/dev/null || true
-    printf '%s\n' "$INSTALL_CMD" "$BUILD_CMD" "$START_CMD" "$OUTPUT_DIR"
+    printf '%s\n' "$FRAMEWORK" "$NAMED" "$INSTALL_CMD" "$BUILD_CMD" "$START_CMD" "$OUTPUT_DIR"
+    if [ "$FRAMEWORK" = auto ]; then printf '%s\n' "$DETECTION"; fi
   } | sha256sum | cut -c 1-12
 }
 
@@ -176,12 +262,29 @@ wait_healthy() {
   done
 }
 
-# Serves release $1: static files through the `current` symlink, or a server
-# app started on the idle port before nginx moves to it (no dropped request).
+# Serves release $1: static files through the `current` symlink (and
+# `www`, its output directory), or a server app started on the idle port
+# before nginx moves to it (no dropped request).
 activate() {
-  local release="$1"
-  if [ "$FRAMEWORK" = "static" ]; then
+  local release="$1" R_FRAMEWORK R_OUTPUT_DIR R_START
+  release_meta "$release"
+  if ! is_server "$R_FRAMEWORK"; then
+    local old
+    old=$(active_port)
     switch_to "$release"
+    if [ "$(readlink "$ROOT/www" 2>/dev/null)" != "current/$R_OUTPUT_DIR" ]; then
+      ln -sfn "current/$R_OUTPUT_DIR" "$ROOT/www.new"
+      mv -T "$ROOT/www.new" "$ROOT/www"
+    fi
+    if serve_as static; then
+      bash -c "$NGINX_RELOAD"
+    fi
+    # A server app served before (the framework changed): stop it.
+    if [ -n "$old" ]; then
+      sleep 1
+      app_stop "$old"
+      rm -f "$ROOT/run/port"
+    fi
     return
   fi
   local old new
@@ -196,7 +299,14 @@ activate() {
   printf 'server 127.0.0.1:%s;\n' "$new" >"$ROOT/upstream.conf.new"
   mv -T "$ROOT/upstream.conf.new" "$ROOT/upstream.conf"
   echo "$new" >"$ROOT/run/port"
-  bash -c "$NGINX_RELOAD"
+  if serve_as server; then
+    bash -c "$NGINX_RELOAD"
+    # Static files served before (the framework changed): nginx's old
+    # workers read them through `current` until they have gone.
+    sleep 1
+  else
+    bash -c "$NGINX_RELOAD"
+  fi
   switch_to "$release"
   if [ -n "$old" ] && [ "$old" != "$new" ]; then
     # Let nginx's old workers finish their requests first.
@@ -213,6 +323,7 @@ build() {
   mkdir -p "$work" "$ROOT/home"
   chown "$SITE_USER:" "$work" "$ROOT/home"
   git -C "$ROOT/repo.git" archive "$sha" | as_site tar -x -C "$work"
+  resolve_framework "$work"
   # npm ci installs what both files say: the cache is keyed by both.
   if [ -f "$work/package-lock.json" ]; then
     lock_hash=$(cat "$work/package.json" "$work/package-lock.json" | sha256sum | cut -c 1-16)
@@ -259,7 +370,7 @@ build() {
     log_tail 40
     fail "build of $sha failed; still serving ${previous:-nothing}"
   fi
-  if [ "$FRAMEWORK" = "static" ] && [ ! -d "$work/$OUTPUT_DIR" ]; then
+  if ! is_server "$R_FRAMEWORK" && [ ! -d "$work/$OUTPUT_DIR" ]; then
     rm -rf "$work"
     fail "build of $sha made no $OUTPUT_DIR/; still serving ${previous:-nothing}"
   fi
@@ -269,6 +380,7 @@ build() {
     rm -f "$work/node_modules/.jaam-lock"
     printf '%s\n' "$lock_hash" >"$work/node_modules/.jaam-lock"
   fi
+  write_meta "$release"
   touch "$work/.jaam-built"
   mv -T "$work" "$ROOT/releases/$release"
 }
@@ -321,7 +433,7 @@ prune() {
     local sha
     sha=$(basename "$dir")
     if [ "$sha" != "$serving" ] && ! grep -qx "$sha" <<<"$keep"; then
-      rm -rf "$dir"
+      rm -rf "$dir" "$ROOT/meta/$sha"
     fi
   done
 }
@@ -389,11 +501,13 @@ rollback() {
 }
 
 run_app() {
+  local R_FRAMEWORK R_OUTPUT_DIR R_START
+  release_meta "$(basename "$(readlink "$ROOT/slot-$1")")"
   cd "$ROOT/slot-$1"
   load_env
   PORT="$1"
   export PORT
-  exec runuser -u "$SITE_USER" -- env HOME="$ROOT/home" bash -c "$START_CMD"
+  exec runuser -u "$SITE_USER" -- env HOME="$ROOT/home" bash -c "$R_START"
 }
 
 case "${1:-}" in

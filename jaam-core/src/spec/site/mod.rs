@@ -148,6 +148,9 @@ pub const DEFAULT_AMI: &str =
 /// The kinds of app a site builds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framework {
+    /// Detected for each commit from its `package.json` ([`detect`]), on the
+    /// instance when it builds.
+    Auto,
     /// Next.js, server-rendered: `npm start` behind nginx.
     Nextjs,
     /// A static build output served by nginx.
@@ -165,36 +168,43 @@ pub struct Commands {
     pub build: String,
     /// The server (empty for static sites).
     pub start: String,
+    /// What nginx serves of a static build (unused by server apps).
+    pub output_dir: String,
 }
 
 const NPM_INSTALL: &str = "if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi";
 
+/// The frameworks a site may name, in the order the docs list them.
+pub const FRAMEWORKS: [Framework; 4] = [
+    Framework::Auto,
+    Framework::Nextjs,
+    Framework::Static,
+    Framework::Node,
+];
+
 impl Framework {
     /// The framework named `name`.
     pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "nextjs" => Some(Self::Nextjs),
-            "static" => Some(Self::Static),
-            "node" => Some(Self::Node),
-            _ => None,
-        }
+        FRAMEWORKS.into_iter().find(|f| f.name() == name)
     }
 
     /// Its name in specs.
     pub fn name(self) -> &'static str {
         match self {
+            Self::Auto => "auto",
             Self::Nextjs => "nextjs",
             Self::Static => "static",
             Self::Node => "node",
         }
     }
 
-    /// Whether the app is a server behind nginx (not static files).
+    /// Whether the app is a server behind nginx (not static files; `auto`
+    /// is known per commit only).
     pub fn is_server(self) -> bool {
-        self != Self::Static
+        matches!(self, Self::Nextjs | Self::Node)
     }
 
-    /// The default commands.
+    /// The default commands (`auto`: those of what it detects).
     pub fn defaults(self) -> Commands {
         let install = NPM_INSTALL.to_owned();
         match self {
@@ -202,19 +212,161 @@ impl Framework {
                 install,
                 build: "npm run build".into(),
                 start: "npm start -- -p \"$PORT\"".into(),
+                output_dir: ".next".into(),
             },
-            Self::Static => Commands {
+            Self::Static | Self::Auto => Commands {
                 install,
                 build: "npm run build".into(),
                 start: String::new(),
+                output_dir: "dist".into(),
             },
             Self::Node => Commands {
                 install,
                 build: "if grep -q '\"build\"' package.json; then npm run build; fi".into(),
                 start: "npm start".into(),
+                output_dir: "dist".into(),
             },
         }
     }
+}
+
+/// What `framework: auto` chose for a commit, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Detected {
+    /// The framework built and served.
+    pub framework: Framework,
+    /// A static build's output directory, when the rule says (Vite: `dist`).
+    pub output_dir: Option<&'static str>,
+    /// Which rule matched, for the plan and the build log.
+    pub reason: String,
+    /// Whether there is a `package.json` at all (none: the files are served
+    /// as they are, with no install or build).
+    pub package: bool,
+}
+
+/// One rule of [`detect`]: a dependency (or devDependency) or an npm script
+/// that `package.json` names.
+struct Rule {
+    dependency: bool,
+    name: &'static str,
+    framework: Framework,
+    output_dir: Option<&'static str>,
+}
+
+/// `framework: auto`'s rules, first match wins (Vercel's and Netlify's
+/// order: a framework dependency before a bare `start` script).
+const RULES: [Rule; 4] = [
+    Rule {
+        dependency: true,
+        name: "next",
+        framework: Framework::Nextjs,
+        output_dir: None,
+    },
+    Rule {
+        dependency: true,
+        name: "vite",
+        framework: Framework::Static,
+        output_dir: Some("dist"),
+    },
+    Rule {
+        dependency: true,
+        name: "react-scripts",
+        framework: Framework::Static,
+        output_dir: Some("build"),
+    },
+    Rule {
+        dependency: false,
+        name: "start",
+        framework: Framework::Node,
+        output_dir: None,
+    },
+];
+
+impl Rule {
+    fn reason(&self) -> String {
+        if self.dependency {
+            format!("`{}` is a dependency in package.json", self.name)
+        } else {
+            format!("package.json has a `{}` script", self.name)
+        }
+    }
+}
+
+const NO_PACKAGE: &str = "no package.json: the repository's files are served as they are";
+const NO_MATCH: &str = "no framework dependency and no start script in package.json";
+const NOT_JSON: &str = "package.json is not JSON";
+
+/// What `framework: auto` builds for a commit whose `package.json` is
+/// `package_json` (`None`: the commit has none). The instance runs the
+/// same rules on the commit it builds (the deploy script embeds
+/// [`RULES`] as JSON), so the plan's note and the build agree.
+pub fn detect(package_json: Option<&str>) -> Detected {
+    let fallback = |reason: &str, package: bool| Detected {
+        framework: Framework::Static,
+        output_dir: None,
+        reason: reason.to_owned(),
+        package,
+    };
+    let Some(text) = package_json else {
+        return Detected {
+            output_dir: Some("."),
+            ..fallback(NO_PACKAGE, false)
+        };
+    };
+    let Ok(package) = serde_json::from_str::<serde_json::Value>(text) else {
+        return fallback(NOT_JSON, true);
+    };
+    let names = |section: &str, name: &str| {
+        package
+            .get(section)
+            .and_then(serde_json::Value::as_object)
+            .is_some_and(|entries| entries.contains_key(name))
+    };
+    RULES
+        .iter()
+        .find(|rule| {
+            if rule.dependency {
+                names("dependencies", rule.name) || names("devDependencies", rule.name)
+            } else {
+                names("scripts", rule.name)
+            }
+        })
+        .map_or_else(
+            || fallback(NO_MATCH, true),
+            |rule| Detected {
+                framework: rule.framework,
+                output_dir: rule.output_dir,
+                reason: rule.reason(),
+                package: true,
+            },
+        )
+}
+
+/// The instance's side of [`detect`]: a node program reading `package.json`
+/// in its working directory, given [`detection_json`].
+pub const DETECT_JS: &str = include_str!("detect.js");
+
+/// [`RULES`] and the fallbacks as the JSON the deploy script's detector reads.
+pub fn detection_json() -> String {
+    let rules: Vec<serde_json::Value> = RULES
+        .iter()
+        .map(|rule| {
+            serde_json::json!({
+                "section": if rule.dependency { "dependencies" } else { "scripts" },
+                "name": rule.name,
+                "framework": rule.framework.name(),
+                "output_dir": rule.output_dir.unwrap_or_default(),
+                "reason": rule.reason(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "rules": rules,
+        "missing": NO_PACKAGE,
+        "invalid": NOT_JSON,
+        "none": NO_MATCH,
+    })
+    .to_string()
 }
 
 fn check_certificate(value: &Value) -> Result<(), String> {
@@ -233,11 +385,8 @@ pub fn wildcard_certificate(zone: &str) -> ResourceAddr {
 }
 
 fn check_framework(value: &Value) -> Result<(), String> {
-    crate::schema::one_of(
-        value,
-        &["nextjs", "static", "node"],
-        "a framework jaam builds",
-    )
+    let names: Vec<&str> = FRAMEWORKS.iter().map(|f| f.name()).collect();
+    crate::schema::one_of(value, &names, "a framework jaam builds")
 }
 
 /// The `site` schema (a composite: checked like a kind, then expanded).
@@ -254,14 +403,12 @@ pub fn schema() -> Schema {
             Attribute::optional("repo_url", Type::String).checked(checks::repo_url),
             Attribute::optional("repo_token", Type::String).checked(checks::parameter),
             Attribute::optional("framework", Type::String)
-                .default_value("static")
+                .default_value("auto")
                 .checked(check_framework),
             Attribute::optional("install", Type::String).checked(checks::one_line),
             Attribute::optional("build", Type::String).checked(checks::one_line),
             Attribute::optional("start", Type::String).checked(checks::one_line),
-            Attribute::optional("output_dir", Type::String)
-                .default_value("dist")
-                .checked(checks::output_dir),
+            Attribute::optional("output_dir", Type::String).checked(checks::output_dir),
             Attribute::optional("node_version", Type::String)
                 .default_value("20")
                 .checked(checks::node_version),
@@ -319,12 +466,14 @@ pub struct Site {
     pub repo_url: String,
     /// The SSM parameter holding a token for a private repository.
     pub repo_token: Option<String>,
-    /// The framework.
+    /// The framework (`Auto`: detected per commit on the instance).
     pub framework: Framework,
-    /// Install, build and start commands.
+    /// Install, build and start commands and the static output directory:
+    /// the spec's, else the framework's defaults (with `auto`, those not in
+    /// [`Site::named`] are the detected framework's, on the instance).
     pub commands: Commands,
-    /// The static build's output directory.
-    pub output_dir: String,
+    /// Which of `install`, `build`, `start` and `output_dir` the spec names.
+    pub named: Vec<&'static str>,
     /// Node's major version.
     pub node_version: String,
     /// The first of the two ports a server app alternates between.
@@ -355,8 +504,12 @@ impl Site {
         let repo = text(attrs, "repo").unwrap_or_default();
         let framework = text(attrs, "framework")
             .and_then(|f| Framework::parse(&f))
-            .unwrap_or(Framework::Static);
+            .unwrap_or(Framework::Auto);
         let defaults = framework.defaults();
+        let named: Vec<&'static str> = ["install", "build", "start", "output_dir"]
+            .into_iter()
+            .filter(|name| attrs.contains_key(*name))
+            .collect();
         Self {
             name: name.to_owned(),
             branch: text(attrs, "branch").unwrap_or_else(|| "main".into()),
@@ -369,8 +522,9 @@ impl Site {
                 install: text(attrs, "install").unwrap_or(defaults.install),
                 build: text(attrs, "build").unwrap_or(defaults.build),
                 start: text(attrs, "start").unwrap_or(defaults.start),
+                output_dir: text(attrs, "output_dir").unwrap_or(defaults.output_dir),
             },
-            output_dir: text(attrs, "output_dir").unwrap_or_else(|| "dist".into()),
+            named,
             node_version: text(attrs, "node_version").unwrap_or_else(|| "20".into()),
             port: attrs.get("port").and_then(Value::as_int).unwrap_or(3000),
             env: crate::value::string_map(attrs.get("env")),
@@ -461,6 +615,13 @@ pub fn shell_quote(text: &str) -> String {
 
 /// The deploy script for `site`, rooted at `root` (`Site::root` on instances).
 pub fn deploy_script(site: &Site, root: &str) -> String {
+    // An explicit framework's commands are resolved here; `auto` leaves
+    // those the spec does not name to the framework detected per commit.
+    let named = if site.framework == Framework::Auto {
+        site.named.join(" ")
+    } else {
+        "install build start output_dir".to_owned()
+    };
     include_str!("deploy.sh")
         .replace("@@NAME@@", &shell_quote(&site.name))
         .replace("@@USER@@", &site.user())
@@ -471,13 +632,40 @@ pub fn deploy_script(site: &Site, root: &str) -> String {
             &shell_quote(site.repo_token.as_deref().unwrap_or_default()),
         )
         .replace("@@FRAMEWORK@@", site.framework.name())
+        .replace("@@NAMED@@", &shell_quote(&named))
         .replace("@@INSTALL@@", &shell_quote(&site.commands.install))
         .replace("@@BUILD@@", &shell_quote(&site.commands.build))
         .replace("@@START@@", &shell_quote(&site.commands.start))
-        .replace("@@OUTPUT_DIR@@", &shell_quote(&site.output_dir))
+        .replace("@@OUTPUT_DIR@@", &shell_quote(&site.commands.output_dir))
+        .replace("@@FRAMEWORK_DEFAULTS@@", &framework_defaults())
+        .replace("@@DETECTION@@", &shell_quote(&detection_json()))
+        .replace("@@DETECT_JS@@", &shell_quote(DETECT_JS))
         .replace("@@PORT_A@@", &site.port.to_string())
         .replace("@@PORT_B@@", &(site.port + 1).to_string())
         .replace("@@KEEP@@", &site.keep_releases.max(1).to_string())
+}
+
+/// The deploy script's `framework_defaults FRAMEWORK`: sets `D_INSTALL`,
+/// `D_BUILD`, `D_START` and `D_OUTPUT_DIR` from [`Framework::defaults`].
+fn framework_defaults() -> String {
+    // The commands run later through `bash -c`: their `$` expand then.
+    let mut out =
+        String::from("# shellcheck disable=SC2016\nframework_defaults() {\n  case \"$1\" in\n");
+    for framework in [Framework::Nextjs, Framework::Static, Framework::Node] {
+        let d = framework.defaults();
+        let _ = write!(
+            out,
+            "    {name})\n      D_INSTALL={install}\n      D_BUILD={build}\n      D_START={start}\n      \
+             D_OUTPUT_DIR={output}\n      ;;\n",
+            name = framework.name(),
+            install = shell_quote(&d.install),
+            build = shell_quote(&d.build),
+            start = shell_quote(&d.start),
+            output = shell_quote(&d.output_dir),
+        );
+    }
+    out.push_str("    *) fail \"unknown framework $1\" ;;\n  esac\n}");
+    out
 }
 
 /// Where nginx listens and finds the site (instances: port 80 and `Site::root`).
@@ -489,48 +677,51 @@ pub struct NginxLayout {
     pub root: String,
 }
 
-fn locations(site: &Site, root: &str) -> String {
-    if site.framework.is_server() {
-        format!(
-            "    location / {{\n        proxy_pass http://jaam_site_{id};\n        proxy_http_version 1.1;\n        \
-             proxy_set_header Host $host;\n        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n        \
-             proxy_set_header X-Forwarded-Proto $scheme;\n        proxy_next_upstream error timeout;\n    }}\n",
-            id = ident(&site.name)
-        )
-    } else {
-        format!(
-            "    root {root}/current/{out};\n    index index.html;\n    location / {{\n        \
-             try_files $uri $uri/ /index.html;\n    }}\n",
-            out = site.output_dir
-        )
-    }
-}
-
 fn ident(name: &str) -> String {
     name.replace('-', "_")
 }
 
-fn upstream(site: &Site, root: &str) -> String {
-    if site.framework.is_server() {
+/// How nginx serves a release of `site`: its static files (through the
+/// `www` link, `current/<output_dir>`), or its server app through the
+/// site's upstream. The deploy script puts the one that fits the release it
+/// switches to at `<root>/serve.conf` (with `auto`, that changes with the
+/// commit); both server blocks include it.
+pub fn serve_conf(site: &Site, root: &str, server: bool) -> String {
+    if server {
         format!(
-            "upstream jaam_site_{} {{\n    include {root}/upstream.conf;\n}}\n\n",
-            ident(&site.name)
+            "# jaam site {name}: a server app (generated by jaam; do not edit)\nlocation / {{\n    \
+             proxy_pass http://jaam_site_{id};\n    proxy_http_version 1.1;\n    proxy_set_header Host $host;\n    \
+             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n    \
+             proxy_set_header X-Forwarded-Proto $scheme;\n    proxy_next_upstream error timeout;\n}}\n",
+            name = site.name,
+            id = ident(&site.name)
         )
     } else {
-        String::new()
+        format!(
+            "# jaam site {name}: static files (generated by jaam; do not edit)\nroot {root}/www;\n\
+             index index.html;\nlocation / {{\n    try_files $uri $uri/ /index.html;\n}}\n",
+            name = site.name,
+        )
     }
+}
+
+fn upstream(site: &Site, root: &str) -> String {
+    format!(
+        "upstream jaam_site_{} {{\n    include {root}/upstream.conf;\n}}\n\n",
+        ident(&site.name)
+    )
 }
 
 /// The nginx configuration that serves `site` over plain HTTP.
 pub fn nginx_conf(site: &Site, layout: &NginxLayout) -> String {
     format!(
         "# jaam site {name} (generated by jaam; do not edit)\n{upstream}server {{\n    listen {listen};\n    \
-         server_name {domain};\n{locations}}}\n",
+         server_name {domain};\n    include {root}/serve.conf;\n}}\n",
         name = site.name,
         upstream = upstream(site, &layout.root),
         listen = layout.listen,
         domain = site.domain,
-        locations = locations(site, &layout.root),
+        root = layout.root,
     )
 }
 
@@ -541,13 +732,14 @@ pub fn nginx_https_conf(site: &Site, layout: &NginxLayout) -> String {
         "# jaam site {name}, with HTTPS (generated by jaam; do not edit)\n{upstream}server {{\n    listen {listen};\n    \
          server_name {domain};\n    location / {{\n        return 301 https://$host$request_uri;\n    }}\n}}\n\n\
          server {{\n    listen 443 ssl;\n    server_name {domain};\n    \
-         ssl_certificate {tls}/fullchain.pem;\n    ssl_certificate_key {tls}/privkey.pem;\n{locations}}}\n",
+         ssl_certificate {tls}/fullchain.pem;\n    ssl_certificate_key {tls}/privkey.pem;\n    \
+         include {root}/serve.conf;\n}}\n",
         name = site.name,
         upstream = upstream(site, &layout.root),
         listen = layout.listen,
         domain = site.domain,
         tls = site.tls_dir(),
-        locations = locations(site, &layout.root),
+        root = layout.root,
     )
 }
 
@@ -659,6 +851,10 @@ pub fn configure_script(site: &Site) -> String {
         "#!/bin/bash\n# jaam site {name}: puts its delivered files to work (generated by jaam; do not edit)\n\
          set -euo pipefail\nsystemctl daemon-reload\n\
          if [ ! -f {root}/upstream.conf ]; then\n  printf 'server 127.0.0.1:%s;\\n' {port} >{root}/upstream.conf\nfi\n\
+         # Before the first deploy (or from a jaam that had no serve.conf): what the\n\
+         # framework serves; the deploy script sets it for each release it switches to.\n\
+         if [ ! -f {root}/serve.conf ]; then\n  cp {root}/serve-{mode}.conf {root}/serve.conf\nfi\n\
+         if [ ! -L {root}/www ]; then\n  ln -sfn current/{output} {root}/www\nfi\n\
          if [ -f {tls}/fullchain.pem ]; then\n  cp {root}/nginx-https.conf /etc/nginx/conf.d/jaam-{name}.conf\n\
          else\n  cp {root}/nginx.conf /etc/nginx/conf.d/jaam-{name}.conf\nfi\nnginx -t\n\
          if systemctl is-active --quiet nginx; then\n  systemctl reload nginx\nelse\n  systemctl enable --now --quiet nginx\nfi\n\
@@ -667,6 +863,12 @@ pub fn configure_script(site: &Site) -> String {
         name = site.name,
         port = site.port,
         tls = site.tls_dir(),
+        mode = if site.framework.is_server() {
+            "server"
+        } else {
+            "static"
+        },
+        output = shell_quote(&site.commands.output_dir),
     )
 }
 
@@ -693,6 +895,14 @@ pub fn files(site: &Site) -> BTreeMap<String, String> {
             app_unit(site),
         ),
         (format!("{root}/nginx.conf"), nginx_conf(site, &layout)),
+        (
+            format!("{root}/serve-static.conf"),
+            serve_conf(site, &root, false),
+        ),
+        (
+            format!("{root}/serve-server.conf"),
+            serve_conf(site, &root, true),
+        ),
         (
             format!("{root}/nginx-https.conf"),
             nginx_https_conf(site, &layout),

@@ -636,3 +636,69 @@ fn wildcard_sites_of_a_zone_should_share_one_certificate() {
     );
     assert!(error.contains("site.yaml:1:1"), "{error}");
 }
+
+/// `framework: auto` is decided twice: by jaam for the plan's note and by
+/// the instance when it builds (the deploy script's node detector, given the
+/// same rules as JSON). Both must say the same for every kind of repository,
+/// the sample apps included.
+#[test]
+fn auto_detection_should_agree_between_the_plan_and_the_instance() {
+    let apps = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/apps");
+    let mut cases: Vec<(String, Option<String>)> = [
+        r#"{"dependencies":{"next":"15","react":"19"},"scripts":{"start":"next start"}}"#,
+        r#"{"devDependencies":{"vite":"7"},"scripts":{"build":"vite build"}}"#,
+        r#"{"dependencies":{"react-scripts":"5"}}"#,
+        r#"{"scripts":{"start":"node server.js"}}"#,
+        r#"{"scripts":{"build":"node build.mjs"}}"#,
+        r#"{"dependencies":["next"]}"#,
+        "null",
+        "not json",
+    ]
+    .iter()
+    .map(|text| ((*text).to_owned(), Some((*text).to_owned())))
+    .collect();
+    cases.push(("(no package.json)".into(), None));
+    for entry in std::fs::read_dir(&apps).expect("examples/apps") {
+        let path = entry.expect("app").path().join("package.json");
+        let text = std::fs::read_to_string(&path).expect("package.json");
+        cases.push((path.display().to_string(), Some(text)));
+    }
+    for (name, package) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(text) = &package {
+            std::fs::write(dir.path().join("package.json"), text).unwrap();
+        }
+        let out = std::process::Command::new("node")
+            .args(["-e", DETECT_JS, &detection_json()])
+            .current_dir(dir.path())
+            .output()
+            .expect("node (scripts/emulators.sh installs it)");
+        assert!(out.status.success(), "{name}: {out:?}");
+        let line = String::from_utf8(out.stdout).unwrap();
+        let expected = detect(package.as_deref());
+        let output_dir = expected.output_dir.unwrap_or_default();
+        assert_eq!(
+            line.trim_end(),
+            format!(
+                "{}|{output_dir}|{}",
+                expected.framework.name(),
+                expected.reason
+            ),
+            "{name}"
+        );
+    }
+    let named = |file: &str| {
+        let text = std::fs::read_to_string(apps.join(file).join("package.json")).unwrap();
+        detect(Some(&text))
+    };
+    assert_eq!(named("nextjs").framework, Framework::Nextjs);
+    assert_eq!(
+        (
+            named("vite-react").framework,
+            named("vite-react").output_dir
+        ),
+        (Framework::Static, Some("dist"))
+    );
+    assert_eq!(named("node-server").framework, Framework::Node);
+    assert_eq!(named("static-spa").framework, Framework::Static);
+}
