@@ -130,13 +130,19 @@ impl Stage {
     }
 
     /// The site spec, with `profile` as its instance profile (none: the
-    /// site's own role); `extra` lines are added under `site.blog`.
+    /// site's own role); `extra` lines are added under `site.blog`. An
+    /// empty `framework` names none (`auto`).
     pub(crate) fn write_site(&self, framework: &str, profile: Option<&str>, extra: &str) {
         let profile = profile
             .map(|name| format!("  iam_instance_profile: {name}\n"))
             .unwrap_or_default();
+        let framework = if framework.is_empty() {
+            String::new()
+        } else {
+            format!("  framework: {framework}\n")
+        };
         self.ws.write_specs(&format!(
-            "site.blog:\n  repo: {repo}\n  framework: {framework}\n  domain: blog.{domain}\n  zone: {domain}\n  \
+            "site.blog:\n  repo: {repo}\n{framework}  domain: blog.{domain}\n  zone: {domain}\n  \
              acme_directory: {directory}\n{profile}{extra}",
             repo = self.repo,
             domain = self.domain,
@@ -153,6 +159,18 @@ impl Stage {
             .find(|(n, kind, _)| *n == name && kind == "A")
             .and_then(|(_, _, values)| values.into_iter().next())
             .unwrap_or_else(|| panic!("no A record for {name}"))
+    }
+
+    /// The site's instance box (its first instance in state).
+    pub(crate) fn instance_box(&self) -> std::sync::Arc<jaam_tests::boxes::InstanceBox> {
+        let id = state(&self.ws)["resources"]["site.blog.instance"]["id"]
+            .as_str()
+            .expect("the instance in state")
+            .to_owned();
+        self.cloud
+            .machine(&id)
+            .and_then(|machine| machine.instance_box())
+            .expect("the instance's box is booted")
     }
 
     /// GET `scheme://blog.<domain>/path`, resolved through the record, TLS
@@ -182,19 +200,30 @@ impl Stage {
     }
 }
 
-fn state(ws: &Workspace) -> serde_json::Value {
+pub(crate) fn state(ws: &Workspace) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(ws.state()).expect("state")).expect("JSON")
 }
 
 /// Requests `https://blog.<domain>/` in a loop until stopped; counts what
 /// was not a 200 and keeps every distinct body.
-struct Prober {
+pub(crate) struct Prober {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<(usize, usize, Vec<String>)>,
 }
 
 impl Prober {
-    fn start(stage: &Stage, ip: String) -> Self {
+    pub(crate) fn start(stage: &Stage, ip: String) -> Self {
+        Self::spawn(stage, ip, true)
+    }
+
+    /// [`Prober::start`] accepting any certificate: Pebble's live 40 s (the
+    /// renewal tests need that), less than a real framework's build, so
+    /// across one the certificate expires. What it counts is the switch.
+    pub(crate) fn start_any_certificate(stage: &Stage, ip: String) -> Self {
+        Self::spawn(stage, ip, false)
+    }
+
+    fn spawn(stage: &Stage, ip: String, verify: bool) -> Self {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let host = format!("blog.{}", stage.domain);
@@ -203,9 +232,14 @@ impl Prober {
         let task = tokio::spawn(async move {
             let (mut total, mut failed, mut bodies) = (0, 0, Vec::<String>::new());
             while !flag.load(Ordering::SeqCst) {
-                let out = tokio::process::Command::new("curl")
-                    .args(["-sS", "--max-time", "10", "--cacert"])
-                    .arg(&ca)
+                let mut curl = tokio::process::Command::new("curl");
+                curl.args(["-sS", "--max-time", "10"]);
+                if verify {
+                    curl.arg("--cacert").arg(&ca);
+                } else {
+                    curl.arg("--insecure");
+                }
+                let out = curl
                     .arg("--resolve")
                     .arg(format!("{host}:443:{ip}"))
                     .args(["-w", "\n%{http_code}"])
@@ -234,7 +268,7 @@ impl Prober {
         Self { stop, task }
     }
 
-    async fn finish(self) -> (usize, usize, Vec<String>) {
+    pub(crate) async fn finish(self) -> (usize, usize, Vec<String>) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         self.task.await.expect("prober")
     }

@@ -508,7 +508,7 @@ impl Site {
         let defaults = framework.defaults();
         let named: Vec<&'static str> = ["install", "build", "start", "output_dir"]
             .into_iter()
-            .filter(|name| attrs.contains_key(*name))
+            .filter(|name| attrs.get(*name).is_some_and(|value| !value.is_null()))
             .collect();
         Self {
             name: name.to_owned(),

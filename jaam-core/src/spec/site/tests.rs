@@ -702,3 +702,21 @@ fn auto_detection_should_agree_between_the_plan_and_the_instance() {
     assert_eq!(named("node-server").framework, Framework::Node);
     assert_eq!(named("static-spa").framework, Framework::Static);
 }
+
+/// A site that names no framework is `auto`, and its deploy script leaves
+/// every command it does not name to the detected framework (a loaded spec
+/// has every argument, unset ones null: they are not "named").
+#[test]
+fn a_site_naming_no_framework_should_detect_it_per_commit() {
+    let config = load(
+        "site.blog:\n  repo: acme/blog\n  domain: blog.example.com\n  zone: example.com\n  build: npm run build:prod\n",
+    )
+    .unwrap();
+    let instance = &config.resources()[&"site.blog.instance".parse().unwrap()];
+    let files = instance.args["files"].evaluate(&|_, _| None, &|_| None);
+    let files = crate::value::string_map(Some(&files));
+    let deploy = &files["/opt/jaam/bin/deploy"];
+    assert!(deploy.contains("\nFRAMEWORK=auto\n"), "{deploy}");
+    assert!(deploy.contains("\nNAMED=build\n"), "only `build` is named");
+    assert!(deploy.contains("\nBUILD_CMD='npm run build:prod'\n"));
+}
