@@ -53,11 +53,22 @@ async fn apply_under_load(stage: &Stage, needle: &str) {
 async fn nextjs_app_should_build_from_npm_serve_over_https_and_redeploy_from_its_cache() {
     let _moto = jaam_tests::MOTO.read().await;
     npm_registry();
-    let (stage, _) = Stage::new("nextjs", "nextjs").await;
+    let (stage, sha) = Stage::new("nextjs", "nextjs").await;
     stage.write_site(
         "",
         None,
         "  env:\n    GREETING: hello from the site's env\n    NEXT_TELEMETRY_DISABLED: \"1\"\n",
+    );
+    // The plan says what `auto` will build, read from the commit's package.json.
+    let plan = stage.jaam(&["plan"]).await;
+    plan.expect_code(0);
+    assert!(
+        plan.squashed().contains(&format!(
+            "Note: `site.blog.instance`: framework auto → nextjs at {} (`next` is a dependency in package.json)",
+            &sha[..7]
+        )),
+        "{}",
+        plan.squashed()
     );
     stage
         .jaam(&["apply", "--auto-approve"])
@@ -98,7 +109,7 @@ async fn nextjs_app_should_build_from_npm_serve_over_https_and_redeploy_from_its
     stage.push(
         "nextjs",
         &[(
-            "app/message.js",
+            "app/message.ts",
             "export const message = \"hello from revision B\";\n",
         )],
     );
@@ -119,7 +130,7 @@ async fn nextjs_app_should_build_from_npm_serve_over_https_and_redeploy_from_its
     stage.push(
         "nextjs",
         &[(
-            "app/message.js",
+            "app/message.ts",
             "export const message = \"hello from revision C\";\n",
         )],
     );
@@ -139,12 +150,42 @@ async fn nextjs_app_should_build_from_npm_serve_over_https_and_redeploy_from_its
 async fn vite_app_should_build_from_npm_serve_deep_links_and_redeploy() {
     let _moto = jaam_tests::MOTO.read().await;
     npm_registry();
-    let (stage, _) = Stage::new("vite", "vite-react").await;
+    let (stage, sha) = Stage::new("vite", "vite-react").await;
     stage.write_site("", None, "");
-    stage
-        .jaam(&["apply", "--auto-approve"])
-        .await
-        .expect_code(0);
+    let run = stage.jaam(&["apply", "--auto-approve"]).await;
+    run.expect_code(0);
+    assert!(
+        run.squashed().contains(&format!(
+            "Note: `site.blog.instance`: framework auto → static at {} (`vite` is a dependency in package.json)",
+            &sha[..7]
+        )),
+        "{}",
+        run.squashed()
+    );
+    // Nothing to deploy: no note, and no read of package.json.
+    let reads = |stage: &Stage| {
+        stage
+            .github
+            .repos
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .filter(|(_, path, _)| path.contains("/contents/package.json"))
+            .count()
+    };
+    let before = reads(&stage);
+    let plan = stage.jaam(&["plan"]).await;
+    assert!(
+        !plan.squashed().contains("framework auto"),
+        "{}",
+        plan.squashed()
+    );
+    assert_eq!(
+        reads(&stage),
+        before,
+        "an unchanged site costs no contents read"
+    );
     let log = build_log(&stage);
     assert!(
         log.contains("framework: static (auto: `vite` is a dependency in package.json)"),

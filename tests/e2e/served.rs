@@ -101,12 +101,17 @@ impl Stage {
     /// fake reports the new head. Returns the commit id.
     pub(crate) fn push(&self, app_name: &str, changes: &[(&str, &str)]) -> String {
         let sha = self.git.push(&self.repo, &app(app_name), changes);
-        self.github
-            .repos
-            .lock()
-            .unwrap()
+        let mut repos = self.github.repos.lock().unwrap();
+        repos
             .branches
             .insert((self.repo.clone(), "main".to_owned()), sha.clone());
+        // The contents API serves the head's package.json (the fake keeps one
+        // version per path: the head's).
+        if let Ok(package) = std::fs::read_to_string(app(app_name).join("package.json")) {
+            repos
+                .files
+                .insert((self.repo.clone(), "package.json".to_owned()), package);
+        }
         sha
     }
 

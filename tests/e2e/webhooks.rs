@@ -234,8 +234,26 @@ async fn every_request_should_match_githubs_schema() {
         .await
         .expect("delete matches the schema");
 
-    // Issue 15, item 2: a deployment and its statuses, as the daemon sends them.
+    // Issue 17: `framework: auto`'s plan note reads package.json at a commit.
+    // (The simulator answers an example whose content is not base64: what
+    // is checked is that the request was accepted, not its made-up file.)
     let api = jaam_core::providers::github::Api::new(&simulator, Some("ghp_test".into()));
+    match api
+        .file_at(
+            "octocat/Hello-World",
+            "package.json",
+            Some("7fd1a60b01f91b314f59955a4e4d4e80d8edf11d"),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(error) => assert!(
+            error.message.starts_with("file:"),
+            "a contents read at a commit matches the schema: {error}"
+        ),
+    }
+
+    // Issue 15, item 2: a deployment and its statuses, as the daemon sends them.
     let id = api
         .create_deployment(
             "octocat/Hello-World",

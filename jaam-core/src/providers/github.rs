@@ -255,8 +255,27 @@ impl Api {
     /// # Errors
     /// A failed call, or an answer without base64 content.
     pub async fn file(&self, repo: &str, path: &str) -> Result<Option<String>> {
+        self.file_at(repo, path, None).await
+    }
+
+    /// [`Api::file`] at `reference` (a commit, branch or tag; `None`: the
+    /// default branch).
+    ///
+    /// # Errors
+    /// As [`Api::file`].
+    pub async fn file_at(
+        &self,
+        repo: &str,
+        path: &str,
+        reference: Option<&str>,
+    ) -> Result<Option<String>> {
+        let query = reference.map(|r| format!("?ref={r}")).unwrap_or_default();
         let answer = match self
-            .expect(Method::GET, &format!("/repos/{repo}/contents/{path}"), None)
+            .expect(
+                Method::GET,
+                &format!("/repos/{repo}/contents/{path}{query}"),
+                None,
+            )
             .await
         {
             Ok(answer) => answer,

@@ -85,7 +85,8 @@ async fn apply_locked(
                 destroy: request.destroy,
                 replace: request.selection.replace.clone(),
             };
-            let plan = session.plan(&config, &options).await?;
+            let mut plan = session.plan(&config, &options).await?;
+            super::add_framework_notes(&config, &mut plan).await;
             if !request.run.json {
                 print!(
                     "{}",

@@ -122,6 +122,23 @@ pub(crate) fn write_plan(path: &Path, plan: &Plan) -> anyhow::Result<()> {
 }
 
 /// Prints a plan as text (coloured on a terminal) or as the documented JSON.
+/// Adds to `plan` what `framework: auto` will build for each site it
+/// deploys at a new revision (read through the GitHub API; see
+/// [`jaam_core::spec::site::framework_notes`]). The daemon does not: its
+/// push path stays free of extra GitHub calls, and the build log says what
+/// was detected.
+pub(crate) async fn add_framework_notes(config: &Config, plan: &mut Plan) {
+    let api = jaam_core::providers::github::Api::from_env();
+    let api = &api;
+    let notes = jaam_core::spec::site::framework_notes(config, plan, |repo, sha| async move {
+        api.file_at(&repo, "package.json", Some(&sha))
+            .await
+            .map_err(|error| error.message)
+    })
+    .await;
+    plan.notes.extend(notes);
+}
+
 pub(crate) fn print_plan(global: &Global, plan: &Plan, json: bool) -> anyhow::Result<()> {
     use jaam_core::plan::render;
     if json {

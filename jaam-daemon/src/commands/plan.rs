@@ -17,7 +17,8 @@ pub(crate) async fn run(global: &Global, args: &PlanArgs) -> anyhow::Result<Exit
         destroy: args.destroy,
         replace: args.selection.replace.clone(),
     };
-    let plan = engine.plan(&config, &options).await?;
+    let mut plan = engine.plan(&config, &options).await?;
+    super::add_framework_notes(&config, &mut plan).await;
     super::print_plan(global, &plan, args.json)?;
     if let Some(path) = &args.out {
         super::write_plan(path, &plan)?;

@@ -3,7 +3,7 @@
 //! ```yaml
 //! site.blog:
 //!   repo: acme/blog
-//!   framework: static        # nextjs | static | node
+//!   framework: auto          # the default; or nextjs | static | node
 //!   domain: blog.example.com
 //!   zone: example.com
 //!   webhook_url: https://jaam.example.com/hooks/github
@@ -37,11 +37,31 @@
 //!   through the environment of the fetch alone: it is never in argv, user
 //!   data, state, plan output or the build log. The instance profile needs
 //!   `ssm:GetParameter` on it.
-//! - `framework`: `nextjs` (`npm start` behind nginx), `static` (the build
-//!   output served by nginx with a fallback to `index.html` for client-side
-//!   routes) or `node` (your `start` command behind nginx).
+//! - `framework`: `auto` (the default), `nextjs` (`npm start` behind nginx),
+//!   `static` (the build output served by nginx with a fallback to
+//!   `index.html` for client-side routes) or `node` (your `start` command
+//!   behind nginx).
+//!
+//!   `auto` is decided for each commit from its `package.json` ([`detect`]):
+//!   `next` → nextjs; `vite` → static from `dist`; `react-scripts` → static
+//!   from `build`; a `start` script → node; no `package.json` → its files
+//!   served as they are; otherwise static from `dist`. **Decision:** the
+//!   instance detects it when it builds (the deploy script runs the same
+//!   rules, rendered into it as JSON): what is built is always what the
+//!   commit says, with any Git host, at no cost per plan. `jaam plan` and
+//!   `jaam apply` show it as a note for each site deploying a new revision,
+//!   reading that commit's `package.json` through the GitHub API (one call
+//!   per changed site; none for unchanged ones; a failed read is a note),
+//!   and the build log says which rule matched. Commands the spec names win
+//!   over the detected framework's. The daemon does not add the note (no
+//!   extra GitHub call on a push's path). Each release records what it was
+//!   built as, and nginx serves it accordingly (`serve.conf`: static files
+//!   through the `www` link, or the app through its upstream), so a
+//!   repository that changes framework, or a rollback across the change, is
+//!   served right.
 //! - `install`, `build`, `start`: shell commands, with per-framework defaults
-//!   ([`Framework::defaults`]); `output_dir` (static, default `dist`);
+//!   ([`Framework::defaults`]); `output_dir` (static; default the
+//!   framework's: `dist`, with `auto` the detected one);
 //!   `node_version` (default 20); `port` (server apps; the deploy script uses
 //!   it and the next one, alternately, for zero-downtime switches).
 //! - `env`: plain variables, written to the instance's env file (visible in
@@ -345,6 +365,76 @@ pub fn detect(package_json: Option<&str>) -> Detected {
 /// The instance's side of [`detect`]: a node program reading `package.json`
 /// in its working directory, given [`detection_json`].
 pub const DETECT_JS: &str = include_str!("detect.js");
+
+/// The plan's notes of what `framework: auto` builds: for each site
+/// instance of `plan` that deploys a new revision of a `github:` branch
+/// with `framework: auto`, `read(repo, sha)` gives the commit's
+/// `package.json` (`None`: it has none) and [`detect`] says what the
+/// instance will build, e.g. "`site.blog.instance`: framework auto →
+/// nextjs at 8a0f3bf (`next` is a dependency in package.json)". Reads run
+/// eight at once, only for revisions that change (an unchanged site costs no
+/// request); one that fails is a note saying so, never a failed plan (the
+/// instance detects it when it builds, by the same rules).
+pub async fn framework_notes<F, Fut>(
+    config: &super::Config,
+    plan: &crate::plan::Plan,
+    read: F,
+) -> Vec<String>
+where
+    F: Fn(String, String) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<String>, String>>,
+{
+    use futures::StreamExt as _;
+    let literal = |expr: &Expr| expr.evaluate(&|_, _| None, &|_| None);
+    let wanted: Vec<(String, String, String)> = plan
+        .changes
+        .iter()
+        .filter(|change| change.kind == "instance" && change.action.is_change())
+        .filter_map(|change| {
+            let after = change.after.as_ref()?;
+            let sha = after.get("revision")?.as_str()?;
+            let before = change.before.as_ref().and_then(|b| b.get("revision"));
+            if !checks::is_commit(sha) || before.and_then(Value::as_str) == Some(sha) {
+                return None;
+            }
+            let Some(Value::Map(files)) = after.get("files") else {
+                return None;
+            };
+            let deploy = files.get(&format!("{BIN}/deploy"))?.as_str()?;
+            if !deploy.contains("\nFRAMEWORK=auto\n") {
+                return None;
+            }
+            let written = literal(config.resources().get(&change.addr)?.args.get("revision")?);
+            let (repo, _) = written
+                .as_str()?
+                .strip_prefix(BRANCH_HEAD)?
+                .split_once('@')?;
+            Some((change.addr.to_string(), repo.to_owned(), sha.to_owned()))
+        })
+        .collect();
+    let read = &read;
+    futures::stream::iter(wanted)
+        .map(|(addr, repo, sha)| async move {
+            let short = &sha[..7];
+            match read(repo, sha.clone()).await {
+                Ok(package) => {
+                    let detected = detect(package.as_deref());
+                    format!(
+                        "`{addr}`: framework auto → {} at {short} ({})",
+                        detected.framework.name(),
+                        detected.reason
+                    )
+                }
+                Err(error) => format!(
+                    "`{addr}`: framework auto: package.json at {short} could not be read ({error}); \
+                     the instance detects the framework when it builds"
+                ),
+            }
+        })
+        .buffered(8)
+        .collect()
+        .await
+}
 
 /// [`RULES`] and the fallbacks as the JSON the deploy script's detector reads.
 pub fn detection_json() -> String {

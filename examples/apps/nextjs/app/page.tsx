@@ -1,3 +1,4 @@
+import Image from "next/image";
 import { message } from "./message";
 
 // Rendered on the server at every request.
@@ -5,11 +6,13 @@ export const dynamic = "force-dynamic";
 
 export default function Page() {
   return (
-    <main>
-      <h1 id="message">{message}</h1>
+    <main className="flex flex-col gap-2">
+      <h1 id="message" className="text-2xl font-bold">
+        {message}
+      </h1>
       <p id="greeting">{process.env.GREETING ?? "(GREETING is not set)"}</p>
       <p id="time">rendered at {new Date().toISOString()}</p>
-      <img src="/jaam.svg" alt="jaam" width="32" height="32" />
+      <Image src="/jaam.svg" alt="jaam" width={32} height={32} unoptimized />
     </main>
   );
 }
