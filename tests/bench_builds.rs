@@ -45,17 +45,6 @@ fn run(dir: &Path, program: &str, args: &[&str], env: &[(&str, &str)]) -> String
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-fn free_port() -> u16 {
-    loop {
-        let port: u16 = rand::random_range(20_000..32_000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-            && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok()
-        {
-            return port;
-        }
-    }
-}
-
 /// The caching npm registry proxy, started with an empty cache.
 struct Registry {
     url: String,
@@ -102,7 +91,8 @@ impl Drop for Registry {
 
 /// One app's site: its repository, its root and its deploy script.
 struct Bench {
-    dir: tempfile::TempDir,
+    /// Everything below (removed when the bench ends).
+    _dir: tempfile::TempDir,
     work: PathBuf,
     bare: PathBuf,
     root: PathBuf,
@@ -144,7 +134,10 @@ impl Bench {
                 "repo_url".to_owned(),
                 Value::from(bare.display().to_string()),
             ),
-            ("port".to_owned(), Value::Int(i64::from(free_port()))),
+            (
+                "port".to_owned(),
+                Value::Int(i64::from(jaam_tests::free_port_pair())),
+            ),
             (
                 "env".to_owned(),
                 Value::Map([("NEXT_TELEMETRY_DISABLED".to_owned(), Value::from("1"))].into()),
@@ -156,7 +149,7 @@ impl Bench {
         std::fs::create_dir_all(&root).unwrap();
         std::fs::write(root.join("env"), site::env_file(&site)).unwrap();
         Self {
-            dir,
+            _dir: dir,
             work,
             bare,
             root,
@@ -233,20 +226,7 @@ impl Bench {
 
 impl Drop for Bench {
     fn drop(&mut self) {
-        let Ok(entries) = std::fs::read_dir(self.root.join("run")) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("app-") && name.ends_with(".pid") {
-                let pid = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                let _ = Command::new("kill")
-                    .arg("--")
-                    .arg(format!("-{}", pid.trim()))
-                    .output();
-            }
-        }
-        let _ = &self.dir;
+        jaam_tests::stop_site_apps(&self.root);
     }
 }
 

@@ -87,6 +87,38 @@ where
     .unwrap_or_else(|_| panic!("timed out after {deadline:?} waiting for {what}"))
 }
 
+/// Stops the app processes the deploy script started under `root` with
+/// `JAAM_NO_SYSTEMD=1` (their process groups, from `run/app-*.pid`).
+pub fn stop_site_apps(root: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(root.join("run")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("app-") && name.ends_with(".pid") {
+            let pid = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let _ = std::process::Command::new("kill")
+                .arg("--")
+                .arg(format!("-{}", pid.trim()))
+                .output();
+        }
+    }
+}
+
+/// A port `p` with `p` and `p + 1` free on 127.0.0.1: a server app
+/// alternates between the two. Below Linux's ephemeral range (32768 and up),
+/// so no client socket of a concurrent test takes them meanwhile.
+pub fn free_port_pair() -> u16 {
+    loop {
+        let port: u16 = rand::random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok()
+        {
+            return port;
+        }
+    }
+}
+
 /// A unique, readable name for one test run.
 pub fn unique(test: &str) -> String {
     format!("{test}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])

@@ -412,38 +412,12 @@ fn hammer(
     })
 }
 
-fn stop_apps(root: &Path) {
-    let Ok(entries) = std::fs::read_dir(root.join("run")) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("app-") && name.ends_with(".pid") {
-            let pid = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            let _ = Command::new("kill")
-                .arg("--")
-                .arg(format!("-{}", pid.trim()))
-                .output();
-        }
-    }
-}
-
 fn run_deploy_cycle(app: &str, framework: &str, needle: impl Fn(&str) -> bool) {
     let dir = site_dir();
     let repo = Repo::new(dir.path(), app);
     let a = git(&repo.work, &["rev-parse", "HEAD"]);
     let root = dir.path().join("site");
-    // A server app alternates between `port` and `port + 1`: both must be
-    // free, and stay free. Below Linux's ephemeral range (32768 and up) no
-    // client socket of a concurrent test takes them meanwhile.
-    let port = loop {
-        let port: u16 = rand::random_range(20_000..32_000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-            && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok()
-        {
-            break port;
-        }
-    };
+    let port = jaam_tests::free_port_pair();
     let site = sample_site(
         "sample",
         framework,
@@ -574,7 +548,7 @@ fn scopeguard(root: PathBuf) -> impl Drop {
     struct Guard(PathBuf);
     impl Drop for Guard {
         fn drop(&mut self) {
-            stop_apps(&self.0);
+            jaam_tests::stop_site_apps(&self.0);
         }
     }
     Guard(root)
@@ -601,14 +575,7 @@ fn deploy_script_should_serve_each_commit_as_auto_detects_it() {
     let repo = Repo::new(dir.path(), "static-spa");
     let a = git(&repo.work, &["rev-parse", "HEAD"]);
     let root = dir.path().join("site");
-    let port = loop {
-        let port: u16 = rand::random_range(20_000..32_000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-            && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok()
-        {
-            break port;
-        }
-    };
+    let port = jaam_tests::free_port_pair();
     let site = sample_site(
         "sample",
         "auto",
