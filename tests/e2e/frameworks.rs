@@ -1,14 +1,17 @@
 //! Issue 17: real front-end apps on the instance boxes. The Next.js (App
 //! Router) and Vite + React samples in `examples/apps/` are built on the
 //! instance from the npm registry (through the caching proxy
-//! `scripts/emulators.sh` starts), with `framework` left to `auto`, served
-//! over HTTPS, and redeployed from a one-line change with zero failed
-//! requests, their `node_modules` reused; a corrupted cache falls back to a
-//! clean install.
+//! `scripts/emulators.sh` starts), with `framework` left to `auto` (the plan
+//! notes what it detects), served over HTTPS, and redeployed by the daemon
+//! from a signed push of a one-line change with zero failed requests, their
+//! `node_modules` reused; a corrupted cache falls back to a clean install.
+
+use std::time::Duration;
 
 use jaam_tests::boxes::npm_registry;
+use jaam_tests::daemon::{Daemon, deliveries};
 
-use crate::served::{Prober, Stage};
+use crate::served::{HOOK_SECRET, Prober, Stage};
 
 fn build_log(stage: &Stage) -> String {
     std::fs::read_to_string(
@@ -26,19 +29,59 @@ fn serving_release(stage: &Stage) -> String {
     link.file_name().unwrap().to_string_lossy().into_owned()
 }
 
-/// Applies, then checks that a looping HTTPS client saw no failure and saw
-/// `needle` at last. Pebble's certificates (40 s) expire during a real
-/// build: the loop accepts any certificate, and a second apply renews it
-/// before the test looks again, verifying.
-async fn apply_under_load(stage: &Stage, needle: &str) {
+/// The site's webhook, so the daemon takes the test's signed pushes.
+fn webhook(stage: &Stage) -> String {
+    format!(
+        "  webhook_url: https://jaam.{}/hooks/github\n  webhook_secret: ${{env.HOOK_SECRET}}\n",
+        stage.domain
+    )
+}
+
+/// The daemon keeping the stack, once its first reconcile saw `serving`.
+fn daemon(stage: &Stage, serving: &str) -> Daemon {
+    let daemon = Daemon::start(
+        stage.command(&["daemon"]),
+        stage.ws.dir.path().join("daemon.log"),
+    );
+    daemon.wait_until(
+        "the daemon's first reconcile",
+        Duration::from_secs(120),
+        |d| d.status()["revisions"]["blog"].as_str() == Some(serving),
+    );
+    daemon
+}
+
+/// Pushes `changes` to `app` and delivers the signed push to `daemon`, while
+/// a looping HTTPS client counts failures; returns once the new commit
+/// serves, the loop having seen no failure and `needle` at last. Pebble's
+/// certificates (40 s) expire during a real build: the loop accepts any
+/// certificate (what it counts is the switch), and the test renews with an
+/// apply before it looks again, verifying.
+async fn push_under_load(
+    stage: &Stage,
+    daemon: &Daemon,
+    app: &str,
+    changes: &[(&str, &str)],
+    needle: &str,
+) -> String {
     let prober = Prober::start_any_certificate(stage, stage.record_ip().await);
-    let run = stage.jaam(&["apply", "--auto-approve"]).await;
+    let sha = stage.push(app, changes);
+    let all = deliveries(
+        HOOK_SECRET,
+        &stage.repo,
+        "main",
+        std::slice::from_ref(&sha),
+        None,
+    );
+    let push = all.iter().find(|d| d.event == "push").expect("a push");
+    let (status, body) = daemon.deliver(push);
+    assert!(status == 200 || status == 202, "{status} {body}");
+    daemon.wait_until(
+        "the pushed commit deployed",
+        Duration::from_secs(300),
+        |d| d.status()["revisions"]["blog"].as_str() == Some(sha.as_str()),
+    );
     let (total, failed, bodies) = prober.finish().await;
-    run.expect_code(0);
-    stage
-        .jaam(&["apply", "--auto-approve"])
-        .await
-        .expect_code(0);
     assert_eq!(
         failed, 0,
         "{failed} of {total} requests failed during the redeploy"
@@ -47,6 +90,17 @@ async fn apply_under_load(stage: &Stage, needle: &str) {
         bodies.iter().any(|b| b.contains(needle)),
         "the loop saw the new release: {bodies:?}"
     );
+    sha
+}
+
+/// Stops the daemon and renews what expired meanwhile (Pebble's 40 s
+/// certificates), so the test's HTTPS client verifies again.
+async fn stop_and_renew(stage: &Stage, daemon: Daemon) {
+    assert_eq!(daemon.terminate(), Some(0));
+    stage
+        .jaam(&["apply", "--auto-approve"])
+        .await
+        .expect_code(0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -57,7 +111,10 @@ async fn nextjs_app_should_build_from_npm_serve_over_https_and_redeploy_from_its
     stage.write_site(
         "",
         None,
-        "  env:\n    GREETING: hello from the site's env\n    NEXT_TELEMETRY_DISABLED: \"1\"\n",
+        &format!(
+            "  env:\n    GREETING: hello from the site's env\n    NEXT_TELEMETRY_DISABLED: \"1\"\n{}",
+            webhook(&stage)
+        ),
     );
     // The plan says what `auto` will build, read from the commit's package.json.
     let plan = stage.jaam(&["plan"]).await;
@@ -103,17 +160,21 @@ async fn nextjs_app_should_build_from_npm_serve_over_https_and_redeploy_from_its
     assert_eq!(asset.status, 200);
     assert!(asset.body.contains("<svg"), "{asset:?}");
 
-    // A one-line change: rebuilt on the cached node_modules, switched with
-    // no failed request.
+    // A push of a one-line change, through the daemon: rebuilt on the
+    // cached node_modules, switched with no failed request.
     let first = serving_release(&stage);
-    stage.push(
+    let daemon = daemon(&stage, &sha);
+    push_under_load(
+        &stage,
+        &daemon,
         "nextjs",
         &[(
             "app/message.ts",
             "export const message = \"hello from revision B\";\n",
         )],
-    );
-    apply_under_load(&stage, "hello from revision B").await;
+        "hello from revision B",
+    )
+    .await;
     let log = build_log(&stage);
     assert!(
         log.contains(&format!("install: reusing node_modules of release {first}")),
@@ -127,14 +188,17 @@ async fn nextjs_app_should_build_from_npm_serve_over_https_and_redeploy_from_its
         "/srv/jaam/blog/releases/{second}/node_modules/.bin/next"
     ));
     std::fs::remove_file(&bin).expect("remove node_modules/.bin/next");
-    stage.push(
+    push_under_load(
+        &stage,
+        &daemon,
         "nextjs",
         &[(
             "app/message.ts",
             "export const message = \"hello from revision C\";\n",
         )],
-    );
-    apply_under_load(&stage, "hello from revision C").await;
+        "hello from revision C",
+    )
+    .await;
     let log = build_log(&stage);
     assert!(
         log.contains(
@@ -142,6 +206,7 @@ async fn nextjs_app_should_build_from_npm_serve_over_https_and_redeploy_from_its
         ),
         "{log}"
     );
+    stop_and_renew(&stage, daemon).await;
     let api = stage.get("https", "/api/hello").await;
     assert!(api.body.contains("hello from revision C"), "{api:?}");
 }
@@ -151,7 +216,7 @@ async fn vite_app_should_build_from_npm_serve_deep_links_and_redeploy() {
     let _moto = jaam_tests::MOTO.read().await;
     npm_registry();
     let (stage, sha) = Stage::new("vite", "vite-react").await;
-    stage.write_site("", None, "");
+    stage.write_site("", None, &webhook(&stage));
     let run = stage.jaam(&["apply", "--auto-approve"]).await;
     run.expect_code(0);
     assert!(
@@ -214,19 +279,24 @@ async fn vite_app_should_build_from_npm_serve_deep_links_and_redeploy() {
     assert!(script.body.contains("hello from revision A"));
     assert!(script.body.contains("the team page, routed in the browser"));
 
+    // A push of a one-line change, through the daemon.
     let first = serving_release(&stage);
-    stage.push(
+    let daemon = daemon(&stage, &sha);
+    push_under_load(
+        &stage,
+        &daemon,
         "vite-react",
         &[(
             "src/message.js",
             "export const message = \"hello from revision B\";\n",
         )],
-    );
-    let old_index = stage.get("https", "/").await.body;
-    apply_under_load(&stage, "data-app").await;
-    let page = stage.get("https", "/").await;
-    assert_ne!(page.body, old_index, "a new index names the new bundle");
-    let script = stage.get("https", &bundle(&page.body)).await;
+        "data-app",
+    )
+    .await;
+    stop_and_renew(&stage, daemon).await;
+    let index = stage.get("https", "/").await;
+    assert_ne!(index.body, page.body, "a new index names the new bundle");
+    let script = stage.get("https", &bundle(&index.body)).await;
     assert!(script.body.contains("hello from revision B"), "new bundle");
     let log = build_log(&stage);
     assert!(
