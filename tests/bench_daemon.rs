@@ -33,6 +33,85 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// An AWS request's operation: its `X-Amz-Target`, its query `Action`, or
+/// its request line.
+fn operation(head: &str, body: &str) -> String {
+    if let Some(target) = head.lines().find_map(|l| l.strip_prefix("x-amz-target: ")) {
+        return target.trim().to_owned();
+    }
+    if let Some(action) = body
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("Action="))
+    {
+        return action.to_owned();
+    }
+    head.lines().next().unwrap_or_default().to_owned()
+}
+
+/// Where a push's time goes: the median offset from the push of each AWS
+/// operation before its command, and the median of each stage of the
+/// deploy-only reconciles the daemon logged ("reconcile stages").
+fn print_trace(trace: &[Vec<(String, Duration)>], log: &str, rounds: usize) {
+    println!(
+        "where a push's time goes (medians over {} pushes):",
+        trace.len()
+    );
+    let mut names: Vec<String> = Vec::new();
+    for steps in trace {
+        for (name, _) in steps {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+    }
+    for name in names {
+        let mut offsets: Vec<Duration> = trace
+            .iter()
+            .filter_map(|steps| steps.iter().find(|(n, _)| *n == name).map(|(_, d)| *d))
+            .collect();
+        let count = offsets.len();
+        println!(
+            "  {} after the push: {name} (in {count} of them)",
+            ms(percentile(&mut offsets, 0.5))
+        );
+    }
+    // The daemon's own stage log of its deploy-only reconciles (the timed
+    // pushes are the first `rounds` of them).
+    let mut stages: Vec<(String, Vec<f64>)> = Vec::new();
+    for line in log
+        .lines()
+        .filter(|l| l.contains("reconcile stages") && l.contains("deploy_only=true"))
+        .take(rounds)
+    {
+        let Some(rest) = line.split("stages=").nth(1) else {
+            continue;
+        };
+        for pair in rest.split_whitespace() {
+            let Some((name, value)) = pair.split_once('=') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            match stages.iter_mut().find(|(n, _)| n == name) {
+                Some((_, values)) => values.push(value),
+                None => stages.push((name.to_owned(), vec![value])),
+            }
+        }
+    }
+    let stages: Vec<String> = stages
+        .into_iter()
+        .map(|(name, mut values)| {
+            values.sort_by(f64::total_cmp);
+            format!("{name} {:.2} ms", values[values.len() / 2])
+        })
+        .collect();
+    println!(
+        "  the daemon's deploy-only reconciles, by stage: {}",
+        stages.join(", ")
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let moto = jaam_tests::moto_endpoint();
@@ -43,11 +122,18 @@ async fn main() {
     // When each deploy's SendCommand reached moto, by sha.
     let seen: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
     let record = Arc::clone(&seen);
+    // Every AWS operation and when it reached moto, for the trace.
+    let operations: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let traced = Arc::clone(&operations);
     let proxy = InterceptProxy::start(
         &moto,
         Arc::new(move |head: &str, body: &str| {
+            traced
+                .lock()
+                .unwrap()
+                .push((operation(head, body), Instant::now()));
             if head.contains("x-amz-target: amazonssm.sendcommand")
-                && let Some(rest) = body.split("/opt/jaam/bin/deploy ").nth(1)
+                && let Some(rest) = body.split("exec /opt/jaam/bin/deploy ").nth(1)
             {
                 let sha: String = rest.chars().take(40).collect();
                 record.lock().unwrap().push((sha, Instant::now()));
@@ -112,6 +198,9 @@ async fn main() {
         .filter(|d| d.event == "push")
         .collect();
     let mut to_command = Vec::new();
+    // Per push: each AWS operation's first time between the push and its
+    // command, as an offset from the push.
+    let mut trace: Vec<Vec<(String, Duration)>> = Vec::new();
     for (sha, push) in shas.iter().zip(&pushes) {
         // A push after a quiet push window (1 s) is deployed at once.
         std::thread::sleep(Duration::from_millis(1050));
@@ -123,13 +212,25 @@ async fn main() {
             if let Some((_, at)) = seen.lock().unwrap().iter().find(|(s, _)| s == sha) {
                 break *at;
             }
-            assert!(
-                sent.elapsed() < Duration::from_secs(30),
-                "no deploy for {sha}"
-            );
+            if sent.elapsed() > Duration::from_secs(30) {
+                let log =
+                    std::fs::read_to_string(ws.dir.path().join("daemon.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "no deploy for {sha} in 30 s; the daemon's log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_micros(200));
         };
         to_command.push(arrived.duration_since(sent));
+        let mut steps: Vec<(String, Duration)> = Vec::new();
+        for (name, at) in operations.lock().unwrap().iter() {
+            if *at >= sent && *at <= arrived && !steps.iter().any(|(n, _)| n == name) {
+                steps.push((name.clone(), at.duration_since(sent)));
+            }
+        }
+        trace.push(steps);
         daemon.wait_until("the deploy", Duration::from_secs(30), |d| {
             revision(d) == *sha && d.metrics().contains("jaam_queue_depth 0")
         });
@@ -176,6 +277,11 @@ async fn main() {
     );
     println!(
         "idle RSS after the first reconcile: {rss:.1} MB = {anon:.1} MB heap and stacks + {file:.1} MB mapped code of the binary  (target < 50 MB)"
+    );
+    print_trace(
+        &trace,
+        &std::fs::read_to_string(ws.dir.path().join("daemon.log")).unwrap_or_default(),
+        rounds,
     );
     assert_eq!(daemon.terminate(), Some(0));
 }

@@ -178,3 +178,50 @@ async fn refresh_of_100_roles_should_cost_one_call() {
     println!("refresh of 100 roles with their profiles and policies: {calls} API calls");
     assert!(calls <= 1, "refresh made {calls} calls");
 }
+
+/// Issue 14 (where a push's time goes): the daemon plans at every push, and
+/// that plan (from state, no refresh) made an AWS call for the latest AMI
+/// behind its parameter and one for the default VPC before the deploy
+/// command. A long-running process remembers both (10 minutes), so its next
+/// plans make no call at all.
+#[tokio::test]
+async fn plans_of_one_process_should_read_the_ami_and_default_vpc_once() {
+    use jaam_core::providers::aws::{ec2::Instances, security_groups::SecurityGroups};
+    let config = aws_config().await;
+    let _moto = jaam_tests::MOTO.read().await;
+    let counter = CallCounter::new();
+    let mut registry = Registry::new();
+    registry.register(Arc::new(Instances::new(&config, Some(counter.clone()))));
+    registry.register(Arc::new(SecurityGroups::new(
+        &config,
+        Some(counter.clone()),
+    )));
+    let stack = unique("remember");
+    let text = format!(
+        "security_group.web:\n  name: {stack}-web\n  ingress: [\"tcp 443 0.0.0.0/0\"]\n\
+         instance.web:\n  ami: /aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64\n  \
+         instance_type: t3.micro\n  security_group_ids: [\"${{security_group.web.id}}\"]\n"
+    );
+    let (engine, specs, _directory) = applied(registry, &stack, text).await;
+    counter.reset();
+    let options = plan::Options {
+        refresh: false,
+        ..Default::default()
+    };
+    let plan = engine.plan(&specs, &options).await.unwrap();
+    assert!(!plan.has_changes());
+    assert_eq!(
+        counter.count(),
+        0,
+        "a plan from state by the same process calls nothing"
+    );
+    run(
+        &engine,
+        &specs,
+        &plan::Options {
+            destroy: true,
+            ..Default::default()
+        },
+    )
+    .await;
+}

@@ -508,8 +508,10 @@ impl Daemon {
             .reasons
             .iter()
             .all(|r| *r == "resync" || *r == RETRY);
+        let mut stages = Stages::start();
         let config = crate::commands::load_specs_with(&self.global, self.engine.registry())
             .map_err(|e| format!("{e:#}"))?;
+        stages.mark("specs");
         // A push or a merge touches only its sites' instances: plan just those
         // from state (no refresh; the resync refreshes everything), so a deploy
         // starts within milliseconds of the delivery.
@@ -543,6 +545,7 @@ impl Daemon {
             .lock("jaam daemon")
             .await
             .map_err(|e| e.to_string())?;
+        stages.mark("lock");
         self.index(&config, session.state()).await;
         if let Some(state) = session.state() {
             self.record_revisions(state);
@@ -552,6 +555,7 @@ impl Daemon {
                 .plan(&config, &options)
                 .await
                 .map_err(|e| e.to_string())?;
+            stages.mark("plan");
             if !plan.has_changes() {
                 self.status.lock().expect("status").drift.clear();
                 return Ok("no_changes");
@@ -582,6 +586,7 @@ impl Daemon {
                 ),
                 session.apply(&plan, &apply_options, None, cancel.clone()),
             );
+            stages.mark("apply");
             let report = report.map_err(|e| e.to_string())?;
             deployments::finish(&self.github, &on_github, &report).await;
             self.metrics.apply(took.elapsed());
@@ -615,7 +620,48 @@ impl Daemon {
         }
         .await;
         session.release().await.map_err(|e| e.to_string())?;
+        stages.mark("release");
+        tracing::info!(
+            stack = %self.stack,
+            deploy_only,
+            stages = %stages,
+            "reconcile stages (milliseconds each)"
+        );
         outcome
+    }
+}
+
+/// How long each stage of a reconcile took, for the log: where a push's
+/// time goes on its way to the deploy command (`scripts/bench-daemon`
+/// prints their medians).
+struct Stages {
+    last: Instant,
+    took: Vec<(&'static str, Duration)>,
+}
+
+impl Stages {
+    fn start() -> Self {
+        Self {
+            last: Instant::now(),
+            took: Vec::new(),
+        }
+    }
+
+    /// Ends stage `name` now.
+    fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.took.push((name, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Stages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, took)) in self.took.iter().enumerate() {
+            let gap = if i == 0 { "" } else { " " };
+            write!(f, "{gap}{name}={:.2}", took.as_secs_f64() * 1000.0)?;
+        }
+        Ok(())
     }
 }
 

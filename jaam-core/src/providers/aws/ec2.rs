@@ -255,6 +255,8 @@ pub struct Instances {
     ssm: SsmClient,
     schema: Schema,
     heads: Option<HeadResolver>,
+    /// The images behind AMI parameters, once read (see [`super::REMEMBER`]).
+    amis: super::Remembered,
 }
 
 impl std::fmt::Debug for Instances {
@@ -378,6 +380,7 @@ impl Instances {
             ssm: SsmClient::from_conf(ssm.build()),
             schema: schema(),
             heads: None,
+            amis: super::Remembered::default(),
         }
     }
 
@@ -638,8 +641,21 @@ impl Instances {
             .collect())
     }
 
+    /// The image behind each AMI parameter: remembered for
+    /// [`super::REMEMBER`] (a daemon plans at every push; the latest image
+    /// changes a few times a month), read ten at a time otherwise.
     async fn resolve_amis(&self, paths: Vec<String>) -> Result<HashMap<String, String>> {
         let mut out = HashMap::new();
+        let paths: Vec<String> = paths
+            .into_iter()
+            .filter(|path| match self.amis.get(path) {
+                Some(ami) => {
+                    out.insert(path.clone(), ami);
+                    false
+                }
+                None => true,
+            })
+            .collect();
         for chunk in paths.chunks(10) {
             let answer = self
                 .ssm
@@ -650,6 +666,7 @@ impl Instances {
                 .map_err(|e| classify("GetParameters", e))?;
             for parameter in answer.parameters() {
                 if let (Some(name), Some(value)) = (parameter.name(), parameter.value()) {
+                    self.amis.put(name, value);
                     out.insert(name.to_owned(), value.to_owned());
                 }
             }

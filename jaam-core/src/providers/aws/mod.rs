@@ -17,6 +17,7 @@ pub mod security_groups;
 pub mod sites;
 pub mod ssm;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -166,6 +167,37 @@ impl Intercept for CallCounter {
 }
 
 pub(crate) use crate::value::string_map;
+
+/// How long a long-running process (the daemon) remembers what changes
+/// rarely and is read at every plan: the region's default VPC and the image
+/// behind an AMI's public parameter. A push's plan then makes no AWS call
+/// before its deploy command; a CLI run reads them once.
+pub(crate) const REMEMBER: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Values read from AWS, each remembered for [`REMEMBER`].
+#[derive(Debug, Default)]
+pub(crate) struct Remembered {
+    values: std::sync::Mutex<HashMap<String, (std::time::Instant, String)>>,
+}
+
+impl Remembered {
+    /// The value of `key`, when read less than [`REMEMBER`] ago.
+    pub(crate) fn get(&self, key: &str) -> Option<String> {
+        let values = self.values.lock().expect("remembered");
+        values
+            .get(key)
+            .filter(|(at, _)| at.elapsed() < REMEMBER)
+            .map(|(_, value)| value.clone())
+    }
+
+    /// Remembers `value` for `key`, from now.
+    pub(crate) fn put(&self, key: &str, value: &str) {
+        self.values.lock().expect("remembered").insert(
+            key.to_owned(),
+            (std::time::Instant::now(), value.to_owned()),
+        );
+    }
+}
 
 /// `found` (a set the cloud reports in its own order) in the order of
 /// `written` first, then what was not written, sorted: a list the user wrote

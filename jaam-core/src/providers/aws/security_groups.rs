@@ -275,6 +275,8 @@ pub fn schema() -> Schema {
 pub struct SecurityGroups {
     ec2: Ec2Client,
     schema: Schema,
+    /// The region's default VPC, once read (see [`super::REMEMBER`]).
+    remembered: super::Remembered,
 }
 
 fn tags_of(group: &SecurityGroup) -> BTreeMap<String, String> {
@@ -332,6 +334,7 @@ impl SecurityGroups {
         Self {
             ec2: Ec2Client::from_conf(builder.build()),
             schema: schema(),
+            remembered: super::Remembered::default(),
         }
     }
 
@@ -388,8 +391,18 @@ impl SecurityGroups {
             })
     }
 
-    /// The region's default VPC.
+    /// The region's default VPC (remembered for [`super::REMEMBER`]: a
+    /// daemon's every plan checks it).
     async fn default_vpc(&self) -> Result<String> {
+        if let Some(vpc) = self.remembered.get("default-vpc") {
+            return Ok(vpc);
+        }
+        let vpc = self.read_default_vpc().await?;
+        self.remembered.put("default-vpc", &vpc);
+        Ok(vpc)
+    }
+
+    async fn read_default_vpc(&self) -> Result<String> {
         let answer = self
             .ec2
             .describe_vpcs()
