@@ -34,7 +34,8 @@ pub struct Repos {
     pub hook_admin_denied: std::collections::BTreeSet<String>,
     /// Files by (repository, path), served by the contents API.
     pub files: BTreeMap<(String, String), String>,
-    /// Branch reads answered `304 Not Modified` (a matching `If-None-Match`).
+    /// Branch and hook-list reads answered `304 Not Modified` (a matching
+    /// `If-None-Match`).
     pub not_modified: usize,
     /// Deployments by id: repository and the request's body.
     pub deployments: BTreeMap<i64, (String, Value)>,
@@ -126,14 +127,34 @@ fn check_body(body: &Value, creating: bool) -> Result<(), String> {
 async fn list(
     State(repos): State<Shared>,
     Path((owner, name)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Response {
-    let repos = repos.lock().expect("fake");
+    use sha2::Digest as _;
+    let mut repos = repos.lock().expect("fake");
     let hooks: Vec<Value> = repos
         .hooks
         .get(&format!("{owner}/{name}"))
         .map(|hooks| hooks.iter().map(masked).collect())
         .unwrap_or_default();
-    Json(hooks).into_response()
+    // GitHub's ETags change with the content (and a 304 costs no rate limit).
+    let body = Value::Array(hooks).to_string();
+    let etag = format!("W/\"{}\"", hex::encode(sha2::Sha256::digest(&body)));
+    if headers
+        .get("if-none-match")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|given| given == etag)
+    {
+        repos.not_modified += 1;
+        return (StatusCode::NOT_MODIFIED, [("etag", etag)]).into_response();
+    }
+    (
+        [
+            ("etag", etag),
+            ("content-type", "application/json".to_owned()),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn create(

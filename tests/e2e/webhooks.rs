@@ -288,3 +288,67 @@ async fn every_request_should_match_githubs_schema() {
         .expect("curl");
     assert_eq!(String::from_utf8_lossy(&bad.stdout), "400");
 }
+
+/// Issue 14 (GitHub efficiency): a daemon's resync lists each repository's
+/// hooks. The listing is a conditional request: while no hook changed,
+/// GitHub answers `304 Not Modified` (not counted against the token's rate
+/// limit) and the last listing is used; a hook edited on GitHub changes the
+/// ETag, so the next refresh sees the edit.
+#[tokio::test]
+async fn hook_listings_should_be_conditional_and_still_see_changes() {
+    let config = aws_config().await;
+    let github = GithubFake::start().await;
+    let provider = Webhooks::new(&config, &github.url, Some("ghp_test".into()));
+    let context = Context {
+        stack: unique("hooketag"),
+    };
+    let owner = Owner {
+        stack: context.stack.clone(),
+        addr: "webhook.deploys".into(),
+        intent: None,
+    };
+    let attributes = Attrs::from([
+        ("repo".into(), Value::from("acme/etag")),
+        ("url".into(), Value::from("https://jaam.example.test/hooks")),
+        (
+            "events".into(),
+            Value::List(vec![Value::from("push"), Value::from("pull_request")]),
+        ),
+        ("content_type".into(), Value::from("json")),
+        ("secret".into(), Value::from(SECRET)),
+        ("active".into(), Value::Bool(true)),
+    ]);
+    let created = provider
+        .create(&context, &owner, &attributes)
+        .await
+        .expect("create");
+    let addr = "webhook.deploys".parse().unwrap();
+    let targets = [RefreshTarget {
+        addr: &addr,
+        id: Some(&created.id),
+        attributes: &created.attributes,
+    }];
+    let first = provider.refresh(&context, &targets).await.expect("refresh");
+    let not_modified = || github.repos.lock().unwrap().not_modified;
+    let before = not_modified();
+    let second = provider.refresh(&context, &targets).await.expect("refresh");
+    assert_eq!(not_modified(), before + 1, "the second listing was a 304");
+    assert_eq!(first, second, "and read the same hooks");
+
+    // An edit on GitHub: the listing changes, and the refresh sees it.
+    github
+        .repos
+        .lock()
+        .unwrap()
+        .hooks
+        .get_mut("acme/etag")
+        .unwrap()[0]["active"] = serde_json::Value::Bool(false);
+    let third = provider.refresh(&context, &targets).await.expect("refresh");
+    assert_eq!(
+        not_modified(),
+        before + 1,
+        "a changed listing is read again"
+    );
+    let observed = third[0].as_ref().expect("the hook");
+    assert_eq!(observed.attributes["active"], Value::Bool(false));
+}

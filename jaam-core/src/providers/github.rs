@@ -149,6 +149,10 @@ impl Answer {
 type HeadCache =
     std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, String), (String, String)>>>;
 
+/// Answers read before, by path: (ETag, body).
+type AnswerCache =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (String, String)>>>;
+
 /// One deployment status (see [`Api::deployment_status`]).
 #[derive(Clone, Copy, Debug)]
 pub struct DeploymentStatus<'a> {
@@ -169,6 +173,8 @@ pub struct Api {
     token: bool,
     /// Guarded by its own mutex, never held across an await.
     heads: HeadCache,
+    /// Hook listings read before (see [`Api::get_conditional`]).
+    answers: AnswerCache,
 }
 
 impl Api {
@@ -193,6 +199,7 @@ impl Api {
             client,
             token: has_token,
             heads: HeadCache::default(),
+            answers: AnswerCache::default(),
         }
     }
 
@@ -247,6 +254,39 @@ impl Api {
                 .insert(key, (etag.clone(), sha.clone()));
         }
         Ok(sha)
+    }
+
+    /// GET `path`, conditional on the `ETag` of its last answer: unchanged,
+    /// GitHub answers `304 Not Modified` (not counted against the token's
+    /// rate limit) and the last body is returned. A resync's hook listings
+    /// (one per repository) then cost nothing while no hook changed.
+    async fn get_conditional(&self, path: &str) -> Result<Answer> {
+        let cached = self.answers.lock().expect("answers").get(path).cloned();
+        let answer = self
+            .call(
+                Method::GET,
+                path,
+                None,
+                cached.as_ref().map(|(etag, _)| etag.as_str()),
+            )
+            .await?;
+        if answer.status == StatusCode::NOT_MODIFIED
+            && let Some((etag, body)) = cached
+        {
+            return Ok(Answer {
+                status: StatusCode::OK,
+                body,
+                etag: Some(etag),
+            });
+        }
+        let answer = Self::success(&Method::GET, path, answer)?;
+        if let Some(etag) = &answer.etag {
+            self.answers
+                .lock()
+                .expect("answers")
+                .insert(path.to_owned(), (etag.clone(), answer.body.clone()));
+        }
+        Ok(answer)
     }
 
     /// The text of `path` in `repo`'s default branch (the contents API),
@@ -500,11 +540,7 @@ impl Webhooks {
         for page in 1.. {
             let answer = self
                 .api
-                .expect(
-                    Method::GET,
-                    &format!("/repos/{repo}/hooks?per_page=100&page={page}"),
-                    None,
-                )
+                .get_conditional(&format!("/repos/{repo}/hooks?per_page=100&page={page}"))
                 .await?;
             let Json::Array(batch) = answer.json("hook list")? else {
                 return Err(ProviderError::new(
