@@ -124,6 +124,15 @@ fn check_body(body: &Value, creating: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// `304 Not Modified` (counted) when the request's `If-None-Match` is `etag`.
+fn not_modified(repos: &mut Repos, headers: &HeaderMap, etag: &str) -> Option<Response> {
+    let given = headers.get("if-none-match")?.to_str().ok()?;
+    (given == etag).then(|| {
+        repos.not_modified += 1;
+        (StatusCode::NOT_MODIFIED, [("etag", etag.to_owned())]).into_response()
+    })
+}
+
 async fn list(
     State(repos): State<Shared>,
     Path((owner, name)): Path<(String, String)>,
@@ -139,13 +148,8 @@ async fn list(
     // GitHub's ETags change with the content (and a 304 costs no rate limit).
     let body = Value::Array(hooks).to_string();
     let etag = format!("W/\"{}\"", hex::encode(sha2::Sha256::digest(&body)));
-    if headers
-        .get("if-none-match")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|given| given == etag)
-    {
-        repos.not_modified += 1;
-        return (StatusCode::NOT_MODIFIED, [("etag", etag)]).into_response();
+    if let Some(unchanged) = not_modified(&mut repos, &headers, &etag) {
+        return unchanged;
     }
     (
         [
@@ -257,13 +261,8 @@ async fn branch(
     };
     // GitHub's ETags change with the content; the head is the content here.
     let etag = format!("W/\"{sha}\"");
-    if headers
-        .get("if-none-match")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|given| given == etag)
-    {
-        repos.not_modified += 1;
-        return (StatusCode::NOT_MODIFIED, [("etag", etag)]).into_response();
+    if let Some(unchanged) = not_modified(&mut repos, &headers, &etag) {
+        return unchanged;
     }
     (
         [("etag", etag)],

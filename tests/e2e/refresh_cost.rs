@@ -53,17 +53,18 @@ async fn refresh_calls(
     assert_eq!(plan.changes.len(), resources);
     if clean_up {
         // The shared emulator stays small.
-        run(
-            &engine,
-            &specs,
-            &plan::Options {
-                destroy: true,
-                ..Default::default()
-            },
-        )
-        .await;
+        destroy(&engine, &specs).await;
     }
     calls
+}
+
+/// Destroys what `specs` made.
+async fn destroy(engine: &Engine, specs: &jaam_core::spec::Config) {
+    let options = plan::Options {
+        destroy: true,
+        ..Default::default()
+    };
+    run(engine, specs, &options).await;
 }
 
 /// Plans and applies under the lock; every change must succeed.
@@ -215,13 +216,5 @@ async fn plans_of_one_process_should_read_the_ami_and_default_vpc_once() {
         0,
         "a plan from state by the same process calls nothing"
     );
-    run(
-        &engine,
-        &specs,
-        &plan::Options {
-            destroy: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    destroy(&engine, &specs).await;
 }

@@ -27,6 +27,31 @@ fn jaam(ws: &Workspace, github: &GithubFake, args: &[&str]) -> Run {
     Run::from(output)
 }
 
+/// A provider call's context (a stack named after `test`), the hook's owner
+/// and its arguments for `repo` (push and pull_request, JSON, a secret).
+fn hook(test: &str, repo: &str) -> (Context, Owner, Attrs) {
+    let context = Context {
+        stack: unique(test),
+    };
+    let owner = Owner {
+        stack: context.stack.clone(),
+        addr: "webhook.deploys".into(),
+        intent: None,
+    };
+    let attributes = Attrs::from([
+        ("repo".into(), Value::from(repo)),
+        ("url".into(), Value::from("https://jaam.example.test/hooks")),
+        (
+            "events".into(),
+            Value::List(vec![Value::from("push"), Value::from("pull_request")]),
+        ),
+        ("content_type".into(), Value::from("json")),
+        ("secret".into(), Value::from(SECRET)),
+        ("active".into(), Value::Bool(true)),
+    ]);
+    (context, owner, attributes)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn webhook_should_be_created_refreshed_corrected_and_deleted() {
     moto_endpoint();
@@ -179,25 +204,7 @@ async fn every_request_should_match_githubs_schema() {
     });
     let config = aws_config().await;
     let provider = Webhooks::new(&config, &simulator, Some("ghp_test".into()));
-    let context = Context {
-        stack: unique("hookschema"),
-    };
-    let owner = Owner {
-        stack: context.stack.clone(),
-        addr: "webhook.deploys".into(),
-        intent: None,
-    };
-    let attributes = Attrs::from([
-        ("repo".into(), Value::from("octocat/Hello-World")),
-        ("url".into(), Value::from("https://jaam.example.test/hooks")),
-        (
-            "events".into(),
-            Value::List(vec![Value::from("push"), Value::from("pull_request")]),
-        ),
-        ("content_type".into(), Value::from("json")),
-        ("secret".into(), Value::from(SECRET)),
-        ("active".into(), Value::Bool(true)),
-    ]);
+    let (context, owner, attributes) = hook("hookschema", "octocat/Hello-World");
     let created = provider
         .create(&context, &owner, &attributes)
         .await
@@ -299,25 +306,7 @@ async fn hook_listings_should_be_conditional_and_still_see_changes() {
     let config = aws_config().await;
     let github = GithubFake::start().await;
     let provider = Webhooks::new(&config, &github.url, Some("ghp_test".into()));
-    let context = Context {
-        stack: unique("hooketag"),
-    };
-    let owner = Owner {
-        stack: context.stack.clone(),
-        addr: "webhook.deploys".into(),
-        intent: None,
-    };
-    let attributes = Attrs::from([
-        ("repo".into(), Value::from("acme/etag")),
-        ("url".into(), Value::from("https://jaam.example.test/hooks")),
-        (
-            "events".into(),
-            Value::List(vec![Value::from("push"), Value::from("pull_request")]),
-        ),
-        ("content_type".into(), Value::from("json")),
-        ("secret".into(), Value::from(SECRET)),
-        ("active".into(), Value::Bool(true)),
-    ]);
+    let (context, owner, attributes) = hook("hooketag", "acme/etag");
     let created = provider
         .create(&context, &owner, &attributes)
         .await
