@@ -148,14 +148,7 @@ async fn click_and_confirm(client: &Client, css: &str) {
 async fn dashboard_should_show_sites_follow_a_build_and_roll_back_with_the_token() {
     let _moto = jaam_tests::MOTO.read().await;
     let (stage, first) = Stage::new("dashboard", "static-spa").await;
-    stage.write_site(
-        "static",
-        None,
-        &format!(
-            "  webhook_url: https://jaam.{}/hooks/github\n  webhook_secret: ${{env.HOOK_SECRET}}\n",
-            stage.domain
-        ),
-    );
+    stage.write_site("static", None, &stage.webhook());
     stage
         .jaam(&["apply", "--auto-approve"])
         .await

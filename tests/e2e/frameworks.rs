@@ -29,14 +29,6 @@ fn serving_release(stage: &Stage) -> String {
     link.file_name().unwrap().to_string_lossy().into_owned()
 }
 
-/// The site's webhook, so the daemon takes the test's signed pushes.
-fn webhook(stage: &Stage) -> String {
-    format!(
-        "  webhook_url: https://jaam.{}/hooks/github\n  webhook_secret: ${{env.HOOK_SECRET}}\n",
-        stage.domain
-    )
-}
-
 /// The daemon keeping the stack, once its first reconcile saw `serving`.
 fn daemon(stage: &Stage, serving: &str) -> Daemon {
     let daemon = Daemon::start(
@@ -113,7 +105,7 @@ async fn nextjs_app_should_build_from_npm_serve_over_https_and_redeploy_from_its
         None,
         &format!(
             "  env:\n    GREETING: hello from the site's env\n    NEXT_TELEMETRY_DISABLED: \"1\"\n{}",
-            webhook(&stage)
+            stage.webhook()
         ),
     );
     // The plan says what `auto` will build, read from the commit's package.json.
@@ -216,7 +208,7 @@ async fn vite_app_should_build_from_npm_serve_deep_links_and_redeploy() {
     let _moto = jaam_tests::MOTO.read().await;
     npm_registry();
     let (stage, sha) = Stage::new("vite", "vite-react").await;
-    stage.write_site("", None, &webhook(&stage));
+    stage.write_site("", None, &stage.webhook());
     let run = stage.jaam(&["apply", "--auto-approve"]).await;
     run.expect_code(0);
     assert!(

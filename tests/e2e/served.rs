@@ -155,6 +155,15 @@ impl Stage {
         ));
     }
 
+    /// The site's webhook lines (under `site.blog`), so a daemon takes the
+    /// test's signed pushes ([`HOOK_SECRET`]).
+    pub(crate) fn webhook(&self) -> String {
+        format!(
+            "  webhook_url: https://jaam.{}/hooks/github\n  webhook_secret: ${{env.HOOK_SECRET}}\n",
+            self.domain
+        )
+    }
+
     /// The A record's value for `blog.<domain>` in moto.
     pub(crate) async fn record_ip(&self) -> String {
         let name = format!("blog.{}", self.domain);
@@ -286,14 +295,7 @@ async fn static_site_should_be_served_over_https_redeployed_and_rolled_back() {
     let _moto = jaam_tests::MOTO.read().await;
     let (stage, first) = Stage::new("served", "static-spa").await;
     // No profile named: the site's own role is what lets the agent register.
-    stage.write_site(
-        "static",
-        None,
-        &format!(
-            "  webhook_url: https://jaam.{}/hooks/github\n  webhook_secret: ${{env.HOOK_SECRET}}\n",
-            stage.domain
-        ),
-    );
+    stage.write_site("static", None, &stage.webhook());
 
     let run = stage.jaam(&["apply", "--auto-approve"]).await;
     run.expect_code(0);
