@@ -7,9 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use jaam_tests::daemon::{Daemon, deliveries};
+use jaam_tests::daemon::Daemon;
 
-use crate::served::{HOOK_SECRET, Stage};
+use crate::served::Stage;
 
 const TOKEN: &str = "dashboard-token-for-the-test";
 
@@ -189,16 +189,7 @@ async fn dashboard_should_show_sites_follow_a_build_and_roll_back_with_the_token
     let before = history(&client).await;
     assert_eq!(before.len(), 1, "{before:?}");
     let second = stage.push("static-spa", &[("message.txt", "hello from revision B\n")]);
-    let all = deliveries(
-        HOOK_SECRET,
-        &stage.repo,
-        "main",
-        std::slice::from_ref(&second),
-        None,
-    );
-    let push = all.iter().find(|d| d.event == "push").expect("a push");
-    let (status, body) = daemon.deliver(push);
-    assert!(status == 200 || status == 202, "{status} {body}");
+    stage.deliver_push(&daemon, &second);
     let log = eventually(
         "the build's lines in the live log",
         Duration::from_secs(300),

@@ -9,9 +9,9 @@
 use std::time::Duration;
 
 use jaam_tests::boxes::npm_registry;
-use jaam_tests::daemon::{Daemon, deliveries};
+use jaam_tests::daemon::Daemon;
 
-use crate::served::{HOOK_SECRET, Prober, Stage};
+use crate::served::{Prober, Stage};
 
 fn build_log(stage: &Stage) -> String {
     std::fs::read_to_string(
@@ -58,16 +58,7 @@ async fn push_under_load(
 ) -> String {
     let prober = Prober::start_any_certificate(stage, stage.record_ip().await);
     let sha = stage.push(app, changes);
-    let all = deliveries(
-        HOOK_SECRET,
-        &stage.repo,
-        "main",
-        std::slice::from_ref(&sha),
-        None,
-    );
-    let push = all.iter().find(|d| d.event == "push").expect("a push");
-    let (status, body) = daemon.deliver(push);
-    assert!(status == 200 || status == 202, "{status} {body}");
+    stage.deliver_push(daemon, &sha);
     daemon.wait_until(
         "the pushed commit deployed",
         Duration::from_secs(300),

@@ -164,6 +164,15 @@ impl Stage {
         )
     }
 
+    /// Delivers the signed push of `sha` (the repository's `main`) to
+    /// `daemon`, which must accept it.
+    pub(crate) fn deliver_push(&self, daemon: &Daemon, sha: &str) {
+        let all = deliveries(HOOK_SECRET, &self.repo, "main", &[sha.to_owned()], None);
+        let push = all.iter().find(|d| d.event == "push").expect("a push");
+        let (status, body) = daemon.deliver(push);
+        assert!(status == 200 || status == 202, "{status} {body}");
+    }
+
     /// The A record's value for `blog.<domain>` in moto.
     pub(crate) async fn record_ip(&self) -> String {
         let name = format!("blog.{}", self.domain);
@@ -337,19 +346,7 @@ async fn static_site_should_be_served_over_https_redeployed_and_rolled_back() {
     );
     let prober = Prober::start(&stage, stage.record_ip().await);
     let second = stage.push("static-spa", &[("message.txt", "hello from revision B\n")]);
-    let all = deliveries(
-        HOOK_SECRET,
-        &stage.repo,
-        "main",
-        std::slice::from_ref(&second),
-        None,
-    );
-    let push = all
-        .iter()
-        .find(|d| d.event == "push")
-        .expect("a push delivery");
-    let (status, body) = daemon.deliver(push);
-    assert!(status == 200 || status == 202, "{status} {body}");
+    stage.deliver_push(&daemon, &second);
     daemon.wait_until(
         "the pushed commit deployed",
         Duration::from_secs(300),
