@@ -108,6 +108,15 @@ pub(crate) enum Command {
 /// `jaam daemon`.
 #[derive(Clone, Debug, Args)]
 pub(crate) struct DaemonArgs {
+    /// Keep every stack under DIR: each subdirectory is one stack, named by
+    /// it; `--state` is then a template holding `{stack}`
+    /// (`state/{stack}.json`, `s3://bucket/jaam/{stack}.json`). Without it
+    /// the daemon keeps the one stack `--specs` names.
+    #[arg(long, value_name = "DIR", env = "JAAM_STACKS")]
+    pub(crate) stacks: Option<PathBuf>,
+    /// How many stacks may be reconciled at once (one stack never twice).
+    #[arg(long, default_value_t = 4)]
+    pub(crate) workers: usize,
     /// Where the webhook receiver and the read endpoints listen.
     #[arg(long, default_value = "127.0.0.1:8080", env = "JAAM_DAEMON_LISTEN")]
     pub(crate) listen: String,

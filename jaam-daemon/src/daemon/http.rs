@@ -12,13 +12,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use super::Daemon;
+use super::Shared;
+use super::fleet::Fleet;
 use super::webhook::{self, Wanted};
 use crate::queue::Request as Work;
 
-type Shared = Arc<Daemon>;
+/// The handlers' state: every stack, and what they share.
+pub(super) type App = Arc<Fleet>;
 
-pub(crate) async fn serve(daemon: Shared, listener: tokio::net::TcpListener) {
+pub(crate) async fn serve(daemon: App, listener: tokio::net::TcpListener) {
     let stop = daemon.intake.clone();
     let daemon_header_timeout = daemon.args.header_timeout;
     let app = axum::Router::new()
@@ -70,7 +72,7 @@ const INLINE_CHECK_BYTES: usize = 64 * 1024;
 /// `POST /hooks/github`: headers checked first, then the body read under a
 /// bounded number of permits, authenticated against its repository's
 /// webhook secrets only, de-duplicated, and turned into work.
-async fn hook(State(daemon): State<Shared>, request: Request) -> Response {
+async fn hook(State(daemon): State<App>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let header = |name: &str| {
         parts
@@ -119,8 +121,7 @@ async fn hook(State(daemon): State<Shared>, request: Request) -> Response {
         let body = body.clone();
         move || {
             let repo = webhook::claimed_repository(&body);
-            let routes = daemon.routes.read().expect("routes");
-            routes.authenticate(&signature, hook_id.as_deref(), repo.as_deref(), &body)?;
+            daemon.authenticate(&signature, hook_id.as_deref(), repo.as_deref(), &body)?;
             Ok::<_, webhook::SignatureError>(webhook::body_key(&body))
         }
     };
@@ -184,52 +185,56 @@ async fn hook(State(daemon): State<Shared>, request: Request) -> Response {
     }
 }
 
-/// Queues a deploy of the sites of `repo`'s `branch`. `sha` is what the
-/// delivery says the head is; the reconcile deploys the head GitHub reports.
+/// Queues a deploy of the sites of `repo`'s `branch`, in every stack that
+/// has one. `sha` is what the delivery says the head is; each reconcile
+/// deploys the head GitHub reports.
 fn deploy(
-    daemon: &Daemon,
+    fleet: &Fleet,
     delivery: &str,
     repo: &str,
     branch: &str,
     sha: &str,
     why: &'static str,
 ) -> Response {
-    let sites = daemon.routes.read().expect("routes").sites(repo, branch);
-    if sites.is_empty() {
-        daemon.metrics.delivery("ignored");
+    let mut queued = Vec::new();
+    for daemon in fleet.stacks() {
+        let sites = daemon.routes.read().expect("routes").sites(repo, branch);
+        if sites.is_empty() {
+            continue;
+        }
+        // A new push: a revision parked for failing may be deployed again.
+        daemon.parking.pushed(repo, branch);
+        let mut work = Work::default();
+        work.reasons.insert(why);
+        work.deliveries.insert(delivery.to_owned());
+        for site in &sites {
+            work.revisions.insert(site.clone(), sha.to_owned());
+        }
+        if let Err(full) = daemon.schedule(daemon.push_due(), work) {
+            fleet.metrics.delivery("queue_full");
+            return answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": full.to_string()}),
+            );
+        }
+        tracing::info!(delivery, stack = %daemon.stack, ?sites, sha, why, "deploy queued");
+        queued.extend(sites);
+    }
+    if queued.is_empty() {
+        fleet.metrics.delivery("ignored");
         return answer(
             StatusCode::ACCEPTED,
             json!({"status": "ignored", "reason": format!("no site deploys {repo}@{branch}")}),
         );
     }
-    // A new push: a revision parked for failing may be deployed again.
-    daemon.parking.pushed(repo, branch);
-    let mut work = Work::default();
-    work.reasons.insert(why);
-    work.deliveries.insert(delivery.to_owned());
-    for site in &sites {
-        work.revisions.insert(site.clone(), sha.to_owned());
-    }
-    match daemon.schedule(daemon.push_due(), work) {
-        Ok(()) => {
-            daemon.metrics.delivery("accepted");
-            tracing::info!(delivery, ?sites, sha, why, "deploy queued");
-            answer(
-                StatusCode::ACCEPTED,
-                json!({"status": "accepted", "sites": sites, "revision": sha}),
-            )
-        }
-        Err(full) => {
-            daemon.metrics.delivery("queue_full");
-            answer(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": full.to_string()}),
-            )
-        }
-    }
+    fleet.metrics.delivery("accepted");
+    answer(
+        StatusCode::ACCEPTED,
+        json!({"status": "accepted", "sites": queued, "revision": sha}),
+    )
 }
 
-fn refused(daemon: &Daemon, error: webhook::SignatureError) -> Response {
+fn refused(daemon: &Shared, error: webhook::SignatureError) -> Response {
     daemon.metrics.delivery("unauthorized");
     tracing::warn!(reason = error.reason(), "refused a webhook delivery");
     answer(StatusCode::UNAUTHORIZED, json!({"error": error.reason()}))
@@ -240,7 +245,7 @@ fn refused(daemon: &Daemon, error: webhook::SignatureError) -> Response {
 ///
 /// Both sides are hashed first and the digests compared in constant time,
 /// so the answer's timing tells neither the token's content nor its length.
-pub(super) fn allowed(daemon: &Daemon, headers: &HeaderMap) -> bool {
+pub(super) fn allowed(daemon: &Shared, headers: &HeaderMap) -> bool {
     use sha2::{Digest as _, Sha256};
     let Some(token) = &daemon.read_token else {
         return true;
@@ -269,42 +274,53 @@ fn unauthorized() -> Response {
     )
 }
 
-async fn metrics(State(daemon): State<Shared>, headers: HeaderMap) -> Response {
-    if !allowed(&daemon, &headers) {
+async fn metrics(State(fleet): State<App>, headers: HeaderMap) -> Response {
+    if !allowed(&fleet, &headers) {
         return unauthorized();
     }
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        daemon.metrics.render(
-            daemon.queue.depth(),
-            daemon.logs.pollers(),
-            daemon.logs.streams(),
-        ),
-    )
-        .into_response()
+    let mut text = fleet.metrics.render(
+        fleet.queue.depth(),
+        fleet.logs.pollers(),
+        fleet.logs.streams(),
+    );
+    text.push_str(&format!(
+        "# HELP jaam_stacks Stacks kept, and stacks whose specs do not load.\n# TYPE jaam_stacks gauge\n\
+         jaam_stacks{{state=\"kept\"}} {}\njaam_stacks{{state=\"broken\"}} {}\n",
+        fleet.stacks().len(),
+        fleet.broken().len()
+    ));
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 
-async fn status(State(daemon): State<Shared>, headers: HeaderMap) -> Response {
-    if !allowed(&daemon, &headers) {
+/// `GET /status`: every stack, by name; a stack whose specs do not load
+/// with its error.
+async fn status(State(fleet): State<App>, headers: HeaderMap) -> Response {
+    if !allowed(&fleet, &headers) {
         return unauthorized();
     }
-    let status = daemon.status.lock().expect("status").clone();
-    let mut stack = serde_json::to_value(status).unwrap_or_default();
-    stack["parked"] = serde_json::to_value(daemon.parking.list()).unwrap_or_default();
-    Json(json!({ "stacks": [stack] })).into_response()
+    let mut stacks: Vec<serde_json::Value> = fleet
+        .stacks()
+        .iter()
+        .map(|daemon| {
+            let status = daemon.status.lock().expect("status").clone();
+            let mut stack = serde_json::to_value(status).unwrap_or_default();
+            stack["parked"] = serde_json::to_value(daemon.parking.list()).unwrap_or_default();
+            stack
+        })
+        .collect();
+    for (name, error) in fleet.broken() {
+        stacks.push(json!({"stack": name, "result": "specs_invalid", "error": error}));
+    }
+    Json(json!({ "stacks": stacks })).into_response()
 }
 
 /// `GET /sites/{name}/logs`: the site's log group as server-sent events, from
 /// ten minutes back, following new events until the client goes away.
-async fn logs(
-    State(daemon): State<Shared>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if !allowed(&daemon, &headers) {
+async fn logs(State(fleet): State<App>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    if !allowed(&fleet, &headers) {
         return unauthorized();
     }
-    let Some(addr) = super::site_addr(&name) else {
+    let (Some(addr), Some(daemon)) = (super::site_addr(&name), fleet.site(&name)) else {
         return answer(StatusCode::NOT_FOUND, json!({"error": "no such site"}));
     };
     let state = match daemon.engine.state().await {

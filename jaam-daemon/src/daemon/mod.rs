@@ -66,6 +66,7 @@
 
 mod dashboard;
 mod deployments;
+mod fleet;
 mod http;
 mod logs;
 mod metrics;
@@ -73,7 +74,6 @@ mod parking;
 mod webhook;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -121,21 +121,39 @@ pub(crate) struct StackStatus {
     pub(crate) reconciles: u64,
 }
 
-/// Everything the tasks share.
-pub(crate) struct Daemon {
-    global: Global,
+/// What every stack of one daemon shares: the HTTP side's limits and
+/// memory of deliveries, the work queue its workers take stacks from, the
+/// metrics, and the AWS and GitHub clients that are not a stack's own.
+pub(crate) struct Shared {
     args: DaemonArgs,
-    engine: Engine,
-    stack: String,
+    /// Keyed by stack: one stack is never reconciled twice at once.
     queue: Arc<Queue<String, Request>>,
     metrics: Metrics,
+    deliveries: Mutex<Deliveries>,
+    /// Webhook bodies being read or checked at once (beyond: 503).
+    bodies: tokio::sync::Semaphore,
+    /// GitHub, for deployment statuses (see [`deployments`]).
+    github: jaam_core::providers::github::Api,
+    parameters: jaam_core::providers::aws::parameters::Parameters,
+    /// Stops intake (HTTP, watcher, timers).
+    intake: CancellationToken,
+    /// The token the read endpoints want, if any (see [`read_token`]).
+    read_token: Option<Secret>,
+    /// Shared log pollers and the stream cap.
+    logs: logs::LogHub,
+    sdk: jaam_core::providers::aws::SdkConfig,
+}
+
+/// One stack the daemon keeps: its specs, state, routes and status.
+pub(crate) struct Daemon {
+    shared: Arc<Shared>,
+    global: Global,
+    engine: Engine,
+    stack: String,
     status: Mutex<StackStatus>,
     /// Which deliveries are accepted (by their repository's webhook secrets)
     /// and which sites they deploy.
     routes: RwLock<Routes>,
-    deliveries: Mutex<Deliveries>,
-    /// Webhook bodies being read or checked at once (beyond: 503).
-    bodies: tokio::sync::Semaphore,
     /// Generated webhook secrets read from Parameter Store, by (name, hook id).
     stored_secrets: Mutex<HashMap<(String, String), Secret>>,
     /// When the last failed reconcile's service asked to be tried again
@@ -143,109 +161,85 @@ pub(crate) struct Daemon {
     retry_after: Mutex<Option<DateTime<Utc>>>,
     /// Revisions that keep failing (see [`parking`]).
     parking: parking::Parking,
-    /// GitHub, for deployment statuses (see [`deployments`]).
-    github: jaam_core::providers::github::Api,
     /// Set by a reconcile whose every failure parked its revision: no retry.
     all_parked: std::sync::atomic::AtomicBool,
-    parameters: jaam_core::providers::aws::parameters::Parameters,
-    /// Stops intake (HTTP, watcher, timer).
-    intake: CancellationToken,
     /// Until when pushes wait for the current push window to close.
     push_window: Mutex<Instant>,
-    /// The token the read endpoints want, if any (see [`read_token`]).
-    read_token: Option<Secret>,
-    /// Shared log pollers and the stream cap.
-    logs: logs::LogHub,
+    /// The stack's resync timer (aborted when the stack goes away).
+    timer: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+/// A stack's daemon uses the fleet's shared parts as its own.
+impl std::ops::Deref for Daemon {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
 }
 
 pub(crate) async fn run(global: &Global, args: &DaemonArgs) -> anyhow::Result<ExitCode> {
     let sdk = jaam_core::providers::aws::load_config().await;
-    // Branch heads come from the GitHub API when a reconcile runs: a
-    // delivery only says which sites to look at (see `webhook`).
-    // A revision that keeps failing is parked: the resolver then answers
-    // what serves (see `parking`).
-    let parking = parking::Parking::new(args.max_failures);
-    let registry = jaam_core::providers::registry(&sdk, |heads| parking.wrap(heads));
-    // The specs must load to start: a daemon that cannot read them says so now.
-    let config = crate::commands::load_specs_with(global, &registry)?;
-    let stack = crate::commands::stack_name(global, Some(&config));
-    let engine = crate::commands::engine(global, registry, stack.clone())
-        .await?
-        .with_lock_timeout(args.lock_wait);
     let read_token = read_token(args)?;
-    let logs = logs::LogHub::new(jaam_core::providers::aws::sites::Logs::new(&sdk));
-    let deliveries_file = args.deliveries.clone().or_else(|| {
-        let state = global.state.to_string_lossy();
-        (!state.starts_with("s3://")).then(|| PathBuf::from(format!("{state}.deliveries")))
-    });
-    let daemon = Arc::new(Daemon {
-        global: Global {
-            specs: global.specs.clone(),
-            state: global.state.clone(),
-            lease_ttl: global.lease_ttl,
-            stack: Some(stack.clone()),
-            lock_timeout: global.lock_timeout,
-            no_color: true,
-            full: false,
-            log_format: global.log_format.clone(),
-        },
+    let layout = fleet::Layout::new(global, args)?;
+    let shared = Arc::new(Shared {
         args: args.clone(),
-        engine,
-        stack: stack.clone(),
         queue: Queue::new(queue::Config {
-            capacity: 64,
+            // Every stack of a fleet may wait at once (a resync of all).
+            capacity: 64.max(layout.capacity_hint()),
             retry: queue::RETRY,
         }),
         metrics: Metrics::default(),
-        status: Mutex::new(StackStatus {
-            stack: stack.clone(),
-            ..StackStatus::default()
-        }),
-        routes: RwLock::default(),
         // Ids and body hashes: the newest 10,000 deliveries.
-        deliveries: Mutex::new(Deliveries::load(deliveries_file, 20_000)),
+        deliveries: Mutex::new(Deliveries::load(layout.deliveries_file(args), 20_000)),
         bodies: tokio::sync::Semaphore::new(MAX_BODIES),
-        stored_secrets: Mutex::default(),
-        retry_after: Mutex::default(),
-        parking,
         github: jaam_core::providers::github::Api::from_env(),
-        all_parked: std::sync::atomic::AtomicBool::new(false),
         parameters: jaam_core::providers::aws::parameters::Parameters::new(&sdk, None),
         intake: CancellationToken::new(),
-        push_window: Mutex::new(Instant::now()),
         read_token,
-        logs,
+        logs: logs::LogHub::new(jaam_core::providers::aws::sites::Logs::new(&sdk)),
+        sdk,
     });
-    let state = daemon.engine.state().await.ok().flatten();
-    daemon.index(&config, state.as_ref()).await;
+    let fleet = fleet::Fleet::open(layout, shared).await?;
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, stack, "jaam daemon started");
-    let server = tokio::spawn(http::serve(Arc::clone(&daemon), listener));
-    let watcher = watch(Arc::clone(&daemon))?;
-    let timer = tokio::spawn(resync(Arc::clone(&daemon)));
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        stacks = %fleet.label(),
+        workers = args.workers,
+        "jaam daemon started"
+    );
+    let server = tokio::spawn(http::serve(Arc::clone(&fleet), listener));
+    let watcher = fleet.watch()?;
     let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(work(Arc::clone(&daemon), shutdown.clone()));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..args.workers.max(1) {
+        workers.spawn(work(Arc::clone(&fleet), shutdown.clone()));
+    }
 
     wait_for_signal().await;
-    tracing::info!("stopping: no new work; letting a running reconcile finish");
-    daemon.intake.cancel();
+    tracing::info!("stopping: no new work; letting running reconciles finish");
+    fleet.intake.cancel();
     drop(watcher);
-    timer.abort();
+    fleet.stop_timers();
     let _ = server.await;
-    // Cancelling the apply after the grace period: started calls finish, state is saved.
+    // Cancelling the applies after the grace period: started calls finish, state is saved.
     let grace = tokio::time::sleep(args.shutdown_grace);
     tokio::pin!(grace);
-    let stopping = shutdown.clone();
-    let mut worker = worker;
+    // Dropping a JoinSet aborts its tasks: it is drained, never dropped, so
+    // a cancelled apply still saves its state.
+    let all_done = async {
+        while workers.join_next().await.is_some() {}
+    };
+    tokio::pin!(all_done);
     tokio::select! {
-        _ = &mut worker => {}
+        () = &mut all_done => {}
         () = &mut grace => {
-            tracing::warn!("shutdown grace period over: cancelling the running apply");
-            stopping.cancel();
-            let _ = worker.await;
+            tracing::warn!("shutdown grace period over: cancelling the running applies");
+            shutdown.cancel();
+            all_done.await;
         }
     }
     tracing::info!("jaam daemon stopped");
@@ -262,6 +256,62 @@ async fn wait_for_signal() {
 }
 
 impl Daemon {
+    /// Opens the stack `global` names and learns its routes; its specs must
+    /// load. A stack of a directory (`named_by_dir`) is named by it, and
+    /// specs naming another stack are refused.
+    async fn open(shared: Arc<Shared>, global: Global, named_by_dir: bool) -> anyhow::Result<Arc<Self>> {
+        // Branch heads come from the GitHub API when a reconcile runs: a
+        // delivery only says which sites to look at (see `webhook`).
+        // A revision that keeps failing is parked: the resolver then answers
+        // what serves (see `parking`).
+        let parking = parking::Parking::new(shared.args.max_failures);
+        let registry = jaam_core::providers::registry(&shared.sdk, |heads| parking.wrap(heads));
+        let config = crate::commands::load_specs_with(&global, &registry)?;
+        let stack = crate::commands::stack_name(&global, Some(&config));
+        if named_by_dir && let Some(named) = &config.stack().name {
+            anyhow::ensure!(
+                *named == stack,
+                "the specs in `{}` name stack `{named}`, but a stack of --stacks is named by its directory (`{stack}`)\n\n\
+                 hint: rename the directory to `{named}`, or set `stack: {{name: {stack}}}`",
+                global.specs.display()
+            );
+        }
+        let engine = crate::commands::engine(&global, registry, stack.clone())
+            .await?
+            .with_lock_timeout(shared.args.lock_wait);
+        let daemon = Arc::new(Self {
+            shared,
+            global: Global {
+                stack: Some(stack.clone()),
+                no_color: true,
+                full: false,
+                ..global
+            },
+            engine,
+            stack: stack.clone(),
+            status: Mutex::new(StackStatus {
+                stack,
+                ..StackStatus::default()
+            }),
+            routes: RwLock::default(),
+            stored_secrets: Mutex::default(),
+            retry_after: Mutex::default(),
+            parking,
+            all_parked: std::sync::atomic::AtomicBool::new(false),
+            push_window: Mutex::new(Instant::now()),
+            timer: Mutex::default(),
+        });
+        let state = daemon.engine.state().await.ok().flatten();
+        daemon.index(&config, state.as_ref()).await;
+        Ok(daemon)
+    }
+
+    /// Whether site `name` is one of this stack's.
+    fn keeps_site(&self, name: &str) -> bool {
+        self.routes.read().expect("routes").all_sites().contains_key(name)
+            || self.status.lock().expect("status").revisions.contains_key(name)
+    }
+
     /// Counts the apply's failed and succeeded site deploys per revision
     /// (see [`parking`]); notes when every failure is a parked revision.
     fn park(&self, plan: &jaam_core::Plan, report: &jaam_core::apply::Report) {
@@ -325,9 +375,8 @@ impl Daemon {
             let _ = session.release().await;
             return Err("nothing applied yet".to_owned());
         };
-        let sdk = jaam_core::providers::aws::load_config().await;
         let (started, took) = (Utc::now(), std::time::Instant::now());
-        let outcome = jaam_core::providers::aws::sites::rollback(&sdk, &state, site).await;
+        let outcome = jaam_core::providers::aws::sites::rollback(&self.sdk, &state, site).await;
         let deployment = jaam_core::history::rollback(
             &state,
             site,
@@ -665,12 +714,18 @@ impl std::fmt::Display for Stages {
     }
 }
 
-/// The worker: one reconcile at a time, until shutdown.
-async fn work(daemon: Arc<Daemon>, shutdown: CancellationToken) {
+/// A worker: takes the next stack due (never one another worker holds)
+/// and reconciles it, until shutdown. `--workers` of them run at once.
+async fn work(fleet: Arc<fleet::Fleet>, shutdown: CancellationToken) {
     loop {
         let (stack, request) = tokio::select! {
-            next = daemon.queue.next() => next,
-            () = daemon.intake.cancelled() => return,
+            next = fleet.queue.next() => next,
+            () = fleet.intake.cancelled() => return,
+        };
+        let Some(daemon) = fleet.stack(&stack) else {
+            // The stack's directory went away while it waited.
+            fleet.queue.done(&stack, true, Request::default(), None);
+            continue;
         };
         let result = daemon.reconcile(&request, &shutdown).await;
         let mut retry = request.clone();
@@ -688,62 +743,37 @@ async fn work(daemon: Arc<Daemon>, shutdown: CancellationToken) {
         let parked = daemon
             .all_parked
             .swap(false, std::sync::atomic::Ordering::SeqCst);
-        daemon
+        fleet
             .queue
             .done(&stack, result.is_ok() || parked, retry, not_before);
-        if daemon.intake.is_cancelled() {
+        if fleet.intake.is_cancelled() {
             return;
         }
     }
 }
 
-/// The resync timer; the first resync runs at start (gap filling).
+/// A stack's resync timer: the first resync at start (gap filling), the
+/// second at a random point of the next period ([`fleet::first_gap`]), then
+/// every period ±10 %.
 async fn resync(daemon: Arc<Daemon>) {
+    let period = daemon.args.resync;
+    let mut wait = Duration::ZERO;
+    let mut first = true;
     loop {
+        tokio::time::sleep(wait).await;
         let mut request = Request::default();
         request.reasons.insert("resync");
         let _ = daemon.schedule(Instant::now(), request);
-        let period = daemon.args.resync.as_secs_f64();
-        let jitter = (rand::random::<f64>() - 0.5).mul_add(0.2, 1.0);
-        let wait = Duration::from_secs_f64(period * jitter);
+        wait = if first {
+            fleet::first_gap(period)
+        } else {
+            period.mul_f64((rand::random::<f64>() - 0.5).mul_add(0.2, 1.0))
+        };
+        first = false;
         daemon.status.lock().expect("status").next_resync = chrono::Duration::from_std(wait)
             .ok()
             .map(|w| Utc::now() + w);
-        tokio::time::sleep(wait).await;
     }
-}
-
-/// Watches the specs; the watcher stops when the returned handle is dropped.
-fn watch(daemon: Arc<Daemon>) -> anyhow::Result<notify::RecommendedWatcher> {
-    use notify::Watcher as _;
-    let handle = tokio::runtime::Handle::current();
-    let target = daemon.global.specs.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        if matches!(event.kind, notify::EventKind::Access(_)) {
-            return;
-        }
-        let relevant = event.paths.iter().any(|path| {
-            path.extension()
-                .is_some_and(|ext| ext == "yaml" || ext == "yml")
-        });
-        if !relevant || daemon.intake.is_cancelled() {
-            return;
-        }
-        // New specs: parked revisions may go again.
-        daemon.parking.clear();
-        let mut request = Request::default();
-        request.reasons.insert("spec change");
-        let due = Instant::now() + daemon.args.debounce;
-        let daemon = Arc::clone(&daemon);
-        handle.spawn(async move {
-            if daemon.schedule(due, request).is_err() {
-                tracing::warn!("queue full: dropped a spec change (the next resync catches it)");
-            }
-        });
-    })?;
-    watcher.watch(&target, notify::RecursiveMode::Recursive)?;
-    Ok(watcher)
 }
 
 /// The read endpoints' token: `JAAM_DAEMON_TOKEN` or `--read-token-file`.

@@ -43,10 +43,10 @@ use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::Daemon;
+use super::http::App;
+use super::fleet::Fleet;
+use super::{Daemon, Shared};
 use crate::queue::Request;
-
-type Shared = Arc<Daemon>;
 
 const CSS: &str = include_str!("dashboard.css");
 const JS: &str = include_str!("dashboard.js");
@@ -54,7 +54,7 @@ const JS: &str = include_str!("dashboard.js");
 const COOKIE: &str = "jaam_session";
 
 /// The dashboard's routes.
-pub(super) fn routes() -> axum::Router<Shared> {
+pub(super) fn routes() -> axum::Router<App> {
     axum::Router::new()
         .route("/", get(index))
         .route("/sites/{name}", get(site_page))
@@ -100,14 +100,14 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// Whether the request carries the daemon's session cookie.
-pub(super) fn signed_in(daemon: &Daemon, headers: &HeaderMap) -> bool {
+pub(super) fn signed_in(daemon: &Shared, headers: &HeaderMap) -> bool {
     let Some(token) = &daemon.read_token else {
         return false;
     };
     cookie(headers, COOKIE).is_some_and(|given| same(given, &digest("session", token.expose())))
 }
 
-fn bearer(daemon: &Daemon, headers: &HeaderMap) -> bool {
+fn bearer(daemon: &Shared, headers: &HeaderMap) -> bool {
     let Some(token) = &daemon.read_token else {
         return false;
     };
@@ -141,7 +141,7 @@ fn refuse(status: StatusCode, error: &str) -> Response {
 }
 
 /// Whether the request may act, or the answer that says why not.
-fn may_act(daemon: &Daemon, headers: &HeaderMap) -> Result<(), Box<Response>> {
+fn may_act(daemon: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let Some(token) = &daemon.read_token else {
         return Err(Box::new(refuse(
             StatusCode::FORBIDDEN,
@@ -199,7 +199,7 @@ struct SignIn {
 
 /// `POST /session` `{"token": …}`: the session cookie for the right token.
 async fn sign_in(
-    State(daemon): State<Shared>,
+    State(daemon): State<App>,
     headers: HeaderMap,
     Json(body): Json<SignIn>,
 ) -> Response {
@@ -248,72 +248,97 @@ async fn sign_out() -> Response {
 }
 
 /// `POST /sites/NAME/deploy`: a reconcile now (heads read, changes deployed).
-async fn deploy(
-    State(daemon): State<Shared>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(refused) = may_act(&daemon, &headers) {
+async fn deploy(State(fleet): State<App>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    if let Err(refused) = may_act(&fleet, &headers) {
         return *refused;
     }
-    if !daemon
-        .routes
-        .read()
-        .expect("routes")
-        .all_sites()
-        .contains_key(&name)
-    {
+    let Some(daemon) = fleet.site(&name).filter(|daemon| {
+        daemon
+            .routes
+            .read()
+            .expect("routes")
+            .all_sites()
+            .contains_key(&name)
+    }) else {
         return refuse(StatusCode::NOT_FOUND, "no such site");
-    }
+    };
     // This site's instance only, at its branch head (read when the
     // reconcile runs): never the drift of the rest of the stack.
     let mut request = Request::default();
     request.reasons.insert("deploy");
     request.revisions.insert(name.clone(), String::new());
-    schedule_now(
+    match schedule_now(
         &daemon,
         request,
         &format!("deploy of {name} asked from the dashboard"),
-    )
+    ) {
+        Ok(()) => accepted(std::slice::from_ref(&daemon.stack)),
+        Err(refused) => *refused,
+    }
 }
 
-/// `POST /apply`: a reconcile now, which applies drift a `report` resync found.
-async fn apply(State(daemon): State<Shared>, headers: HeaderMap) -> Response {
-    if let Err(refused) = may_act(&daemon, &headers) {
+/// `POST /apply`: a reconcile now of every stack with drift a `report`
+/// resync found (of every stack, when none has), which applies it.
+async fn apply(State(fleet): State<App>, headers: HeaderMap) -> Response {
+    if let Err(refused) = may_act(&fleet, &headers) {
         return *refused;
     }
-    let mut request = Request::default();
-    request.reasons.insert("dashboard");
-    schedule_now(&daemon, request, "apply asked from the dashboard")
+    let stacks = fleet.stacks();
+    let drifted: Vec<&Arc<Daemon>> = stacks
+        .iter()
+        .filter(|daemon| !daemon.status.lock().expect("status").drift.is_empty())
+        .collect();
+    let chosen = if drifted.is_empty() {
+        stacks.iter().collect()
+    } else {
+        drifted
+    };
+    let mut scheduled = Vec::new();
+    for daemon in chosen {
+        let mut request = Request::default();
+        request.reasons.insert("dashboard");
+        if let Err(refused) = schedule_now(daemon, request, "apply asked from the dashboard") {
+            return *refused;
+        }
+        scheduled.push(daemon.stack.clone());
+    }
+    accepted(&scheduled)
 }
 
-fn schedule_now(daemon: &Daemon, request: Request, why: &str) -> Response {
-    match daemon.schedule(tokio::time::Instant::now(), request) {
-        Ok(()) => {
-            tracing::info!(stack = %daemon.stack, "{why}");
-            (
-                StatusCode::ACCEPTED,
-                Json(json!({ "scheduled": true, "stack": daemon.stack })),
-            )
-                .into_response()
-        }
-        Err(_) => refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the work queue is full; try again shortly",
-        ),
-    }
+/// Schedules `request` for `daemon`'s stack now.
+fn schedule_now(daemon: &Daemon, request: Request, why: &str) -> Result<(), Box<Response>> {
+    daemon
+        .schedule(tokio::time::Instant::now(), request)
+        .map_err(|_| {
+            Box::new(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the work queue is full; try again shortly",
+            ))
+        })?;
+    tracing::info!(stack = %daemon.stack, "{why}");
+    Ok(())
+}
+
+/// The answer to an action that scheduled `stacks`.
+fn accepted(stacks: &[String]) -> Response {
+    let stack = stacks.first().cloned().unwrap_or_default();
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "scheduled": true, "stack": stack, "stacks": stacks })),
+    )
+        .into_response()
 }
 
 /// `POST /sites/NAME/rollback`: the previous release, at once.
 async fn rollback(
-    State(daemon): State<Shared>,
+    State(fleet): State<App>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = may_act(&daemon, &headers) {
+    if let Err(refused) = may_act(&fleet, &headers) {
         return *refused;
     }
-    let Some(addr) = super::site_addr(&name) else {
+    let (Some(addr), Some(daemon)) = (super::site_addr(&name), fleet.site(&name)) else {
         return refuse(StatusCode::NOT_FOUND, "no such site");
     };
     match daemon.rollback(&addr).await {
@@ -502,7 +527,7 @@ async fn sites(daemon: &Daemon) -> BTreeMap<String, SiteView> {
 }
 
 /// The page around `body`.
-fn page(daemon: &Daemon, headers: &HeaderMap, title: &str, body: &str) -> Html<String> {
+fn page(daemon: &Fleet, headers: &HeaderMap, title: &str, body: &str) -> Html<String> {
     let signed = signed_in(daemon, headers);
     let csrf = match (&daemon.read_token, signed) {
         (Some(token), true) => digest("csrf", token.expose()),
@@ -523,11 +548,11 @@ fn page(daemon: &Daemon, headers: &HeaderMap, title: &str, body: &str) -> Html<S
          <div id=\"toast\" role=\"status\" aria-live=\"polite\"></div>\n\
          <script src=\"/assets/dashboard.js\"></script>\n</body>\n</html>\n",
         title = escape(title),
-        stack = escape(&daemon.stack),
+        stack = escape(&daemon.label()),
     ))
 }
 
-fn sign_in_page(daemon: &Daemon, headers: &HeaderMap) -> Response {
+fn sign_in_page(daemon: &Fleet, headers: &HeaderMap) -> Response {
     page(
         daemon,
         headers,
@@ -538,28 +563,40 @@ fn sign_in_page(daemon: &Daemon, headers: &HeaderMap) -> Response {
     .into_response()
 }
 
-/// `GET /`: every site of the stack.
-async fn index(State(daemon): State<Shared>, headers: HeaderMap) -> Response {
-    if !super::http::allowed(&daemon, &headers) {
-        return (StatusCode::UNAUTHORIZED, sign_in_page(&daemon, &headers)).into_response();
+/// `GET /`: every site of every stack.
+async fn index(State(fleet): State<App>, headers: HeaderMap) -> Response {
+    if !super::http::allowed(&fleet, &headers) {
+        return (StatusCode::UNAUTHORIZED, sign_in_page(&fleet, &headers)).into_response();
     }
-    let sites = sites(&daemon).await;
-    let status = daemon.status.lock().expect("status").clone();
+    let stacks = fleet.stacks();
+    let mut all = BTreeMap::new();
+    for daemon in &stacks {
+        all.extend(sites(daemon).await);
+    }
+    let sites = all;
+    let statuses: Vec<super::StackStatus> = stacks
+        .iter()
+        .map(|daemon| daemon.status.lock().expect("status").clone())
+        .collect();
     let mut body = String::new();
     let _ = writeln!(
         body,
         "<section class=\"summary\"><div><h1>Sites</h1><p class=\"muted\">{count} site{plural} kept by this daemon</p></div>{reconcile}</section>",
         count = sites.len(),
         plural = if sites.len() == 1 { "" } else { "s" },
-        reconcile = reconcile_summary(&status),
+        reconcile = match statuses.as_slice() {
+            [status] => reconcile_summary(status),
+            _ => format!("<div class=\"reconcile muted\">{}</div>", escape(&fleet.label())),
+        },
     );
-    if !status.drift.is_empty() {
+    for status in statuses.iter().filter(|status| !status.drift.is_empty()) {
         let _ = writeln!(
             body,
-            "<section class=\"card warn-card\"><h2>Drift found</h2><p>A resync found {} resource{} out of line with the specs; the stack's policy is <code>report</code>.</p>\
+            "<section class=\"card warn-card\"><h2>Drift found</h2><p>A resync found {} resource{} of stack <b>{}</b> out of line with the specs; the stack's policy is <code>report</code>.</p>\
              <ul class=\"plain\">{}</ul><button data-action=\"/apply\" data-confirm=\"Apply the specs now?\">Apply drift</button></section>",
             status.drift.len(),
             if status.drift.len() == 1 { "" } else { "s" },
+            escape(&status.stack),
             status
                 .drift
                 .iter()
@@ -596,7 +633,7 @@ async fn index(State(daemon): State<Shared>, headers: HeaderMap) -> Response {
         );
     }
     body.push_str("</section>\n");
-    page(&daemon, &headers, "Sites", &body).into_response()
+    page(&fleet, &headers, "Sites", &body).into_response()
 }
 
 fn reconcile_summary(status: &super::StackStatus) -> String {
@@ -618,19 +655,22 @@ fn reconcile_summary(status: &super::StackStatus) -> String {
 
 /// `GET /sites/NAME`: one site, its history and its live log.
 async fn site_page(
-    State(daemon): State<Shared>,
+    State(fleet): State<App>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if !super::http::allowed(&daemon, &headers) {
-        return (StatusCode::UNAUTHORIZED, sign_in_page(&daemon, &headers)).into_response();
+    if !super::http::allowed(&fleet, &headers) {
+        return (StatusCode::UNAUTHORIZED, sign_in_page(&fleet, &headers)).into_response();
     }
-    let mut sites = sites(&daemon).await;
+    let mut sites = match fleet.site(&name) {
+        Some(daemon) => sites(&daemon).await,
+        None => BTreeMap::new(),
+    };
     let Some(site) = sites.remove(&name) else {
         return (
             StatusCode::NOT_FOUND,
             page(
-                &daemon,
+                &fleet,
                 &headers,
                 "Not found",
                 &format!(
@@ -704,7 +744,7 @@ async fn site_page(
         body.push_str("</tbody></table></div>\n");
     }
     body.push_str("</section>\n");
-    page(&daemon, &headers, &site.name, &body).into_response()
+    page(&fleet, &headers, &site.name, &body).into_response()
 }
 
 fn took(ms: u64) -> String {
