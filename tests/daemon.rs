@@ -109,6 +109,21 @@ impl Daemon {
         json["stacks"][0].clone()
     }
 
+    /// `GET /status` of stack `name` (null when it is not listed).
+    pub fn stack(&self, name: &str) -> serde_json::Value {
+        self.stacks()
+            .into_iter()
+            .find(|stack| stack["stack"] == name)
+            .unwrap_or_default()
+    }
+
+    /// `GET /status`: every stack.
+    pub fn stacks(&self) -> Vec<serde_json::Value> {
+        let (_, body) = http(self.port, "GET", "/status", &[], b"").expect("GET /status");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+        json["stacks"].as_array().cloned().unwrap_or_default()
+    }
+
     /// `GET /metrics`.
     pub fn metrics(&self) -> String {
         http(self.port, "GET", "/metrics", &[], b"")

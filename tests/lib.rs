@@ -550,15 +550,17 @@ impl Intercept {
     /// names, as SSM reports a failed command (moto runs nothing, so a failed
     /// deploy needs this).
     pub fn failed_invocation(body: &str, stdout: &str, stderr: &str) -> Self {
-        let id = body
-            .split("\"CommandId\":")
-            .nth(1)
-            .and_then(|rest| rest.split('"').nth(1))
-            .unwrap_or_default();
+        Self::invocation(body, "Failed", stdout, stderr)
+    }
+
+    /// A `GetCommandInvocation` answer for the command the request `body`
+    /// names, in `status` (`InProgress`: a build still running).
+    pub fn invocation(body: &str, status: &str, stdout: &str, stderr: &str) -> Self {
+        let id = json_field(body, "CommandId").unwrap_or_default();
         let payload = serde_json::json!({
             "CommandId": id,
-            "Status": "Failed",
-            "StatusDetails": "Failed",
+            "Status": status,
+            "StatusDetails": status,
             "StandardOutputContent": stdout,
             "StandardErrorContent": stderr,
         })
@@ -568,6 +570,14 @@ impl Intercept {
             payload.len()
         ))
     }
+}
+
+/// The string field `name` of a JSON request body (`CommandId`, `InstanceId`).
+pub fn json_field(body: &str, name: &str) -> Option<String> {
+    body.split(&format!("\"{name}\":"))
+        .nth(1)
+        .and_then(|rest| rest.split('"').nth(1))
+        .map(str::to_owned)
 }
 
 /// What decides an [`InterceptProxy`]'s answers.

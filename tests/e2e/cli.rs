@@ -75,3 +75,31 @@ async fn init_should_write_a_valid_spec_with_the_detected_framework() {
         spec
     );
 }
+
+/// Issue 14: the fleet example is what `--stacks` wants: every stack
+/// directory validates and names itself after its directory.
+#[test]
+fn the_fleet_example_should_be_one_valid_stack_per_directory() {
+    let fleet = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fleet");
+    let mut stacks = 0;
+    for entry in std::fs::read_dir(&fleet).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.is_dir() {
+            continue;
+        }
+        stacks += 1;
+        let name = dir.file_name().unwrap().to_str().unwrap().to_owned();
+        let run = jaam_tests::Run::from(
+            std::process::Command::new(jaam_tests::jaam_binary())
+                .arg("validate")
+                .arg("--specs")
+                .arg(&dir)
+                .output()
+                .unwrap(),
+        );
+        run.expect_code(0);
+        let spec = std::fs::read_to_string(dir.join("site.yaml")).unwrap();
+        assert!(spec.contains(&format!("name: {name}\n")), "{name}: {spec}");
+    }
+    assert!(stacks >= 2, "a fleet of {stacks}");
+}

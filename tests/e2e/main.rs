@@ -10,6 +10,7 @@ mod crash;
 mod daemon;
 mod dashboard;
 mod fixtures;
+mod fleet;
 mod frameworks;
 mod hardening;
 mod iam_roles;

@@ -616,3 +616,68 @@ async fn deploy_history_should_be_kept_beside_s3_state() {
         format!("{:040}", 100 + KEEP + 2)
     );
 }
+
+/// Issue 14, item 5: a lease whose holder died (it lapses unreleased) is
+/// reported once it lapses; a released one, another prefix's, and one that
+/// lapsed before the watch began are not.
+#[tokio::test]
+async fn an_abandoned_lease_should_be_reported_once_it_lapses_and_a_released_one_never() {
+    use jaam_core::state::s3::LeaseWatch;
+    let config = aws_config().await;
+    let bucket = bucket(&unique("leasewatch")).await;
+    let ttl = Duration::from_secs(2);
+    let store = |key: &str| S3Store::new(&config, &bucket, key, ttl);
+    // Abandoned before the watch starts: the daemon's start-up resync covers it.
+    drop(
+        store("jaam/before.json")
+            .lock(LockInfo::current("jaam daemon (before)"), Duration::ZERO)
+            .await
+            .unwrap(),
+    );
+    // Its TTL runs out (waiting for the clock, not for S3).
+    tokio::time::sleep(ttl + Duration::from_millis(500)).await;
+    let mut watch = LeaseWatch::new(&config, &bucket, "jaam/", ttl);
+    let crashed = store("jaam/crashed.json")
+        .lock(LockInfo::current("jaam daemon (killed)"), Duration::ZERO)
+        .await
+        .unwrap();
+    store("jaam/released.json")
+        .lock(LockInfo::current("jaam daemon (done)"), Duration::ZERO)
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    drop(
+        store("other/crashed.json")
+            .lock(LockInfo::current("elsewhere"), Duration::ZERO)
+            .await
+            .unwrap(),
+    );
+    // Dropping the guard stops its renewals, as a killed process does.
+    drop(crashed);
+    assert!(
+        watch.check().await.unwrap().is_empty(),
+        "nothing has lapsed yet"
+    );
+    let started = std::time::Instant::now();
+    let mut reported = Vec::new();
+    while reported.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the abandoned lease was never reported"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        reported = watch.check().await.unwrap();
+    }
+    let keys: Vec<&str> = reported.iter().map(|(key, _)| key.as_str()).collect();
+    assert_eq!(keys, ["jaam/crashed.json"]);
+    assert_eq!(reported[0].1.holder.command, "jaam daemon (killed)");
+    assert!(!reported[0].1.released);
+    // The lapse is reported once, however often the watch looks.
+    let until = std::time::Instant::now() + ttl * 2;
+    while std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(watch.check().await.unwrap().is_empty(), "reported again");
+    }
+}

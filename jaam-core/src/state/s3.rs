@@ -57,6 +57,11 @@ pub struct Lease {
     pub expires_at: DateTime<Utc>,
     /// Grows by one with every acquisition.
     pub generation: u64,
+    /// Its holder let it go (a lease that lapsed without this was
+    /// abandoned: its holder died or lost S3 mid-reconcile; see
+    /// [`LeaseWatch`]). A broken lease (`jaam force-unlock`) is not released.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -469,6 +474,7 @@ impl S3Store {
             acquired_at: now,
             expires_at: now + ttl,
             generation,
+            released: false,
         };
         let body = serde_json::to_vec(&lease).expect("lease serializes");
         match self.put(&self.lease_key(), body, condition).await? {
@@ -587,12 +593,123 @@ impl LockGuard for S3Lease {
             && lease.id == held.id
         {
             lease.expires_at = Utc::now();
+            lease.released = true;
             let body = serde_json::to_vec(&lease).expect("lease serializes");
             self.store
                 .put(&self.store.lease_key(), body, Some(&etag))
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// Finds the leases under a prefix that were abandoned: they lapsed
+/// without their holder releasing them (it was killed, or lost S3, in the
+/// middle of a reconcile). Several daemons sharing S3 state use it to take
+/// over a dead peer's stacks once their leases lapse, instead of waiting
+/// for the next resync.
+///
+/// Each [`check`](Self::check) costs a `ListObjectsV2` page per 1,000
+/// objects under the prefix (a stack has its snapshot, lease and history:
+/// three pages for 1,000 stacks) plus one `GetObject` per lease that lapsed
+/// since the check before — a lease is read about once per lapse, however many stacks there
+/// are. A lease that lapsed before the first check is not reported (a
+/// daemon's start-up resync covers those).
+#[derive(Debug)]
+pub struct LeaseWatch {
+    store: S3Store,
+    prefix: String,
+    /// When the watch began: leases that lapsed before are not reported.
+    started: DateTime<Utc>,
+    checked: DateTime<Utc>,
+    /// Lease versions (key and ETag) already looked at, with when: the
+    /// windows overlap by [`CLOCK_SLACK`], and a lapse is reported once.
+    looked: std::collections::HashMap<(String, String), DateTime<Utc>>,
+}
+
+/// How far S3's clock may be off ours: lapses near the window's edges are
+/// looked at twice rather than missed.
+const CLOCK_SLACK: chrono::Duration = chrono::Duration::seconds(2);
+
+impl LeaseWatch {
+    /// Watches the leases of `s3://bucket/PREFIX*` whose TTL is `ttl`.
+    pub fn new(config: &SdkConfig, bucket: &str, prefix: &str, ttl: Duration) -> Self {
+        Self {
+            store: S3Store::new(config, bucket, prefix, ttl),
+            prefix: prefix.to_owned(),
+            started: Utc::now(),
+            checked: Utc::now(),
+            looked: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The state keys (the lease key without `.lease`) whose lease was
+    /// abandoned and lapsed since the last check, with the lease.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when S3 fails (the window is kept: the next check looks
+    /// again).
+    pub async fn check(&mut self) -> Result<Vec<(String, Lease)>> {
+        let now = Utc::now();
+        let ttl = chrono::Duration::from_std(self.store.ttl).unwrap_or(chrono::Duration::MAX);
+        let (from, until) = (self.checked - ttl - CLOCK_SLACK, now - ttl);
+        let mut candidates = Vec::new();
+        let mut pages = self
+            .store
+            .client
+            .list_objects_v2()
+            .bucket(&self.store.bucket)
+            .prefix(&self.prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| {
+                failure("list", &self.store.bucket, self.store.url(&self.prefix), e)
+            })?;
+            for object in page.contents() {
+                let (Some(key), Some(modified)) = (object.key(), object.last_modified()) else {
+                    continue;
+                };
+                // Listed without a delimiter, so any template works
+                // (`jaam/{stack}/state.json`); journals and backups are
+                // filtered here.
+                let modified = DateTime::<Utc>::from_timestamp(modified.secs(), 0).unwrap_or(now);
+                let version = (
+                    key.to_owned(),
+                    object.e_tag().unwrap_or_default().to_owned(),
+                );
+                if key.ends_with(".lease")
+                    && modified > from
+                    && modified <= until
+                    && !self.looked.contains_key(&version)
+                {
+                    candidates.push(version);
+                }
+            }
+        }
+        let mut abandoned = Vec::new();
+        for (key, etag) in candidates {
+            let Some((body, _)) = self.store.get(&key).await? else {
+                continue;
+            };
+            let Ok(lease) = serde_json::from_slice::<Lease>(&body) else {
+                continue;
+            };
+            // S3's times are whole seconds: a lease may look a second older
+            // than it is. One that has not lapsed yet is looked at again.
+            if lease.expires_at > now {
+                continue;
+            }
+            self.looked.insert((key.clone(), etag), now);
+            if !lease.released && lease.expires_at > self.started {
+                let state = key.trim_end_matches(".lease").to_owned();
+                abandoned.push((state, lease));
+            }
+        }
+        self.checked = now;
+        self.looked
+            .retain(|_, at| *at > now - ttl - CLOCK_SLACK - CLOCK_SLACK);
+        Ok(abandoned)
     }
 }
 

@@ -39,6 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use tokio::time::Instant;
 
 use super::webhook::SignatureError;
@@ -132,6 +133,46 @@ impl Layout {
     }
 }
 
+/// Where the stacks' S3 state lives, for watching their leases: the bucket,
+/// the key prefix to list, and the stack a state key belongs to.
+struct LeaseKeys {
+    bucket: String,
+    prefix: String,
+    suffix: String,
+    /// One stack: its name (the key is `prefix` itself).
+    one: Option<String>,
+}
+
+impl LeaseKeys {
+    fn new(layout: &Layout, one: Option<&str>) -> Option<Self> {
+        let (global, one) = match layout {
+            Layout::One(global) => (global, Some(one?.to_owned())),
+            Layout::Dir { base, .. } => (base, None),
+        };
+        let (bucket, key) =
+            jaam_core::state::s3::S3Store::parse_url(&global.state.to_string_lossy())?;
+        let (prefix, suffix) = match key.split_once(STACK) {
+            Some((prefix, suffix)) => (prefix.to_owned(), suffix.to_owned()),
+            None => (key, String::new()),
+        };
+        Some(Self {
+            bucket,
+            prefix,
+            suffix,
+            one,
+        })
+    }
+
+    /// The stack whose state is at `key`.
+    fn stack(&self, key: &str) -> Option<String> {
+        if let Some(one) = &self.one {
+            return (key == self.prefix).then(|| one.clone());
+        }
+        let name = key.strip_prefix(&self.prefix)?.strip_suffix(&self.suffix)?;
+        (!name.is_empty() && !name.contains('/')).then(|| name.to_owned())
+    }
+}
+
 /// The stacks of DIR: its subdirectories holding at least one spec file.
 fn stack_dirs(dir: &Path) -> BTreeSet<String> {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -214,7 +255,23 @@ impl Fleet {
     /// that does not load is noted as broken.
     async fn add(&self, name: &str) {
         let global = self.layout.global(name);
-        match Daemon::open(Arc::clone(&self.shared), global, true).await {
+        let opened = async {
+            // A template's directory (`state/` of `state/{stack}.json`) is
+            // made with the first stack.
+            let state = global.state.to_string_lossy();
+            if let Some(parent) = global
+                .state
+                .parent()
+                .filter(|_| !state.starts_with("s3://"))
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).with_context(|| {
+                    format!("cannot make the state directory `{}`", parent.display())
+                })?;
+            }
+            Daemon::open(Arc::clone(&self.shared), global, true).await
+        };
+        match opened.await {
             Ok(daemon) => {
                 self.broken.lock().expect("broken").remove(name);
                 tracing::info!(stack = name, "keeping a new stack");
@@ -254,6 +311,51 @@ impl Fleet {
                 "the stack's directory is gone: no longer kept (nothing is destroyed)"
             );
         }
+    }
+
+    /// With S3 state: watches the stacks' leases and reconciles a stack at
+    /// once when its lease lapses without being released — another daemon
+    /// (or CLI) died holding it, maybe mid-deploy — rather than at its next
+    /// resync. Checked every third of `--lease-ttl` (at least every second);
+    /// see [`jaam_core::state::s3::LeaseWatch`] for the cost.
+    pub(crate) fn watch_leases(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let one = self.stacks().first().map(|daemon| daemon.stack.clone());
+        let keys = LeaseKeys::new(&self.layout, one.as_deref())?;
+        let ttl = match &self.layout {
+            Layout::One(global) | Layout::Dir { base: global, .. } => global.lease_ttl,
+        };
+        let fleet = Arc::clone(self);
+        Some(tokio::spawn(async move {
+            let mut watch =
+                jaam_core::state::s3::LeaseWatch::new(&fleet.sdk, &keys.bucket, &keys.prefix, ttl);
+            let every = (ttl / 3).max(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    () = fleet.intake.cancelled() => return,
+                }
+                let abandoned = match watch.check().await {
+                    Ok(abandoned) => abandoned,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot look at the stacks' leases");
+                        continue;
+                    }
+                };
+                for (key, lease) in abandoned {
+                    let Some(daemon) = keys.stack(&key).and_then(|name| fleet.stack(&name)) else {
+                        continue;
+                    };
+                    tracing::warn!(
+                        stack = %daemon.stack,
+                        holder = %lease.holder,
+                        "a lease lapsed without being released: taking the stack over"
+                    );
+                    let mut request = Request::default();
+                    request.reasons.insert(super::LEASE_LAPSED);
+                    let _ = daemon.schedule(Instant::now(), request);
+                }
+            }
+        }))
     }
 
     /// Stops every resync timer (shutdown).
@@ -339,36 +441,38 @@ impl Fleet {
             Layout::Dir { dir, .. } => (dir.clone(), Some(dir.clone())),
         };
         let fleet = Arc::clone(self);
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let Ok(event) = event else { return };
-            if matches!(event.kind, notify::EventKind::Access(_)) || fleet.intake.is_cancelled() {
-                return;
-            }
-            let is_spec = |path: &PathBuf| {
-                path.extension()
-                    .is_some_and(|ext| ext == "yaml" || ext == "yml")
-            };
-            match &dir {
-                None => {
-                    if event.paths.iter().any(is_spec) {
-                        let _guard = handle.enter();
-                        fleet.spec_changed();
-                    }
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let Ok(event) = event else { return };
+                if matches!(event.kind, notify::EventKind::Access(_)) || fleet.intake.is_cancelled()
+                {
+                    return;
                 }
-                Some(dir) => {
-                    for path in &event.paths {
-                        let Some(name) = stack_of(dir, path) else {
-                            continue;
-                        };
-                        // A spec file, or a stack directory made or removed.
-                        if is_spec(path) || path.parent() == Some(dir.as_path()) {
+                let is_spec = |path: &PathBuf| {
+                    path.extension()
+                        .is_some_and(|ext| ext == "yaml" || ext == "yml")
+                };
+                match &dir {
+                    None => {
+                        if event.paths.iter().any(is_spec) {
                             let _guard = handle.enter();
-                            fleet.settle(name);
+                            fleet.spec_changed();
+                        }
+                    }
+                    Some(dir) => {
+                        for path in &event.paths {
+                            let Some(name) = stack_of(dir, path) else {
+                                continue;
+                            };
+                            // A spec file, or a stack directory made or removed.
+                            if is_spec(path) || path.parent() == Some(dir.as_path()) {
+                                let _guard = handle.enter();
+                                fleet.settle(name);
+                            }
                         }
                     }
                 }
-            }
-        })?;
+            })?;
         watcher.watch(&target, notify::RecursiveMode::Recursive)?;
         Ok(watcher)
     }
@@ -468,8 +572,51 @@ mod tests {
             stack_of(dir.path(), &dir.path().join("blog/site.yaml")).as_deref(),
             Some("blog")
         );
-        assert_eq!(stack_of(dir.path(), &dir.path().join(".hidden/x.yaml")), None);
-        assert_eq!(stack_of(Path::new("/elsewhere"), &dir.path().join("blog")), None);
+        assert_eq!(
+            stack_of(dir.path(), &dir.path().join(".hidden/x.yaml")),
+            None
+        );
+        assert_eq!(
+            stack_of(Path::new("/elsewhere"), &dir.path().join("blog")),
+            None
+        );
+    }
+
+    #[test]
+    fn lease_keys_should_map_state_keys_to_stacks() {
+        let dir = Global {
+            state: "s3://bucket/jaam/{stack}.json".into(),
+            ..test_global()
+        };
+        let keys = LeaseKeys::new(
+            &Layout::Dir {
+                dir: "fleet".into(),
+                base: dir,
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!(keys.prefix, "jaam/");
+        assert_eq!(keys.stack("jaam/blog.json").as_deref(), Some("blog"));
+        assert_eq!(keys.stack("jaam/blog.json.history"), None);
+        assert_eq!(keys.stack("jaam/x/blog.json"), None);
+        let one = Global {
+            state: "s3://bucket/blog.state.json".into(),
+            ..test_global()
+        };
+        let keys = LeaseKeys::new(&Layout::One(one), Some("blog")).unwrap();
+        assert_eq!(keys.stack("blog.state.json").as_deref(), Some("blog"));
+        assert_eq!(keys.stack("other.json"), None);
+        let local = Global {
+            state: "state/{stack}.json".into(),
+            ..test_global()
+        };
+        assert!(LeaseKeys::new(&Layout::One(local), Some("x")).is_none());
+    }
+
+    fn test_global() -> Global {
+        use clap::Parser as _;
+        crate::cli::Cli::parse_from(["jaam", "validate"]).global
     }
 
     #[test]

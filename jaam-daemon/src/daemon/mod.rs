@@ -13,7 +13,8 @@
 //!   runs. The first push after a quiet `--push-window` (1 s) runs at once;
 //!   pushes within the window wait for its end and merge, so a burst of 100
 //!   pushes in a second is two reconciles, ending on the branch head;
-//! - the **resync timer** (`--resync`, default 10 min, ±10 % jitter): refreshes
+//! - the **resync timer** (`--resync`, default 10 min, ±10 % jitter; the
+//!   second resync is spread over a period, see [`fleet`]): refreshes
 //!   and, per the stack's `drift` policy, applies the correction (`heal`) or
 //!   only reports it (`report`). Like every reconcile it reads each site's
 //!   branch head through the GitHub API — that is the **gap filling**: a
@@ -59,8 +60,11 @@
 //! it: in-flight cloud calls complete and state is saved), and exits 0.
 //!
 //! # Decisions
-//! - One daemon keeps one stack (the one `--specs`/`--state`/`--stack` name,
-//!   as for every other command); run one daemon per stack.
+//! - A daemon keeps the one stack `--specs`/`--state`/`--stack` name (as
+//!   every other command does), or with `--stacks DIR` a stack per
+//!   subdirectory of DIR, `--workers` of them reconciled at once ([`fleet`]).
+//!   Everything below holds per stack; the queue, the HTTP side and the
+//!   delivery memory are shared.
 //! - A reconcile triggered by a push, a merge or a spec change applies
 //!   whatever the plan holds; only resyncs obey `report`.
 
@@ -94,6 +98,11 @@ use webhook::{Deliveries, KnownHook, Routes};
 
 /// The reason a failed reconcile's retry adds to the reasons it keeps.
 const RETRY: &str = "retry";
+
+/// The reason of a reconcile that takes over a stack whose lease lapsed
+/// unreleased (its holder died): a full reconcile that, like a resync,
+/// obeys `drift: report`.
+const LEASE_LAPSED: &str = "lease lapsed";
 
 /// What asks to deploy sites, not to reconcile the stack: a push, a merge,
 /// the dashboard's Deploy latest. Such a reconcile plans only those sites'
@@ -213,6 +222,7 @@ pub(crate) async fn run(global: &Global, args: &DaemonArgs) -> anyhow::Result<Ex
     );
     let server = tokio::spawn(http::serve(Arc::clone(&fleet), listener));
     let watcher = fleet.watch()?;
+    let leases = fleet.watch_leases();
     let shutdown = CancellationToken::new();
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..args.workers.max(1) {
@@ -223,6 +233,9 @@ pub(crate) async fn run(global: &Global, args: &DaemonArgs) -> anyhow::Result<Ex
     tracing::info!("stopping: no new work; letting running reconciles finish");
     fleet.intake.cancel();
     drop(watcher);
+    if let Some(leases) = leases {
+        leases.abort();
+    }
     fleet.stop_timers();
     let _ = server.await;
     // Cancelling the applies after the grace period: started calls finish, state is saved.
@@ -230,9 +243,7 @@ pub(crate) async fn run(global: &Global, args: &DaemonArgs) -> anyhow::Result<Ex
     tokio::pin!(grace);
     // Dropping a JoinSet aborts its tasks: it is drained, never dropped, so
     // a cancelled apply still saves its state.
-    let all_done = async {
-        while workers.join_next().await.is_some() {}
-    };
+    let all_done = async { while workers.join_next().await.is_some() {} };
     tokio::pin!(all_done);
     tokio::select! {
         () = &mut all_done => {}
@@ -259,7 +270,11 @@ impl Daemon {
     /// Opens the stack `global` names and learns its routes; its specs must
     /// load. A stack of a directory (`named_by_dir`) is named by it, and
     /// specs naming another stack are refused.
-    async fn open(shared: Arc<Shared>, global: Global, named_by_dir: bool) -> anyhow::Result<Arc<Self>> {
+    async fn open(
+        shared: Arc<Shared>,
+        global: Global,
+        named_by_dir: bool,
+    ) -> anyhow::Result<Arc<Self>> {
         // Branch heads come from the GitHub API when a reconcile runs: a
         // delivery only says which sites to look at (see `webhook`).
         // A revision that keeps failing is parked: the resolver then answers
@@ -308,8 +323,17 @@ impl Daemon {
 
     /// Whether site `name` is one of this stack's.
     fn keeps_site(&self, name: &str) -> bool {
-        self.routes.read().expect("routes").all_sites().contains_key(name)
-            || self.status.lock().expect("status").revisions.contains_key(name)
+        self.routes
+            .read()
+            .expect("routes")
+            .all_sites()
+            .contains_key(name)
+            || self
+                .status
+                .lock()
+                .expect("status")
+                .revisions
+                .contains_key(name)
     }
 
     /// Counts the apply's failed and succeeded site deploys per revision
@@ -556,7 +580,7 @@ impl Daemon {
         let resync_only = request
             .reasons
             .iter()
-            .all(|r| *r == "resync" || *r == RETRY);
+            .all(|r| *r == "resync" || *r == LEASE_LAPSED || *r == RETRY);
         let mut stages = Stages::start();
         let config = crate::commands::load_specs_with(&self.global, self.engine.registry())
             .map_err(|e| format!("{e:#}"))?;

@@ -30,10 +30,13 @@ pub const COMMAND: Backoff = Backoff {
     deadline: Duration::from_secs(300),
 };
 
-/// How long to wait for a deploy (fetch, install, build, switch).
+/// How long to wait for a deploy (fetch, install, build, switch). Polled
+/// at least every second: a finished build is seen within a second (a
+/// 10 s poll cost each deploy up to 10 s), and the calls stay one per
+/// second per running deploy (`jaam daemon --workers` of them at most).
 pub const DEPLOY: Backoff = Backoff {
     initial: Duration::from_millis(200),
-    max: Duration::from_secs(10),
+    max: Duration::from_secs(1),
     deadline: Duration::from_secs(1800),
 };
 

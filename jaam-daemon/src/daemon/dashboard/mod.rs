@@ -43,8 +43,8 @@ use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::http::App;
 use super::fleet::Fleet;
+use super::http::App;
 use super::{Daemon, Shared};
 use crate::queue::Request;
 
@@ -248,7 +248,11 @@ async fn sign_out() -> Response {
 }
 
 /// `POST /sites/NAME/deploy`: a reconcile now (heads read, changes deployed).
-async fn deploy(State(fleet): State<App>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+async fn deploy(
+    State(fleet): State<App>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(refused) = may_act(&fleet, &headers) {
         return *refused;
     }
@@ -586,7 +590,10 @@ async fn index(State(fleet): State<App>, headers: HeaderMap) -> Response {
         plural = if sites.len() == 1 { "" } else { "s" },
         reconcile = match statuses.as_slice() {
             [status] => reconcile_summary(status),
-            _ => format!("<div class=\"reconcile muted\">{}</div>", escape(&fleet.label())),
+            _ => format!(
+                "<div class=\"reconcile muted\">{}</div>",
+                escape(&fleet.label())
+            ),
         },
     );
     for status in statuses.iter().filter(|status| !status.drift.is_empty()) {
