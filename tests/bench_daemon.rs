@@ -77,39 +77,8 @@ fn print_trace(trace: &[Vec<(String, Duration)>], log: &str, rounds: usize) {
     }
     // The daemon's own stage log of its deploy-only reconciles (the timed
     // pushes are the first `rounds` of them).
-    let mut stages: Vec<(String, Vec<f64>)> = Vec::new();
-    for line in log
-        .lines()
-        .filter(|l| l.contains("reconcile stages") && l.contains("deploy_only=true"))
-        .take(rounds)
-    {
-        let Some(rest) = line.split("stages=").nth(1) else {
-            continue;
-        };
-        for pair in rest.split_whitespace() {
-            let Some((name, value)) = pair.split_once('=') else {
-                continue;
-            };
-            let Ok(value) = value.parse::<f64>() else {
-                continue;
-            };
-            match stages.iter_mut().find(|(n, _)| n == name) {
-                Some((_, values)) => values.push(value),
-                None => stages.push((name.to_owned(), vec![value])),
-            }
-        }
-    }
-    let stages: Vec<String> = stages
-        .into_iter()
-        .map(|(name, mut values)| {
-            values.sort_by(f64::total_cmp);
-            format!("{name} {:.2} ms", values[values.len() / 2])
-        })
-        .collect();
-    println!(
-        "  the daemon's deploy-only reconciles, by stage: {}",
-        stages.join(", ")
-    );
+    let stages = jaam_tests::daemon::stage_medians(log, "deploy_only=true", rounds);
+    println!("  the daemon's deploy-only reconciles, by stage: {stages}");
 }
 
 #[tokio::main]

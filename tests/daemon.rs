@@ -255,3 +255,39 @@ pub fn deliveries(
     );
     serde_json::from_slice(&output.stdout).expect("deliveries JSON")
 }
+
+/// The median of each stage of the first `take` reconciles whose
+/// `reconcile stages` log line contains `filter`, from a daemon's log:
+/// `specs 0.52 ms, lock 1.10 ms, …`.
+pub fn stage_medians(log: &str, filter: &str, take: usize) -> String {
+    let mut stages: Vec<(String, Vec<f64>)> = Vec::new();
+    for line in log
+        .lines()
+        .filter(|l| l.contains("reconcile stages") && l.contains(filter))
+        .take(take)
+    {
+        let Some(rest) = line.split("stages=").nth(1) else {
+            continue;
+        };
+        for pair in rest.split_whitespace() {
+            let Some((name, value)) = pair.split_once('=') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            match stages.iter_mut().find(|(n, _)| n == name) {
+                Some((_, values)) => values.push(value),
+                None => stages.push((name.to_owned(), vec![value])),
+            }
+        }
+    }
+    stages
+        .into_iter()
+        .map(|(name, mut values)| {
+            values.sort_by(f64::total_cmp);
+            format!("{name} {:.2} ms", values[values.len() / 2])
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -7,6 +7,7 @@
 
 pub mod acme;
 pub mod boxes;
+pub mod builds;
 pub mod daemon;
 pub mod github;
 pub mod iam_policy;

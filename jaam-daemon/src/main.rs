@@ -43,7 +43,7 @@ fn main() -> ExitCode {
         }
         _ => "warn,aws_config=error,aws_smithy_runtime=error",
     };
-    init_tracing(&cli.global.log_format, default_filter);
+    init_tracing(&cli.global, default_filter);
     // Several TLS stacks meet in one process (AWS SDK, ACME, GitHub): pick one
     // crypto provider for all of them.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -109,13 +109,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn init_tracing(format: &str, default_filter: &str) {
+/// Logs on stderr; coloured only on a terminal (a log file or the journal
+/// gets plain text), never with `--no-color` or `NO_COLOR`.
+fn init_tracing(global: &cli::Global, default_filter: &str) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("JAAM_LOG")
         .unwrap_or_else(|_| default_filter.into());
+    let colour = std::io::stderr().is_terminal()
+        && !global.no_color
+        && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
-    if format == "json" {
+    if global.log_format == "json" {
         builder.json().init();
     } else {
         builder.init();

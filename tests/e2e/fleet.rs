@@ -8,11 +8,9 @@
 //! `InProgress` for [`BUILD`] after it is first asked about (moto runs
 //! nothing), and fails the commands of one chosen instance when told to.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use jaam_tests::daemon::{Daemon, deliveries};
@@ -26,111 +24,6 @@ const SHORT_BUILD: Duration = Duration::from_secs(1);
 
 fn sha() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..20].repeat(2)
-}
-
-/// The SSM stand-in's switches, and what it saw.
-#[derive(Default)]
-struct Builds {
-    /// Commands take `build`.
-    slow: AtomicBool,
-    build: Mutex<Duration>,
-    /// The instance whose commands fail.
-    failing: Mutex<Option<String>>,
-    /// When each command was first asked about, and on which instance.
-    first_seen: Mutex<HashMap<String, (Instant, String)>>,
-    /// Deploy commands sent, per (instance, revision).
-    deploys: Mutex<HashMap<(String, String), usize>>,
-    /// Commands that ran on an instance while another one ran there.
-    overlaps: Mutex<Vec<String>>,
-}
-
-impl Builds {
-    /// Notes a `SendCommand` that deploys a revision.
-    fn sent(&self, body: &str) {
-        let (Some(comment), Some(instance)) = (
-            jaam_tests::json_field(body, "Comment"),
-            body.split("\"InstanceIds\":[\"")
-                .nth(1)
-                .and_then(|rest| rest.split('"').next()),
-        ) else {
-            return;
-        };
-        if let Some(revision) = comment.strip_prefix("jaam: deploy ") {
-            *self
-                .deploys
-                .lock()
-                .unwrap()
-                .entry((instance.to_owned(), revision.to_owned()))
-                .or_default() += 1;
-        }
-    }
-
-    /// When command `id` on `instance` was first asked about; a command
-    /// first seen while another ran on the instance is an overlap.
-    fn first_seen(&self, id: String, instance: String) -> Instant {
-        let build = *self.build.lock().unwrap();
-        let mut seen = self.first_seen.lock().unwrap();
-        if let Some((at, _)) = seen.get(&id) {
-            return *at;
-        }
-        let now = Instant::now();
-        if seen
-            .values()
-            .any(|(at, on)| *on == instance && now.duration_since(*at) < build)
-        {
-            self.overlaps
-                .lock()
-                .unwrap()
-                .push(format!("{id} on {instance}"));
-        }
-        seen.insert(id, (now, instance));
-        now
-    }
-
-    fn deploys_of(&self, instance: &str, revision: &str) -> usize {
-        self.deploys
-            .lock()
-            .unwrap()
-            .get(&(instance.to_owned(), revision.to_owned()))
-            .copied()
-            .unwrap_or_default()
-    }
-}
-
-async fn builds(moto: &str, build: Duration) -> (Arc<Builds>, jaam_tests::InterceptProxy) {
-    let builds = Arc::new(Builds {
-        build: Mutex::new(build),
-        ..Builds::default()
-    });
-    let answer: jaam_tests::Answer = {
-        let builds = Arc::clone(&builds);
-        Arc::new(move |head: &str, body: &str| {
-            if head.contains("x-amz-target: amazonssm.sendcommand") {
-                builds.sent(body);
-            }
-            if !head.contains("x-amz-target: amazonssm.getcommandinvocation") {
-                return jaam_tests::Intercept::Forward;
-            }
-            let instance = jaam_tests::json_field(body, "InstanceId");
-            if instance.is_some() && *builds.failing.lock().unwrap() == instance {
-                return jaam_tests::Intercept::failed_invocation(
-                    body,
-                    "> build\nerror: the build broke\n",
-                    "error: build failed; still serving the previous release",
-                );
-            }
-            if builds.slow.load(Ordering::SeqCst) {
-                let id = jaam_tests::json_field(body, "CommandId").unwrap_or_default();
-                let first = builds.first_seen(id, instance.unwrap_or_default());
-                if first.elapsed() < *builds.build.lock().unwrap() {
-                    return jaam_tests::Intercept::invocation(body, "InProgress", "> build\n", "");
-                }
-            }
-            jaam_tests::Intercept::Forward
-        })
-    };
-    let proxy = jaam_tests::InterceptProxy::start(moto, answer).await;
-    (builds, proxy)
 }
 
 /// A fleet directory: one stack per site, each with its own repository
@@ -285,7 +178,7 @@ fn until_served(daemon: &Daemon, want: &[(&str, &str)], deadline: Duration) -> D
 async fn stacks_should_build_side_by_side_and_a_failing_stack_should_hold_up_no_other() {
     let moto = moto_endpoint();
     let _moto = jaam_tests::MOTO.read().await;
-    let (builds, proxy) = builds(&moto, BUILD).await;
+    let (builds, proxy) = jaam_tests::builds::start(&moto, BUILD).await;
     let github = GithubFake::start().await;
     let fleet = Fleet::new().await;
     let (a, b) = (unique("fleeta"), unique("fleetb"));
@@ -498,7 +391,7 @@ async fn two_daemons_on_s3_state_should_share_the_stacks_and_take_over_a_killed_
     const ROUNDS: usize = 5;
     let moto = moto_endpoint();
     let _moto = jaam_tests::MOTO.read().await;
-    let (builds, proxy) = builds(&moto, SHORT_BUILD).await;
+    let (builds, proxy) = jaam_tests::builds::start(&moto, SHORT_BUILD).await;
     let github = GithubFake::start().await;
     let fleet = Fleet::new().await;
     let bucket = jaam_tests::bucket(&unique("fleets3")).await;

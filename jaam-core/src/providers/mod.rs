@@ -53,17 +53,59 @@ pub fn registry(
     config: &aws::SdkConfig,
     heads: impl FnOnce(Option<aws::ec2::HeadResolver>) -> Option<aws::ec2::HeadResolver>,
 ) -> Registry {
-    let mut registry = Registry::new();
-    #[cfg(feature = "github")]
-    let api = github::Api::from_env();
-    #[cfg(feature = "github")]
-    let github_heads = Some(api.head_resolver());
-    #[cfg(not(feature = "github"))]
-    let github_heads = None;
-    aws::register(&mut registry, config, heads(github_heads));
-    #[cfg(feature = "acme")]
-    registry.register(std::sync::Arc::new(acme::Certificates::new(config, None)));
-    #[cfg(feature = "github")]
-    registry.register(std::sync::Arc::new(github::Webhooks::with_api(config, api)));
-    registry
+    Providers::new(config).registry(heads)
+}
+
+/// Every provider built once, to hand out registries that share them: each
+/// stack a daemon keeps gets a [`Registry`] of the same providers — their
+/// AWS and GitHub clients, connection pools, remembered lookups (AMIs, the
+/// default VPC) and conditional-request caches — with a branch-head
+/// resolver of its own. A thousand stacks cost a thousand small maps, not a
+/// thousand sets of clients.
+#[cfg(feature = "aws")]
+#[derive(Clone)]
+pub struct Providers {
+    /// All but `instance`.
+    shared: Registry,
+    instances: aws::ec2::Instances,
+    heads: Option<aws::ec2::HeadResolver>,
+}
+
+#[cfg(feature = "aws")]
+impl Providers {
+    /// The providers, on `config` (and, for GitHub, the environment).
+    pub fn new(config: &aws::SdkConfig) -> Self {
+        let mut shared = Registry::new();
+        #[cfg(feature = "github")]
+        let api = github::Api::from_env();
+        #[cfg(feature = "github")]
+        let heads = Some(api.head_resolver());
+        #[cfg(not(feature = "github"))]
+        let heads = None;
+        aws::register_all_but_instances(&mut shared, config);
+        #[cfg(feature = "acme")]
+        shared.register(std::sync::Arc::new(acme::Certificates::new(config, None)));
+        #[cfg(feature = "github")]
+        shared.register(std::sync::Arc::new(github::Webhooks::with_api(config, api)));
+        Self {
+            shared,
+            instances: aws::ec2::Instances::new(config, None),
+            heads,
+        }
+    }
+
+    /// A registry of these providers; `heads` wraps the branch-head
+    /// resolver its `instance` kind uses.
+    pub fn registry(
+        &self,
+        heads: impl FnOnce(Option<aws::ec2::HeadResolver>) -> Option<aws::ec2::HeadResolver>,
+    ) -> Registry {
+        let mut registry = self.shared.clone();
+        let instances = self.instances.clone();
+        registry.register(std::sync::Arc::new(match heads(self.heads.clone()) {
+            Some(heads) => instances.with_heads(heads),
+            None => instances,
+        }));
+        registry
+    }
 }

@@ -151,6 +151,8 @@ pub(crate) struct Shared {
     /// Shared log pollers and the stream cap.
     logs: logs::LogHub,
     sdk: jaam_core::providers::aws::SdkConfig,
+    /// Built once; each stack's registry shares them.
+    providers: jaam_core::providers::Providers,
 }
 
 /// One stack the daemon keeps: its specs, state, routes and status.
@@ -207,6 +209,7 @@ pub(crate) async fn run(global: &Global, args: &DaemonArgs) -> anyhow::Result<Ex
         intake: CancellationToken::new(),
         read_token,
         logs: logs::LogHub::new(jaam_core::providers::aws::sites::Logs::new(&sdk)),
+        providers: jaam_core::providers::Providers::new(&sdk),
         sdk,
     });
     let fleet = fleet::Fleet::open(layout, shared).await?;
@@ -280,7 +283,7 @@ impl Daemon {
         // A revision that keeps failing is parked: the resolver then answers
         // what serves (see `parking`).
         let parking = parking::Parking::new(shared.args.max_failures);
-        let registry = jaam_core::providers::registry(&shared.sdk, |heads| parking.wrap(heads));
+        let registry = shared.providers.registry(|heads| parking.wrap(heads));
         let config = crate::commands::load_specs_with(&global, &registry)?;
         let stack = crate::commands::stack_name(&global, Some(&config));
         if named_by_dir && let Some(named) = &config.stack().name {

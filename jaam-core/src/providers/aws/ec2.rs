@@ -249,7 +249,8 @@ pub fn schema() -> Schema {
 /// The arguments an SSM command on the instance brings about (no EC2 call).
 const CONVERGED: [&str; 4] = ["revision", "deploy_command", "files", "files_command"];
 
-/// The EC2 provider.
+/// The EC2 provider. Clones share its clients and what it remembers.
+#[derive(Clone)]
 pub struct Instances {
     ec2: Ec2Client,
     ssm: SsmClient,

@@ -45,12 +45,18 @@ pub async fn load_config() -> SdkConfig {
 /// Registers every AWS provider built with this crate; `heads` resolves
 /// `github:` revisions of instances.
 pub fn register(registry: &mut Registry, config: &SdkConfig, heads: Option<ec2::HeadResolver>) {
-    registry.register(Arc::new(logs::LogGroups::new(config, None)));
+    register_all_but_instances(registry, config);
     let instances = ec2::Instances::new(config, None);
     registry.register(Arc::new(match heads {
         Some(heads) => instances.with_heads(heads),
         None => instances,
     }));
+}
+
+/// The AWS providers but `instance` (which takes a branch-head resolver:
+/// see [`crate::providers::Providers`]).
+pub(crate) fn register_all_but_instances(registry: &mut Registry, config: &SdkConfig) {
+    registry.register(Arc::new(logs::LogGroups::new(config, None)));
     registry.register(Arc::new(route53::Records::new(config, None)));
     registry.register(Arc::new(security_groups::SecurityGroups::new(config, None)));
     registry.register(Arc::new(iam::Roles::new(config, None)));
@@ -174,10 +180,11 @@ pub(crate) use crate::value::string_map;
 /// before its deploy command; a CLI run reads them once.
 pub(crate) const REMEMBER: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Values read from AWS, each remembered for [`REMEMBER`].
-#[derive(Debug, Default)]
+/// Values read from AWS, each remembered for [`REMEMBER`]; clones share
+/// what they remember.
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Remembered {
-    values: std::sync::Mutex<HashMap<String, (std::time::Instant, String)>>,
+    values: Arc<std::sync::Mutex<HashMap<String, (std::time::Instant, String)>>>,
 }
 
 impl Remembered {
