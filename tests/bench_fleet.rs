@@ -235,7 +235,7 @@ async fn main() {
     );
     let served = started.elapsed();
     let ideal = BUILD.as_secs_f64() * stacks as f64 / workers as f64;
-    let target = 1.3 * ideal + PUSH_WINDOW.as_secs_f64();
+    let target = 1.3f64.mul_add(ideal, PUSH_WINDOW.as_secs_f64());
     let overlaps = builds.overlaps.lock().unwrap().len();
     let log = daemon.logs();
     let deploys = jaam_tests::daemon::stage_medians(&log, "deploy_only=true", usize::MAX);
