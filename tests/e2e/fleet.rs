@@ -260,9 +260,14 @@ async fn stacks_should_build_side_by_side_and_a_failing_stack_should_hold_up_no_
     );
     assert_eq!(daemon.stack(&a)["result"], "failed");
 
+    // Fixed, and pushed again (after `--max-failures` the broken revision
+    // is parked until a new push): A deploys.
     *builds.failing.lock().unwrap() = None;
     builds.slow.store(false, Ordering::SeqCst);
-    until_served(&daemon, &[(&a, &a3)], Duration::from_secs(120));
+    let a4 = sha();
+    set_head(&github, &repo_a, &a4);
+    assert_eq!(push(&daemon, "secret-of-stack-a-webhook", &repo_a, &a4).0, 202);
+    until_served(&daemon, &[(&a, &a4)], Duration::from_secs(120));
     assert_eq!(daemon.terminate(), Some(0));
     fleet.destroy(&a, &github);
     fleet.destroy(&b, &github);
