@@ -115,19 +115,25 @@ fn until_all(
     }
 }
 
-fn rss_mb(daemon: &Daemon) -> f64 {
-    std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id()))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))?
-                .split_whitespace()
-                .next()?
-                .parse::<f64>()
-                .ok()
+/// Writes `count` stacks `{prefix}0…` under `root/dir`, one site each with
+/// its own repository (its head set at the fake); their names.
+fn add_stacks(
+    root: &Path,
+    github: &GithubFake,
+    zone: &str,
+    (dir, prefix): (&str, &str),
+    count: usize,
+    drift: &str,
+) -> Vec<String> {
+    (0..count)
+        .map(|n| {
+            let name = format!("{prefix}{n}");
+            let repo = format!("acme/{zone}-{name}");
+            github.set_head(&repo, "main", &sha());
+            write_stack(&root.join(dir), &name, &repo, zone, drift);
+            name
         })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+        .collect()
 }
 
 #[tokio::main]
@@ -146,17 +152,7 @@ async fn main() {
     let root = tempfile::tempdir().unwrap();
     let zone = format!("{}.test", unique("benchfleet"));
     hosted_zone(&zone).await;
-    let names: Vec<String> = (0..stacks).map(|n| format!("s{n}")).collect();
-    for name in &names {
-        let repo = format!("acme/{zone}-{name}");
-        github
-            .repos
-            .lock()
-            .unwrap()
-            .branches
-            .insert((repo.clone(), "main".into()), sha());
-        write_stack(&root.path().join("fleet"), name, &repo, &zone, "heal");
-    }
+    let names = add_stacks(root.path(), &github, &zone, ("fleet", "s"), stacks, "heal");
 
     // The first apply of every stack, by the daemon itself.
     let daemon = start_daemon(
@@ -206,12 +202,7 @@ async fn main() {
     let started = Instant::now();
     for (n, (name, delivery)) in names.iter().zip(&signed).enumerate() {
         let repo = format!("acme/{zone}-{name}");
-        github
-            .repos
-            .lock()
-            .unwrap()
-            .branches
-            .insert((repo, "main".into()), pushed[n].clone());
+        github.set_head(&repo, "main", &pushed[n]);
         let (status, body) = daemon.deliver(delivery);
         assert_eq!(status, 202, "{body}");
         let due = started + gap * u32::try_from(n + 1).unwrap_or(u32::MAX);
@@ -256,17 +247,14 @@ async fn main() {
     println!("  a push's reconcile, by stage (medians): {deploys}");
 
     // Idle RSS with many stacks loaded.
-    for n in 0..idle_stacks {
-        let name = format!("i{n}");
-        let repo = format!("acme/{zone}-{name}");
-        github
-            .repos
-            .lock()
-            .unwrap()
-            .branches
-            .insert((repo.clone(), "main".into()), sha());
-        write_stack(&root.path().join("idle"), &name, &repo, &zone, "report");
-    }
+    add_stacks(
+        root.path(),
+        &github,
+        &zone,
+        ("idle", "i"),
+        idle_stacks,
+        "report",
+    );
     let idle = start_daemon(root.path(), &github, &moto, workers, "idle.log", "idle");
     let loaded = until_all(
         &idle,
@@ -278,7 +266,7 @@ async fn main() {
     // Idle: the resyncs are done and nothing else is due for an hour.
     let settled = Instant::now() + Duration::from_secs(5);
     std::thread::sleep(settled.saturating_duration_since(Instant::now()));
-    let rss = rss_mb(&idle);
+    let rss = idle.rss_mb();
     let stages = jaam_tests::daemon::stage_medians(&idle.logs(), "deploy_only=false", usize::MAX);
     println!(
         "{idle_stacks} stacks loaded (each planned once, in {:.1} s), idle RSS: {rss:.1} MB (target < 150 MB, optimized build)",

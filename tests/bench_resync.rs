@@ -107,18 +107,7 @@ async fn main() {
         })
         .unwrap_or(f64::NAN);
     let counted = total - free;
-    let rss_mb = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id()))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))?
-                .split_whitespace()
-                .next()?
-                .parse::<f64>()
-                .ok()
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0);
+    let rss_mb = daemon.rss_mb();
     println!("jaam daemon resync benchmark ({sites} sites, one stack, moto and the GitHub fake)");
     println!("first apply of the fleet: {:.1} s", applied.as_secs_f64());
     println!(

@@ -124,6 +124,22 @@ impl Daemon {
         json["stacks"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Its resident memory (`VmRSS`), in MB.
+    pub fn rss_mb(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    }
+
     /// `GET /metrics`.
     pub fn metrics(&self) -> String {
         http(self.port, "GET", "/metrics", &[], b"")

@@ -432,6 +432,15 @@ impl GithubFake {
         )
     }
 
+    /// Moves `repo`'s `branch` to `sha` (a push, as the API will report it).
+    pub fn set_head(&self, repo: &str, branch: &str, sha: &str) {
+        self.repos
+            .lock()
+            .expect("fake")
+            .branches
+            .insert((repo.to_owned(), branch.to_owned()), sha.to_owned());
+    }
+
     /// The hooks of `repo` as stored (secrets in clear).
     pub fn hooks(&self, repo: &str) -> Vec<Value> {
         self.repos

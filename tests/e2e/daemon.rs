@@ -80,12 +80,7 @@ fn site(ws: &Workspace, repo: &str, domain: &str, profile: &str) {
 }
 
 fn set_head(github: &GithubFake, repo: &str, sha: &str) {
-    github
-        .repos
-        .lock()
-        .unwrap()
-        .branches
-        .insert((repo.to_owned(), "main".into()), sha.to_owned());
+    github.set_head(repo, "main", sha);
 }
 
 /// Opens the blog's build-log stream (server-sent events) on the daemon.

@@ -144,12 +144,7 @@ impl Fleet {
 }
 
 fn set_head(github: &GithubFake, repo: &str, sha: &str) {
-    github
-        .repos
-        .lock()
-        .unwrap()
-        .branches
-        .insert((repo.to_owned(), "main".into()), sha.to_owned());
+    github.set_head(repo, "main", sha);
 }
 
 fn serving(daemon: &Daemon, stack: &str) -> String {
@@ -266,7 +261,10 @@ async fn stacks_should_build_side_by_side_and_a_failing_stack_should_hold_up_no_
     builds.slow.store(false, Ordering::SeqCst);
     let a4 = sha();
     set_head(&github, &repo_a, &a4);
-    assert_eq!(push(&daemon, "secret-of-stack-a-webhook", &repo_a, &a4).0, 202);
+    assert_eq!(
+        push(&daemon, "secret-of-stack-a-webhook", &repo_a, &a4).0,
+        202
+    );
     until_served(&daemon, &[(&a, &a4)], Duration::from_secs(120));
     assert_eq!(daemon.terminate(), Some(0));
     fleet.destroy(&a, &github);

@@ -681,12 +681,7 @@ impl SiteEnv {
     }
 
     fn set_head(&self, repo: &str, sha: &str) {
-        self.github
-            .repos
-            .lock()
-            .unwrap()
-            .branches
-            .insert((repo.to_owned(), "main".to_owned()), sha.to_owned());
+        self.github.set_head(repo, "main", sha);
     }
 }
 
