@@ -148,7 +148,9 @@ pub(crate) struct DaemonArgs {
     /// How long a webhook body may take to arrive.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub(crate) body_timeout: Duration,
-    /// How long a reconcile waits for the state lock another process holds.
+    /// How long a stack whose state lock another process holds is tried
+    /// again (every second, without holding a worker) before its reconcile
+    /// counts as failed; and how long a rollback waits for the lock.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub(crate) lock_wait: Duration,
     /// The daemon's address as people reach it (`https://jaam.example.com`):

@@ -157,6 +157,27 @@ impl<K: Ord + Clone, R: Merge> Queue<K, R> {
         }
     }
 
+    /// Hands `key` back without a result: its reconcile could not start (the
+    /// state's lock is held elsewhere). It is due again at `due` (or later,
+    /// merged with what arrived meanwhile), and its failure count and backoff
+    /// stay as they were.
+    pub(crate) fn requeue(&self, key: &K, due: Instant, request: R) {
+        let mut inner = self.inner();
+        inner.running.remove(key);
+        match inner.pending.get_mut(key) {
+            Some(entry) => {
+                entry.due = entry.due.max(due);
+                entry.request.merge(request);
+            }
+            None => {
+                inner.pending.insert(key.clone(), Entry { due, request });
+            }
+        }
+        drop(inner);
+        self.changed.notify_waiters();
+        self.changed.notify_one();
+    }
+
     /// Reports the end of `key`'s reconcile. On failure the key is scheduled
     /// again after a backoff, and not before `not_before` when the failure
     /// said when to try again (merged with anything that arrived meanwhile),
@@ -377,6 +398,43 @@ mod tests {
             "retried after {:?}",
             Instant::now() - failed_at
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_requeued_stack_should_come_back_at_its_time_with_its_backoff_kept() {
+        let queue = queue(10);
+        queue
+            .schedule(
+                "blog".into(),
+                Instant::now(),
+                request("push", Some(("blog", "1"))),
+            )
+            .unwrap();
+        let (key, _) = queue.next().await;
+        queue.done(&key, false, request("retry", None), None);
+        let (key, first) = queue.next().await;
+        // The lock is held elsewhere: handed back for a second from now.
+        let handed_back = Instant::now();
+        queue.requeue(&key, handed_back + Duration::from_secs(1), first);
+        let (key, again) = queue.next().await;
+        assert_eq!(Instant::now() - handed_back, Duration::from_secs(1));
+        assert!(again.reasons.contains("retry"), "what it was is kept");
+        // Handed back again; a push meanwhile is tried at once, merged.
+        let handed_back = Instant::now();
+        queue.requeue(&key, handed_back + Duration::from_secs(1), again);
+        queue
+            .schedule(
+                key.clone(),
+                Instant::now(),
+                request("push", Some(("blog", "2"))),
+            )
+            .unwrap();
+        let (again, merged) = queue.next().await;
+        assert_eq!(again, "blog");
+        assert_eq!(Instant::now(), handed_back);
+        assert_eq!(merged.revisions["blog"], "2");
+        assert!(merged.reasons.contains("retry") && merged.reasons.contains("push"));
+        assert_eq!(queue.inner().failures["blog"], 1, "the backoff is kept");
     }
 
     #[tokio::test(start_paused = true)]

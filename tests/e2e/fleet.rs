@@ -340,6 +340,77 @@ async fn stacks_should_appear_and_disappear_with_their_directories() {
     }
 }
 
+/// Issue 14: a stack whose state is locked elsewhere (a CLI's apply,
+/// another daemon's reconcile) is handed back to the queue and tried again,
+/// not waited for inside a worker: with one worker, another stack's change
+/// still goes through meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stack_locked_elsewhere_should_hold_up_no_worker() {
+    use jaam_core::state::StateStore as _;
+    let moto = moto_endpoint();
+    let _moto = jaam_tests::MOTO.read().await;
+    let github = GithubFake::start().await;
+    let fleet = Fleet::new().await;
+    let write = |stack: &str, groups: &[&str]| {
+        let dir = fleet.stacks().join(stack);
+        std::fs::create_dir_all(&dir).unwrap();
+        let text: String = groups
+            .iter()
+            .map(|g| format!("log_group.{g}:\n  name: /jaam/{stack}/{g}\n"))
+            .collect();
+        std::fs::write(dir.join("logs.yaml"), text).unwrap();
+    };
+    let has = |stack: &str, group: &str| {
+        std::fs::read_to_string(fleet.state(stack))
+            .is_ok_and(|state| state.contains(&format!("log_group.{group}")))
+    };
+    let (locked, free) = (unique("fleetlocked"), unique("fleetfree"));
+    write(&locked, &["app"]);
+    write(&free, &["app"]);
+    let daemon = fleet.daemon(&github, &moto, &["--workers", "1"]);
+    daemon.wait_until("both stacks applied", Duration::from_secs(60), |_| {
+        has(&locked, "app") && has(&free, "app")
+    });
+
+    // A CLI holds the first stack's lock; both stacks' specs change, the
+    // locked one first.
+    let store = jaam_core::state::LocalStore::new(fleet.state(&locked));
+    let guard = store
+        .lock(
+            jaam_core::state::lock::LockInfo::current("jaam apply (held by the test)"),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    write(&locked, &["app", "more"]);
+    std::thread::sleep(Duration::from_millis(300));
+    write(&free, &["app", "more"]);
+    let edited = Instant::now();
+    daemon.wait_until("the free stack's change", Duration::from_secs(20), |_| {
+        has(&free, "more")
+    });
+    let took = edited.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "the free stack waited {took:?} (--lock-wait is 60 s)"
+    );
+    assert!(!has(&locked, "more"), "the locked stack was not applied");
+    assert!(
+        daemon
+            .logs()
+            .contains("locked elsewhere; trying again shortly"),
+        "{}",
+        daemon.logs()
+    );
+    guard.release().await.unwrap();
+    daemon.wait_until("the locked stack's change", Duration::from_secs(30), |_| {
+        has(&locked, "more")
+    });
+    assert_eq!(daemon.terminate(), Some(0));
+    fleet.destroy(&locked, &github);
+    fleet.destroy(&free, &github);
+}
+
 /// The revision stack `stack`'s instance has in its S3 state.
 async fn s3_revision(bucket: &str, stack: &str) -> String {
     use jaam_core::state::StateStore as _;

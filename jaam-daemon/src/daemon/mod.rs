@@ -25,6 +25,9 @@
 //! Load the specs from disk, take the stack's state lock (the same lock the
 //! CLI takes: the CLI and the daemon never apply one stack at once; with S3
 //! state it is the expiring lease), plan, and apply when there are changes.
+//! A lock held elsewhere (a CLI's apply, another daemon's reconcile) is
+//! tried once: the stack goes back to the queue for a second and the worker
+//! takes other work; after `--lock-wait` of refusals it counts as a failure.
 //! A failure is retried by the queue with exponential backoff and jitter; a
 //! retry keeps the reasons of what failed (plus `retry`), so a failed push is
 //! retried as a deploy planned from state, and a failed resync as a resync.
@@ -178,7 +181,24 @@ pub(crate) struct Daemon {
     push_window: Mutex<Instant>,
     /// The stack's resync timer (aborted when the stack goes away).
     timer: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Since when its reconciles have found the state locked elsewhere.
+    busy_since: Mutex<Option<Instant>>,
 }
+
+/// What became of a reconcile the worker ran.
+#[derive(Debug, PartialEq, Eq)]
+enum Ran {
+    /// It ran (and succeeded or failed).
+    Done(Result<(), String>),
+    /// It could not start: another process holds the stack's lock. The
+    /// stack is handed back to the queue for [`BUSY_RETRY`], so a held lock
+    /// never holds a worker (another daemon's apply, a CLI's), until
+    /// `--lock-wait` has passed; then it fails like any reconcile.
+    Busy,
+}
+
+/// How soon a stack whose lock was held is tried again.
+const BUSY_RETRY: Duration = Duration::from_secs(1);
 
 /// A stack's daemon uses the fleet's shared parts as its own.
 impl std::ops::Deref for Daemon {
@@ -296,7 +316,9 @@ impl Daemon {
         }
         let engine = crate::commands::engine(&global, registry, stack.clone())
             .await?
-            .with_lock_timeout(shared.args.lock_wait);
+            // A reconcile tries the lock once and, when it is held, hands
+            // the stack back (see `Ran::Busy`); a rollback waits for it.
+            .with_lock_timeout(Duration::ZERO);
         let daemon = Arc::new(Self {
             shared,
             global: Global {
@@ -318,6 +340,7 @@ impl Daemon {
             all_parked: std::sync::atomic::AtomicBool::new(false),
             push_window: Mutex::new(Instant::now()),
             timer: Mutex::default(),
+            busy_since: Mutex::default(),
         });
         let state = daemon.engine.state().await.ok().flatten();
         daemon.index(&config, state.as_ref()).await;
@@ -394,8 +417,7 @@ impl Daemon {
     /// reconcile, and records it in the deploy history.
     async fn rollback(&self, site: &ResourceAddr) -> Result<String, String> {
         let session = self
-            .engine
-            .lock("jaam daemon: rollback")
+            .lock_waiting("jaam daemon: rollback")
             .await
             .map_err(|e| e.to_string())?;
         let Some(state) = session.state().cloned() else {
@@ -547,11 +569,15 @@ impl Daemon {
 
     /// One reconcile: specs from disk, the lock, plan, and apply unless the
     /// policy says report.
-    async fn reconcile(&self, request: &Request, cancel: &CancellationToken) -> Result<(), String> {
+    async fn reconcile(&self, request: &Request, cancel: &CancellationToken) -> Ran {
         let started = Utc::now();
         let reasons: Vec<String> = request.reasons.iter().map(|r| (*r).to_owned()).collect();
         tracing::info!(stack = %self.stack, ?reasons, "reconcile started");
-        let outcome = self.reconcile_inner(request, cancel).await;
+        let outcome = match self.reconcile_inner(request, cancel).await {
+            Err(Failure::Busy) => return Ran::Busy,
+            Err(Failure::Failed(error)) => Err(error),
+            Ok(result) => Ok(result),
+        };
         let mut status = self.status.lock().expect("status");
         status.last_reconcile = Some(started);
         status.reasons = reasons;
@@ -570,14 +596,63 @@ impl Daemon {
                 tracing::warn!(stack = %self.stack, %error, "reconcile failed; retrying with backoff");
             }
         }
-        outcome.map(|_| ())
+        Ran::Done(outcome.map(|_| ()))
+    }
+
+    /// The stack's lock, tried once. Held elsewhere: [`Failure::Busy`] until
+    /// `--lock-wait` has passed since the first refusal, then the error.
+    async fn try_lock(&self) -> Result<jaam_core::Session<'_>, Failure> {
+        match self.engine.lock("jaam daemon").await {
+            Ok(session) => {
+                *self.busy_since.lock().expect("busy") = None;
+                Ok(session)
+            }
+            Err(jaam_core::Error::State(jaam_core::state::Error::Locked { holder, .. })) => {
+                let mut since = self.busy_since.lock().expect("busy");
+                let first = *since.get_or_insert_with(Instant::now);
+                if first.elapsed() < self.args.lock_wait {
+                    tracing::info!(stack = %self.stack, %holder, "the stack is locked elsewhere; trying again shortly");
+                    return Err(Failure::Busy);
+                }
+                *since = None;
+                Err(Failure::Failed(format!(
+                    "{} (waited {:?}, --lock-wait)",
+                    jaam_core::state::Error::Locked {
+                        holder,
+                        lapses: None
+                    },
+                    self.args.lock_wait
+                )))
+            }
+            Err(error) => Err(Failure::Failed(error.to_string())),
+        }
+    }
+
+    /// The stack's lock, waiting up to `--lock-wait` for it (a rollback).
+    async fn lock_waiting(
+        &self,
+        command: &str,
+    ) -> Result<jaam_core::Session<'_>, jaam_core::Error> {
+        let deadline = Instant::now() + self.args.lock_wait;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.engine.lock(command).await {
+                Err(jaam_core::Error::State(jaam_core::state::Error::Locked { .. }))
+                    if Instant::now() + delay < deadline =>
+                {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(BUSY_RETRY);
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     async fn reconcile_inner(
         &self,
         request: &Request,
         cancel: &CancellationToken,
-    ) -> Result<&'static str, String> {
+    ) -> Result<&'static str, Failure> {
         // A retry keeps the reasons of what failed (plus `retry`): a failed
         // push is retried as a deploy, a failed resync as a resync.
         let resync_only = request
@@ -586,7 +661,7 @@ impl Daemon {
             .all(|r| *r == "resync" || *r == LEASE_LAPSED || *r == RETRY);
         let mut stages = Stages::start();
         let config = crate::commands::load_specs_with(&self.global, self.engine.registry())
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(|e| Failure::Failed(format!("{e:#}")))?;
         stages.mark("specs");
         // A push or a merge touches only its sites' instances: plan just those
         // from state (no refresh; the resync refreshes everything), so a deploy
@@ -616,11 +691,7 @@ impl Daemon {
         } else {
             jaam_core::plan::Options::default()
         };
-        let mut session = self
-            .engine
-            .lock("jaam daemon")
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut session = self.try_lock().await?;
         stages.mark("lock");
         self.index(&config, session.state()).await;
         if let Some(state) = session.state() {
@@ -695,7 +766,10 @@ impl Daemon {
             }
         }
         .await;
-        session.release().await.map_err(|e| e.to_string())?;
+        session
+            .release()
+            .await
+            .map_err(|e| Failure::Failed(e.to_string()))?;
         stages.mark("release");
         tracing::info!(
             stack = %self.stack,
@@ -703,8 +777,16 @@ impl Daemon {
             stages = %stages,
             "reconcile stages (milliseconds each)"
         );
-        outcome
+        outcome.map_err(Failure::Failed)
     }
+}
+
+/// Why a reconcile did not succeed.
+enum Failure {
+    /// The lock is held elsewhere (see [`Ran::Busy`]).
+    Busy,
+    /// It failed.
+    Failed(String),
 }
 
 /// How long each stage of a reconcile took, for the log: where a push's
@@ -754,7 +836,15 @@ async fn work(fleet: Arc<fleet::Fleet>, shutdown: CancellationToken) {
             fleet.queue.done(&stack, true, Request::default(), None);
             continue;
         };
-        let result = daemon.reconcile(&request, &shutdown).await;
+        let result = match daemon.reconcile(&request, &shutdown).await {
+            Ran::Done(result) => result,
+            Ran::Busy => {
+                fleet
+                    .queue
+                    .requeue(&stack, Instant::now() + BUSY_RETRY, request);
+                continue;
+            }
+        };
         let mut retry = request.clone();
         retry.reasons.insert(RETRY);
         // A service that said when to try again (an ACME rate limit) is
