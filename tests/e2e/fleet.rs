@@ -160,6 +160,30 @@ fn push(daemon: &Daemon, secret: &str, repo: &str, sha: &str) -> (u16, String) {
     daemon.deliver(&push[1])
 }
 
+/// The status code of a GET of `path` that may answer a stream (only the
+/// status line is read).
+fn stream_status(port: u16, path: &str) -> u16 {
+    use std::io::{BufRead as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stream)
+        .read_line(&mut line)
+        .unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_default()
+}
+
 /// Waits until every stack in `want` serves its revision; how long it took.
 fn until_served(daemon: &Daemon, want: &[(&str, &str)], deadline: Duration) -> Duration {
     let started = Instant::now();
@@ -189,6 +213,26 @@ async fn stacks_should_build_side_by_side_and_a_failing_stack_should_hold_up_no_
         daemon.metrics().contains("jaam_stacks{state=\"kept\"} 2"),
         "{}",
         daemon.metrics()
+    );
+
+    // The read side covers every stack: each site's log stream and page.
+    for stack in [&a, &b] {
+        assert_eq!(
+            stream_status(daemon.port, &format!("/sites/{stack}/logs")),
+            200,
+            "{stack}'s log stream"
+        );
+        let (status, page) =
+            jaam_tests::daemon::http(daemon.port, "GET", &format!("/sites/{stack}"), &[], b"")
+                .unwrap();
+        assert_eq!(status, 200, "{stack}'s page");
+        assert!(page.contains(&format!("acme/{stack}")), "{page}");
+    }
+    assert_eq!(stream_status(daemon.port, "/sites/nobody/logs"), 404);
+    let (_, index) = jaam_tests::daemon::http(daemon.port, "GET", "/", &[], b"").unwrap();
+    assert!(
+        index.contains(&a) && index.contains(&b) && index.contains("2 stacks"),
+        "{index}"
     );
 
     // A delivery is routed by its repository: A's secret cannot deploy B.
