@@ -69,6 +69,9 @@ pub struct Providers {
     shared: Registry,
     instances: aws::ec2::Instances,
     heads: Option<aws::ec2::HeadResolver>,
+    /// The GitHub client the providers use.
+    #[cfg(feature = "github")]
+    github: github::Api,
 }
 
 #[cfg(feature = "aws")]
@@ -86,12 +89,24 @@ impl Providers {
         #[cfg(feature = "acme")]
         shared.register(std::sync::Arc::new(acme::Certificates::new(config, None)));
         #[cfg(feature = "github")]
-        shared.register(std::sync::Arc::new(github::Webhooks::with_api(config, api)));
+        shared.register(std::sync::Arc::new(github::Webhooks::with_api(
+            config,
+            api.clone(),
+        )));
         Self {
             shared,
             instances: aws::ec2::Instances::new(config, None),
             heads,
+            #[cfg(feature = "github")]
+            github: api,
         }
+    }
+
+    /// The GitHub client the providers use (one connection pool and one
+    /// cache of conditional answers for everything else that calls GitHub).
+    #[cfg(feature = "github")]
+    pub fn github(&self) -> &github::Api {
+        &self.github
     }
 
     /// A registry of these providers; `heads` wraps the branch-head

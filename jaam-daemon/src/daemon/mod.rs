@@ -213,6 +213,7 @@ pub(crate) async fn run(global: &Global, args: &DaemonArgs) -> anyhow::Result<Ex
     let sdk = jaam_core::providers::aws::load_config().await;
     let read_token = read_token(args)?;
     let layout = fleet::Layout::new(global, args)?;
+    let providers = jaam_core::providers::Providers::new(&sdk);
     let shared = Arc::new(Shared {
         args: args.clone(),
         queue: Queue::new(queue::Config {
@@ -224,12 +225,12 @@ pub(crate) async fn run(global: &Global, args: &DaemonArgs) -> anyhow::Result<Ex
         // Ids and body hashes: the newest 10,000 deliveries.
         deliveries: Mutex::new(Deliveries::load(layout.deliveries_file(args), 20_000)),
         bodies: tokio::sync::Semaphore::new(MAX_BODIES),
-        github: jaam_core::providers::github::Api::from_env(),
+        github: providers.github().clone(),
         parameters: jaam_core::providers::aws::parameters::Parameters::new(&sdk, None),
         intake: CancellationToken::new(),
         read_token,
         logs: logs::LogHub::new(jaam_core::providers::aws::sites::Logs::new(&sdk)),
-        providers: jaam_core::providers::Providers::new(&sdk),
+        providers,
         sdk,
     });
     let fleet = fleet::Fleet::open(layout, shared).await?;
