@@ -16,8 +16,9 @@
 //! without it is refused, since two stacks cannot share one state.
 //!
 //! The watcher adds a stack when its directory appears with specs, reloads
-//! it when they change, and stops keeping it when the directory goes. It
-//! never destroys: what a removed stack created stays, with its state, until
+//! it when they change, and stops keeping it when the directory goes.
+//! Renaming a directory makes a new stack (with a new, empty state): move
+//! its state file (or S3 object) along with it. The daemon never destroys: what a removed stack created stays, with its state, until
 //! someone runs `jaam destroy` on it (as Flux and Argo CD do without
 //! pruning). A stack whose specs do not load is listed in `/status` with the
 //! error and retried at its next change; the other stacks go on.
@@ -73,6 +74,11 @@ impl Layout {
             "--stacks `{}` is not a directory",
             dir.display()
         );
+        // The watcher reports absolute paths: a relative DIR (`--stacks
+        // fleet`) is made absolute, or no event would match a stack.
+        let dir = &dir
+            .canonicalize()
+            .with_context(|| format!("cannot resolve --stacks `{}`", dir.display()))?;
         anyhow::ensure!(
             global.state.to_string_lossy().contains(STACK),
             "with --stacks, --state must hold `{STACK}` (each stack has its own state)\n\n\
@@ -580,6 +586,56 @@ mod tests {
             stack_of(Path::new("/elsewhere"), &dir.path().join("blog")),
             None
         );
+    }
+
+    #[test]
+    fn a_relative_stacks_directory_should_be_made_absolute_for_the_watcher() {
+        // A directory under the working directory, named relatively.
+        let fleet = tempfile::tempdir_in(".").unwrap();
+        let relative = fleet
+            .path()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let args = {
+            use clap::Parser as _;
+            let cli = crate::cli::Cli::parse_from([
+                "jaam",
+                "daemon",
+                "--stacks",
+                &relative,
+                "--state",
+                "state/{stack}.json",
+            ]);
+            match cli.command {
+                crate::cli::Command::Daemon(args) => args,
+                _ => unreachable!("a daemon command"),
+            }
+        };
+        let global = Global {
+            state: "state/{stack}.json".into(),
+            ..test_global()
+        };
+        let Ok(Layout::Dir { dir: made, .. }) = Layout::new(&global, &args) else {
+            panic!("a directory layout");
+        };
+        assert!(made.is_absolute(), "{}", made.display());
+        assert_eq!(
+            stack_of(
+                &made,
+                &fleet.path().canonicalize().unwrap().join("blog/site.yaml")
+            )
+            .as_deref(),
+            Some("blog")
+        );
+        let no_template = Global {
+            state: "jaam.state.json".into(),
+            ..test_global()
+        };
+        let refused = Layout::new(&no_template, &args).err().unwrap().to_string();
+        assert!(refused.contains("{stack}"), "{refused}");
     }
 
     #[test]
