@@ -60,20 +60,9 @@ pub(crate) async fn rollback(global: &Global, args: &RollbackArgs) -> anyhow::Re
     let state = state(global).await?;
     let config = jaam_core::providers::aws::load_config().await;
     eprintln!("{}: rolling back to the previous release...", args.site);
-    let (started, took) = (chrono::Utc::now(), std::time::Instant::now());
-    let outcome = sites::rollback(&config, &state, &args.site).await;
+    let (outcome, deployment) = sites::rollback_recorded(&config, &state, &args.site).await;
     // The history records the rollback whatever happened, under the lock.
-    let deployment = jaam_core::history::rollback(
-        &state,
-        &args.site,
-        started,
-        took.elapsed(),
-        outcome
-            .as_ref()
-            .map(String::as_str)
-            .map_err(ToString::to_string),
-    )
-    .ok_or_else(|| anyhow!("`{}` is not a site", args.site))?;
+    let deployment = deployment.ok_or_else(|| anyhow!("`{}` is not a site", args.site))?;
     let store = super::store(global).await?;
     let lock = store
         .lock(

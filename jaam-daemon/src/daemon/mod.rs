@@ -425,18 +425,8 @@ impl Daemon {
             let _ = session.release().await;
             return Err("nothing applied yet".to_owned());
         };
-        let (started, took) = (Utc::now(), std::time::Instant::now());
-        let outcome = jaam_core::providers::aws::sites::rollback(&self.sdk, &state, site).await;
-        let deployment = jaam_core::history::rollback(
-            &state,
-            site,
-            started,
-            took.elapsed(),
-            outcome
-                .as_ref()
-                .map(String::as_str)
-                .map_err(ToString::to_string),
-        );
+        let (outcome, deployment) =
+            jaam_core::providers::aws::sites::rollback_recorded(&self.sdk, &state, site).await;
         if let Some(deployment) = deployment
             && let Err(error) = session.record_deployments(&[deployment]).await
         {

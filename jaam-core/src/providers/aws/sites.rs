@@ -167,6 +167,29 @@ impl Logs {
     }
 }
 
+/// [`rollback`], timed, with the deploy-history entry that records it
+/// whatever happened (`None` when `site` is not a site of `state`): what
+/// `jaam rollback` and the dashboard's Roll back both write.
+pub async fn rollback_recorded(
+    config: &SdkConfig,
+    state: &State,
+    site: &ResourceAddr,
+) -> (Result<String>, Option<crate::history::Deployment>) {
+    let (started, took) = (chrono::Utc::now(), std::time::Instant::now());
+    let outcome = rollback(config, state, site).await;
+    let deployment = crate::history::rollback(
+        state,
+        site,
+        started,
+        took.elapsed(),
+        outcome
+            .as_ref()
+            .map(String::as_str)
+            .map_err(ToString::to_string),
+    );
+    (outcome, deployment)
+}
+
 /// Runs the deploy script's `rollback` on the site's instance: it switches
 /// back to the previous release at once. State is not changed: the site stays
 /// rolled back until the next revision is deployed.
