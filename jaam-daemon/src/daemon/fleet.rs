@@ -56,6 +56,9 @@ pub(crate) enum Layout {
     Dir { dir: PathBuf, base: Global },
 }
 
+/// How many stacks are opened at once at start.
+const OPENING: usize = 16;
+
 /// What `--state` holds in place of the stack's name.
 const STACK: &str = "{stack}";
 
@@ -251,9 +254,13 @@ impl Fleet {
             let daemon = Daemon::open(Arc::clone(&fleet.shared), global.clone(), false).await?;
             fleet.insert(daemon);
         }
-        for name in names {
-            fleet.add(&name).await;
-        }
+        // Sixteen at once: each reads its state (an S3 GET with S3 state),
+        // and the daemon answers no delivery before they are all open.
+        futures::StreamExt::for_each_concurrent(futures::stream::iter(names), OPENING, |name| {
+            let fleet = Arc::clone(&fleet);
+            async move { fleet.add(&name).await }
+        })
+        .await;
         Ok(fleet)
     }
 
