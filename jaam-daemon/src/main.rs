@@ -67,7 +67,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let global = &cli.global;
+    // A daemon takes `{stack}` in `--state` as its fleet's template; every
+    // other command works on one stack's state.
+    let global = &match cli.command {
+        Command::Daemon(_) => cli.global.clone(),
+        _ => commands::with_stack_state(&cli.global)?,
+    };
     match &cli.command {
         Command::Validate => commands::validate::run(global).await,
         Command::Plan(args) => commands::plan::run(global, args).await,

@@ -103,3 +103,43 @@ fn the_fleet_example_should_be_one_valid_stack_per_directory() {
     }
     assert!(stacks >= 2, "a fleet of {stacks}");
 }
+
+/// Issue 14: the CLI takes a fleet's state template (`--state
+/// 'state/{stack}.json'`) and works on one stack of it under the name the
+/// daemon gives it: its directory's.
+#[tokio::test]
+async fn the_cli_should_work_on_one_stack_of_a_fleet_through_its_state_template() {
+    jaam_tests::moto_endpoint();
+    let _moto = jaam_tests::MOTO.read().await;
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("fleetcli");
+    let stack = dir.path().join("fleet").join(&name);
+    std::fs::create_dir_all(&stack).unwrap();
+    std::fs::write(
+        stack.join("logs.yaml"),
+        format!("log_group.app:\n  name: /jaam-test/{name}/app\n"),
+    )
+    .unwrap();
+    let template = dir.path().join("state/{stack}.json");
+    let jaam = |args: &[&str]| {
+        jaam_tests::Run::from(
+            std::process::Command::new(jaam_tests::jaam_binary())
+                .args(args)
+                .arg("--specs")
+                .arg(&stack)
+                .arg("--state")
+                .arg(&template)
+                .env("NO_COLOR", "1")
+                .output()
+                .unwrap(),
+        )
+    };
+    std::fs::create_dir(dir.path().join("state")).unwrap();
+    jaam(&["apply", "--auto-approve"]).expect_code(0);
+    let file = dir.path().join(format!("state/{name}.json"));
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("the stack's own state"))
+            .unwrap();
+    assert_eq!(state["stack"], name.as_str(), "named by its directory");
+    jaam(&["destroy", "--auto-approve"]).expect_code(0);
+}

@@ -61,7 +61,45 @@ pub(crate) fn stack_name(global: &Global, config: Option<&Config>) -> String {
         .unwrap_or_else(|| "default".to_owned())
 }
 
-/// An engine over the local state file.
+/// `--state` with `{stack}` (the template a fleet's daemon takes, see
+/// `jaam daemon --stacks`): the stack's own state, so `jaam plan --specs
+/// fleet/blog --state 'state/{stack}.json'` works on what the daemon keeps.
+/// The stack is `--stack`, else the specs' `stack.name`, else the specs
+/// directory's name (as the daemon names it), and the command runs under
+/// that name.
+///
+/// # Errors
+/// No name can be found (`--specs` names no directory).
+pub(crate) fn with_stack_state(global: &Global) -> anyhow::Result<Global> {
+    let template = global.state.to_string_lossy();
+    if !template.contains("{stack}") {
+        return Ok(global.clone());
+    }
+    let name = global
+        .stack
+        .clone()
+        .or_else(|| {
+            load_specs(global)
+                .ok()
+                .and_then(|config| config.stack().name.clone())
+        })
+        .or_else(|| {
+            global
+                .specs
+                .canonicalize()
+                .ok()?
+                .file_name()?
+                .to_str()
+                .map(str::to_owned)
+        })
+        .with_context(|| format!("`--state {template}` needs a stack name: pass --stack NAME"))?;
+    Ok(Global {
+        state: template.replace("{stack}", &name).into(),
+        stack: Some(name),
+        ..global.clone()
+    })
+}
+
 /// The state store `--state` names: a local file, or `s3://bucket/key`.
 pub(crate) async fn store(
     global: &Global,
