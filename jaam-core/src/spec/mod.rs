@@ -312,7 +312,19 @@ pub fn load(
     load_sources(&sources, registry, env)
 }
 
-fn spec_files(path: &Path) -> Result<Vec<PathBuf>> {
+/// Whether `path` is named as a spec file (`.yaml` or `.yml`).
+pub fn is_spec_file(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|ext| ext == "yaml" || ext == "yml")
+}
+
+/// The spec files [`load`] reads at `path`: the file itself, or every
+/// [spec file](is_spec_file) under the directory at any depth, skipping
+/// names that start with `.`; sorted.
+///
+/// # Errors
+/// [`Error::Read`] when `path` or a directory under it cannot be read.
+pub fn spec_files(path: &Path) -> Result<Vec<PathBuf>> {
     let read_error = |source| Error::Read {
         path: path.to_owned(),
         source,
@@ -340,10 +352,7 @@ fn spec_files(path: &Path) -> Result<Vec<PathBuf>> {
             }
             if entry_path.is_dir() {
                 pending.push(entry_path);
-            } else if entry_path
-                .extension()
-                .is_some_and(|ext| ext == "yaml" || ext == "yml")
-            {
+            } else if is_spec_file(&entry_path) {
                 out.push(entry_path);
             }
         }

@@ -97,11 +97,14 @@ impl Layout {
         })
     }
 
-    /// How many stacks may wait at once: all of a directory's.
-    pub(crate) fn capacity_hint(&self) -> usize {
+    /// How many stacks may wait in the queue at once. The queue holds one
+    /// entry per stack, so it is bounded by the stacks a daemon keeps; a
+    /// directory's stacks may all be due at once (a resync each, or a spec
+    /// change to all), including stacks that appear after start.
+    pub(crate) fn queue_capacity(&self) -> usize {
         match self {
-            Self::One(_) => 1,
-            Self::Dir { dir, .. } => stack_dirs(dir).len() * 2 + 64,
+            Self::One(_) => 64,
+            Self::Dir { .. } => usize::MAX,
         }
     }
 
@@ -195,20 +198,9 @@ fn stack_dirs(dir: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-/// Whether `dir` holds a YAML file (at any depth, as `jaam_core::spec::load` reads).
+/// Whether `dir` holds a spec file `jaam_core::spec::load` would read.
 fn has_specs(dir: &Path) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return false;
-    };
-    entries.filter_map(Result::ok).any(|entry| {
-        let path = entry.path();
-        let hidden = entry.file_name().to_string_lossy().starts_with('.');
-        !hidden
-            && (path
-                .extension()
-                .is_some_and(|ext| ext == "yaml" || ext == "yml")
-                || (path.is_dir() && has_specs(&path)))
-    })
+    jaam_core::spec::spec_files(dir).is_ok_and(|files| !files.is_empty())
 }
 
 /// The daemon's stacks.
@@ -461,10 +453,7 @@ impl Fleet {
                 {
                     return;
                 }
-                let is_spec = |path: &PathBuf| {
-                    path.extension()
-                        .is_some_and(|ext| ext == "yaml" || ext == "yml")
-                };
+                let is_spec = |path: &PathBuf| jaam_core::spec::is_spec_file(path);
                 match &dir {
                     None => {
                         if event.paths.iter().any(is_spec) {

@@ -217,8 +217,7 @@ pub(crate) async fn run(global: &Global, args: &DaemonArgs) -> anyhow::Result<Ex
     let shared = Arc::new(Shared {
         args: args.clone(),
         queue: Queue::new(queue::Config {
-            // Every stack of a fleet may wait at once (a resync of all).
-            capacity: 64.max(layout.capacity_hint()),
+            capacity: layout.queue_capacity(),
             retry: queue::RETRY,
         }),
         metrics: Metrics::default(),
@@ -350,11 +349,7 @@ impl Daemon {
 
     /// Whether site `name` is one of this stack's.
     fn keeps_site(&self, name: &str) -> bool {
-        self.routes
-            .read()
-            .expect("routes")
-            .all_sites()
-            .contains_key(name)
+        self.routes.read().expect("routes").has_site(name)
             || self
                 .status
                 .lock()

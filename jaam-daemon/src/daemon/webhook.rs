@@ -138,6 +138,14 @@ impl Routes {
             .collect()
     }
 
+    /// Whether `site` deploys from a repository here (without building
+    /// [`all_sites`](Self::all_sites): a fleet asks every stack).
+    pub(crate) fn has_site(&self, site: &str) -> bool {
+        self.sites
+            .values()
+            .any(|sites| sites.iter().any(|s| s == site))
+    }
+
     /// The sites that deploy `branch` of `repo`.
     pub(crate) fn sites(&self, repo: &str, branch: &str) -> Vec<String> {
         self.sites

@@ -256,14 +256,10 @@ async fn deploy(
     if let Err(refused) = may_act(&fleet, &headers) {
         return *refused;
     }
-    let Some(daemon) = fleet.site(&name).filter(|daemon| {
-        daemon
-            .routes
-            .read()
-            .expect("routes")
-            .all_sites()
-            .contains_key(&name)
-    }) else {
+    let Some(daemon) = fleet
+        .site(&name)
+        .filter(|daemon| daemon.routes.read().expect("routes").has_site(&name))
+    else {
         return refuse(StatusCode::NOT_FOUND, "no such site");
     };
     // This site's instance only, at its branch head (read when the
