@@ -236,6 +236,32 @@ pub fn deliveries(
     pushes: &[String],
     merged: Option<&str>,
 ) -> Vec<Delivery> {
+    run_deliveries(&serde_json::json!({
+        "secret": secret, "repo": repo, "branch": branch, "pushes": pushes, "merged": merged,
+    }))
+}
+
+/// Signed `pull_request` deliveries of `repo` into `base`, one per
+/// `(action, number, head, fork)`, made from GitHub's example of an opened
+/// pull request (no ping or push).
+pub fn pull_deliveries(
+    secret: &str,
+    repo: &str,
+    base: &str,
+    pulls: &[(&str, u64, &str, bool)],
+) -> Vec<Delivery> {
+    let pulls: Vec<serde_json::Value> = pulls
+        .iter()
+        .map(|(action, number, head, fork)| {
+            serde_json::json!({"action": action, "number": number, "head": head, "fork": fork})
+        })
+        .collect();
+    run_deliveries(&serde_json::json!({
+        "secret": secret, "repo": repo, "branch": base, "pulls": pulls,
+    }))
+}
+
+fn run_deliveries(request: &serde_json::Value) -> Vec<Delivery> {
     let modules = std::env::var("JAAM_TEST_NODE_MODULES").unwrap_or_else(|_| {
         panic!(
             "this test needs @octokit/webhooks-examples and @octokit/webhooks-methods: run it \
@@ -246,9 +272,6 @@ pub fn deliveries(
         .parent()
         .expect("the node folder")
         .to_owned();
-    let request = serde_json::json!({
-        "secret": secret, "repo": repo, "branch": branch, "pushes": pushes, "merged": merged,
-    });
     let mut child = Command::new("node")
         .arg("deliveries.mjs")
         .current_dir(&dir)

@@ -43,7 +43,22 @@ pub struct Repos {
     pub statuses: Vec<(i64, Value)>,
     /// Repositories whose deployments the token may not write (403).
     pub deployments_denied: std::collections::BTreeSet<String>,
+    /// Pull requests by (repository, number).
+    pub pulls: BTreeMap<(String, u64), Pull>,
     next_id: i64,
+}
+
+/// A pull request the fake lists.
+#[derive(Clone, Debug)]
+pub struct Pull {
+    /// The branch it merges into.
+    pub base: String,
+    /// Its head commit.
+    pub head: String,
+    /// Whether its head is in a fork.
+    pub fork: bool,
+    /// Whether it is open.
+    pub open: bool,
 }
 
 /// The running fake.
@@ -294,6 +309,63 @@ async fn contents(
         })
 }
 
+/// `GET /repos/{owner}/{name}/pulls?state=open&base=…&per_page=…&page=…`,
+/// newest first, in GitHub's shape (the fields jaam reads and a few more).
+async fn pulls(
+    State(repos): State<Shared>,
+    Path((owner, name)): Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    use sha2::Digest as _;
+    let repo = format!("{owner}/{name}");
+    let mut repos = repos.lock().expect("fake");
+    let per_page: usize = query
+        .get("per_page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(30);
+    let page: usize = query.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
+    let open_only = query.get("state").is_none_or(|s| s == "open");
+    let mut listed: Vec<Value> = repos
+        .pulls
+        .iter()
+        .rev()
+        .filter(|((r, _), pull)| {
+            *r == repo
+                && (!open_only || pull.open)
+                && query.get("base").is_none_or(|base| *base == pull.base)
+        })
+        .map(|((_, number), pull)| {
+            let head_repo = if pull.fork {
+                format!("contributor/{name}")
+            } else {
+                repo.clone()
+            };
+            json!({
+                "number": number,
+                "state": if pull.open { "open" } else { "closed" },
+                "title": format!("pull request #{number}"),
+                "head": {"sha": pull.head, "ref": format!("pr-{number}"), "repo": {"full_name": head_repo}},
+                "base": {"ref": pull.base, "repo": {"full_name": repo}},
+            })
+        })
+        .collect();
+    listed = listed
+        .into_iter()
+        .skip(per_page * (page.max(1) - 1))
+        .take(per_page)
+        .collect();
+    let body = Value::Array(listed);
+    let etag = format!(
+        "W/\"{}\"",
+        hex::encode(sha2::Sha256::digest(body.to_string().as_bytes()))
+    );
+    if let Some(unchanged) = not_modified(&mut repos, &headers, &etag) {
+        return unchanged;
+    }
+    ([("etag", etag)], Json(body)).into_response()
+}
+
 async fn create_deployment(
     State(repos): State<Shared>,
     Path((owner, name)): Path<(String, String)>,
@@ -404,6 +476,7 @@ impl GithubFake {
             )
             .route("/repos/{owner}/{name}/branches/{branch}", get(branch))
             .route("/repos/{owner}/{name}/contents/{*path}", get(contents))
+            .route("/repos/{owner}/{name}/pulls", get(pulls))
             .route("/repos/{owner}/{name}/deployments", post(create_deployment))
             .route(
                 "/repos/{owner}/{name}/deployments/{id}/statuses",
@@ -439,6 +512,32 @@ impl GithubFake {
             .expect("fake")
             .branches
             .insert((repo.to_owned(), branch.to_owned()), sha.to_owned());
+    }
+
+    /// Opens (or moves the head of) pull request `number` of `repo` into `base`.
+    pub fn open_pull(&self, repo: &str, number: u64, base: &str, head: &str, fork: bool) {
+        self.repos.lock().expect("fake").pulls.insert(
+            (repo.to_owned(), number),
+            Pull {
+                base: base.to_owned(),
+                head: head.to_owned(),
+                fork,
+                open: true,
+            },
+        );
+    }
+
+    /// Closes pull request `number` of `repo`.
+    pub fn close_pull(&self, repo: &str, number: u64) {
+        if let Some(pull) = self
+            .repos
+            .lock()
+            .expect("fake")
+            .pulls
+            .get_mut(&(repo.to_owned(), number))
+        {
+            pull.open = false;
+        }
     }
 
     /// The hooks of `repo` as stored (secrets in clear).

@@ -735,8 +735,20 @@ async fn run_node(
                         ));
                         Ok(())
                     }
-                    Err(source) => {
-                        finals.push(failed(intent, addr, &source));
+                    Err(mut source) => {
+                        // Partly done (a deploy whose previews failed):
+                        // record what now is, and fail.
+                        finals.push(match source.partial.take() {
+                            Some(partial) => written(
+                                shared,
+                                schema,
+                                intent,
+                                change,
+                                partial.id,
+                                partial.attributes,
+                            ),
+                            None => failed(intent, addr, &source),
+                        });
                         Err(provider_error("update", source))
                     }
                 }

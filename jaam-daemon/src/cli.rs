@@ -94,6 +94,8 @@ pub(crate) enum Command {
     Rollback(RollbackArgs),
     /// A site's deploy history: what was deployed when, why, and did it work.
     Deployments(DeploymentsArgs),
+    /// A site's pull request previews: number, head commit, URL and state.
+    Previews(DeploymentsArgs),
     /// Write a starter site spec for a repository (framework detected from its package.json).
     Init(InitArgs),
     /// Print a shell completion script: `jaam completions bash > /etc/bash_completion.d/jaam`.

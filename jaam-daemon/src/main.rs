@@ -106,6 +106,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Daemon(args) => daemon::run(global, args).await,
         Command::Init(args) => commands::init::run(global, args).await,
         Command::Deployments(args) => commands::sites::deployments(global, args).await,
+        Command::Previews(args) => commands::sites::previews(global, args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             clap_complete::generate(*shell, &mut Cli::command(), "jaam", &mut std::io::stdout());

@@ -243,7 +243,13 @@ impl Request {
 
 impl Merge for Request {
     fn merge(&mut self, newer: Self) {
-        self.revisions.extend(newer.revisions);
+        // An empty revision (a pull request's, a manual deploy's) names the
+        // site only: it never hides a pushed one.
+        for (site, sha) in newer.revisions {
+            if !sha.is_empty() || !self.revisions.contains_key(&site) {
+                self.revisions.insert(site, sha);
+            }
+        }
         self.reasons.extend(newer.reasons);
         self.deliveries.extend(newer.deliveries);
     }

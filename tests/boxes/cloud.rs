@@ -983,6 +983,60 @@ impl GitServer {
         git(&bare, &["update-server-info"]);
         sha
     }
+
+    /// Commits the files of `app`, then `changes`, on top of `repo`'s `main`
+    /// as pull request `number`'s head (`refs/pull/NUMBER/head`, where
+    /// GitHub keeps every pull request's commits, a fork's too); returns the
+    /// commit id. `main` is left as it was.
+    pub fn push_pull(
+        &self,
+        repo: &str,
+        number: u64,
+        app: &std::path::Path,
+        changes: &[(&str, &str)],
+    ) -> String {
+        let work = self.dir.path().join("work").join(repo);
+        let branch = format!("jaam-pr-{number}");
+        git(&work, &["checkout", "--quiet", "-B", &branch, "main"]);
+        let copy = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", app.display()))
+            .arg(&work)
+            .status()
+            .expect("cp");
+        assert!(copy.success());
+        for (path, content) in changes {
+            let target = work.join(path);
+            std::fs::create_dir_all(target.parent().unwrap()).expect("dir");
+            std::fs::write(target, content).expect("change");
+        }
+        git(&work, &["add", "-A"]);
+        git(
+            &work,
+            &[
+                "commit",
+                "--quiet",
+                "--allow-empty",
+                "-m",
+                &format!("jaam test pull request #{number}"),
+            ],
+        );
+        let sha = git(&work, &["rev-parse", "HEAD"]);
+        let bare = self.dir.path().join("srv").join(format!("{repo}.git"));
+        git(
+            &work,
+            &[
+                "push",
+                "--quiet",
+                "--force",
+                bare.to_str().unwrap(),
+                &format!("{branch}:refs/pull/{number}/head"),
+            ],
+        );
+        git(&work, &["checkout", "--quiet", "main"]);
+        git(&bare, &["update-server-info"]);
+        sha
+    }
 }
 
 impl Drop for GitServer {

@@ -17,6 +17,7 @@ mod iam_roles;
 mod instances;
 mod lock;
 mod log_groups;
+mod previews;
 mod refresh_cost;
 mod s3_state;
 mod security_groups;

@@ -199,8 +199,14 @@ impl Stage {
     /// GET `scheme://blog.<domain>/path`, resolved through the record, TLS
     /// verified against Pebble's roots.
     pub(crate) async fn get(&self, scheme: &str, path: &str) -> Seen {
+        self.get_host(&format!("blog.{}", self.domain), scheme, path)
+            .await
+    }
+
+    /// GET `scheme://host/path` at the site's address, TLS verified against
+    /// Pebble's roots (a preview's host: the wildcard record points there).
+    pub(crate) async fn get_host(&self, host: &str, scheme: &str, path: &str) -> Seen {
         let ip = self.record_ip().await;
-        let host = format!("blog.{}", self.domain);
         let port = if scheme == "https" { 443 } else { 80 };
         let out = tokio::process::Command::new("curl")
             .args(["-sS", "--max-time", "10", "--cacert"])

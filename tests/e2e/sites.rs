@@ -42,11 +42,20 @@ fn every_generated_script_should_pass_shellcheck() {
     let shellcheck = tool("shellcheck");
     let dir = tempfile::tempdir().unwrap();
     let mut checked = 0;
-    for framework in ["auto", "static", "nextjs", "node"] {
+    for framework in ["auto", "static", "nextjs", "node", "auto-with-previews"] {
+        let previews = Value::Map([("enabled".to_owned(), Value::Bool(true))].into());
         let site = sample_site(
             "blog",
-            framework,
+            framework.trim_end_matches("-with-previews"),
             &[
+                (
+                    "previews",
+                    if framework.ends_with("previews") {
+                        previews
+                    } else {
+                        Value::Null
+                    },
+                ),
                 (
                     "env",
                     Value::Map([("TITLE".to_owned(), Value::from("it's \"quoted\""))].into()),
@@ -73,7 +82,7 @@ fn every_generated_script_should_pass_shellcheck() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 20);
+    assert_eq!(checked, 25);
 }
 
 /// Issue 11, item 4: a secret that cannot be read fails the deploy by name and

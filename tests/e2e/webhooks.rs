@@ -285,6 +285,39 @@ async fn every_request_should_match_githubs_schema() {
         .unwrap_or_else(|e| panic!("a {state} status matches the schema: {e}"));
     }
 
+    // Issue 15, item 1: a preview's deployment, and the open pull requests
+    // a plan lists (the simulator's example pull request must read as one).
+    let preview = api
+        .create_deployment(
+            "octocat/Hello-World",
+            "7fd1a60b01f91b314f59955a4e4d4e80d8edf11d",
+            "preview/pr-42",
+            "jaam: deploying 7fd1a60 (preview of #42)",
+        )
+        .await
+        .expect("a preview's deployment matches the schema");
+    api.deployment_status(
+        "octocat/Hello-World",
+        preview,
+        &jaam_core::providers::github::DeploymentStatus {
+            state: "success",
+            description: "jaam: deployed",
+            environment_url: Some("https://pr-42.blog.example.test"),
+            log_url: Some("https://jaam.example.test/sites/blog"),
+        },
+    )
+    .await
+    .expect("a preview's status matches the schema");
+    let open = api
+        .open_pulls("octocat/Hello-World", "main")
+        .await
+        .expect("the pull request listing matches the schema");
+    assert!(
+        open.iter()
+            .all(|pull| pull.number > 0 && !pull.head.is_empty()),
+        "{open:?}"
+    );
+
     // The simulator does reject what GitHub would: a malformed body is a 400.
     let bad = std::process::Command::new("curl")
         .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])

@@ -404,6 +404,68 @@ impl Api {
         Ok(())
     }
 
+    /// The open pull requests of `repo` into `base`, newest first: one
+    /// conditional request per page of 100 (an unchanged listing answers
+    /// `304 Not Modified`, not counted against the rate limit), at most ten
+    /// pages. A pull request whose head repository is another one, or gone,
+    /// is a fork's.
+    ///
+    /// # Errors
+    /// A failed call, or an answer that is not a list of pull requests.
+    pub async fn open_pulls(&self, repo: &str, base: &str) -> Result<Vec<super::aws::ec2::Pull>> {
+        const PAGE: usize = 100;
+        let mut pulls = Vec::new();
+        for page in 1..=10 {
+            let path = format!(
+                "/repos/{repo}/pulls?state=open&base={base}&sort=created&direction=desc&per_page={PAGE}&page={page}"
+            );
+            let answer = self
+                .get_conditional(&path)
+                .await
+                .map_err(|error| ProviderError {
+                    message: format!("open pull requests of `{repo}@{base}`: {}", error.message),
+                    ..error
+                })?;
+            let listed = answer.json("pull requests")?;
+            let items = listed
+                .as_array()
+                .ok_or_else(|| ProviderError::new(ErrorKind::Other, "pull requests: not a list"))?;
+            for item in items {
+                let number = item.get("number").and_then(Json::as_u64);
+                let head = item.pointer("/head/sha").and_then(Json::as_str);
+                let (Some(number), Some(head)) = (number, head) else {
+                    return Err(ProviderError::new(
+                        ErrorKind::Other,
+                        "pull requests: an item without `number` or `head.sha`",
+                    ));
+                };
+                let from = item.pointer("/head/repo/full_name").and_then(Json::as_str);
+                let into = item
+                    .pointer("/base/repo/full_name")
+                    .and_then(Json::as_str)
+                    .unwrap_or(repo);
+                pulls.push(super::aws::ec2::Pull {
+                    number,
+                    head: head.to_owned(),
+                    fork: !from.is_some_and(|from| from.eq_ignore_ascii_case(into)),
+                });
+            }
+            if items.len() < PAGE {
+                break;
+            }
+        }
+        Ok(pulls)
+    }
+
+    /// [`Api::open_pulls`] as the instance provider's previews resolver.
+    pub fn pulls_resolver(&self) -> super::aws::ec2::PullsResolver {
+        let api = self.clone();
+        std::sync::Arc::new(move |repo, base| {
+            let api = api.clone();
+            Box::pin(async move { api.open_pulls(&repo, &base).await })
+        })
+    }
+
     /// [`Api::branch_head`] as the instance provider's revision resolver.
     pub fn head_resolver(&self) -> super::aws::ec2::HeadResolver {
         let api = self.clone();

@@ -95,6 +95,9 @@ impl Providers {
         )));
         Self {
             shared,
+            #[cfg(feature = "github")]
+            instances: aws::ec2::Instances::new(config, None).with_pulls(api.pulls_resolver()),
+            #[cfg(not(feature = "github"))]
             instances: aws::ec2::Instances::new(config, None),
             heads,
             #[cfg(feature = "github")]

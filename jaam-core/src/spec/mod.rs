@@ -602,6 +602,23 @@ impl Loader<'_> {
         }
         let attrs = evaluate_args(&spec, &schema, &|_, _| None, self.env);
         let shown = site::Site::from_attrs(addr.name(), &attrs);
+        if let Some(previews) = shown
+            .previews
+            .as_ref()
+            .filter(|_| shown.https && shown.wildcard)
+        {
+            self.error(
+                &location,
+                Some(&addr),
+                format!(
+                    "`{addr}` has previews, whose hosts (`{}`) need a certificate of the site's own: \
+                     the zone's shared wildcard certificate covers one label below the zone only",
+                    previews.wildcard()
+                ),
+                Some("give this site `certificate: own` (it then names the previews' wildcard too)".into()),
+            );
+            return;
+        }
         if shown.https && shown.wildcard {
             self.wildcards.entry(shown.zone.clone()).or_default().push((
                 addr.clone(),

@@ -1,5 +1,7 @@
-//! `jaam logs` and `jaam rollback`: a deployed site's logs and its previous
-//! release. Both read the site's resources from state; neither changes it.
+//! `jaam logs`, `jaam rollback`, `jaam deployments` and `jaam previews`: a
+//! deployed site's logs, its previous release, its deploy history and its
+//! pull request previews. They read the site's resources from state; none
+//! changes it.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -126,6 +128,106 @@ pub(crate) async fn deployments(
                 println!("    {line}");
             }
         }
+    }
+    super::success()
+}
+
+/// One row of `jaam previews`.
+#[derive(serde::Serialize)]
+struct PreviewRow {
+    number: u64,
+    head: String,
+    url: String,
+    /// `serving`; with the open pull requests listed: `pending` (open, not
+    /// served yet), `outdated` (serving an older head), `closing` (no longer
+    /// open or beyond `max`: the next apply removes it).
+    state: &'static str,
+}
+
+/// `jaam previews site.NAME`: the previews state records, compared with the
+/// open pull requests GitHub lists now (when the specs load and GitHub
+/// answers; otherwise a warning and state alone).
+pub(crate) async fn previews(
+    global: &Global,
+    args: &crate::cli::DeploymentsArgs,
+) -> anyhow::Result<ExitCode> {
+    use jaam_core::providers::aws::ec2::{previews_of, wanted_previews};
+    use jaam_core::spec::site::PreviewSource;
+    if args.site.kind() != "site" {
+        return Err(anyhow!("`{}` is not a site (write `site.NAME`)", args.site));
+    }
+    let instance: jaam_core::ResourceAddr = format!("{}.instance", args.site).parse()?;
+    let state = state(global).await?;
+    let recorded = previews_of(
+        state
+            .resources
+            .get(&instance)
+            .and_then(|r| r.attributes.get("previews")),
+    );
+    let source = super::load_specs(global).ok().and_then(|config| {
+        let value = config
+            .resources()
+            .get(&instance)?
+            .args
+            .get("previews")?
+            .evaluate(&|_, _| None, &|_| None);
+        PreviewSource::from_value(&value)
+    });
+    let wanted = match &source {
+        Some(source) => {
+            let api = jaam_core::providers::github::Api::from_env();
+            match api.open_pulls(&source.repo, &source.base).await {
+                Ok(open) => Some(previews_of(Some(&wanted_previews(source, &open)))),
+                Err(error) => {
+                    eprintln!("warning: the open pull requests could not be listed: {error}");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let mut rows: Vec<PreviewRow> = recorded
+        .iter()
+        .map(|(number, preview)| PreviewRow {
+            number: *number,
+            head: preview.head.clone(),
+            url: preview.url.clone(),
+            state: match wanted.as_ref().map(|w| w.get(number)) {
+                None => "serving",
+                Some(None) => "closing",
+                Some(Some(w)) if w.head != preview.head => "outdated",
+                Some(Some(_)) => "serving",
+            },
+        })
+        .collect();
+    for (number, preview) in wanted.iter().flatten() {
+        if !recorded.contains_key(number) {
+            rows.push(PreviewRow {
+                number: *number,
+                head: preview.head.clone(),
+                url: preview.url.clone(),
+                state: "pending",
+            });
+        }
+    }
+    rows.sort_by(|a, b| b.number.cmp(&a.number));
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return super::success();
+    }
+    if rows.is_empty() {
+        println!("No previews of `{}`.", args.site);
+        return super::success();
+    }
+    println!("{:<6}  {:<12}  {:<9}  URL", "PR", "HEAD", "STATE");
+    for row in rows {
+        println!(
+            "{:<6}  {:<12}  {:<9}  {}",
+            format!("#{}", row.number),
+            row.head.chars().take(12).collect::<String>(),
+            row.state,
+            row.url
+        );
     }
     super::success()
 }

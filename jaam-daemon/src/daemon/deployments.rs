@@ -1,9 +1,16 @@
 //! Deploy status on GitHub: each site deploy the daemon runs is a GitHub
-//! deployment (environment `production`) of the commit it deploys, moved
+//! deployment (environment `production`) of the commit it deploys, and each
+//! preview it builds one of the pull request's head (environment
+//! `preview/pr-N`, `environment_url` the preview's), moved
 //! `in_progress` when the apply starts and `success` or `failure` when it
 //! ends, with the site's URL (`environment_url`) and, with `--public-url`,
 //! the daemon's page of the site as its log (`log_url`). GitHub shows them on
 //! the commit and the pull request, as Vercel's and Netlify's checks do.
+//!
+//! Whether a deploy succeeded is read from the state the apply saved: the
+//! instance's recorded revision, or the preview's recorded head. So a
+//! deploy whose revision went out while one preview failed reports
+//! `success` for production and `failure` for that preview only.
 //!
 //! A token that may not write deployments ("Deployments: write" on a
 //! fine-grained token, `repo_deployment` on a classic one) costs a warning
@@ -18,6 +25,10 @@ pub(super) struct Started {
     site: String,
     repo: String,
     revision: String,
+    /// `production`, or `preview/pr-N`.
+    environment: String,
+    /// The pull request, for a preview.
+    preview: Option<u64>,
     addr: ResourceAddr,
     url: Option<String>,
     log_url: Option<String>,
@@ -31,7 +42,8 @@ fn planned(
     routes: &std::collections::BTreeMap<String, (String, String)>,
     public_url: Option<&str>,
 ) -> Vec<Started> {
-    plan.changes
+    let mut started: Vec<Started> = plan
+        .changes
         .iter()
         .filter(|change| change.action.is_change() && change.addr.kind() == "instance")
         .filter_map(|change| {
@@ -66,11 +78,58 @@ fn planned(
                 site: name,
                 repo,
                 revision,
+                environment: "production".to_owned(),
+                preview: None,
                 addr: change.addr.clone(),
                 id: None,
             })
         })
-        .collect()
+        .collect();
+    started.extend(previews_planned(plan, routes, public_url));
+    started
+}
+
+/// The previews `plan` builds: each pull request whose head is new to the
+/// instance's recorded previews.
+fn previews_planned(
+    plan: &jaam_core::Plan,
+    routes: &std::collections::BTreeMap<String, (String, String)>,
+    public_url: Option<&str>,
+) -> Vec<Started> {
+    use jaam_core::providers::aws::ec2::previews_of;
+    let mut started = Vec::new();
+    for change in plan
+        .changes
+        .iter()
+        .filter(|change| change.action.is_change() && change.addr.kind() == "instance")
+    {
+        let Some(site) = change.addr.composite() else {
+            continue;
+        };
+        let Some((repo, _)) = routes.get(site.name()) else {
+            continue;
+        };
+        let after = previews_of(change.after.as_ref().and_then(|a| a.get("previews")));
+        let before = previews_of(change.before.as_ref().and_then(|b| b.get("previews")));
+        for (number, preview) in after {
+            if before.get(&number).is_some_and(|b| b.head == preview.head) {
+                continue;
+            }
+            started.push(Started {
+                site: site.name().to_owned(),
+                repo: repo.clone(),
+                revision: preview.head,
+                environment: format!("preview/pr-{number}"),
+                preview: Some(number),
+                addr: change.addr.clone(),
+                url: Some(preview.url).filter(|url| !url.is_empty()),
+                log_url: public_url
+                    .map(|base| format!("{}/sites/{}", base.trim_end_matches('/'), site.name())),
+                id: None,
+            });
+        }
+    }
+    started
 }
 
 /// Creates the deployments of what `plan` deploys, `in_progress`.
@@ -84,11 +143,20 @@ pub(super) async fn start(
     let mut started = planned(plan, config, routes, public_url);
     for deploy in &mut started {
         let description = format!(
-            "jaam: deploying {}",
-            &deploy.revision[..7.min(deploy.revision.len())]
+            "jaam: deploying {}{}",
+            &deploy.revision[..7.min(deploy.revision.len())],
+            deploy
+                .preview
+                .map(|n| format!(" (preview of #{n})"))
+                .unwrap_or_default()
         );
         match api
-            .create_deployment(&deploy.repo, &deploy.revision, "production", &description)
+            .create_deployment(
+                &deploy.repo,
+                &deploy.revision,
+                &deploy.environment,
+                &description,
+            )
             .await
         {
             Ok(id) => {
@@ -110,7 +178,7 @@ pub(super) async fn start(
 pub(super) async fn finish(api: &Api, started: &[Started], report: &jaam_core::apply::Report) {
     for deploy in started.iter().filter(|d| d.id.is_some()) {
         let failure = report.failed.iter().find(|f| f.addr() == &deploy.addr);
-        let (state, description) = if report.applied.contains(&deploy.addr) {
+        let (state, description) = if served(report, deploy) {
             ("success", "jaam: deployed".to_owned())
         } else if let Some(failure) = failure {
             let why = std::error::Error::source(failure)
@@ -127,6 +195,24 @@ pub(super) async fn finish(api: &Api, started: &[Started], report: &jaam_core::a
             )
         };
         set(api, deploy, state, &description).await;
+    }
+}
+
+/// Whether the state the apply saved serves what `deploy` deployed.
+fn served(report: &jaam_core::apply::Report, deploy: &Started) -> bool {
+    let Some(recorded) = report.state.resources.get(&deploy.addr) else {
+        return false;
+    };
+    match deploy.preview {
+        None => {
+            recorded.attributes.get("revision").and_then(|r| r.as_str())
+                == Some(deploy.revision.as_str())
+        }
+        Some(number) => {
+            jaam_core::providers::aws::ec2::previews_of(recorded.attributes.get("previews"))
+                .get(&number)
+                .is_some_and(|preview| preview.head == deploy.revision)
+        }
     }
 }
 

@@ -182,7 +182,55 @@ async fn hook(State(daemon): State<App>, request: Request) -> Response {
             sha,
             why,
         } => deploy(&daemon, &delivery, &repo, &branch, &sha, why),
+        Wanted::Previews { repo, base, number } => {
+            previews(&daemon, &delivery, &repo, &base, number)
+        }
     }
+}
+
+/// Queues the sites with previews of `repo`'s pull requests into `base`,
+/// in every stack that has one: their plan lists the open pull requests
+/// again, so the preview of pull request `number` (and any the daemon
+/// missed) opens, moves or goes.
+fn previews(fleet: &Fleet, delivery: &str, repo: &str, base: &str, number: u64) -> Response {
+    let mut queued = Vec::new();
+    for daemon in fleet.stacks() {
+        let sites = daemon
+            .routes
+            .read()
+            .expect("routes")
+            .preview_sites(repo, base);
+        if sites.is_empty() {
+            continue;
+        }
+        let mut work = Work::default();
+        work.reasons.insert("pull request");
+        work.deliveries.insert(delivery.to_owned());
+        for site in &sites {
+            work.revisions.insert(site.clone(), String::new());
+        }
+        if let Err(full) = daemon.schedule(daemon.push_due(), work) {
+            fleet.metrics.delivery("queue_full");
+            return answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": full.to_string()}),
+            );
+        }
+        tracing::info!(delivery, stack = %daemon.stack, ?sites, number, "previews queued");
+        queued.extend(sites);
+    }
+    if queued.is_empty() {
+        fleet.metrics.delivery("ignored");
+        return answer(
+            StatusCode::ACCEPTED,
+            json!({"status": "ignored", "reason": format!("no site previews pull requests into {repo}@{base}")}),
+        );
+    }
+    fleet.metrics.delivery("accepted");
+    answer(
+        StatusCode::ACCEPTED,
+        json!({"status": "accepted", "sites": queued, "pull_request": number}),
+    )
 }
 
 /// Queues a deploy of the sites of `repo`'s `branch`, in every stack that

@@ -110,7 +110,7 @@ const LEASE_LAPSED: &str = "lease lapsed";
 /// What asks to deploy sites, not to reconcile the stack: a push, a merge,
 /// the dashboard's Deploy latest. Such a reconcile plans only those sites'
 /// instances (it never applies drift a `report` stack holds back).
-const DEPLOY_REASONS: [&str; 3] = ["push", "merged pull request", "deploy"];
+const DEPLOY_REASONS: [&str; 4] = ["push", "merged pull request", "pull request", "deploy"];
 
 /// Webhook bodies read and checked at once; more concurrent deliveries get
 /// 503 (GitHub retries), so unauthenticated senders cannot hold the memory
@@ -471,6 +471,16 @@ impl Daemon {
                         jaam_core::providers::aws::ec2::parse_branch_head(&revision)
                     {
                         let site = jaam_core::history::site_of(addr);
+                        let previews = resource
+                            .args
+                            .get("previews")
+                            .map(|expr| expr.evaluate(&|_, _| None, &|_| None))
+                            .is_some_and(|value| {
+                                jaam_core::spec::site::PreviewSource::from_value(&value).is_some()
+                            });
+                        if previews {
+                            routes.add_previews(&site);
+                        }
                         routes.add_site(repo, branch, site);
                     }
                 }

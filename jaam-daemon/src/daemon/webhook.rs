@@ -20,8 +20,12 @@
 //!   hash of the body (the id header is not signed): the newest 10,000 of each
 //!   are remembered in a file, across restarts.
 //! - `push` to a site's branch and `pull_request` `closed` with `merged: true`
-//!   into it ask for a deploy; `ping` is answered; anything else is
-//!   acknowledged and ignored.
+//!   into it ask for a deploy; `pull_request` `opened`, `synchronize`,
+//!   `reopened`, `closed` (unmerged) and `edited` (the base may have moved)
+//!   ask the sites with previews of pull requests into that branch to bring
+//!   them up to date (what serves is what the GitHub API lists when the
+//!   reconcile plans, never the payload's commit); `ping` is answered;
+//!   anything else is acknowledged and ignored.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::Write as _;
@@ -99,6 +103,8 @@ pub(crate) struct Routes {
     hooks: HashMap<String, Vec<KnownHook>>,
     /// (repository lowercase, branch) → the sites that deploy it.
     sites: HashMap<(String, String), Vec<String>>,
+    /// The sites with pull request previews.
+    previews: HashSet<String>,
 }
 
 impl Routes {
@@ -116,6 +122,18 @@ impl Routes {
             .entry((repo.to_ascii_lowercase(), branch.to_owned()))
             .or_default()
             .push(site);
+    }
+
+    /// `site` serves previews of the pull requests into its branch.
+    pub(crate) fn add_previews(&mut self, site: &str) {
+        self.previews.insert(site.to_owned());
+    }
+
+    /// The sites that serve previews of pull requests into `branch` of `repo`.
+    pub(crate) fn preview_sites(&self, repo: &str, branch: &str) -> Vec<String> {
+        let mut sites = self.sites(repo, branch);
+        sites.retain(|site| self.previews.contains(site));
+        sites
     }
 
     /// Whether any site deploys from a webhook delivery but no secret is known.
@@ -218,9 +236,19 @@ pub(crate) enum Wanted {
         sha: String,
         why: &'static str,
     },
+    /// Bring the previews of `repo`'s pull requests into `base` up to date
+    /// (pull request `number` was opened, pushed to, reopened or closed).
+    Previews {
+        repo: String,
+        base: String,
+        number: u64,
+    },
     /// Nothing to do (and why).
     Ignore(String),
 }
+
+/// The `pull_request` actions that change which previews serve what.
+const PREVIEW_ACTIONS: [&str; 5] = ["opened", "synchronize", "reopened", "closed", "edited"];
 
 /// Reads an event's payload.
 ///
@@ -265,13 +293,24 @@ pub(crate) fn interpret(event: &str, body: &[u8]) -> Result<Wanted, String> {
     let pull = payload
         .pull_request
         .ok_or("a pull_request event without one")?;
-    if payload.action.as_deref() != Some("closed") || pull.merged != Some(true) {
-        return Ok(Wanted::Ignore("a pull request that was not merged".into()));
-    }
     let branch = pull
         .base
         .map(|b| b.r#ref)
         .ok_or("a pull request without a base branch")?;
+    if payload.action.as_deref() != Some("closed") || pull.merged != Some(true) {
+        let action = payload.action.unwrap_or_default();
+        if !PREVIEW_ACTIONS.contains(&action.as_str()) {
+            return Ok(Wanted::Ignore(format!(
+                "pull request action `{action}` changes no preview"
+            )));
+        }
+        let number = pull.number.ok_or("a pull request without a number")?;
+        return Ok(Wanted::Previews {
+            repo,
+            base: branch,
+            number,
+        });
+    }
     let sha = pull
         .merge_commit_sha
         .ok_or("a merged pull request without `merge_commit_sha`")?;
@@ -303,6 +342,7 @@ struct Repository {
 
 #[derive(serde::Deserialize)]
 struct PullRequest {
+    number: Option<u64>,
     merged: Option<bool>,
     merge_commit_sha: Option<String>,
     base: Option<Base>,
@@ -521,9 +561,24 @@ mod tests {
                 why: "push"
             }
         );
-        let closed = br#"{"action":"closed","pull_request":{"merged":false,"base":{"ref":"main"}},"repository":{"full_name":"o/r"}}"#;
+        // An unmerged pull request's events update its preview.
+        for action in ["opened", "synchronize", "reopened", "closed", "edited"] {
+            let event = format!(
+                r#"{{"action":"{action}","number":7,"pull_request":{{"number":7,"merged":false,"base":{{"ref":"main"}}}},"repository":{{"full_name":"o/r"}}}}"#
+            );
+            assert_eq!(
+                interpret("pull_request", event.as_bytes()).unwrap(),
+                Wanted::Previews {
+                    repo: "o/r".into(),
+                    base: "main".into(),
+                    number: 7
+                },
+                "{action}"
+            );
+        }
+        let labeled = br#"{"action":"labeled","pull_request":{"number":7,"base":{"ref":"main"}},"repository":{"full_name":"o/r"}}"#;
         assert!(matches!(
-            interpret("pull_request", closed).unwrap(),
+            interpret("pull_request", labeled).unwrap(),
             Wanted::Ignore(_)
         ));
         assert!(matches!(

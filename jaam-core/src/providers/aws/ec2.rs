@@ -34,6 +34,22 @@
 //!   `github:owner/repo@branch` is resolved to the branch head at plan time
 //!   (through the resolver given with [`Instances::with_heads`]), so a plan
 //!   shows the commit it will deploy.
+//! - `previews` (optional): the pull request previews the instance serves
+//!   beside its revision, as a site writes it — which repository's open pull
+//!   requests into which branch, how many at most, whether forks and secrets
+//!   are allowed ([`crate::spec::site::PreviewSource`]) — resolved at plan
+//!   time, like a branch head, to the previews themselves: pull request
+//!   number → `{head: COMMIT, secrets: BOOL}`, the newest `max` open pull
+//!   requests (forks dropped unless allowed, and never given secrets),
+//!   listed through the resolver given with [`Instances::with_pulls`]. So a
+//!   plan shows each preview that opens, moves or closes as a change of
+//!   this argument, and state records exactly the previews that serve.
+//!   **In place**: after the revision's deploy, in the same SSM command,
+//!   `deploy_command previews N=COMMIT[+secrets]...` serves exactly those
+//!   and removes the others; its report says which serve. A preview that
+//!   fails to build fails the apply naming it, and state records the
+//!   previews that do serve (so the next apply tries the failed one again).
+//!   A listing that fails keeps the recorded previews (a plan note).
 //! - `deploy_command`: **in place**, used by the next deploy.
 //! - `files` (absolute path → content) and `files_command` (run after they
 //!   changed): written on the running instance over SSM, **in place**, in
@@ -62,6 +78,7 @@
 //! never records a half-started instance.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -112,6 +129,148 @@ pub use crate::spec::site::BRANCH_HEAD;
 pub type HeadResolver = std::sync::Arc<
     dyn Fn(String, String) -> futures::future::BoxFuture<'static, Result<String>> + Send + Sync,
 >;
+
+/// One open pull request, as [`PullsResolver`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pull {
+    /// Its number.
+    pub number: u64,
+    /// Its head commit.
+    pub head: String,
+    /// Whether its head is in another repository (a fork).
+    pub fork: bool,
+}
+
+/// Lists the open pull requests of `(owner/repo, base branch)`.
+pub type PullsResolver = std::sync::Arc<
+    dyn Fn(String, String) -> futures::future::BoxFuture<'static, Result<Vec<Pull>>> + Send + Sync,
+>;
+
+/// One preview as state records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Preview {
+    /// The pull request's head commit.
+    pub head: String,
+    /// Whether it reads the site's secrets.
+    pub secrets: bool,
+    /// Where it serves.
+    pub url: String,
+}
+
+impl Preview {
+    fn to_value(&self) -> Value {
+        Value::Map(BTreeMap::from([
+            ("head".to_owned(), Value::String(self.head.clone())),
+            ("secrets".to_owned(), Value::Bool(self.secrets)),
+            ("url".to_owned(), Value::String(self.url.clone())),
+        ]))
+    }
+}
+
+/// The previews `source` asks for among `open`: the newest `max` pull
+/// requests (by number), forks only when allowed and then never with
+/// secrets; as the `previews` value state records.
+pub fn wanted_previews(source: &crate::spec::site::PreviewSource, open: &[Pull]) -> Value {
+    let mut pulls: Vec<&Pull> = open
+        .iter()
+        .filter(|pull| source.forks || !pull.fork)
+        .filter(|pull| crate::spec::site::checks::is_commit(&pull.head))
+        .collect();
+    pulls.sort_by(|a, b| b.number.cmp(&a.number));
+    pulls.truncate(usize::try_from(source.max.max(0)).unwrap_or(0));
+    Value::Map(
+        pulls
+            .into_iter()
+            .map(|pull| {
+                let preview = Preview {
+                    head: pull.head.clone(),
+                    secrets: source.secrets && !pull.fork,
+                    url: source.url.replace("{number}", &pull.number.to_string()),
+                };
+                (pull.number.to_string(), preview.to_value())
+            })
+            .collect(),
+    )
+}
+
+/// The previews a resolved `previews` value holds, by pull request number.
+pub fn previews_of(value: Option<&Value>) -> BTreeMap<u64, Preview> {
+    let Some(Value::Map(map)) = value else {
+        return BTreeMap::new();
+    };
+    map.iter()
+        .filter_map(|(number, preview)| {
+            let number = number.parse().ok()?;
+            let Value::Map(preview) = preview else {
+                return None;
+            };
+            let text = |name: &str| preview.get(name).and_then(Value::as_str).map(str::to_owned);
+            Some((
+                number,
+                Preview {
+                    head: text("head")?,
+                    secrets: preview.get("secrets") == Some(&Value::Bool(true)),
+                    url: text("url").unwrap_or_default(),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// How the deploy script's `previews` step starts each line of its report.
+const PREVIEW_REPORT: &str = "jaam-preview ";
+
+/// `observed` after a converge that came out as `converged`: the previews
+/// that serve recorded. A previews step that failed after the revision
+/// deployed is a failure with `observed` as its partial outcome (state
+/// records the revision and the previews that serve); any other failure
+/// is the error alone.
+fn settle(
+    converged: Result<Option<Value>>,
+    mut observed: Observed,
+    attributes: &Attrs,
+) -> Result<Observed> {
+    match converged {
+        Ok(serving) => {
+            if let Some(serving) = serving {
+                observed.attributes.insert("previews".into(), serving);
+            }
+            Ok(observed)
+        }
+        Err(error) if error.message.contains(PREVIEW_REPORT) => {
+            let serving =
+                serving_previews(&error.message, &previews_of(attributes.get("previews")));
+            observed.attributes.insert("previews".into(), serving);
+            Err(error.with_partial(observed))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// The previews the deploy script's report says serve (`jaam-preview N
+/// serving SHA` lines), as `wanted` has them (a preview still serving an
+/// older commit reads no secrets as far as state knows).
+fn serving_previews(report: &str, wanted: &BTreeMap<u64, Preview>) -> Value {
+    Value::Map(
+        report
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                (words.next()? == PREVIEW_REPORT.trim_end()).then_some(())?;
+                let number: u64 = words.next()?.parse().ok()?;
+                (words.next()? == "serving").then_some(())?;
+                let head = words.next()?.to_owned();
+                let known = wanted.get(&number);
+                let preview = Preview {
+                    secrets: known.is_some_and(|w| w.head == head && w.secrets),
+                    url: known.map(|w| w.url.clone()).unwrap_or_default(),
+                    head,
+                };
+                Some((number.to_string(), preview.to_value()))
+            })
+            .collect(),
+    )
+}
 
 /// Splits `github:owner/repo@branch`.
 pub fn parse_branch_head(revision: &str) -> Option<(&str, &str)> {
@@ -226,6 +385,7 @@ pub fn schema() -> Schema {
             Attribute::optional("tags", Type::Map(Box::new(Type::String)))
                 .default_value(Value::Map(BTreeMap::new())),
             Attribute::optional("revision", Type::String),
+            Attribute::optional("previews", Type::Document),
             Attribute::optional("deploy_command", Type::String).default_value(DEPLOY_COMMAND),
             Attribute::optional("files", Type::Map(Box::new(Type::String)))
                 .checked(super::files::check),
@@ -247,7 +407,13 @@ pub fn schema() -> Schema {
 }
 
 /// The arguments an SSM command on the instance brings about (no EC2 call).
-const CONVERGED: [&str; 4] = ["revision", "deploy_command", "files", "files_command"];
+const CONVERGED: [&str; 5] = [
+    "revision",
+    "previews",
+    "deploy_command",
+    "files",
+    "files_command",
+];
 
 /// The EC2 provider. Clones share its clients and what it remembers.
 #[derive(Clone)]
@@ -256,6 +422,7 @@ pub struct Instances {
     ssm: SsmClient,
     schema: Schema,
     heads: Option<HeadResolver>,
+    pulls: Option<PullsResolver>,
     /// The images behind AMI parameters, once read (see [`super::REMEMBER`]).
     amis: super::Remembered,
 }
@@ -340,6 +507,7 @@ fn observe(instance: &Instance, known: &Attrs) -> Observed {
         "root_volume_gb",
         "user_data_replace_on_change",
         "revision",
+        "previews",
         "deploy_command",
         "files",
         "files_command",
@@ -381,6 +549,7 @@ impl Instances {
             ssm: SsmClient::from_conf(ssm.build()),
             schema: schema(),
             heads: None,
+            pulls: None,
             amis: super::Remembered::default(),
         }
     }
@@ -392,15 +561,43 @@ impl Instances {
         self
     }
 
+    /// Resolves `previews` with `pulls` (open pull requests).
+    #[must_use]
+    pub fn with_pulls(mut self, pulls: PullsResolver) -> Self {
+        self.pulls = Some(pulls);
+        self
+    }
+
     /// Brings `id` to `attributes`' files and revision in one SSM command:
     /// the wait for the boot script, the files (when their version is not
     /// the instance's), then the deploy command (when there is a revision).
     /// Nothing to do without either.
-    async fn converge(&self, id: &str, attributes: &Attrs) -> Result<()> {
+    ///
+    /// With `previews` (or when they changed: `previews_changed`), the
+    /// deploy command's `previews` step follows; the previews it reports
+    /// serving are returned.
+    async fn converge(
+        &self,
+        id: &str,
+        attributes: &Attrs,
+        previews_changed: bool,
+    ) -> Result<Option<Value>> {
         let revision = text(attributes, "revision");
         let files = crate::value::string_map(attributes.get("files"));
-        if revision.is_none() && files.is_empty() {
-            return Ok(());
+        let previews = attributes.get("previews").filter(|v| !v.is_null());
+        if let Some(source) = previews.and_then(crate::spec::site::PreviewSource::from_value) {
+            return Err(ProviderError::new(
+                ErrorKind::Transient,
+                format!(
+                    "no previews served: the pull requests of `{}@{}` could not be listed when planning",
+                    source.repo, source.base
+                ),
+            ));
+        }
+        let wanted = previews_of(previews);
+        let previews_step = previews.is_some() || previews_changed;
+        if revision.is_none() && files.is_empty() && !previews_step {
+            return Ok(None);
         }
         let what = match &revision {
             Some(revision) => format!("deploy of {revision}"),
@@ -447,17 +644,39 @@ impl Instances {
                 text(attributes, "files_command").as_deref(),
             ));
         }
+        let command =
+            text(attributes, "deploy_command").unwrap_or_else(|| DEPLOY_COMMAND.to_owned());
         let comment = match &revision {
             Some(revision) => {
-                let command =
-                    text(attributes, "deploy_command").unwrap_or_else(|| DEPLOY_COMMAND.to_owned());
                 tracing::info!(instance = id, %revision, "deploying");
-                script.push(format!("exec {command} {revision}"));
+                script.push(format!("{command} {revision} || exit $?"));
                 format!("jaam: deploy {revision}")
             }
             None => "jaam: files".to_owned(),
         };
-        super::ssm::send_command(
+        if previews_step {
+            let mut line = format!("{command} previews");
+            for (number, Preview { head, secrets, .. }) in &wanted {
+                if !crate::spec::site::checks::is_commit(head) {
+                    return Err(ProviderError::new(
+                        ErrorKind::Invalid,
+                        format!("preview #{number}: `{head}` is not a commit id"),
+                    ));
+                }
+                let _ = write!(
+                    line,
+                    " {number}={head}{}",
+                    if *secrets { "+secrets" } else { "" }
+                );
+            }
+            tracing::info!(instance = id, previews = wanted.len(), "serving previews");
+            script.push(format!("exec {line}"));
+        } else if let Some(last) = script.last_mut()
+            && revision.is_some()
+        {
+            *last = format!("exec {}", last.trim_end_matches(" || exit $?"));
+        }
+        let outputs = super::ssm::send_command(
             &self.ssm,
             &[id.to_owned()],
             &comment,
@@ -471,12 +690,19 @@ impl Instances {
             } else {
                 String::new()
             };
+            // The revision deployed; a preview failed.
+            let what = if error.message.contains(PREVIEW_REPORT) {
+                "previews".to_owned()
+            } else {
+                what.clone()
+            };
             ProviderError {
                 message: format!("{what} failed: {}{hint}", error.message),
                 ..error
             }
         })?;
-        Ok(())
+        Ok(previews_step
+            .then(|| serving_previews(outputs.first().map_or("", String::as_str), &wanted)))
     }
 
     /// Every instance matching `filter`, through all pages (1,000 per page).
@@ -642,6 +868,76 @@ impl Instances {
             .collect())
     }
 
+    /// The previews each `previews` source asks for: one listing of open
+    /// pull requests per (repository, base), eight at once. A listing that
+    /// fails is not an error of the plan: an existing instance keeps its
+    /// previews (the rewrite says why), a new one starts with none.
+    async fn resolve_previews(&self, desired: &[&Attrs]) -> Result<Vec<Rewrite>> {
+        use crate::spec::site::PreviewSource;
+        use futures::StreamExt as _;
+        let mut sources: Vec<(Value, PreviewSource)> = Vec::new();
+        for value in desired.iter().filter_map(|attrs| attrs.get("previews")) {
+            if let Some(source) = PreviewSource::from_value(value)
+                && !sources.iter().any(|(seen, _)| seen == value)
+            {
+                sources.push((value.clone(), source));
+            }
+        }
+        if sources.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pulls = self.pulls.as_ref().ok_or_else(|| {
+            ProviderError::new(
+                ErrorKind::Invalid,
+                format!(
+                    "cannot list the pull requests of `{}`: this build has no GitHub client",
+                    sources[0].1.repo
+                ),
+            )
+        })?;
+        let mut bases: Vec<(String, String)> = sources
+            .iter()
+            .map(|(_, source)| (source.repo.clone(), source.base.clone()))
+            .collect();
+        bases.sort();
+        bases.dedup();
+        let listed: HashMap<(String, String), Result<Vec<Pull>>> = futures::stream::iter(bases)
+            .map(|(repo, base)| async move {
+                let open = pulls(repo.clone(), base.clone()).await;
+                ((repo, base), open)
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        Ok(sources
+            .into_iter()
+            .map(|(value, source)| {
+                match &listed[&(source.repo.clone(), source.base.clone())] {
+                    Ok(open) => Rewrite {
+                        attribute: "previews".into(),
+                        from: value,
+                        to: wanted_previews(&source, open),
+                        keep: false,
+                        unresolved: None,
+                    },
+                    Err(error) => {
+                        tracing::warn!(repo = source.repo, base = source.base, %error, "open pull requests could not be listed");
+                        Rewrite {
+                            attribute: "previews".into(),
+                            from: value,
+                            to: Value::Map(BTreeMap::new()),
+                            keep: true,
+                            unresolved: Some(format!(
+                                "the open pull requests of `{}@{}` could not be listed: {}",
+                                source.repo, source.base, error.message
+                            )),
+                        }
+                    }
+                }
+            })
+            .collect())
+    }
+
     /// The image behind each AMI parameter: remembered for
     /// [`super::REMEMBER`] (a daemon plans at every push; the latest image
     /// changes a few times a month), read ten at a time otherwise.
@@ -693,7 +989,10 @@ impl Provider for Instances {
     }
 
     async fn prepare(&self, _context: &Context, desired: &[&Attrs]) -> Result<Vec<Rewrite>> {
-        let mut rewrites = self.resolve_heads(desired).await?;
+        let (heads, previews) =
+            tokio::join!(self.resolve_heads(desired), self.resolve_previews(desired));
+        let mut rewrites = heads?;
+        rewrites.extend(previews?);
         // A boot script that only bootstraps: an existing instance keeps the
         // one it booted with (a plan note; `--replace` takes the new one).
         rewrites.extend(
@@ -882,17 +1181,22 @@ impl Provider for Instances {
             })?;
         let observed = observe(instance, attributes);
         // The instance exists whatever the deploy does: a failed first deploy
-        // is recorded with no revision, so the next apply deploys again.
-        if let Err(error) = self.converge(&id, attributes).await {
-            let mut partial = observed;
-            partial.attributes.insert("revision".into(), Value::Null);
-            return Err(ProviderError {
+        // is recorded with no revision (and no previews), so the next apply
+        // deploys again.
+        let converged = self.converge(&id, attributes, true).await;
+        settle(converged, observed.clone(), attributes).map_err(|error| {
+            let partial = error.partial.clone().map(|p| *p).unwrap_or_else(|| {
+                let mut partial = observed;
+                partial.attributes.insert("revision".into(), Value::Null);
+                partial.attributes.insert("previews".into(), Value::Null);
+                partial
+            });
+            ProviderError {
                 message: format!("instance `{id}` is running, but its {}", error.message),
                 ..error
             }
-            .with_partial(partial));
-        }
-        Ok(observed)
+            .with_partial(partial)
+        })
     }
 
     async fn update(
@@ -905,6 +1209,7 @@ impl Provider for Instances {
         changed: &[String],
     ) -> Result<Observed> {
         let ids = [id.to_owned()];
+        let previews_changed = changed.iter().any(|c| c == "previews");
         // A new revision or new files only: one command, then read the
         // instance once.
         let settings_only = |c: &String| c == "user_data_replace_on_change";
@@ -913,9 +1218,11 @@ impl Provider for Instances {
                 .iter()
                 .all(|c| CONVERGED.contains(&c.as_str()) || settings_only(c))
         {
-            if changed.iter().any(|c| CONVERGED.contains(&c.as_str())) {
-                self.converge(id, attributes).await?;
-            }
+            let converged = if changed.iter().any(|c| CONVERGED.contains(&c.as_str())) {
+                self.converge(id, attributes, previews_changed).await
+            } else {
+                Ok(None)
+            };
             let found = self.describe_ids(&ids).await?;
             let instance = found
                 .iter()
@@ -923,7 +1230,7 @@ impl Provider for Instances {
                 .ok_or_else(|| {
                     ProviderError::new(ErrorKind::NotFound, format!("instance `{id}` disappeared"))
                 })?;
-            return Ok(observe(instance, attributes));
+            return settle(converged, observe(instance, attributes), attributes);
         }
         // Tags (and ownership, so an imported instance becomes owned).
         retag(&self.ec2, id, owner, prior, attributes, changed).await?;
@@ -973,13 +1280,15 @@ impl Provider for Instances {
             .ok_or_else(|| {
                 ProviderError::new(ErrorKind::NotFound, format!("instance `{id}` disappeared"))
             })?;
-        if changed
+        let converged = if changed
             .iter()
             .any(|c| c == "instance_type" || CONVERGED.contains(&c.as_str()))
         {
-            self.converge(id, attributes).await?;
-        }
-        Ok(observe(instance, attributes))
+            self.converge(id, attributes, previews_changed).await
+        } else {
+            Ok(None)
+        };
+        settle(converged, observe(instance, attributes), attributes)
     }
 
     async fn delete(&self, _context: &Context, id: &str, _prior: &Attrs) -> Result<()> {
@@ -1061,6 +1370,80 @@ impl Provider for Instances {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pull(number: u64, head: &str, fork: bool) -> Pull {
+        Pull {
+            number,
+            head: head.to_owned(),
+            fork,
+        }
+    }
+
+    fn preview(head: &str, secrets: bool, number: u64) -> Preview {
+        Preview {
+            head: head.to_owned(),
+            secrets,
+            url: format!("https://pr-{number}.blog.example.com"),
+        }
+    }
+
+    #[test]
+    fn previews_should_keep_the_newest_and_give_forks_no_secrets() {
+        let source = |forks: bool| crate::spec::site::PreviewSource {
+            repo: "acme/blog".into(),
+            base: "main".into(),
+            max: 2,
+            forks,
+            secrets: true,
+            url: "https://pr-{number}.blog.example.com".into(),
+        };
+        let open = [
+            pull(7, &"a".repeat(40), false),
+            pull(9, &"b".repeat(40), true),
+            pull(8, &"c".repeat(40), false),
+            pull(10, "not-a-commit", false),
+        ];
+        let wanted = previews_of(Some(&wanted_previews(&source(false), &open)));
+        assert_eq!(
+            wanted,
+            BTreeMap::from([
+                (7, preview(&"a".repeat(40), true, 7)),
+                (8, preview(&"c".repeat(40), true, 8)),
+            ]),
+            "forks left out; the newest two of the rest"
+        );
+        let wanted = previews_of(Some(&wanted_previews(&source(true), &open)));
+        assert_eq!(
+            wanted,
+            BTreeMap::from([
+                (8, preview(&"c".repeat(40), true, 8)),
+                (9, preview(&"b".repeat(40), false, 9)),
+            ]),
+            "a fork's preview never reads secrets"
+        );
+    }
+
+    #[test]
+    fn the_preview_report_should_say_what_serves() {
+        let wanted = BTreeMap::from([
+            (7, preview(&"a".repeat(40), true, 7)),
+            (8, preview(&"c".repeat(40), false, 8)),
+        ]);
+        let report = format!(
+            "2026-11-29T12:00:00Z [blog] preview #8: deploy {c}\njaam-preview 8 failed {c}\n\
+             jaam-preview 7 serving {a}\njaam-preview 8 serving {old}\nerror: preview build failed",
+            a = "a".repeat(40),
+            c = "c".repeat(40),
+            old = "d".repeat(40),
+        );
+        assert_eq!(
+            previews_of(Some(&serving_previews(&report, &wanted))),
+            BTreeMap::from([
+                (7, preview(&"a".repeat(40), true, 7)),
+                (8, preview(&"d".repeat(40), false, 8)),
+            ]),
+        );
+    }
 
     #[test]
     fn schema_should_replace_on_image_and_update_type_in_place() {

@@ -46,6 +46,7 @@ pub const IN_USER_DATA: &[&str] = &[
     "secrets",
     "domain",
     "keep_releases",
+    "previews",
 ];
 
 /// A line break or a heredoc delimiter in `text`, described.
@@ -351,4 +352,71 @@ pub fn webhook_secret(value: &Value) -> Result<(), String> {
         )),
         _ => Ok(()),
     }
+}
+
+/// The most previews one site may keep (each is a build and, for a server
+/// app, a process on the site's instance).
+pub const MAX_PREVIEWS: i64 = 20;
+
+/// `previews`: `enabled`, `domain` (a pattern with `{number}` in its first
+/// label and optionally `{domain}`), `max` (1 to [`MAX_PREVIEWS`]), `forks`
+/// and `secrets` (booleans).
+pub fn previews(value: &Value) -> Result<(), String> {
+    let Value::Map(map) = value else {
+        return if value.is_null() {
+            Ok(())
+        } else {
+            Err("`previews` is a map such as {enabled: true}".into())
+        };
+    };
+    for (key, item) in map {
+        match (key.as_str(), item) {
+            ("enabled" | "forks" | "secrets", Value::Bool(_)) => {}
+            ("enabled" | "forks" | "secrets", other) => {
+                return Err(format!(
+                    "previews.{key} is {}, not true or false",
+                    other.render()
+                ));
+            }
+            ("max", Value::Int(max)) if (1..=MAX_PREVIEWS).contains(max) => {}
+            ("max", other) => {
+                return Err(format!(
+                    "previews.max is {}, not a number from 1 to {MAX_PREVIEWS}",
+                    other.render()
+                ));
+            }
+            ("domain", Value::String(pattern)) => preview_domain(pattern)?,
+            ("domain", other) => {
+                return Err(format!(
+                    "previews.domain is {}, not a pattern such as \"pr-{{number}}.{{domain}}\"",
+                    other.render()
+                ));
+            }
+            (other, _) => {
+                return Err(format!(
+                    "previews has no `{other}` (it takes enabled, domain, max, forks and secrets)"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A preview domain pattern: `{number}` inside its first label (the
+/// previews share one wildcard record and certificate, `*.<the rest>`).
+fn preview_domain(pattern: &str) -> Result<(), String> {
+    let hint = "previews.domain must have `{number}` in its first label, such as \
+                \"pr-{number}.{domain}\" (the previews share a wildcard record and certificate)";
+    let Some((first, _)) = pattern.split_once('.') else {
+        return Err(format!("`{pattern}`: {hint}"));
+    };
+    if first.matches("{number}").count() != 1 || pattern.matches("{number}").count() != 1 {
+        return Err(format!("`{pattern}`: {hint}"));
+    }
+    let sample = pattern
+        .replace("{number}", "1")
+        .replace("{domain}", "example.com");
+    domain(&Value::String(sample)).map_err(|_| {
+        format!("`{pattern}` does not make domain names (with {{number}} = 1): {hint}")
+    })
 }

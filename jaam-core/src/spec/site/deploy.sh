@@ -9,6 +9,23 @@
 #   deploy current    print the sha being served
 #   deploy run PORT   run the app of the release on PORT's slot (the
 #                     systemd unit's ExecStart; no lock)
+#   deploy previews [N=SHA[+secrets]]...
+#                     serve exactly these pull request previews: build and
+#                     serve each one not already serving its commit, remove
+#                     every other; prints `jaam-preview N serving SHA` for
+#                     each preview serving at the end (and the failed ones on
+#                     standard error), and fails when one failed
+#
+# Previews: pull request N is served at its own host (PREVIEW_HOST with
+# {number} = N) by its own nginx server block (previews.d/{http,https}/N.conf,
+# made from the preview-*.conf templates jaam delivers), from its own
+# release: static files through previews/N/www, or its app on a port of its
+# own (PREVIEW_PORT and up, one per preview, kept while it lives; a new
+# commit restarts it there). A preview is built like a release, with the
+# site's env; without `+secrets` its build and app never read the site's
+# secrets, and its release key says so (it is never the production one).
+# A preview's release stays while the preview serves it; prune removes it
+# after.
 #
 # A release is named by its commit and a key of what else shapes it: the env
 # file, the secrets (through a salt kept on the instance, so the name tells
@@ -70,6 +87,12 @@ OUTPUT_DIR=@@OUTPUT_DIR@@
 # shellcheck disable=SC2016
 DETECTION=@@DETECTION@@
 PORTS=(@@PORT_A@@ @@PORT_B@@)
+PREVIEW_HOST=@@PREVIEW_HOST@@
+PREVIEW_PORT=@@PREVIEW_PORT@@
+PREVIEW_MAX=@@PREVIEW_MAX@@
+# Whether what is built or run now reads the site's secrets (previews: only
+# with `+secrets`).
+WITH_SECRETS=yes
 KEEP=@@KEEP@@
 NGINX_RELOAD="${JAAM_NGINX_RELOAD:-systemctl reload nginx}"
 FETCH_SECRETS="${JAAM_FETCH_SECRETS:-/opt/jaam/bin/fetch-secrets}"
@@ -169,7 +192,7 @@ load_env() {
   # shellcheck disable=SC1091
   if [ -f "$ROOT/env" ]; then . "$ROOT/env"; fi
   # shellcheck disable=SC1091
-  if [ -f "$ROOT/env.secrets" ]; then . "$ROOT/env.secrets"; fi
+  if [ "$WITH_SECRETS" = yes ] && [ -f "$ROOT/env.secrets" ]; then . "$ROOT/env.secrets"; fi
   set +a
 }
 
@@ -200,7 +223,12 @@ build_key() {
   fi
   {
     cat "$salt"
-    cat "$ROOT/env" "$ROOT/env.secrets" 2>/dev/null || true
+    cat "$ROOT/env" 2>/dev/null || true
+    if [ "$WITH_SECRETS" = yes ]; then
+      cat "$ROOT/env.secrets" 2>/dev/null || true
+    else
+      echo "without secrets"
+    fi
     printf '%s\n' "$FRAMEWORK" "$NAMED" "$INSTALL_CMD" "$BUILD_CMD" "$START_CMD" "$OUTPUT_DIR"
     if [ "$FRAMEWORK" = auto ]; then printf '%s\n' "$DETECTION"; fi
   } | sha256sum | cut -c 1-12
@@ -432,7 +460,8 @@ prune() {
   for dir in "$ROOT"/releases/*/; do
     local sha
     sha=$(basename "$dir")
-    if [ "$sha" != "$serving" ] && ! grep -qx "$sha" <<<"$keep"; then
+    if [ "$sha" != "$serving" ] && ! grep -qx "$sha" <<<"$keep" &&
+      ! grep -qxs "$sha" "$ROOT"/previews/*/release; then
       rm -rf "$dir" "$ROOT/meta/$sha"
     fi
   done
@@ -455,7 +484,7 @@ fetch_repo() (
     export GIT_CONFIG_COUNT GIT_CONFIG_KEY_0 GIT_CONFIG_VALUE_0
   fi
   git -C "$ROOT/repo.git" fetch --quiet --force "$REPO_URL" \
-    "+refs/heads/*:refs/heads/*" "+refs/tags/*:refs/tags/*" >>"$LOG" 2>&1
+    "+refs/heads/*:refs/heads/*" "+refs/tags/*:refs/tags/*" "$@" >>"$LOG" 2>&1
 )
 
 deploy() {
@@ -500,10 +529,166 @@ rollback() {
   log "serving ${target%%-*} (release $target)"
 }
 
+# The port of preview $1: the one it has, else the lowest free one.
+preview_port() {
+  local port
+  if [ -s "$ROOT/previews/$1/port" ]; then
+    cat "$ROOT/previews/$1/port"
+    return
+  fi
+  for ((port = PREVIEW_PORT; port < PREVIEW_PORT + PREVIEW_MAX; port++)); do
+    if ! grep -qxs "$port" "$ROOT"/previews/*/port; then
+      echo "$port"
+      return
+    fi
+  done
+  fail "no free port for preview #$1 (at most $PREVIEW_MAX previews)"
+}
+
+# Writes template $1 to $2 with @@N@@, @@HOST@@, @@DIR@@ and @@PORT@@ filled
+# in for preview $3 (port $4); true when the file changed.
+preview_file() {
+  local text
+  text=$(<"$ROOT/$1")
+  text=${text//@@N@@/$3}
+  text=${text//@@HOST@@/${PREVIEW_HOST//\{number\}/$3}}
+  text=${text//@@DIR@@/$ROOT/previews/$3}
+  text=${text//@@PORT@@/$4}
+  if [ -f "$2" ] && [ "$(<"$2")" = "$text" ]; then
+    return 1
+  fi
+  printf '%s\n' "$text" >"$2.new"
+  mv -T "$2.new" "$2"
+}
+
+# Builds and serves commit $2 as the preview of pull request $1 ($3: yes
+# when it may read the site's secrets). Runs in a subshell of its own: a
+# failure ends this preview only.
+preview() {
+  local n="$1" wanted="$2" dir="$ROOT/previews/$1" sha release previous port=""
+  local R_FRAMEWORK R_OUTPUT_DIR R_START
+  WITH_SECRETS=$3
+  sha=$(git -C "$ROOT/repo.git" rev-parse --verify --quiet "$wanted^{commit}") ||
+    fail "commit $wanted of pull request #$n is not in $REPO_URL"
+  release="$sha-$(build_key)"
+  if [ "$(cat "$dir/release" 2>/dev/null)" = "$release" ]; then
+    return
+  fi
+  previous=$(cat "$dir/sha" 2>/dev/null || true)
+  log "preview #$n: deploy $sha (serving ${previous:-nothing})"
+  if [ ! -f "$ROOT/releases/$release/.jaam-built" ]; then
+    build "$sha" "$release" "${previous:-nothing} for #$n"
+  fi
+  mkdir -p "$dir"
+  release_meta "$release"
+  ln -sfn "../../releases/$release" "$dir/current.new"
+  mv -T "$dir/current.new" "$dir/current"
+  if is_server "$R_FRAMEWORK"; then
+    port=$(preview_port "$n")
+    echo "$port" >"$dir/port"
+    if [ "$WITH_SECRETS" = yes ]; then
+      rm -f "$ROOT/run/no-secrets-$port"
+    else
+      touch "$ROOT/run/no-secrets-$port"
+    fi
+    app_start "$release" "$port"
+    if ! wait_healthy "$port"; then
+      app_stop "$port"
+      tail -n 20 "$ROOT/logs/app.log" | cut -c 1-160 >&2 || true
+      fail "preview #$n: release $release did not answer on port $port"
+    fi
+    preview_file preview-serve-server.conf "$dir/serve.conf" "$n" "$port" || true
+  else
+    if [ -s "$dir/port" ]; then
+      app_stop "$(cat "$dir/port")"
+      rm -f "$ROOT/run/no-secrets-$(cat "$dir/port")" "$dir/port"
+    fi
+    ln -sfn "current/$R_OUTPUT_DIR" "$dir/www.new"
+    mv -T "$dir/www.new" "$dir/www"
+    preview_file preview-serve-static.conf "$dir/serve.conf" "$n" "" || true
+  fi
+  preview_file preview-http.conf "$ROOT/previews.d/http/$n.conf" "$n" "$port" || true
+  preview_file preview-https.conf "$ROOT/previews.d/https/$n.conf" "$n" "$port" || true
+  echo "$sha" >"$dir/sha"
+  echo "$release" >"$dir/release"
+  log "preview #$n: serving $sha at ${PREVIEW_HOST//\{number\}/$n} (release $release)"
+}
+
+# Removes the preview of pull request $1: its server blocks, its app, its
+# directory (its release goes at the next prune).
+unpreview() {
+  local dir="$ROOT/previews/$1"
+  rm -f "$ROOT/previews.d/http/$1.conf" "$ROOT/previews.d/https/$1.conf"
+  if [ -s "$dir/port" ]; then
+    app_stop "$(cat "$dir/port")"
+    rm -f "$ROOT/run/no-secrets-$(cat "$dir/port")" "$ROOT/slot-$(cat "$dir/port")"
+  fi
+  rm -rf "$dir"
+  log "preview #$1: removed"
+}
+
+# Serves exactly the previews named (N=SHA or N=SHA+secrets), removes the
+# others, then reports each preview serving.
+previews() {
+  local item n sha secrets status failed=() wanted=" " refspecs=()
+  [ -n "$PREVIEW_HOST" ] || [ "$#" -eq 0 ] || fail "this site has no previews"
+  mkdir -p "$ROOT/previews" "$ROOT/previews.d/http" "$ROOT/previews.d/https"
+  for item in "$@"; do
+    n=${item%%=*}
+    [[ "$n" =~ ^[0-9]+$ ]] || fail "preview \`$item\` is not N=SHA"
+    wanted+="$n "
+    refspecs+=("+refs/pull/$n/head:refs/pull/$n/head")
+  done
+  if [ "$#" -gt 0 ]; then
+    if [ ! -d "$ROOT/repo.git" ]; then
+      git init --quiet --bare "$ROOT/repo.git"
+    fi
+    # A pull request's commits, forks' too, are under refs/pull/N/head.
+    fetch_repo "${refspecs[@]}" || fail "could not fetch the pull requests from $REPO_URL"
+  fi
+  for item in "$@"; do
+    n=${item%%=*}
+    sha=${item#*=}
+    secrets=no
+    if [ "${sha%+secrets}" != "$sha" ]; then
+      secrets=yes
+      sha=${sha%+secrets}
+    fi
+    set +e
+    (
+      set -e
+      preview "$n" "$sha" "$secrets"
+    )
+    status=$?
+    set -e
+    if [ "$status" -ne 0 ]; then
+      failed+=("$n")
+      echo "jaam-preview $n failed $sha" >&2
+    fi
+  done
+  for dir in "$ROOT"/previews/*/; do
+    [ -d "$dir" ] || continue
+    n=$(basename "$dir")
+    case "$wanted" in *" $n "*) ;; *) unpreview "$n" ;; esac
+  done
+  bash -c "$NGINX_RELOAD"
+  prune
+  for dir in "$ROOT"/previews/*/; do
+    if [ -s "$dir/sha" ]; then
+      echo "jaam-preview $(basename "$dir") serving $(cat "$dir/sha")"
+      echo "jaam-preview $(basename "$dir") serving $(cat "$dir/sha")" >&2
+    fi
+  done
+  if [ "${#failed[@]}" -gt 0 ]; then
+    fail "preview build failed for pull request(s) #${failed[*]}; the build log has why"
+  fi
+}
+
 run_app() {
   local R_FRAMEWORK R_OUTPUT_DIR R_START
   release_meta "$(basename "$(readlink "$ROOT/slot-$1")")"
   cd "$ROOT/slot-$1"
+  if [ -f "$ROOT/run/no-secrets-$1" ]; then WITH_SECRETS=no; fi
   load_env
   PORT="$1"
   export PORT
@@ -513,11 +698,18 @@ run_app() {
 case "${1:-}" in
   run) run_app "${2:?usage: deploy run PORT}" ;;
   current) current_sha ;;
-  "") fail "usage: deploy REVISION | rollback | current" ;;
+  "") fail "usage: deploy REVISION | rollback | current | previews [N=SHA[+secrets]]..." ;;
   *)
     # One deploy or rollback at a time.
     exec 9>"$ROOT/run/deploy.lock"
     flock 9
-    if [ "$1" = "rollback" ]; then rollback; else deploy "$1"; fi
+    case "$1" in
+      rollback) rollback ;;
+      previews)
+        shift
+        previews "$@"
+        ;;
+      *) deploy "$1" ;;
+    esac
     ;;
 esac

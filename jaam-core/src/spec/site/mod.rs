@@ -463,6 +463,12 @@ fn check_certificate(value: &Value) -> Result<(), String> {
     crate::schema::one_of(value, &["own", "wildcard"], "a certificate mode")
 }
 
+/// The address of the wildcard record of site `name`'s previews.
+pub fn previews_record(name: &str) -> ResourceAddr {
+    ResourceAddr::new("record", format!("previews-{name}"))
+        .expect("a site name makes valid addresses")
+}
+
 /// The address of the wildcard certificate the sites of `zone` share
 /// (`certificate: wildcard`): `certificate.wildcard-<zone with dashes>`.
 pub fn wildcard_certificate(zone: &str) -> ResourceAddr {
@@ -477,6 +483,77 @@ pub fn wildcard_certificate(zone: &str) -> ResourceAddr {
 fn check_framework(value: &Value) -> Result<(), String> {
     let names: Vec<&str> = FRAMEWORKS.iter().map(|f| f.name()).collect();
     crate::schema::one_of(value, &names, "a framework jaam builds")
+}
+
+/// The instance's `previews` as a site writes it: which pull requests to
+/// serve, listed at plan time (the `instance` kind resolves it to the
+/// previews themselves: see its docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreviewSource {
+    /// `owner/name`.
+    pub repo: String,
+    /// The base branch of the pull requests.
+    pub base: String,
+    /// The most previews: the newest pull requests win.
+    pub max: i64,
+    /// Whether pull requests from forks are served.
+    pub forks: bool,
+    /// Whether previews (never a fork's) read the site's secrets.
+    pub secrets: bool,
+    /// A preview's URL, with `{number}`.
+    pub url: String,
+}
+
+impl PreviewSource {
+    /// As the instance's argument.
+    pub fn to_value(&self) -> Value {
+        Value::Map(BTreeMap::from([
+            (
+                "pulls_of".to_owned(),
+                Value::String(format!("{}@{}", self.repo, self.base)),
+            ),
+            ("max".to_owned(), Value::Int(self.max)),
+            ("forks".to_owned(), Value::Bool(self.forks)),
+            ("secrets".to_owned(), Value::Bool(self.secrets)),
+            ("url".to_owned(), Value::String(self.url.clone())),
+        ]))
+    }
+
+    /// Reads [`PreviewSource::to_value`]'s map; `None` for anything else
+    /// (resolved previews).
+    pub fn from_value(value: &Value) -> Option<Self> {
+        let Value::Map(map) = value else { return None };
+        let (repo, base) = map.get("pulls_of")?.as_str()?.split_once('@')?;
+        let flag = |name: &str| map.get(name) == Some(&Value::Bool(true));
+        Some(Self {
+            repo: repo.to_owned(),
+            base: base.to_owned(),
+            max: map.get("max").and_then(Value::as_int).unwrap_or(5),
+            forks: flag("forks"),
+            secrets: flag("secrets"),
+            url: map
+                .get("url")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+        })
+    }
+}
+
+fn preview_source(site: &Site, previews: &Previews) -> Value {
+    PreviewSource {
+        repo: site.repo.clone(),
+        base: site.branch.clone(),
+        max: previews.max,
+        forks: previews.forks,
+        secrets: previews.secrets,
+        url: format!(
+            "{}://{}",
+            if site.https { "https" } else { "http" },
+            previews.pattern
+        ),
+    }
+    .to_value()
 }
 
 /// The `site` schema (a composite: checked like a kind, then expanded).
@@ -536,6 +613,7 @@ pub fn schema() -> Schema {
             Attribute::optional("keep_releases", Type::Int)
                 .default_value(5)
                 .checked(checks::keep_releases),
+            Attribute::optional("previews", Type::Document).checked(checks::previews),
         ],
         replace_order: ReplaceOrder::CreateThenDelete,
         adoptable: false,
@@ -582,6 +660,63 @@ pub struct Site {
     pub wildcard: bool,
     /// Releases kept on the instance.
     pub keep_releases: i64,
+    /// Preview deployments of pull requests, when enabled.
+    pub previews: Option<Previews>,
+}
+
+/// A site's `previews` (see the module docs, "Previews").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Previews {
+    /// The preview domain with `{number}` (`{domain}` already filled in).
+    pub pattern: String,
+    /// The most previews kept: the newest pull requests win.
+    pub max: i64,
+    /// Whether pull requests from forks are built (never with secrets).
+    pub forks: bool,
+    /// Whether previews get the site's `secrets`.
+    pub secrets: bool,
+}
+
+impl Previews {
+    /// The default domain pattern.
+    pub const PATTERN: &'static str = "pr-{number}.{domain}";
+
+    /// Reads `previews` of a site serving `domain`; `None` unless enabled.
+    pub fn from_value(value: Option<&Value>, domain: &str) -> Option<Self> {
+        let Some(Value::Map(map)) = value else {
+            return None;
+        };
+        let flag = |name: &str, default: bool| match map.get(name) {
+            Some(Value::Bool(on)) => *on,
+            _ => default,
+        };
+        if !flag("enabled", false) {
+            return None;
+        }
+        let pattern = map
+            .get("domain")
+            .and_then(Value::as_str)
+            .unwrap_or(Self::PATTERN)
+            .replace("{domain}", domain);
+        Some(Self {
+            pattern,
+            max: map.get("max").and_then(Value::as_int).unwrap_or(5),
+            forks: flag("forks", false),
+            secrets: flag("secrets", false),
+        })
+    }
+
+    /// The domain of pull request `number`'s preview.
+    pub fn host(&self, number: u64) -> String {
+        self.pattern.replace("{number}", &number.to_string())
+    }
+
+    /// The wildcard name every preview falls under (`*.blog.example.com`):
+    /// the record's and the certificate's.
+    pub fn wildcard(&self) -> String {
+        let rest = self.pattern.split_once('.').map_or("", |(_, rest)| rest);
+        format!("*.{rest}")
+    }
 }
 
 fn text(attrs: &Attrs, name: &str) -> Option<String> {
@@ -627,6 +762,10 @@ impl Site {
                 .get("keep_releases")
                 .and_then(Value::as_int)
                 .unwrap_or(5),
+            previews: Previews::from_value(
+                attrs.get("previews"),
+                text(attrs, "domain").as_deref().unwrap_or_default(),
+            ),
         }
     }
 
@@ -733,6 +872,15 @@ pub fn deploy_script(site: &Site, root: &str) -> String {
         .replace("@@PORT_A@@", &site.port.to_string())
         .replace("@@PORT_B@@", &(site.port + 1).to_string())
         .replace("@@KEEP@@", &site.keep_releases.max(1).to_string())
+        .replace(
+            "@@PREVIEW_HOST@@",
+            &shell_quote(site.previews.as_ref().map_or("", |p| p.pattern.as_str())),
+        )
+        .replace("@@PREVIEW_PORT@@", &(site.port + 2).to_string())
+        .replace(
+            "@@PREVIEW_MAX@@",
+            &site.previews.as_ref().map_or(0, |p| p.max).to_string(),
+        )
 }
 
 /// The deploy script's `framework_defaults FRAMEWORK`: sets `D_INSTALL`,
@@ -806,13 +954,75 @@ fn upstream(site: &Site, root: &str) -> String {
 pub fn nginx_conf(site: &Site, layout: &NginxLayout) -> String {
     format!(
         "# jaam site {name} (generated by jaam; do not edit)\n{upstream}server {{\n    listen {listen};\n    \
-         server_name {domain};\n    include {root}/serve.conf;\n}}\n",
+         server_name {domain};\n    include {root}/serve.conf;\n}}\n{previews}",
         name = site.name,
         upstream = upstream(site, &layout.root),
         listen = layout.listen,
         domain = site.domain,
         root = layout.root,
+        previews = preview_include(site, &layout.root, "http"),
     )
+}
+
+/// The previews' server blocks the deploy script writes (none without
+/// previews).
+fn preview_include(site: &Site, root: &str, scheme: &str) -> String {
+    if site.previews.is_some() {
+        format!("\n# pull request previews\ninclude {root}/previews.d/{scheme}/*.conf;\n")
+    } else {
+        String::new()
+    }
+}
+
+/// The templates of a preview's files, by name under the site's root: its
+/// server blocks (HTTP, and HTTPS once the certificate is installed) and
+/// what it serves (static files or its app). The deploy script fills in
+/// `@@N@@` (the pull request), `@@HOST@@`, `@@DIR@@` and `@@PORT@@`.
+pub fn preview_templates(site: &Site, layout: &NginxLayout) -> Vec<(&'static str, String)> {
+    let head = |what: &str| {
+        format!(
+            "# jaam site {name}: {what} of the preview of pull request #@@N@@ (generated by jaam; do not edit)\n",
+            name = site.name
+        )
+    };
+    vec![
+        (
+            "preview-http.conf",
+            format!(
+                "{head}server {{\n    listen {listen};\n    server_name @@HOST@@;\n    include @@DIR@@/serve.conf;\n}}",
+                head = head("the server block"),
+                listen = layout.listen,
+            ),
+        ),
+        (
+            "preview-https.conf",
+            format!(
+                "{head}server {{\n    listen {listen};\n    server_name @@HOST@@;\n    location / {{\n        \
+                 return 301 https://$host$request_uri;\n    }}\n}}\n\nserver {{\n    listen 443 ssl;\n    \
+                 server_name @@HOST@@;\n    ssl_certificate {tls}/fullchain.pem;\n    \
+                 ssl_certificate_key {tls}/privkey.pem;\n    include @@DIR@@/serve.conf;\n}}",
+                head = head("the server blocks"),
+                listen = layout.listen,
+                tls = site.tls_dir(),
+            ),
+        ),
+        (
+            "preview-serve-static.conf",
+            format!(
+                "{head}root @@DIR@@/www;\nindex index.html;\nlocation / {{\n    try_files $uri $uri/ /index.html;\n}}",
+                head = head("static files"),
+            ),
+        ),
+        (
+            "preview-serve-server.conf",
+            format!(
+                "{head}location / {{\n    proxy_pass http://127.0.0.1:@@PORT@@;\n    proxy_http_version 1.1;\n    \
+                 proxy_set_header Host $host;\n    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n    \
+                 proxy_set_header X-Forwarded-Proto $scheme;\n}}",
+                head = head("the app"),
+            ),
+        ),
+    ]
 }
 
 /// The nginx configuration once the certificate is installed: HTTPS, and
@@ -823,13 +1033,14 @@ pub fn nginx_https_conf(site: &Site, layout: &NginxLayout) -> String {
          server_name {domain};\n    location / {{\n        return 301 https://$host$request_uri;\n    }}\n}}\n\n\
          server {{\n    listen 443 ssl;\n    server_name {domain};\n    \
          ssl_certificate {tls}/fullchain.pem;\n    ssl_certificate_key {tls}/privkey.pem;\n    \
-         include {root}/serve.conf;\n}}\n",
+         include {root}/serve.conf;\n}}\n{previews}",
         name = site.name,
         upstream = upstream(site, &layout.root),
         listen = layout.listen,
         domain = site.domain,
         tls = site.tls_dir(),
         root = layout.root,
+        previews = preview_include(site, &layout.root, "https"),
     )
 }
 
@@ -945,6 +1156,7 @@ pub fn configure_script(site: &Site) -> String {
          # framework serves; the deploy script sets it for each release it switches to.\n\
          if [ ! -f {root}/serve.conf ]; then\n  cp {root}/serve-{mode}.conf {root}/serve.conf\nfi\n\
          if [ ! -L {root}/www ]; then\n  ln -sfn current/{output} {root}/www\nfi\n\
+         {previews}\
          if [ -f {tls}/fullchain.pem ]; then\n  cp {root}/nginx-https.conf /etc/nginx/conf.d/jaam-{name}.conf\n\
          else\n  cp {root}/nginx.conf /etc/nginx/conf.d/jaam-{name}.conf\nfi\nnginx -t\n\
          if systemctl is-active --quiet nginx; then\n  systemctl reload nginx\nelse\n  systemctl enable --now --quiet nginx\nfi\n\
@@ -959,6 +1171,11 @@ pub fn configure_script(site: &Site) -> String {
             "static"
         },
         output = shell_quote(&site.commands.output_dir),
+        previews = if site.previews.is_some() {
+            format!("mkdir -p {root}/previews.d/http {root}/previews.d/https\n")
+        } else {
+            String::new()
+        },
     )
 }
 
@@ -975,7 +1192,7 @@ pub fn files(site: &Site) -> BTreeMap<String, String> {
         root: root.clone(),
     };
     let name = &site.name;
-    BTreeMap::from([
+    let mut files = BTreeMap::from([
         (format!("{BIN}/deploy"), deploy_script(site, &root)),
         (format!("{BIN}/fetch-secrets"), fetch_secrets_script(site)),
         (format!("{BIN}/configure"), configure_script(site)),
@@ -1005,7 +1222,13 @@ pub fn files(site: &Site) -> BTreeMap<String, String> {
             format!("/opt/aws/amazon-cloudwatch-agent/etc/jaam-{name}.json"),
             cloudwatch_agent_config(site) + "\n",
         ),
-    ])
+    ]);
+    if site.previews.is_some() {
+        for (file, text) in preview_templates(site, &layout) {
+            files.insert(format!("{root}/{file}"), text + "\n");
+        }
+    }
+    files
 }
 
 /// The bootstrap's swap: 2 GiB at `swapfile` (recorded in `fstab`) when the
@@ -1303,6 +1526,12 @@ pub fn expand(
         ),
     };
     instance.insert("revision".into(), revision);
+    if let Some(previews) = &site.previews {
+        instance.insert(
+            "previews".into(),
+            literal(preview_source(&site, previews), location),
+        );
+    }
     out.push(spec("instance", instance, vec![at("log_group")]));
 
     let mut record = BTreeMap::new();
@@ -1320,15 +1549,33 @@ pub fn expand(
             location: location.clone(),
         },
     );
-    out.push(spec("record", record, Vec::new()));
+    out.push(spec("record", record.clone(), Vec::new()));
+    // Every preview host falls under one wildcard record (and the site's
+    // certificate names the wildcard too). A site expands into one resource
+    // of each kind under its address, so this one is `record.previews-NAME`
+    // (as a shared certificate is `certificate.wildcard-ZONE`).
+    if let Some(previews) = &site.previews {
+        record.insert("name".into(), literal(previews.wildcard(), location));
+        out.push(ResourceSpec {
+            addr: previews_record(&site.name),
+            args: record,
+            depends_on: Vec::new(),
+            location: location.clone(),
+        });
+    }
 
     // A wildcard site's certificate is its zone's, shared (the loader makes
     // one per zone: `spec::Loader::share_wildcards`).
     if site.https && !site.wildcard {
         let mut certificate = BTreeMap::new();
+        let mut domains = vec![site.domain.clone()];
+        domains.extend(site.previews.as_ref().map(Previews::wildcard));
         certificate.insert(
             "domains".into(),
-            literal(strings(&[site.domain.as_str()]), location),
+            literal(
+                Value::List(domains.into_iter().map(Value::String).collect()),
+                location,
+            ),
         );
         certificate.insert("zone".into(), literal(site.zone.as_str(), location));
         passthrough(&mut certificate, "acme_directory", "acme_directory");

@@ -720,3 +720,114 @@ fn a_site_naming_no_framework_should_detect_it_per_commit() {
     assert!(deploy.contains("\nNAMED=build\n"), "only `build` is named");
     assert!(deploy.contains("\nBUILD_CMD='npm run build:prod'\n"));
 }
+
+#[test]
+fn previews_should_add_a_wildcard_record_a_certificate_name_and_their_source() {
+    let config = load(&format!(
+        "{BLOG}  previews:\n    enabled: true\n    max: 3\n    secrets: true\n"
+    ))
+    .unwrap();
+    let value = |addr: &str, name: &str| {
+        config.resources()[&addr.parse().unwrap()].args[name].evaluate(&|_, _| None, &|_| None)
+    };
+    assert_eq!(
+        value("record.previews-blog", "name").render(),
+        r#""*.blog.example.com""#
+    );
+    assert_eq!(
+        value("site.blog.certificate", "domains").render(),
+        r#"["blog.example.com", "*.blog.example.com"]"#
+    );
+    let source = PreviewSource::from_value(&value("site.blog.instance", "previews")).unwrap();
+    assert_eq!(
+        source,
+        PreviewSource {
+            repo: "acme/blog".into(),
+            base: "main".into(),
+            max: 3,
+            forks: false,
+            secrets: true,
+            url: "https://pr-{number}.blog.example.com".into(),
+        }
+    );
+    let files = crate::value::string_map(Some(&value("site.blog.instance", "files")));
+    let https = &files["/srv/jaam/blog/nginx-https.conf"];
+    assert!(
+        https.contains("include /srv/jaam/blog/previews.d/https/*.conf;"),
+        "{https}"
+    );
+    assert!(
+        files["/srv/jaam/blog/preview-https.conf"].contains(&format!(
+            "ssl_certificate {}/fullchain.pem",
+            Site::from_attrs("blog", &Attrs::new()).tls_dir()
+        )),
+        "the previews serve the site's certificate"
+    );
+    let deploy = &files["/opt/jaam/bin/deploy"];
+    assert!(
+        deploy.contains("PREVIEW_HOST='pr-{number}.blog.example.com'"),
+        "the deploy script knows the hosts"
+    );
+    // Without previews: none of it.
+    let plain = load(BLOG).unwrap();
+    assert!(
+        !plain
+            .resources()
+            .contains_key(&"record.previews-blog".parse().unwrap())
+    );
+    let instance = &plain.resources()[&"site.blog.instance".parse().unwrap()];
+    assert!(!instance.args.contains_key("previews"));
+}
+
+#[test]
+fn bad_previews_should_be_clear_errors() {
+    for (previews, expected) in [
+        ("{enabled: yes-please}", "previews.enabled is"),
+        (
+            "{enabled: true, max: 0}",
+            "previews.max is 0, not a number from 1 to 20",
+        ),
+        (
+            "{enabled: true, domain: \"preview.{domain}\"}",
+            "must have `{number}` in its first label",
+        ),
+        (
+            "{enabled: true, domain: \"{domain}.pr-{number}\"}",
+            "must have `{number}` in its first label",
+        ),
+        (
+            "{enabled: true, domain: \"pr_{number}.{domain}\"}",
+            "does not make domain names",
+        ),
+        (
+            "{enabled: true, branches: true}",
+            "previews has no `branches`",
+        ),
+        ("true", "`previews` is a map"),
+    ] {
+        let error = load(&format!("{BLOG}  previews: {previews}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(expected), "{previews}: {error}");
+        assert!(error.contains("site.yaml:"), "the place: {error}");
+    }
+    // A shared wildcard certificate cannot cover the previews' hosts.
+    let error = load(&format!(
+        "{BLOG}  certificate: wildcard\n  previews: {{enabled: true}}\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("certificate: own"), "{error}");
+    // A custom pattern.
+    let config = load(&format!(
+        "{BLOG}  previews: {{enabled: true, domain: \"blog-pr{{number}}.preview.example.com\"}}\n"
+    ))
+    .unwrap();
+    let record = &config.resources()[&"record.previews-blog".parse().unwrap()];
+    assert_eq!(
+        record.args["name"]
+            .evaluate(&|_, _| None, &|_| None)
+            .render(),
+        r#""*.preview.example.com""#
+    );
+}

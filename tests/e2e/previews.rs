@@ -1,0 +1,271 @@
+//! Issue 15: pull request previews, served for real. `jaam` and its daemon
+//! against moto + Pebble + the GitHub fake, the site's instance booted as a
+//! box: each open pull request into the site's branch is built from its
+//! head and served at `https://pr-N.blog.<domain>` with the site's
+//! wildcard certificate, moves with its pushes, goes when it closes, and
+//! never touches production.
+
+use std::time::Duration;
+
+use jaam_tests::daemon::{Daemon, pull_deliveries};
+
+use super::served::{HOOK_SECRET, Stage, state};
+
+const APP: &str = "static-spa";
+
+impl Stage {
+    /// Pushes pull request `number`'s head (the app with its own message)
+    /// and opens it on the GitHub fake; returns the head.
+    fn open_pull(&self, number: u64, message: &str, fork: bool) -> String {
+        let sha = self.git.push_pull(
+            &self.repo,
+            number,
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../examples/apps")
+                .join(APP),
+            &[("message.txt", &format!("{message}\n"))],
+        );
+        self.github
+            .open_pull(&self.repo, number, "main", &sha, fork);
+        sha
+    }
+
+    /// Delivers the signed `pull_request` event to `daemon`, which must
+    /// accept it.
+    fn deliver_pull(&self, daemon: &Daemon, action: &str, number: u64, head: &str, fork: bool) {
+        let all = pull_deliveries(
+            HOOK_SECRET,
+            &self.repo,
+            "main",
+            &[(action, number, head, fork)],
+        );
+        let (status, body) = daemon.deliver(&all[0]);
+        assert!(status == 200 || status == 202, "{status} {body}");
+    }
+
+    fn preview_host(&self, number: u64) -> String {
+        format!("pr-{number}.blog.{}", self.domain)
+    }
+
+    /// The page pull request `number`'s host serves over HTTPS.
+    async fn preview_page(&self, number: u64) -> String {
+        let seen = self
+            .get_host(&self.preview_host(number), "https", "/")
+            .await;
+        format!("{} {}", seen.status, seen.body)
+    }
+
+    /// Waits until pull request `number`'s host serves a page with `text`.
+    async fn wait_for_preview(&self, number: u64, text: &str) {
+        let wanted = text.to_owned();
+        jaam_tests::eventually(
+            &format!("the preview of #{number} serving `{text}`"),
+            Duration::from_secs(240),
+            || async {
+                let page = self.preview_page(number).await;
+                page.contains(&wanted).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// The previews state records: number → head.
+    fn recorded_previews(&self) -> std::collections::BTreeMap<String, String> {
+        state(&self.ws)["resources"]["site.blog.instance"]["attributes"]["previews"]
+            .as_object()
+            .map(|previews| {
+                previews
+                    .iter()
+                    .map(|(n, p)| (n.clone(), p["head"].as_str().unwrap_or_default().to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_requests_should_get_previews_that_follow_them_and_never_touch_production() {
+    let _moto = jaam_tests::MOTO.read().await;
+    let (stage, production) = Stage::new("previews", APP).await;
+    // Production reads a secret as its title; previews must not.
+    let parameter = format!("/jaam/{}/title", stage.ws.stack);
+    let ssm = aws_sdk_ssm::Client::new(&jaam_tests::aws_config().await);
+    ssm.put_parameter()
+        .name(&parameter)
+        .value("secret-production-title")
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .expect("PutParameter");
+    stage.write_site(
+        "static",
+        None,
+        &format!(
+            "{}  secrets:\n    PUBLIC_TITLE: {parameter}\n  previews:\n    enabled: true\n",
+            stage.webhook()
+        ),
+    );
+    // A pull request open before jaam ever ran: the first apply builds it.
+    let first = stage.open_pull(1, "hello from pull request 1", false);
+    let plan = stage.jaam(&["plan", "--detailed-exitcode"]).await;
+    plan.expect_code(2);
+    assert!(plan.stdout.contains("previews"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains(&first),
+        "the plan names the head: {}",
+        plan.stdout
+    );
+    stage
+        .jaam(&["apply", "--auto-approve"])
+        .await
+        .expect_code(0);
+    assert_eq!(stage.recorded_previews()["1"], first);
+    let page = stage.preview_page(1).await;
+    assert!(page.starts_with("200 "), "{page}");
+    assert!(page.contains("hello from pull request 1"), "{page}");
+    assert!(
+        page.contains("<title>jaam sample</title>"),
+        "a preview never reads the site's secrets: {page}"
+    );
+    let main = stage.get("https", "/").await;
+    assert!(main.body.contains("hello from revision A"), "{main:?}");
+    assert!(
+        main.body.contains("secret-production-title"),
+        "production does: {main:?}"
+    );
+    let records = jaam_tests::zone_records(&stage.zone).await;
+    assert!(
+        records.iter().any(|(name, kind, _)| kind == "A"
+            && name.ends_with(&format!("blog.{}", stage.domain))
+            && (name.starts_with("*.") || name.starts_with("\\052."))),
+        "the wildcard record: {records:?}"
+    );
+    let listed = stage.jaam(&["previews", "site.blog"]).await;
+    listed.expect_code(0);
+    assert!(
+        listed.stdout.contains("#1")
+            && listed.stdout.contains(&first[..12])
+            && listed.stdout.contains("serving")
+            && listed
+                .stdout
+                .contains(&format!("https://{}", stage.preview_host(1))),
+        "{}",
+        listed.stdout
+    );
+    // Nothing changes until a pull request does.
+    stage
+        .jaam(&["plan", "--detailed-exitcode"])
+        .await
+        .expect_code(0);
+
+    // The daemon: a pull request opened, pushed to, and a fork's.
+    let daemon = Daemon::start(
+        stage.command(&["daemon", "--public-url", "https://jaam.example.test"]),
+        stage.ws.dir.path().join("daemon.log"),
+    );
+    let second = stage.open_pull(2, "hello from pull request 2", false);
+    stage.deliver_pull(&daemon, "opened", 2, &second, false);
+    stage.wait_for_preview(2, "hello from pull request 2").await;
+    let moved = stage.open_pull(2, "hello again from pull request 2", false);
+    stage.deliver_pull(&daemon, "synchronize", 2, &moved, false);
+    stage
+        .wait_for_preview(2, "hello again from pull request 2")
+        .await;
+    let fork = stage.open_pull(3, "hello from a fork", true);
+    stage.deliver_pull(&daemon, "opened", 3, &fork, true);
+    // Closing #1 queues the same reconcile: once #1 is gone, #3's turn came.
+    stage.github.close_pull(&stage.repo, 1);
+    stage.deliver_pull(&daemon, "closed", 1, &first, false);
+    jaam_tests::eventually(
+        "the closed pull request's preview gone",
+        Duration::from_secs(240),
+        || async { (!stage.recorded_previews().contains_key("1")).then_some(()) },
+    )
+    .await;
+    let gone = stage.preview_page(1).await;
+    assert!(!gone.contains("pull request 1"), "{gone}");
+    assert!(
+        !stage.preview_page(3).await.contains("hello from a fork"),
+        "a fork's pull request is not built"
+    );
+    assert!(!stage.recorded_previews().contains_key("3"));
+    let main = stage.get("https", "/").await;
+    assert!(main.body.contains("hello from revision A"), "{main:?}");
+    let root = stage.instance_box().host_path("/srv/jaam/blog/previews");
+    let mut left: Vec<String> = std::fs::read_dir(&root)
+        .expect("previews directory")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["2"], "only #2's preview is left on the instance");
+
+    // GitHub heard of each preview: a deployment per head, its statuses.
+    {
+        let repos = stage.github.repos.lock().unwrap();
+        let environment = |id: &i64| repos.deployments[id].1["environment"].clone();
+        let preview_two: Vec<&serde_json::Value> = repos
+            .statuses
+            .iter()
+            .filter(|(id, _)| environment(id) == "preview/pr-2")
+            .map(|(_, body)| body)
+            .collect();
+        let states: Vec<&str> = preview_two
+            .iter()
+            .map(|b| b["state"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            states,
+            ["in_progress", "success", "in_progress", "success"],
+            "two heads of #2 deployed"
+        );
+        let done = preview_two.last().unwrap();
+        assert_eq!(
+            done["environment_url"],
+            format!("https://{}", stage.preview_host(2))
+        );
+        assert_eq!(done["log_url"], "https://jaam.example.test/sites/blog");
+        assert!(
+            repos
+                .deployments
+                .values()
+                .all(|(_, body)| body["environment"] != "preview/pr-3"),
+            "no deployment for a fork's pull request"
+        );
+    }
+    assert_eq!(daemon.terminate(), Some(0));
+
+    // Opened while the daemon was down: the first reconcile of the next
+    // daemon builds it. Then more than `max` (5) open pull requests: the
+    // newest five serve, the oldest (#2) is evicted.
+    let mut heads = Vec::new();
+    for number in 4..=8 {
+        heads.push(stage.open_pull(number, &format!("hello from pull request {number}"), false));
+    }
+    let daemon = Daemon::start(
+        stage.command(&["daemon"]),
+        stage.ws.dir.path().join("daemon-2.log"),
+    );
+    jaam_tests::eventually(
+        "the newest five previews after the restart",
+        Duration::from_secs(300),
+        || async {
+            let recorded: Vec<String> = stage.recorded_previews().into_keys().collect();
+            (recorded == ["4", "5", "6", "7", "8"]).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        stage
+            .preview_page(8)
+            .await
+            .contains("hello from pull request 8")
+    );
+    assert!(
+        !stage.preview_page(2).await.contains("pull request 2"),
+        "the oldest preview is evicted"
+    );
+    let main = stage.get("https", "/").await;
+    assert!(main.body.contains("hello from revision A"), "{main:?}");
+    assert_eq!(daemon.terminate(), Some(0));
+    assert_eq!(production.len(), 40);
+}
