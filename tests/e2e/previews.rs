@@ -267,5 +267,56 @@ async fn pull_requests_should_get_previews_that_follow_them_and_never_touch_prod
     let main = stage.get("https", "/").await;
     assert!(main.body.contains("hello from revision A"), "{main:?}");
     assert_eq!(daemon.terminate(), Some(0));
-    assert_eq!(production.len(), 40);
+    assert_eq!(
+        state(&stage.ws)["resources"]["site.blog.instance"]["attributes"]["revision"],
+        production.as_str()
+    );
+
+    // A new production commit and a pull request whose build fails, in one
+    // apply: production deploys, the failed preview fails the apply by
+    // name, and state records exactly what serves (the new revision; the
+    // previews that built, #4 evicted by #9 but #9 not serving).
+    let next = stage.push(APP, &[("message.txt", "hello from revision B\n")]);
+    let broken = stage.git.push_pull(
+        &stage.repo,
+        9,
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/apps")
+            .join(APP),
+        &[(
+            "build.mjs",
+            "throw new Error('the preview build broke on purpose');\n",
+        )],
+    );
+    stage
+        .github
+        .open_pull(&stage.repo, 9, "main", &broken, false);
+    let run = stage.jaam(&["apply", "--auto-approve"]).await;
+    run.expect_code(1);
+    let text = run.squashed();
+    assert!(
+        text.contains("preview build failed for pull request(s) #9"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the preview build broke on purpose"),
+        "the build's output: {text}"
+    );
+    let recorded = state(&stage.ws)["resources"]["site.blog.instance"]["attributes"].clone();
+    assert_eq!(recorded["revision"], next.as_str(), "production deployed");
+    let serving: Vec<String> = stage.recorded_previews().into_keys().collect();
+    assert_eq!(serving, ["5", "6", "7", "8"]);
+    let main = stage.get("https", "/").await;
+    assert!(main.body.contains("hello from revision B"), "{main:?}");
+    assert!(
+        stage
+            .preview_page(5)
+            .await
+            .contains("hello from pull request 5")
+    );
+    // The failed preview is still a change: the next apply tries again.
+    stage
+        .jaam(&["plan", "--detailed-exitcode"])
+        .await
+        .expect_code(2);
 }

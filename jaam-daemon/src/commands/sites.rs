@@ -210,7 +210,7 @@ pub(crate) async fn previews(
             });
         }
     }
-    rows.sort_by(|a, b| b.number.cmp(&a.number));
+    rows.sort_by_key(|row| std::cmp::Reverse(row.number));
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return super::success();

@@ -176,7 +176,7 @@ pub fn wanted_previews(source: &crate::spec::site::PreviewSource, open: &[Pull])
         .filter(|pull| source.forks || !pull.fork)
         .filter(|pull| crate::spec::site::checks::is_commit(&pull.head))
         .collect();
-    pulls.sort_by(|a, b| b.number.cmp(&a.number));
+    pulls.sort_by_key(|pull| std::cmp::Reverse(pull.number));
     pulls.truncate(usize::try_from(source.max.max(0)).unwrap_or(0));
     Value::Map(
         pulls

@@ -92,6 +92,57 @@
 //! - `webhook_url`, `webhook_secret` (sensitive; when unset jaam generates
 //!   one into Parameter Store), `log_retention_days` (default 14),
 //!   `keep_releases` (default 5).
+//! - `previews`: pull request previews (below), e.g. `{enabled: true}`.
+//!
+//! # Previews
+//! `previews: {enabled: true, domain: "pr-{number}.{domain}", max: 5,
+//! forks: false, secrets: false}` (the defaults but `enabled`) serves every
+//! open pull request into the site's branch at its own host, as Vercel and
+//! Netlify do. **Decisions:**
+//! - *What is a preview, in plan and state?* Not a resource of its own: the
+//!   set of previews is derived from GitHub (as Argo CD's pull-request
+//!   generator derives applications), so it is the `previews` argument of
+//!   `site.NAME.instance`, resolved at plan time like the branch head — one
+//!   conditional listing of open pull requests per repository and base —
+//!   to pull request number → `{head, secrets, url}`. A preview that opens,
+//!   moves or closes is an in-place update of the instance in `jaam plan`
+//!   (`~ previews`), applied in the same SSM command as the revision's
+//!   deploy (`deploy previews N=SHA...`, which serves exactly that set), and
+//!   recorded through the journal like any change: state records the
+//!   previews that serve (a failed preview build fails the apply naming the
+//!   pull request, while the revision and the other previews are recorded as
+//!   deployed), and an interrupted apply leaves the instance at most one
+//!   idempotent command ahead of state, which the next apply brings back.
+//! - *Which pull requests?* Open ones whose base is the site's branch: the
+//!   newest `max` (by number; an older one is evicted when a newer opens).
+//!   A fork's pull request (head in another repository) is not built unless
+//!   `forks: true`, and then never with secrets.
+//! - *How served?* Each preview is a release of the pull request's head
+//!   (fetched from `refs/pull/N/head`, where GitHub keeps a fork's commits
+//!   too) built on the site's instance — no new instance — with the site's
+//!   `env` but, unless `secrets: true`, never its `secrets` (its build and
+//!   its app never read them, and its release is never production's). nginx
+//!   serves it from a server block of its own: static files from its own
+//!   `current` link, or a server app on a port of its own (`port + 2` and
+//!   up, one per preview; a new head restarts it there, so a preview — never
+//!   production — may drop requests for a moment while it switches). The
+//!   hosts share the wildcard record `record.previews-NAME` (`*.` + the
+//!   pattern after its first label) and the site's own certificate, which
+//!   names that wildcard too (DNS-01). A site sharing its zone's wildcard
+//!   certificate cannot have previews (that certificate covers one label
+//!   below the zone only): the loader says so.
+//! - *When?* The daemon reconciles a site's previews on `pull_request`
+//!   events (opened, synchronize, reopened, closed, edited) as it deploys a
+//!   push — planning only the site's instance, at once — and every resync
+//!   lists the open pull requests again, so a preview whose event was missed
+//!   (the daemon was down) appears at the next resync or restart.
+//! - Closing or merging the pull request removes its server block, its app
+//!   and its directory; its release goes at the next prune.
+//! - Each preview deploy is a GitHub deployment, environment
+//!   `preview/pr-N`, with the preview's URL (daemon; see
+//!   `jaam-daemon`'s `deployments`). `jaam previews site.NAME` lists them:
+//!   number, head, state (`serving`, and against GitHub's open pull
+//!   requests `pending`, `outdated` or `closing`) and URL.
 //!
 //! # On the instance
 //! Everything lives under `/srv/jaam/<site>`: `repo.git` (a bare mirror),
