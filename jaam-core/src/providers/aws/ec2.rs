@@ -247,6 +247,17 @@ fn settle(
     }
 }
 
+/// A converge that failed before its previews step (the revision's deploy,
+/// the files) as the error it is, at once (`Err`); anything else to
+/// [`settle`] once the instance is read (`Ok`).
+#[allow(clippy::type_complexity)]
+fn failed_deploy(converged: Result<Option<Value>>) -> Result<Result<Option<Value>>> {
+    match converged {
+        Err(error) if !error.message.contains(PREVIEW_REPORT) => Err(error),
+        other => Ok(other),
+    }
+}
+
 /// The previews the deploy script's report says serve (`jaam-preview N
 /// serving SHA` lines), as `wanted` has them (a preview still serving an
 /// older commit reads no secrets as far as state knows).
@@ -1183,7 +1194,7 @@ impl Provider for Instances {
         // The instance exists whatever the deploy does: a failed first deploy
         // is recorded with no revision (and no previews), so the next apply
         // deploys again.
-        let converged = self.converge(&id, attributes, true).await;
+        let converged = self.converge(&id, attributes, false).await;
         settle(converged, observed.clone(), attributes).map_err(|error| {
             let partial = error.partial.clone().map(|p| *p).unwrap_or_else(|| {
                 let mut partial = observed;
@@ -1219,7 +1230,7 @@ impl Provider for Instances {
                 .all(|c| CONVERGED.contains(&c.as_str()) || settings_only(c))
         {
             let converged = if changed.iter().any(|c| CONVERGED.contains(&c.as_str())) {
-                self.converge(id, attributes, previews_changed).await
+                failed_deploy(self.converge(id, attributes, previews_changed).await)?
             } else {
                 Ok(None)
             };
@@ -1284,7 +1295,7 @@ impl Provider for Instances {
             .iter()
             .any(|c| c == "instance_type" || CONVERGED.contains(&c.as_str()))
         {
-            self.converge(id, attributes, previews_changed).await
+            failed_deploy(self.converge(id, attributes, previews_changed).await)?
         } else {
             Ok(None)
         };
