@@ -17,13 +17,23 @@ impl Stage {
     /// Pushes pull request `number`'s head (the app with its own message)
     /// and opens it on the GitHub fake; returns the head.
     fn open_pull(&self, number: u64, message: &str, fork: bool) -> String {
+        self.open_pull_of(
+            APP,
+            number,
+            &[("message.txt", &format!("{message}\n"))],
+            fork,
+        )
+    }
+
+    /// [`Stage::open_pull`] of `app` with `changes`.
+    fn open_pull_of(&self, app: &str, number: u64, changes: &[(&str, &str)], fork: bool) -> String {
         let sha = self.git.push_pull(
             &self.repo,
             number,
             &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../examples/apps")
-                .join(APP),
-            &[("message.txt", &format!("{message}\n"))],
+                .join(app),
+            changes,
         );
         self.github
             .open_pull(&self.repo, number, "main", &sha, fork);
@@ -319,4 +329,100 @@ async fn pull_requests_should_get_previews_that_follow_them_and_never_touch_prod
         .jaam(&["plan", "--detailed-exitcode"])
         .await
         .expect_code(2);
+}
+
+/// A server app's previews: each runs on a port of its own beside
+/// production's two; with `secrets: true` a preview reads the site's
+/// secrets, a fork's (built with `forks: true`) still never does; a closed
+/// one's app stops.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_apps_previews_should_run_on_their_own_ports_and_forks_without_secrets() {
+    let _moto = jaam_tests::MOTO.read().await;
+    let (stage, _) = Stage::new("previewapp", "node-server").await;
+    let parameter = format!("/jaam/{}/api-key", stage.ws.stack);
+    let ssm = aws_sdk_ssm::Client::new(&jaam_tests::aws_config().await);
+    ssm.put_parameter()
+        .name(&parameter)
+        .value("previews-may-read-this")
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .expect("PutParameter");
+    stage.write_site(
+        "node",
+        None,
+        &format!(
+            "  https: false\n  secrets:\n    API_KEY: {parameter}\n  previews:\n    enabled: true\n    \
+             secrets: true\n    forks: true\n"
+        ),
+    );
+    // The pull requests' server says whether it can read the secret.
+    let telling = "const http = require(\"node:http\");\n\
+        const message = require(\"node:fs\").readFileSync(\"message.txt\", \"utf8\").trim();\n\
+        http.createServer((q, r) => r.end(`${message} key=${process.env.API_KEY ?? \"none\"} port=${process.env.PORT}\\n`))\n\
+          .listen(Number(process.env.PORT), \"127.0.0.1\");\n";
+    stage.open_pull_of(
+        "node-server",
+        1,
+        &[
+            ("message.txt", "hello from pull request 1\n"),
+            ("server.js", telling),
+        ],
+        false,
+    );
+    stage.open_pull_of(
+        "node-server",
+        2,
+        &[
+            ("message.txt", "hello from a fork\n"),
+            ("server.js", telling),
+        ],
+        true,
+    );
+    let run = stage.jaam(&["apply", "--auto-approve"]).await;
+    run.expect_code(0);
+    let page = |number: u64| {
+        let host = stage.preview_host(number);
+        let stage = &stage;
+        async move {
+            let seen = stage.get_host(&host, "http", "/").await;
+            format!("{} {}", seen.status, seen.body)
+        }
+    };
+    let one = page(1).await;
+    assert!(
+        one.contains("hello from pull request 1 key=previews-may-read-this port=3002"),
+        "{one}"
+    );
+    let fork = page(2).await;
+    assert!(
+        fork.contains("hello from a fork key=none port=3003"),
+        "a fork never reads secrets: {fork}"
+    );
+    let main = stage.get("http", "/").await;
+    assert_eq!(main.body.trim(), "hello from revision A", "{main:?}");
+
+    stage.github.close_pull(&stage.repo, 1);
+    stage
+        .jaam(&["apply", "--auto-approve"])
+        .await
+        .expect_code(0);
+    let gone = page(1).await;
+    assert!(!gone.contains("pull request 1"), "{gone}");
+    assert!(page(2).await.contains("hello from a fork"));
+    // Nothing listens on the closed preview's port any more.
+    let listening = stage
+        .instance_box()
+        .run(
+            "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:3002/ || true",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(
+        listening.stdout.trim(),
+        "000",
+        "the closed preview's app stopped"
+    );
+    let main = stage.get("http", "/").await;
+    assert_eq!(main.body.trim(), "hello from revision A", "{main:?}");
 }
