@@ -324,11 +324,23 @@ async fn pull_requests_should_get_previews_that_follow_them_and_never_touch_prod
             .await
             .contains("hello from pull request 5")
     );
-    // The failed preview is still a change: the next apply tries again.
+    // The failed preview is still a change, but its head is not built
+    // again within the hour: the next apply fails at once, saying so.
     stage
         .jaam(&["plan", "--detailed-exitcode"])
         .await
         .expect_code(2);
+    let again = stage.jaam(&["apply", "--auto-approve"]).await;
+    again.expect_code(1);
+    let text = again.squashed();
+    assert!(
+        text.contains(&format!("preview #9: {broken} failed within the hour")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("the preview build broke on purpose"),
+        "not built again: {text}"
+    );
 }
 
 /// A server app's previews: each runs on a port of its own beside

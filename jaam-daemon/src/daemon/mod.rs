@@ -391,6 +391,18 @@ impl Daemon {
         let mut all_parked = !report.failed.is_empty();
         for failure in &report.failed {
             let addr = failure.addr();
+            // The revision deployed and a preview after it failed: the
+            // revision is not the one to park (a preview's head that failed
+            // is not built again within the hour: the deploy script).
+            if let (Some((_, (repo, branch))), Some(revision)) = (site_of(addr), planned(addr))
+                && recorded(addr).as_deref() == Some(revision.as_str())
+                && std::error::Error::source(failure)
+                    .is_some_and(|source| source.to_string().contains("previews failed: "))
+            {
+                self.parking.succeeded(repo, branch, &revision);
+                all_parked = false;
+                continue;
+            }
             let parked = match (site_of(addr), planned(addr)) {
                 (Some((_, (repo, branch))), Some(revision)) => {
                     let error = std::error::Error::source(failure)

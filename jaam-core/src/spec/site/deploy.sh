@@ -575,11 +575,18 @@ preview() {
     return
   fi
   previous=$(cat "$dir/sha" 2>/dev/null || true)
+  # A head that failed within the hour is not built again for every
+  # reconcile: a new commit (or the hour) tries again.
+  if [ "$(cat "$dir/failed" 2>/dev/null)" = "$release" ] &&
+    [ -n "$(find "$dir/failed" -mmin -60 2>/dev/null)" ]; then
+    fail "preview #$n: $sha failed within the hour (the build log has why); it is tried again after a new commit or an hour"
+  fi
   log "preview #$n: deploy $sha (serving ${previous:-nothing})"
+  mkdir -p "$dir"
+  echo "$release" >"$dir/failed"
   if [ ! -f "$ROOT/releases/$release/.jaam-built" ]; then
     build "$sha" "$release" "${previous:-nothing} for #$n"
   fi
-  mkdir -p "$dir"
   release_meta "$release"
   ln -sfn "../../releases/$release" "$dir/current.new"
   mv -T "$dir/current.new" "$dir/current"
@@ -611,6 +618,7 @@ preview() {
   preview_file preview-https.conf "$ROOT/previews.d/https/$n.conf" "$n" "$port" || true
   echo "$sha" >"$dir/sha"
   echo "$release" >"$dir/release"
+  rm -f "$dir/failed"
   log "preview #$n: serving $sha at ${PREVIEW_HOST//\{number\}/$n} (release $release)"
 }
 
