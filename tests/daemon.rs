@@ -109,6 +109,11 @@ impl Daemon {
         json["stacks"][0].clone()
     }
 
+    /// `GET path`: the status and body.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http(self.port, "GET", path, &[], b"").unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
     /// `GET /status` of stack `name` (null when it is not listed).
     pub fn stack(&self, name: &str) -> serde_json::Value {
         self.stacks()

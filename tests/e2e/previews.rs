@@ -181,6 +181,24 @@ async fn pull_requests_should_get_previews_that_follow_them_and_never_touch_prod
     stage
         .wait_for_preview(2, "hello again from pull request 2")
         .await;
+    daemon.wait_until(
+        "the moved preview in /status",
+        Duration::from_secs(30),
+        |d| d.status()["previews"]["blog"]["2"]["head"] == moved.as_str(),
+    );
+    assert_eq!(
+        daemon.status()["previews"]["blog"]["2"]["url"],
+        format!("https://{}", stage.preview_host(2))
+    );
+    let (code, page) = daemon.get("/sites/blog");
+    assert_eq!(code, 200);
+    assert!(
+        page.contains(&format!(
+            "<a class=\"url\" href=\"https://{0}\">https://{0}</a>",
+            stage.preview_host(2)
+        )) && page.contains(&format!("/pull/2\">#2</a>")),
+        "the dashboard lists the preview: {page}"
+    );
     let fork = stage.open_pull(3, "hello from a fork", true);
     stage.deliver_pull(&daemon, "opened", 3, &fork, true);
     // Closing #1 queues the same reconcile: once #1 is gone, #3's turn came.

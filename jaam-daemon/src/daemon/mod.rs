@@ -127,6 +127,10 @@ pub(crate) struct StackStatus {
     pub(crate) error: Option<String>,
     /// The revision each site's instance serves, per state.
     pub(crate) revisions: BTreeMap<String, String>,
+    /// The pull request previews each site serves, per state: number →
+    /// head and URL (sites with previews only).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) previews: BTreeMap<String, BTreeMap<u64, serde_json::Value>>,
     /// Addresses a `report` resync found out of line.
     pub(crate) drift: Vec<String>,
     pub(crate) next_resync: Option<DateTime<Utc>>,
@@ -572,7 +576,27 @@ impl Daemon {
                 Some((site, revision))
             })
             .collect();
-        self.status.lock().expect("status").revisions = revisions;
+        let previews = state
+            .resources
+            .iter()
+            .filter(|(addr, _)| addr.kind() == "instance")
+            .filter_map(|(addr, resource)| {
+                let previews = resource.attributes.get("previews")?;
+                let served = jaam_core::providers::aws::ec2::previews_of(Some(previews))
+                    .into_iter()
+                    .map(|(number, preview)| {
+                        (
+                            number,
+                            serde_json::json!({"head": preview.head, "url": preview.url}),
+                        )
+                    })
+                    .collect();
+                Some((jaam_core::history::site_of(addr), served))
+            })
+            .collect();
+        let mut status = self.status.lock().expect("status");
+        status.revisions = revisions;
+        status.previews = previews;
     }
 
     /// One reconcile: specs from disk, the lock, plan, and apply unless the

@@ -422,6 +422,8 @@ struct SiteView {
     serving: Option<String>,
     drift: Vec<String>,
     history: Vec<jaam_core::history::Deployment>,
+    /// Pull request previews serving: number, head, URL.
+    previews: Vec<(u64, String, String)>,
 }
 
 impl SiteView {
@@ -444,6 +446,38 @@ impl SiteView {
                     escape(self.branch.as_deref().unwrap_or_default())
                 )
             },
+        )
+    }
+
+    /// Its previews: `#N` linked to the pull request, the head to its
+    /// commit, the URL.
+    fn previews_html(&self) -> String {
+        if self.previews.is_empty() {
+            return String::new();
+        }
+        let items: Vec<String> = self
+            .previews
+            .iter()
+            .map(|(number, head, url)| {
+                let pull = self.repo.as_ref().map_or_else(
+                    || format!("#{number}"),
+                    |r| {
+                        format!(
+                            "<a href=\"https://github.com/{}/pull/{number}\">#{number}</a>",
+                            escape(r)
+                        )
+                    },
+                );
+                format!(
+                    "<li>{pull} {head} <a class=\"url\" href=\"{url}\">{url}</a></li>",
+                    head = commit_link(self.repo.as_deref(), head),
+                    url = escape(url),
+                )
+            })
+            .collect();
+        format!(
+            "<dt>Previews</dt><dd><ul class=\"previews\" id=\"previews\">{}</ul></dd>",
+            items.join("")
         )
     }
 
@@ -519,6 +553,17 @@ async fn sites(daemon: &Daemon) -> BTreeMap<String, SiteView> {
                     .cloned()
                     .collect(),
                 history: runs,
+                previews: status
+                    .previews
+                    .get(&name)
+                    .into_iter()
+                    .flatten()
+                    .rev()
+                    .map(|(number, preview)| {
+                        let text = |key: &str| preview[key].as_str().unwrap_or_default().to_owned();
+                        (*number, text("head"), text("url"))
+                    })
+                    .collect(),
                 name: name.clone(),
             };
             (name, view)
@@ -690,8 +735,9 @@ async fn site_page(
          <section class=\"summary\"><div><h1>{name}</h1>{url}</div>\
          <div class=\"actions\"><button data-action=\"/sites/{name}/deploy\">Deploy latest</button>\
          <button class=\"secondary\" data-action=\"/sites/{name}/rollback\" data-confirm=\"Switch {name} back to its previous release now?\">Roll back</button></div></section>\n\
-         <section class=\"card\"><dl class=\"wide\"><dt>Repository</dt><dd>{repo}</dd><dt>Serving</dt><dd id=\"serving\">{serving}</dd>{drift}</dl></section>\n",
+         <section class=\"card\"><dl class=\"wide\"><dt>Repository</dt><dd>{repo}</dd><dt>Serving</dt><dd id=\"serving\">{serving}</dd>{previews}{drift}</dl></section>\n",
         url = site.url_html(""),
+        previews = site.previews_html(),
         repo = site.repo_html(),
         serving = site.serving_html(),
         drift = if site.drift.is_empty() {
