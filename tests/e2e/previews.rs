@@ -359,6 +359,27 @@ async fn pull_requests_should_get_previews_that_follow_them_and_never_touch_prod
         !text.contains("the preview build broke on purpose"),
         "not built again: {text}"
     );
+
+    // A daemon counts that failure against no production revision: even
+    // parking at the first failure, nothing is parked.
+    let daemon = Daemon::start(
+        stage.command(&["daemon", "--max-failures", "1"]),
+        stage.ws.dir.path().join("daemon-3.log"),
+    );
+    daemon.wait_until(
+        "the failing preview's reconcile",
+        Duration::from_secs(120),
+        |d| d.status()["result"] == "failed",
+    );
+    let status = daemon.status();
+    assert!(
+        status["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("failed within the hour")),
+        "{status}"
+    );
+    assert_eq!(status["parked"], serde_json::json!([]), "{status}");
+    assert_eq!(daemon.terminate(), Some(0));
 }
 
 /// A server app's previews: each runs on a port of its own beside

@@ -789,7 +789,15 @@ impl Daemon {
                     tracing::warn!(stack = %self.stack, retry_after = %at, "a service asked not to be retried before then");
                     *self.retry_after.lock().expect("retry_after") = Some(at);
                 }
-                let errors: Vec<String> = report.failed.iter().map(ToString::to_string).collect();
+                // Each failure with its cause (the tail of a failed build).
+                let errors: Vec<String> = report
+                    .failed
+                    .iter()
+                    .map(|failure| match std::error::Error::source(failure) {
+                        Some(source) => format!("{failure}: {source}"),
+                        None => failure.to_string(),
+                    })
+                    .collect();
                 Err(if errors.is_empty() {
                     "the apply was interrupted".to_owned()
                 } else {
