@@ -196,7 +196,7 @@ async fn pull_requests_should_get_previews_that_follow_them_and_never_touch_prod
         page.contains(&format!(
             "<a class=\"url\" href=\"https://{0}\">https://{0}</a>",
             stage.preview_host(2)
-        )) && page.contains(&format!("/pull/2\">#2</a>")),
+        )) && page.contains("/pull/2\">#2</a>"),
         "the dashboard lists the preview: {page}"
     );
     let fork = stage.open_pull(3, "hello from a fork", true);
