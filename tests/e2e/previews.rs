@@ -476,4 +476,65 @@ async fn a_server_apps_previews_should_run_on_their_own_ports_and_forks_without_
     );
     let main = stage.get("http", "/").await;
     assert_eq!(main.body.trim(), "hello from revision A", "{main:?}");
+
+    // `jaam apply` killed while a preview builds: state does not claim it,
+    // and the rerun serves it (once: one app on its port), as it would
+    // any resource.
+    let slow = r#"{"name": "slow", "private": true, "scripts": {"build": "sleep 4", "start": "node server.js"}}"#;
+    stage.open_pull_of(
+        "node-server",
+        3,
+        &[
+            ("message.txt", "hello from pull request 3\n"),
+            ("server.js", telling),
+            ("package.json", slow),
+        ],
+        false,
+    );
+    let mut child = stage
+        .command(&["apply", "--auto-approve"])
+        .spawn()
+        .expect("jaam apply");
+    let log = stage
+        .instance_box()
+        .host_path("/srv/jaam/blog/logs/build.log");
+    jaam_tests::eventually("#3's preview building", Duration::from_secs(120), || {
+        let log = log.clone();
+        async move {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("preview #3: deploy")
+                .then_some(())
+        }
+    })
+    .await;
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let recorded =
+        state(&stage.ws)["resources"]["site.blog.instance"]["attributes"]["previews"].clone();
+    assert!(
+        recorded.get("3").is_none(),
+        "killed before it served: {recorded}"
+    );
+    stage
+        .jaam(&["apply", "--auto-approve"])
+        .await
+        .expect_code(0);
+    let three = page(3).await;
+    assert!(three.contains("hello from pull request 3"), "{three}");
+    let recorded =
+        state(&stage.ws)["resources"]["site.blog.instance"]["attributes"]["previews"].clone();
+    assert!(recorded.get("3").is_some(), "{recorded}");
+    let apps = stage
+        .instance_box()
+        .run(
+            "ss -Hltn '( sport >= :3002 and sport <= :3009 )' | wc -l",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(apps.stdout.trim(), "2", "one app per preview (#2 and #3)");
+    stage
+        .jaam(&["plan", "--detailed-exitcode"])
+        .await
+        .expect_code(0);
 }
