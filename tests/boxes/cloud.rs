@@ -941,46 +941,8 @@ impl GitServer {
             std::fs::create_dir_all(&work).expect("work tree");
             git(&work, &["init", "--quiet", "--initial-branch", "main"]);
         }
-        let copy = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(format!("{}/.", app.display()))
-            .arg(&work)
-            .status()
-            .expect("cp");
-        assert!(copy.success());
-        for (path, content) in changes {
-            let target = work.join(path);
-            std::fs::create_dir_all(target.parent().unwrap()).expect("dir");
-            std::fs::write(target, content).expect("change");
-        }
-        git(&work, &["add", "-A"]);
-        git(
-            &work,
-            &[
-                "commit",
-                "--quiet",
-                "--allow-empty",
-                "-m",
-                "jaam test commit",
-            ],
-        );
-        let sha = git(&work, &["rev-parse", "HEAD"]);
-        let bare = self.dir.path().join("srv").join(format!("{repo}.git"));
-        if !bare.exists() {
-            std::fs::create_dir_all(&bare).expect("bare repository");
-            git(&bare, &["init", "--quiet", "--bare"]);
-        }
-        git(
-            &work,
-            &[
-                "push",
-                "--quiet",
-                "--force",
-                bare.to_str().unwrap(),
-                "main:main",
-            ],
-        );
-        git(&bare, &["update-server-info"]);
+        let sha = commit(&work, app, changes, "jaam test commit");
+        self.publish(repo, &work, "main:main");
         sha
     }
 
@@ -998,45 +960,61 @@ impl GitServer {
         let work = self.dir.path().join("work").join(repo);
         let branch = format!("jaam-pr-{number}");
         git(&work, &["checkout", "--quiet", "-B", &branch, "main"]);
-        let copy = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(format!("{}/.", app.display()))
-            .arg(&work)
-            .status()
-            .expect("cp");
-        assert!(copy.success());
-        for (path, content) in changes {
-            let target = work.join(path);
-            std::fs::create_dir_all(target.parent().unwrap()).expect("dir");
-            std::fs::write(target, content).expect("change");
-        }
-        git(&work, &["add", "-A"]);
-        git(
+        let sha = commit(
             &work,
-            &[
-                "commit",
-                "--quiet",
-                "--allow-empty",
-                "-m",
-                &format!("jaam test pull request #{number}"),
-            ],
+            app,
+            changes,
+            &format!("jaam test pull request #{number}"),
         );
-        let sha = git(&work, &["rev-parse", "HEAD"]);
+        self.publish(repo, &work, &format!("{branch}:refs/pull/{number}/head"));
+        git(&work, &["checkout", "--quiet", "main"]);
+        sha
+    }
+
+    /// Pushes `refspec` of the work tree `work` to `repo`'s served copy.
+    fn publish(&self, repo: &str, work: &std::path::Path, refspec: &str) {
         let bare = self.dir.path().join("srv").join(format!("{repo}.git"));
+        if !bare.exists() {
+            std::fs::create_dir_all(&bare).expect("bare repository");
+            git(&bare, &["init", "--quiet", "--bare"]);
+        }
         git(
-            &work,
+            work,
             &[
                 "push",
                 "--quiet",
                 "--force",
                 bare.to_str().unwrap(),
-                &format!("{branch}:refs/pull/{number}/head"),
+                refspec,
             ],
         );
-        git(&work, &["checkout", "--quiet", "main"]);
         git(&bare, &["update-server-info"]);
-        sha
     }
+}
+
+/// Copies `app` into the work tree `work`, applies `changes`, commits
+/// everything with `message`; returns the commit id.
+fn commit(
+    work: &std::path::Path,
+    app: &std::path::Path,
+    changes: &[(&str, &str)],
+    message: &str,
+) -> String {
+    let copy = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", app.display()))
+        .arg(work)
+        .status()
+        .expect("cp");
+    assert!(copy.success());
+    for (path, content) in changes {
+        let target = work.join(path);
+        std::fs::create_dir_all(target.parent().unwrap()).expect("dir");
+        std::fs::write(target, content).expect("change");
+    }
+    git(work, &["add", "-A"]);
+    git(work, &["commit", "--quiet", "--allow-empty", "-m", message]);
+    git(work, &["rev-parse", "HEAD"])
 }
 
 impl Drop for GitServer {

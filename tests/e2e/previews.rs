@@ -98,15 +98,7 @@ async fn pull_requests_should_get_previews_that_follow_them_and_never_touch_prod
     let _moto = jaam_tests::MOTO.read().await;
     let (stage, production) = Stage::new("previews", APP).await;
     // Production reads a secret as its title; previews must not.
-    let parameter = format!("/jaam/{}/title", stage.ws.stack);
-    let ssm = aws_sdk_ssm::Client::new(&jaam_tests::aws_config().await);
-    ssm.put_parameter()
-        .name(&parameter)
-        .value("secret-production-title")
-        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
-        .send()
-        .await
-        .expect("PutParameter");
+    let parameter = stage.put_secret("title", "secret-production-title").await;
     stage.write_site(
         "static",
         None,
@@ -390,15 +382,7 @@ async fn pull_requests_should_get_previews_that_follow_them_and_never_touch_prod
 async fn a_server_apps_previews_should_run_on_their_own_ports_and_forks_without_secrets() {
     let _moto = jaam_tests::MOTO.read().await;
     let (stage, _) = Stage::new("previewapp", "node-server").await;
-    let parameter = format!("/jaam/{}/api-key", stage.ws.stack);
-    let ssm = aws_sdk_ssm::Client::new(&jaam_tests::aws_config().await);
-    ssm.put_parameter()
-        .name(&parameter)
-        .value("previews-may-read-this")
-        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
-        .send()
-        .await
-        .expect("PutParameter");
+    let parameter = stage.put_secret("api-key", "previews-may-read-this").await;
     stage.write_site(
         "node",
         None,

@@ -134,6 +134,21 @@ impl Stage {
         command
     }
 
+    /// Puts `value` in Parameter Store (SecureString) as the stack's
+    /// `/jaam/<stack>/<name>`; returns the parameter's name.
+    pub(crate) async fn put_secret(&self, name: &str, value: &str) -> String {
+        let parameter = format!("/jaam/{}/{name}", self.ws.stack);
+        aws_sdk_ssm::Client::new(&jaam_tests::aws_config().await)
+            .put_parameter()
+            .name(&parameter)
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+            .send()
+            .await
+            .expect("PutParameter");
+        parameter
+    }
+
     /// The site spec, with `profile` as its instance profile (none: the
     /// site's own role); `extra` lines are added under `site.blog`. An
     /// empty `framework` names none (`auto`).
@@ -712,15 +727,8 @@ async fn failed_boot_script_should_fail_the_first_deploy_with_its_errors() {
 async fn missing_secret_should_fail_the_deploy_by_name_and_keep_the_running_environment() {
     let _moto = jaam_tests::MOTO.read().await;
     let (stage, _) = Stage::new("secret", "node-server").await;
-    let parameter = format!("/jaam/{}/api-key", stage.ws.stack);
+    let parameter = stage.put_secret("api-key", "first-secret-value").await;
     let ssm = aws_sdk_ssm::Client::new(&jaam_tests::aws_config().await);
-    ssm.put_parameter()
-        .name(&parameter)
-        .value("first-secret-value")
-        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
-        .send()
-        .await
-        .expect("PutParameter");
     stage.write_site(
         "node",
         None,

@@ -12,9 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use super::Shared;
 use super::fleet::Fleet;
 use super::webhook::{self, Wanted};
+use super::{Daemon, Shared};
 use crate::queue::Request as Work;
 
 /// The handlers' state: every stack, and what they share.
@@ -188,26 +188,39 @@ async fn hook(State(daemon): State<App>, request: Request) -> Response {
     }
 }
 
-/// Queues the sites with previews of `repo`'s pull requests into `base`,
-/// in every stack that has one: their plan lists the open pull requests
-/// again, so the preview of pull request `number` (and any the daemon
-/// missed) opens, moves or goes.
-fn previews(fleet: &Fleet, delivery: &str, repo: &str, base: &str, number: u64) -> Response {
-    let mut queued = Vec::new();
+/// What a delivery queues in each stack.
+struct Queued<'a> {
+    delivery: &'a str,
+    why: &'static str,
+    /// The revision the delivery says each site's branch is at (empty: it
+    /// names the sites only).
+    sha: &'a str,
+    /// Why nothing was queued, when no stack had a site.
+    none: String,
+    /// What the answer adds beside the sites.
+    detail: (&'static str, serde_json::Value),
+}
+
+/// Queues, in every stack, the sites `pick` chooses from its routes (a
+/// push's `before` runs first in each stack that has some).
+fn queue_sites(
+    fleet: &Fleet,
+    queued: Queued<'_>,
+    pick: impl Fn(&webhook::Routes) -> Vec<String>,
+    before: impl Fn(&Daemon),
+) -> Response {
+    let mut sites_queued = Vec::new();
     for daemon in fleet.stacks() {
-        let sites = daemon
-            .routes
-            .read()
-            .expect("routes")
-            .preview_sites(repo, base);
+        let sites = pick(&daemon.routes.read().expect("routes"));
         if sites.is_empty() {
             continue;
         }
+        before(&daemon);
         let mut work = Work::default();
-        work.reasons.insert("pull request");
-        work.deliveries.insert(delivery.to_owned());
+        work.reasons.insert(queued.why);
+        work.deliveries.insert(queued.delivery.to_owned());
         for site in &sites {
-            work.revisions.insert(site.clone(), String::new());
+            work.revisions.insert(site.clone(), queued.sha.to_owned());
         }
         if let Err(full) = daemon.schedule(daemon.push_due(), work) {
             fleet.metrics.delivery("queue_full");
@@ -216,20 +229,41 @@ fn previews(fleet: &Fleet, delivery: &str, repo: &str, base: &str, number: u64) 
                 json!({"error": full.to_string()}),
             );
         }
-        tracing::info!(delivery, stack = %daemon.stack, ?sites, number, "previews queued");
-        queued.extend(sites);
+        tracing::info!(delivery = queued.delivery, stack = %daemon.stack, ?sites, sha = queued.sha, why = queued.why, "queued");
+        sites_queued.extend(sites);
     }
-    if queued.is_empty() {
+    if sites_queued.is_empty() {
         fleet.metrics.delivery("ignored");
         return answer(
             StatusCode::ACCEPTED,
-            json!({"status": "ignored", "reason": format!("no site previews pull requests into {repo}@{base}")}),
+            json!({"status": "ignored", "reason": queued.none}),
         );
     }
     fleet.metrics.delivery("accepted");
+    let (key, value) = queued.detail;
     answer(
         StatusCode::ACCEPTED,
-        json!({"status": "accepted", "sites": queued, "pull_request": number}),
+        json!({"status": "accepted", "sites": sites_queued, key: value}),
+    )
+}
+
+/// Queues the sites with previews of `repo`'s pull requests into `base`,
+/// in every stack that has one: their plan lists the open pull requests
+/// again, so the preview of pull request `number` (and any the daemon
+/// missed) opens, moves or goes.
+fn previews(fleet: &Fleet, delivery: &str, repo: &str, base: &str, number: u64) -> Response {
+    let queued = Queued {
+        delivery,
+        why: "pull request",
+        sha: "",
+        none: format!("no site previews pull requests into {repo}@{base}"),
+        detail: ("pull_request", json!(number)),
+    };
+    queue_sites(
+        fleet,
+        queued,
+        |routes| routes.preview_sites(repo, base),
+        |_| {},
     )
 }
 
@@ -244,41 +278,19 @@ fn deploy(
     sha: &str,
     why: &'static str,
 ) -> Response {
-    let mut queued = Vec::new();
-    for daemon in fleet.stacks() {
-        let sites = daemon.routes.read().expect("routes").sites(repo, branch);
-        if sites.is_empty() {
-            continue;
-        }
+    let queued = Queued {
+        delivery,
+        why,
+        sha,
+        none: format!("no site deploys {repo}@{branch}"),
+        detail: ("revision", json!(sha)),
+    };
+    queue_sites(
+        fleet,
+        queued,
+        |routes| routes.sites(repo, branch),
         // A new push: a revision parked for failing may be deployed again.
-        daemon.parking.pushed(repo, branch);
-        let mut work = Work::default();
-        work.reasons.insert(why);
-        work.deliveries.insert(delivery.to_owned());
-        for site in &sites {
-            work.revisions.insert(site.clone(), sha.to_owned());
-        }
-        if let Err(full) = daemon.schedule(daemon.push_due(), work) {
-            fleet.metrics.delivery("queue_full");
-            return answer(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": full.to_string()}),
-            );
-        }
-        tracing::info!(delivery, stack = %daemon.stack, ?sites, sha, why, "deploy queued");
-        queued.extend(sites);
-    }
-    if queued.is_empty() {
-        fleet.metrics.delivery("ignored");
-        return answer(
-            StatusCode::ACCEPTED,
-            json!({"status": "ignored", "reason": format!("no site deploys {repo}@{branch}")}),
-        );
-    }
-    fleet.metrics.delivery("accepted");
-    answer(
-        StatusCode::ACCEPTED,
-        json!({"status": "accepted", "sites": queued, "revision": sha}),
+        |daemon| daemon.parking.pushed(repo, branch),
     )
 }
 
