@@ -366,6 +366,36 @@ async fn pulls(
     ([("etag", etag)], Json(body)).into_response()
 }
 
+/// `GET /repos/{owner}/{name}/deployments?environment=…&per_page=…`, newest first.
+async fn list_deployments(
+    State(repos): State<Shared>,
+    Path((owner, name)): Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<BTreeMap<String, String>>,
+) -> Response {
+    let repo = format!("{owner}/{name}");
+    let repos = repos.lock().expect("fake");
+    let per_page: usize = query
+        .get("per_page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(30);
+    let listed: Vec<Value> = repos
+        .deployments
+        .iter()
+        .rev()
+        .filter(|(_, (r, body))| {
+            *r == repo
+                && query
+                    .get("environment")
+                    .is_none_or(|environment| body["environment"] == environment.as_str())
+        })
+        .take(per_page)
+        .map(|(id, (_, body))| {
+            json!({"id": id, "ref": body["ref"], "environment": body["environment"]})
+        })
+        .collect();
+    Json(Value::Array(listed)).into_response()
+}
+
 async fn create_deployment(
     State(repos): State<Shared>,
     Path((owner, name)): Path<(String, String)>,
@@ -477,7 +507,10 @@ impl GithubFake {
             .route("/repos/{owner}/{name}/branches/{branch}", get(branch))
             .route("/repos/{owner}/{name}/contents/{*path}", get(contents))
             .route("/repos/{owner}/{name}/pulls", get(pulls))
-            .route("/repos/{owner}/{name}/deployments", post(create_deployment))
+            .route(
+                "/repos/{owner}/{name}/deployments",
+                get(list_deployments).post(create_deployment),
+            )
             .route(
                 "/repos/{owner}/{name}/deployments/{id}/statuses",
                 post(create_status),

@@ -284,6 +284,22 @@ async fn pull_requests_should_get_previews_that_follow_them_and_never_touch_prod
         !stage.preview_page(2).await.contains("pull request 2"),
         "the oldest preview is evicted"
     );
+    // GitHub no longer offers the evicted preview's URL.
+    jaam_tests::eventually(
+        "the evicted preview's deployment inactive",
+        Duration::from_secs(30),
+        || async {
+            let repos = stage.github.repos.lock().unwrap();
+            let last = repos
+                .statuses
+                .iter()
+                .rev()
+                .find(|(id, _)| repos.deployments[id].1["environment"] == "preview/pr-2")
+                .map(|(_, body)| body["state"].clone());
+            (last == Some(serde_json::json!("inactive"))).then_some(())
+        },
+    )
+    .await;
     let main = stage.get("https", "/").await;
     assert!(main.body.contains("hello from revision A"), "{main:?}");
     assert_eq!(daemon.terminate(), Some(0));

@@ -308,6 +308,22 @@ async fn every_request_should_match_githubs_schema() {
     )
     .await
     .expect("a preview's status matches the schema");
+    // A removed preview's newest deployment, marked inactive.
+    api.latest_deployment("octocat/Hello-World", "preview/pr-42")
+        .await
+        .expect("a deployments listing by environment matches the schema");
+    api.deployment_status(
+        "octocat/Hello-World",
+        preview,
+        &jaam_core::providers::github::DeploymentStatus {
+            state: "inactive",
+            description: "jaam: preview removed",
+            environment_url: None,
+            log_url: None,
+        },
+    )
+    .await
+    .expect("an inactive status matches the schema");
     let open = api
         .open_pulls("octocat/Hello-World", "main")
         .await

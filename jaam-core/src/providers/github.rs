@@ -129,6 +129,20 @@ pub fn schema() -> Schema {
     }
 }
 
+/// `text` for a URL's query: unreserved characters as they are, the rest
+/// percent-encoded (`preview/pr-42` → `preview%2Fpr-42`).
+fn query_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// One answer from the API.
 struct Answer {
     status: StatusCode,
@@ -464,6 +478,29 @@ impl Api {
             let api = api.clone();
             Box::pin(async move { api.open_pulls(&repo, &base).await })
         })
+    }
+
+    /// The newest deployment of `repo` to `environment`, if any.
+    ///
+    /// # Errors
+    /// A failed call.
+    pub async fn latest_deployment(&self, repo: &str, environment: &str) -> Result<Option<u64>> {
+        let answer = self
+            .expect(
+                Method::GET,
+                &format!(
+                    "/repos/{repo}/deployments?environment={}&per_page=1",
+                    query_escape(environment)
+                ),
+                None,
+            )
+            .await?;
+        Ok(answer
+            .json("deployments")?
+            .as_array()
+            .and_then(|list| list.first())
+            .and_then(|deployment| deployment.get("id"))
+            .and_then(Json::as_u64))
     }
 
     /// [`Api::branch_head`] as the instance provider's revision resolver.
@@ -1041,6 +1078,12 @@ mod tests {
             rate_limited(StatusCode::FORBIDDEN, &headers, 0),
             Some(RATE_LIMIT.max)
         );
+    }
+
+    #[test]
+    fn query_values_should_be_escaped() {
+        assert_eq!(super::query_escape("preview/pr-42"), "preview%2Fpr-42");
+        assert_eq!(super::query_escape("a b&c"), "a%20b%26c");
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! the daemon's page of the site as its log (`log_url`). GitHub shows them on
 //! the commit and the pull request, as Vercel's and Netlify's checks do.
 //!
+//! A preview the apply removed (its pull request closed, or evicted by
+//! newer ones beyond `previews.max`) has its newest deployment marked
+//! `inactive`, so the pull request stops offering a URL that is gone.
+//!
 //! Whether a deploy succeeded is read from the state the apply saved: the
 //! instance's recorded revision, or the preview's recorded head. So a
 //! deploy whose revision went out while one preview failed reports
@@ -172,6 +176,63 @@ pub(super) async fn start(
         }
     }
     started
+}
+
+/// Marks `inactive` the newest deployment of each preview `plan` removed
+/// (its pull request closed or evicted) and the apply did remove: GitHub
+/// then stops offering its URL on the pull request.
+pub(super) async fn retire(
+    api: &Api,
+    plan: &jaam_core::Plan,
+    routes: &std::collections::BTreeMap<String, (String, String)>,
+    report: &jaam_core::apply::Report,
+) {
+    use jaam_core::providers::aws::ec2::previews_of;
+    for change in plan
+        .changes
+        .iter()
+        .filter(|change| change.action.is_change() && change.addr.kind() == "instance")
+    {
+        let Some((repo, _)) = change
+            .addr
+            .composite()
+            .and_then(|site| routes.get(site.name()))
+        else {
+            continue;
+        };
+        let before = previews_of(change.before.as_ref().and_then(|b| b.get("previews")));
+        let after = previews_of(change.after.as_ref().and_then(|a| a.get("previews")));
+        let now = previews_of(
+            report
+                .state
+                .resources
+                .get(&change.addr)
+                .and_then(|r| r.attributes.get("previews")),
+        );
+        for number in before
+            .keys()
+            .filter(|n| !after.contains_key(n) && !now.contains_key(n))
+        {
+            let environment = format!("preview/pr-{number}");
+            let latest = match api.latest_deployment(repo, &environment).await {
+                Ok(Some(id)) => id,
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::warn!(repo, environment, %error, "a removed preview's deployment was not found");
+                    continue;
+                }
+            };
+            let status = DeploymentStatus {
+                state: "inactive",
+                description: "jaam: preview removed (its pull request closed, or newer ones took its place)",
+                environment_url: None,
+                log_url: None,
+            };
+            if let Err(error) = api.deployment_status(repo, latest, &status).await {
+                tracing::warn!(repo, environment, %error, "a removed preview's deployment was not marked inactive");
+            }
+        }
+    }
 }
 
 /// Moves each deployment to `success` or `failure` per `report`.

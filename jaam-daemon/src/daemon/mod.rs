@@ -768,6 +768,7 @@ impl Daemon {
             stages.mark("apply");
             let report = report.map_err(|e| e.to_string())?;
             deployments::finish(&self.github, &on_github, &report).await;
+            deployments::retire(&self.github, &plan, &routes, &report).await;
             self.metrics.apply(took.elapsed());
             let deployments = jaam_core::history::from_apply(
                 &plan,
