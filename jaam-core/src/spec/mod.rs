@@ -602,6 +602,22 @@ impl Loader<'_> {
         }
         let attrs = evaluate_args(&spec, &schema, &|_, _| None, self.env);
         let shown = site::Site::from_attrs(addr.name(), &attrs);
+        // A server app's previews listen on `port + 2` and up, one each.
+        if let Some(previews) = &shown.previews
+            && shown.port + 1 + previews.max > 65_535
+        {
+            self.error(
+                &location,
+                Some(&addr),
+                format!(
+                    "`{addr}`'s previews would listen on ports {} to {}, beyond 65535",
+                    shown.port + 2,
+                    shown.port + 1 + previews.max
+                ),
+                Some("choose a lower `port` or a smaller `previews.max`".into()),
+            );
+            return;
+        }
         if let Some(previews) = shown
             .previews
             .as_ref()

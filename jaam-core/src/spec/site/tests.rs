@@ -811,6 +811,16 @@ fn bad_previews_should_be_clear_errors() {
         assert!(error.contains(expected), "{previews}: {error}");
         assert!(error.contains("site.yaml:"), "the place: {error}");
     }
+    // A server app's previews need ports above its two.
+    let error = load(&format!(
+        "{BLOG}  port: 65530\n  previews: {{enabled: true}}\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("would listen on ports 65532 to 65536"),
+        "{error}"
+    );
     // A shared wildcard certificate cannot cover the previews' hosts.
     let error = load(&format!(
         "{BLOG}  certificate: wildcard\n  previews: {{enabled: true}}\n"
