@@ -537,4 +537,41 @@ async fn a_server_apps_previews_should_run_on_their_own_ports_and_forks_without_
         .jaam(&["plan", "--detailed-exitcode"])
         .await
         .expect_code(0);
+
+    // Previews turned off: every preview goes, and its wildcard record.
+    stage.write_site(
+        "node",
+        None,
+        &format!("  https: false\n  secrets:\n    API_KEY: {parameter}\n"),
+    );
+    stage
+        .jaam(&["apply", "--auto-approve"])
+        .await
+        .expect_code(0);
+    let attributes = state(&stage.ws)["resources"]["site.blog.instance"]["attributes"].clone();
+    assert!(
+        attributes["previews"].is_null(),
+        "{}",
+        attributes["previews"]
+    );
+    assert!(
+        state(&stage.ws)["resources"]
+            .get("record.previews-blog")
+            .is_none()
+    );
+    assert!(!page(3).await.contains("pull request 3"));
+    let apps = stage
+        .instance_box()
+        .run(
+            "ss -Hltn '( sport >= :3002 and sport <= :3009 )' | wc -l",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(apps.stdout.trim(), "0", "no preview app left");
+    stage
+        .jaam(&["plan", "--detailed-exitcode"])
+        .await
+        .expect_code(0);
+    let main = stage.get("http", "/").await;
+    assert_eq!(main.body.trim(), "hello from revision A", "{main:?}");
 }

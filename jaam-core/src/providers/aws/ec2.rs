@@ -586,7 +586,7 @@ impl Instances {
     ///
     /// With `previews` (or when they changed: `previews_changed`), the
     /// deploy command's `previews` step follows; the previews it reports
-    /// serving are returned.
+    /// serving are returned (none when previews are off).
     async fn converge(
         &self,
         id: &str,
@@ -712,7 +712,10 @@ impl Instances {
                 ..error
             }
         })?;
-        Ok(previews_step
+        // Previews turned off (the step removed them all): nothing to
+        // record, as the spec says none.
+        Ok(previews
+            .is_some()
             .then(|| serving_previews(outputs.first().map_or("", String::as_str), &wanted)))
     }
 
