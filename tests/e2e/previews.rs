@@ -122,6 +122,7 @@ async fn pull_requests_should_get_previews_that_follow_them_and_never_touch_prod
         .await
         .expect_code(0);
     assert_eq!(stage.recorded_previews()["1"], first);
+    stage.wait_for_preview(1, "hello from pull request 1").await;
     let page = stage.preview_page(1).await;
     assert!(page.starts_with("200 "), "{page}");
     assert!(page.contains("hello from pull request 1"), "{page}");
@@ -574,4 +575,47 @@ async fn a_server_apps_previews_should_run_on_their_own_ports_and_forks_without_
         .expect_code(0);
     let main = stage.get("http", "/").await;
     assert_eq!(main.body.trim(), "hello from revision A", "{main:?}");
+}
+
+/// Previews turned on for a site already served over HTTPS: its certificate
+/// is replaced by one that also names the previews' wildcard, and both the
+/// site and the preview keep serving over verified TLS.
+#[tokio::test(flavor = "multi_thread")]
+async fn previews_turned_on_later_should_get_the_wildcard_on_the_sites_certificate() {
+    let _moto = jaam_tests::MOTO.read().await;
+    let (stage, _) = Stage::new("previewlater", APP).await;
+    stage.write_site("static", None, "");
+    stage
+        .jaam(&["apply", "--auto-approve"])
+        .await
+        .expect_code(0);
+    let serial = |stage: &Stage| {
+        state(&stage.ws)["resources"]["site.blog.certificate"]["attributes"]["serial"].clone()
+    };
+    let before = serial(&stage);
+    assert!(
+        stage
+            .get("https", "/")
+            .await
+            .body
+            .contains("hello from revision A")
+    );
+
+    stage.write_site("static", None, "  previews: {enabled: true}\n");
+    stage.open_pull(1, "hello from pull request 1", false);
+    stage
+        .jaam(&["apply", "--auto-approve"])
+        .await
+        .expect_code(0);
+    assert_ne!(serial(&stage), before, "a new certificate");
+    // (nginx's old workers may serve the old certificate for a moment
+    // after the reload.)
+    stage.wait_for_preview(1, "hello from pull request 1").await;
+    let main = stage.get("https", "/").await;
+    assert_eq!(main.status, 200, "{main:?}");
+    assert!(main.body.contains("hello from revision A"), "{main:?}");
+    stage
+        .jaam(&["plan", "--detailed-exitcode"])
+        .await
+        .expect_code(0);
 }
