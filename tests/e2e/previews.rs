@@ -411,7 +411,7 @@ async fn a_server_apps_previews_should_run_on_their_own_ports_and_forks_without_
     // The pull requests' server says whether it can read the secret.
     let telling = "const http = require(\"node:http\");\n\
         const message = require(\"node:fs\").readFileSync(\"message.txt\", \"utf8\").trim();\n\
-        http.createServer((q, r) => r.end(`${message} key=${process.env.API_KEY ?? \"none\"} port=${process.env.PORT}\\n`))\n\
+        http.createServer((q, r) => r.end(`${message} key=${process.env.API_KEY ?? \"none\"} port=${process.env.PORT} user=${require(\"node:os\").userInfo().username}\\n`))\n\
           .listen(Number(process.env.PORT), \"127.0.0.1\");\n";
     stage.open_pull_of(
         "node-server",
@@ -443,12 +443,14 @@ async fn a_server_apps_previews_should_run_on_their_own_ports_and_forks_without_
     };
     let one = page(1).await;
     assert!(
-        one.contains("hello from pull request 1 key=previews-may-read-this port=3002"),
+        one.contains(
+            "hello from pull request 1 key=previews-may-read-this port=3002 user=jaam-blog-pr"
+        ),
         "{one}"
     );
     let fork = page(2).await;
     assert!(
-        fork.contains("hello from a fork key=none port=3003"),
+        fork.contains("hello from a fork key=none port=3003 user=jaam-blog-pr"),
         "a fork never reads secrets: {fork}"
     );
     let main = stage.get("http", "/").await;

@@ -22,8 +22,10 @@
 # release: static files through previews/N/www, or its app on a port of its
 # own (PREVIEW_PORT and up, one per preview, kept while it lives; a new
 # commit restarts it there). A preview is built like a release, with the
-# site's env; without `+secrets` its build and app never read the site's
-# secrets, and its release key says so (it is never the production one).
+# site's env, as the preview user (PREVIEW_USER, not the site's: a pull
+# request's code cannot read the production app's environment or change its
+# releases); without `+secrets` its build and app never read the site's
+# secrets. Its release key says both: it is never the production one.
 # A preview's release stays while the preview serves it; prune removes it
 # after.
 #
@@ -58,7 +60,8 @@
 # `current` symlink or the upstream, reloads nginx and restarts units. The
 # build cannot read TLS keys (root-only) or change this script.
 #
-# JAAM_SITE_ROOT overrides the root; JAAM_SITE_USER the user; JAAM_NO_SYSTEMD=1
+# JAAM_SITE_ROOT overrides the root; JAAM_SITE_USER the user (JAAM_PREVIEW_USER
+# the previews'); JAAM_NO_SYSTEMD=1
 # runs the app as plain background processes (tests, containers);
 # JAAM_NGINX_RELOAD overrides how nginx is reloaded.
 set -euo pipefail
@@ -66,6 +69,14 @@ set -euo pipefail
 NAME=@@NAME@@
 ROOT="${JAAM_SITE_ROOT:-@@ROOT@@}"
 SITE_USER="${JAAM_SITE_USER:-@@USER@@}"
+# The home of whoever builds (npm's cache): the site's user's, or for a
+# preview the preview user's.
+SITE_HOME="$ROOT/home"
+# Previews build and run as a user of their own (made on first use): a pull
+# request's code can neither read the production app's environment nor
+# change its releases.
+PRODUCTION_USER=$SITE_USER
+PREVIEW_USER="${JAAM_PREVIEW_USER:-@@PREVIEW_USER@@}"
 REPO_URL=@@REPO_URL@@
 # The SSM SecureString parameter holding a token for a private repository
 # (empty: the repository is public). The token is read at fetch time and
@@ -198,7 +209,17 @@ load_env() {
 
 # Runs a command as the site's user, with its own home (npm's cache).
 as_site() {
-  runuser -u "$SITE_USER" -- env HOME="$ROOT/home" "$@"
+  runuser -u "$SITE_USER" -- env HOME="$SITE_HOME" "$@"
+}
+
+# Builds and runs what follows as the preview user (made if missing).
+as_preview_user() {
+  if ! id -u "$PREVIEW_USER" >/dev/null 2>&1; then
+    useradd --system --home-dir "$ROOT/preview-home" --no-create-home --shell /sbin/nologin "$PREVIEW_USER"
+  fi
+  install -d -m 0750 -o "$PREVIEW_USER" -g "$PREVIEW_USER" "$ROOT/preview-home"
+  SITE_USER=$PREVIEW_USER
+  SITE_HOME="$ROOT/preview-home"
 }
 
 # The release being served (`<sha>-<key>`).
@@ -229,6 +250,8 @@ build_key() {
     else
       echo "without secrets"
     fi
+    # A preview's release is its builder's: never one production serves.
+    if [ "$SITE_USER" != "$PRODUCTION_USER" ]; then echo "built by $SITE_USER"; fi
     printf '%s\n' "$FRAMEWORK" "$NAMED" "$INSTALL_CMD" "$BUILD_CMD" "$START_CMD" "$OUTPUT_DIR"
     if [ "$FRAMEWORK" = auto ]; then printf '%s\n' "$DETECTION"; fi
   } | sha256sum | cut -c 1-12
@@ -349,7 +372,7 @@ build() {
   local lock_hash="" from="" serving
   rm -rf "$work"
   mkdir -p "$work" "$ROOT/home"
-  chown "$SITE_USER:" "$work" "$ROOT/home"
+  chown "$SITE_USER:" "$work" "$SITE_HOME"
   git -C "$ROOT/repo.git" archive "$sha" | as_site tar -x -C "$work"
   resolve_framework "$work"
   # npm ci installs what both files say: the cache is keyed by both.
@@ -379,6 +402,13 @@ build() {
     if ! cp -al "$from/.next/cache" "$work/.next/cache" 2>/dev/null; then
       rm -rf "$work/.next/cache"
     fi
+  fi
+  # A preview's builder gets the copied directories (new ones, its own), not
+  # the hard-linked files, which stay production's and read-only to it.
+  if [ "$SITE_USER" != "$PRODUCTION_USER" ]; then
+    for copied in "$work/node_modules" "$work/.next/cache"; do
+      if [ -d "$copied" ]; then find "$copied" -type d -exec chown "$SITE_USER:" {} +; fi
+    done
   fi
   local status=0
   install_and_build "$work" "$cached" 3>&1 >>"$LOG" 2>&1 || status=$?
@@ -568,6 +598,7 @@ preview() {
   local n="$1" wanted="$2" dir="$ROOT/previews/$1" sha release previous port=""
   local R_FRAMEWORK R_OUTPUT_DIR R_START
   WITH_SECRETS=$3
+  as_preview_user
   sha=$(git -C "$ROOT/repo.git" rev-parse --verify --quiet "$wanted^{commit}") ||
     fail "commit $wanted of pull request #$n is not in $REPO_URL"
   release="$sha-$(build_key)"
@@ -593,6 +624,7 @@ preview() {
   if is_server "$R_FRAMEWORK"; then
     port=$(preview_port "$n")
     echo "$port" >"$dir/port"
+    touch "$ROOT/run/preview-$port"
     if [ "$WITH_SECRETS" = yes ]; then
       rm -f "$ROOT/run/no-secrets-$port"
     else
@@ -608,7 +640,7 @@ preview() {
   else
     if [ -s "$dir/port" ]; then
       app_stop "$(cat "$dir/port")"
-      rm -f "$ROOT/run/no-secrets-$(cat "$dir/port")" "$dir/port"
+      rm -f "$ROOT/run/no-secrets-$(cat "$dir/port")" "$ROOT/run/preview-$(cat "$dir/port")" "$dir/port"
     fi
     ln -sfn "current/$R_OUTPUT_DIR" "$dir/www.new"
     mv -T "$dir/www.new" "$dir/www"
@@ -629,7 +661,8 @@ unpreview() {
   rm -f "$ROOT/previews.d/http/$1.conf" "$ROOT/previews.d/https/$1.conf"
   if [ -s "$dir/port" ]; then
     app_stop "$(cat "$dir/port")"
-    rm -f "$ROOT/run/no-secrets-$(cat "$dir/port")" "$ROOT/slot-$(cat "$dir/port")"
+    rm -f "$ROOT/run/no-secrets-$(cat "$dir/port")" "$ROOT/run/preview-$(cat "$dir/port")" \
+      "$ROOT/slot-$(cat "$dir/port")"
   fi
   rm -rf "$dir"
   log "preview #$1: removed"
@@ -697,10 +730,14 @@ run_app() {
   release_meta "$(basename "$(readlink "$ROOT/slot-$1")")"
   cd "$ROOT/slot-$1"
   if [ -f "$ROOT/run/no-secrets-$1" ]; then WITH_SECRETS=no; fi
+  if [ -f "$ROOT/run/preview-$1" ]; then
+    SITE_USER=$PREVIEW_USER
+    SITE_HOME="$ROOT/preview-home"
+  fi
   load_env
   PORT="$1"
   export PORT
-  exec runuser -u "$SITE_USER" -- env HOME="$ROOT/home" bash -c "$R_START"
+  exec runuser -u "$SITE_USER" -- env HOME="$SITE_HOME" bash -c "$R_START"
 }
 
 case "${1:-}" in

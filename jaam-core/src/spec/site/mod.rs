@@ -121,7 +121,13 @@
 //!   (fetched from `refs/pull/N/head`, where GitHub keeps a fork's commits
 //!   too) built on the site's instance — no new instance — with the site's
 //!   `env` but, unless `secrets: true`, never its `secrets` (its build and
-//!   its app never read them, and its release is never production's). nginx
+//!   its app never read them, and its release is never production's). A
+//!   preview builds and runs as a system user of its own,
+//!   `jaam-<name>-pr` ([`Site::preview_user`], made on first use), not the
+//!   site's: otherwise a pull request's build could read the production
+//!   app's secrets from `/proc/PID/environ` or change its releases (the
+//!   hard-linked `node_modules` it starts from stay production's files,
+//!   read-only to it). nginx
 //!   serves it from a server block of its own: static files from its own
 //!   `current` link, or a server app on a port of its own (`port + 2` and
 //!   up, one per preview; a new head restarts it there, so a preview — never
@@ -829,18 +835,30 @@ impl Site {
     /// `jaam-<name>` (lowercase; a hash when that would be too long for
     /// `useradd`).
     pub fn user(&self) -> String {
+        self.user_with("")
+    }
+
+    /// The system user its previews build and run as: `jaam-<name>-pr`, not
+    /// the site's, so a pull request's code can neither read the production
+    /// app's environment (`/proc/PID/environ`) nor change its releases.
+    pub fn preview_user(&self) -> String {
+        self.user_with("-pr")
+    }
+
+    /// `jaam-<name><suffix>`, within `useradd`'s 32 characters.
+    fn user_with(&self, suffix: &str) -> String {
         let name: String = self
             .name
             .to_ascii_lowercase()
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
             .collect();
-        if name.len() <= 27 {
-            format!("jaam-{name}")
+        if name.len() + suffix.len() <= 27 {
+            format!("jaam-{name}{suffix}")
         } else {
             use sha2::Digest as _;
             let digest = sha2::Sha256::digest(self.name.as_bytes());
-            format!("jaam-{}", &hex::encode(digest)[..12])
+            format!("jaam-{}{suffix}", &hex::encode(digest)[..12])
         }
     }
 
@@ -905,6 +923,7 @@ pub fn deploy_script(site: &Site, root: &str) -> String {
     include_str!("deploy.sh")
         .replace("@@NAME@@", &shell_quote(&site.name))
         .replace("@@USER@@", &site.user())
+        .replace("@@PREVIEW_USER@@", &site.preview_user())
         .replace("@@ROOT@@", &shell_quote(root))
         .replace("@@REPO_URL@@", &shell_quote(&site.repo_url))
         .replace(
