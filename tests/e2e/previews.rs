@@ -53,6 +53,19 @@ impl Stage {
         assert!(status == 200 || status == 202, "{status} {body}");
     }
 
+    /// How many apps listen on the previews' ports (the site's `port`
+    /// 3000: 3002 and up) in the site's box.
+    async fn preview_apps(&self) -> usize {
+        let listening = self
+            .instance_box()
+            .run(
+                "ss -Hltn '( sport >= :3002 and sport <= :3009 )' | wc -l",
+                Duration::from_secs(20),
+            )
+            .await;
+        listening.stdout.trim().parse().expect("a count")
+    }
+
     fn preview_host(&self, number: u64) -> String {
         format!("pr-{number}.blog.{}", self.domain)
     }
@@ -528,14 +541,8 @@ async fn a_server_apps_previews_should_run_on_their_own_ports_and_forks_without_
     let recorded =
         state(&stage.ws)["resources"]["site.blog.instance"]["attributes"]["previews"].clone();
     assert!(recorded.get("3").is_some(), "{recorded}");
-    let apps = stage
-        .instance_box()
-        .run(
-            "ss -Hltn '( sport >= :3002 and sport <= :3009 )' | wc -l",
-            Duration::from_secs(20),
-        )
-        .await;
-    assert_eq!(apps.stdout.trim(), "2", "one app per preview (#2 and #3)");
+    let apps = stage.preview_apps().await;
+    assert_eq!(apps, 2, "one app per preview (#2 and #3)");
     stage
         .jaam(&["plan", "--detailed-exitcode"])
         .await
@@ -563,14 +570,8 @@ async fn a_server_apps_previews_should_run_on_their_own_ports_and_forks_without_
             .is_none()
     );
     assert!(!page(3).await.contains("pull request 3"));
-    let apps = stage
-        .instance_box()
-        .run(
-            "ss -Hltn '( sport >= :3002 and sport <= :3009 )' | wc -l",
-            Duration::from_secs(20),
-        )
-        .await;
-    assert_eq!(apps.stdout.trim(), "0", "no preview app left");
+    let apps = stage.preview_apps().await;
+    assert_eq!(apps, 0, "no preview app left");
     stage
         .jaam(&["plan", "--detailed-exitcode"])
         .await

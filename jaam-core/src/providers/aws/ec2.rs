@@ -39,7 +39,7 @@
 //!   requests into which branch, how many at most, whether forks and secrets
 //!   are allowed ([`crate::spec::site::PreviewSource`]) — resolved at plan
 //!   time, like a branch head, to the previews themselves: pull request
-//!   number → `{head: COMMIT, secrets: BOOL}`, the newest `max` open pull
+//!   number → `{head: COMMIT, secrets: BOOL, url}`, the newest `max` open pull
 //!   requests (forks dropped unless allowed, and never given secrets),
 //!   listed through the resolver given with [`Instances::with_pulls`]. So a
 //!   plan shows each preview that opens, moves or closes as a change of
