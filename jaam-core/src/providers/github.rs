@@ -431,7 +431,8 @@ impl Api {
         let mut pulls = Vec::new();
         for page in 1..=10 {
             let path = format!(
-                "/repos/{repo}/pulls?state=open&base={base}&sort=created&direction=desc&per_page={PAGE}&page={page}"
+                "/repos/{repo}/pulls?state=open&base={}&sort=created&direction=desc&per_page={PAGE}&page={page}",
+                query_escape(base)
             );
             let answer = self
                 .get_conditional(&path)

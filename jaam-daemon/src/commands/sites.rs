@@ -164,7 +164,14 @@ pub(crate) async fn previews(
             .get(&instance)
             .and_then(|r| r.attributes.get("previews")),
     );
-    let source = super::load_specs(global).ok().and_then(|config| {
+    let config = super::load_specs(global)
+        .map_err(|error| {
+            eprintln!(
+                "warning: the specs did not load, so the previews are not compared with GitHub's open pull requests: {error:#}"
+            );
+        })
+        .ok();
+    let source = config.and_then(|config| {
         let value = config
             .resources()
             .get(&instance)?

@@ -400,8 +400,14 @@ impl Daemon {
             // is not built again within the hour: the deploy script).
             if let (Some((_, (repo, branch))), Some(revision)) = (site_of(addr), planned(addr))
                 && recorded(addr).as_deref() == Some(revision.as_str())
-                && std::error::Error::source(failure)
-                    .is_some_and(|source| source.to_string().contains("previews failed: "))
+                // (The first line is jaam's own; a build's output follows.)
+                && std::error::Error::source(failure).is_some_and(|source| {
+                    source
+                        .to_string()
+                        .lines()
+                        .next()
+                        .is_some_and(|first| first.contains("previews failed: "))
+                })
             {
                 self.parking.succeeded(repo, branch, &revision);
                 all_parked = false;

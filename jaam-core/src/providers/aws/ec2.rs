@@ -217,8 +217,22 @@ pub fn previews_of(value: Option<&Value>) -> BTreeMap<u64, Preview> {
         .collect()
 }
 
-/// How the deploy script's `previews` step starts each line of its report.
-const PREVIEW_REPORT: &str = "jaam-preview ";
+/// A converge that failed.
+struct Unconverged {
+    error: ProviderError,
+    /// What the previews step reported serving, when it ran (the revision
+    /// deployed before it; a preview failed).
+    serving: Option<Value>,
+}
+
+impl From<ProviderError> for Unconverged {
+    fn from(error: ProviderError) -> Self {
+        Self {
+            error,
+            serving: None,
+        }
+    }
+}
 
 /// `observed` after a converge that came out as `converged`: the previews
 /// that serve recorded. A previews step that failed after the revision
@@ -226,9 +240,8 @@ const PREVIEW_REPORT: &str = "jaam-preview ";
 /// records the revision and the previews that serve); any other failure
 /// is the error alone.
 fn settle(
-    converged: Result<Option<Value>>,
+    converged: std::result::Result<Option<Value>, Unconverged>,
     mut observed: Observed,
-    attributes: &Attrs,
 ) -> Result<Observed> {
     match converged {
         Ok(serving) => {
@@ -237,13 +250,14 @@ fn settle(
             }
             Ok(observed)
         }
-        Err(error) if error.message.contains(PREVIEW_REPORT) => {
-            let serving =
-                serving_previews(&error.message, &previews_of(attributes.get("previews")));
+        Err(Unconverged {
+            error,
+            serving: Some(serving),
+        }) => {
             observed.attributes.insert("previews".into(), serving);
             Err(error.with_partial(observed))
         }
-        Err(error) => Err(error),
+        Err(Unconverged { error, .. }) => Err(error),
     }
 }
 
@@ -251,23 +265,28 @@ fn settle(
 /// the files) as the error it is, at once (`Err`); anything else to
 /// [`settle`] once the instance is read (`Ok`).
 #[allow(clippy::type_complexity)]
-fn failed_deploy(converged: Result<Option<Value>>) -> Result<Result<Option<Value>>> {
+fn failed_deploy(
+    converged: std::result::Result<Option<Value>, Unconverged>,
+) -> Result<std::result::Result<Option<Value>, Unconverged>> {
     match converged {
-        Err(error) if !error.message.contains(PREVIEW_REPORT) => Err(error),
+        Err(Unconverged {
+            error,
+            serving: None,
+        }) => Err(error),
         other => Ok(other),
     }
 }
 
-/// The previews the deploy script's report says serve (`jaam-preview N
-/// serving SHA` lines), as `wanted` has them (a preview still serving an
-/// older commit reads no secrets as far as state knows).
-fn serving_previews(report: &str, wanted: &BTreeMap<u64, Preview>) -> Value {
+/// The previews the deploy script's report says serve (`MARK N serving
+/// SHA` lines), as `wanted` has them (a preview still serving an older
+/// commit reads no secrets as far as state knows).
+fn serving_previews(report: &str, mark: &str, wanted: &BTreeMap<u64, Preview>) -> Value {
     Value::Map(
         report
             .lines()
             .filter_map(|line| {
                 let mut words = line.split_whitespace();
-                (words.next()? == PREVIEW_REPORT.trim_end()).then_some(())?;
+                (words.next()? == mark).then_some(())?;
                 let number: u64 = words.next()?.parse().ok()?;
                 (words.next()? == "serving").then_some(())?;
                 let head = words.next()?.to_owned();
@@ -592,18 +611,18 @@ impl Instances {
         id: &str,
         attributes: &Attrs,
         previews_changed: bool,
-    ) -> Result<Option<Value>> {
+    ) -> std::result::Result<Option<Value>, Unconverged> {
         let revision = text(attributes, "revision");
         let files = crate::value::string_map(attributes.get("files"));
         let previews = attributes.get("previews").filter(|v| !v.is_null());
         if let Some(source) = previews.and_then(crate::spec::site::PreviewSource::from_value) {
-            return Err(ProviderError::new(
+            return Err(Unconverged::from(ProviderError::new(
                 ErrorKind::Transient,
                 format!(
                     "no previews served: the pull requests of `{}@{}` could not be listed when planning",
                     source.repo, source.base
                 ),
-            ));
+            )));
         }
         let wanted = previews_of(previews);
         let previews_step = previews.is_some() || previews_changed;
@@ -620,33 +639,33 @@ impl Instances {
         if let Some(revision) = &revision
             && revision.starts_with(BRANCH_HEAD)
         {
-            return Err(ProviderError::new(
+            return Err(Unconverged::from(ProviderError::new(
                 ErrorKind::Transient,
                 format!(
                     "nothing deployed: the head of `{}` could not be read when planning (see the plan's note)",
                     revision.trim_start_matches(BRANCH_HEAD)
                 ),
-            ));
+            )));
         }
         if let Some(revision) = &revision
             && !crate::spec::site::checks::is_commit(revision)
         {
-            return Err(ProviderError::new(
+            return Err(Unconverged::from(ProviderError::new(
                 ErrorKind::Invalid,
                 format!("revision `{revision}` is not a commit id (7 to 64 hexadecimal digits)"),
-            ));
+            )));
         }
         // Without an instance profile the SSM agent never registers: say so
         // now, not after the registration deadline.
         let Some(profile) = text(attributes, "iam_instance_profile") else {
-            return Err(ProviderError::new(
+            return Err(Unconverged::from(ProviderError::new(
                 ErrorKind::Invalid,
                 format!(
                     "{what} failed: instance `{id}` has no instance profile (`iam_instance_profile`), so \
                      the SSM agent cannot register and jaam cannot run commands on it; set one whose role allows \
                      the SSM core actions (AmazonSSMManagedInstanceCore)"
                 ),
-            ));
+            )));
         };
         let mut script = boot_wait();
         if !files.is_empty() {
@@ -665,14 +684,21 @@ impl Instances {
             }
             None => "jaam: files".to_owned(),
         };
+        // The previews step's report lines start with a mark made for this
+        // command alone, handed over in the environment (which a build
+        // never sees, and no other user can read): a build's output, which
+        // a failure's report quotes, cannot pass for them.
+        let mark = format!("jaam-preview-{}", uuid::Uuid::new_v4().simple());
         if previews_step {
-            let mut line = format!("{command} previews");
+            // (`export`, a builtin: no process shows the mark in its argv.)
+            script.push(format!("export JAAM_PREVIEW_REPORT={mark}"));
+            let mut line = format!("exec {command} previews");
             for (number, Preview { head, secrets, .. }) in &wanted {
                 if !crate::spec::site::checks::is_commit(head) {
-                    return Err(ProviderError::new(
+                    return Err(Unconverged::from(ProviderError::new(
                         ErrorKind::Invalid,
                         format!("preview #{number}: `{head}` is not a commit id"),
-                    ));
+                    )));
                 }
                 let _ = write!(
                     line,
@@ -681,42 +707,47 @@ impl Instances {
                 );
             }
             tracing::info!(instance = id, previews = wanted.len(), "serving previews");
-            script.push(format!("exec {line}"));
+            script.push(line);
         } else if let Some(last) = script.last_mut()
             && revision.is_some()
         {
             *last = format!("exec {}", last.trim_end_matches(" || exit $?"));
         }
-        let outputs = super::ssm::send_command(
+        let sent = super::ssm::send_command(
             &self.ssm,
             &[id.to_owned()],
             &comment,
             script,
             super::ssm::DEPLOY,
         )
-        .await
-        .map_err(|error| {
-            let hint = if error.message.contains(super::ssm::NOT_REGISTERED) {
-                format!(" (check instance profile `{profile}`)")
-            } else {
-                String::new()
-            };
-            // The revision deployed; a preview failed.
-            let what = if error.message.contains(PREVIEW_REPORT) {
-                "previews".to_owned()
-            } else {
-                what.clone()
-            };
-            ProviderError {
-                message: format!("{what} failed: {}{hint}", error.message),
-                ..error
+        .await;
+        match sent {
+            // Previews turned off (the step removed them all): nothing to
+            // record, as the spec says none.
+            Ok(outputs) => Ok(previews.is_some().then(|| {
+                serving_previews(outputs.first().map_or("", String::as_str), &mark, &wanted)
+            })),
+            Err(error) => {
+                let hint = if error.message.contains(super::ssm::NOT_REGISTERED) {
+                    format!(" (check instance profile `{profile}`)")
+                } else {
+                    String::new()
+                };
+                // The previews step reported: the revision deployed before
+                // it, and a preview failed.
+                let ran = error.message.contains(&mark);
+                let serving = ran.then(|| serving_previews(&error.message, &mark, &wanted));
+                let what = if ran { "previews" } else { what.as_str() };
+                let message = error.message.replace(&mark, "jaam-preview");
+                Err(Unconverged {
+                    error: ProviderError {
+                        message: format!("{what} failed: {message}{hint}"),
+                        ..error
+                    },
+                    serving,
+                })
             }
-        })?;
-        // Previews turned off (the step removed them all): nothing to
-        // record, as the spec says none.
-        Ok(previews
-            .is_some()
-            .then(|| serving_previews(outputs.first().map_or("", String::as_str), &wanted)))
+        }
     }
 
     /// Every instance matching `filter`, through all pages (1,000 per page).
@@ -1198,7 +1229,7 @@ impl Provider for Instances {
         // is recorded with no revision (and no previews), so the next apply
         // deploys again.
         let converged = self.converge(&id, attributes, false).await;
-        settle(converged, observed.clone(), attributes).map_err(|error| {
+        settle(converged, observed.clone()).map_err(|error| {
             let partial = error.partial.clone().map(|p| *p).unwrap_or_else(|| {
                 let mut partial = observed;
                 partial.attributes.insert("revision".into(), Value::Null);
@@ -1244,7 +1275,7 @@ impl Provider for Instances {
                 .ok_or_else(|| {
                     ProviderError::new(ErrorKind::NotFound, format!("instance `{id}` disappeared"))
                 })?;
-            return settle(converged, observe(instance, attributes), attributes);
+            return settle(converged, observe(instance, attributes));
         }
         // Tags (and ownership, so an imported instance becomes owned).
         retag(&self.ec2, id, owner, prior, attributes, changed).await?;
@@ -1302,7 +1333,7 @@ impl Provider for Instances {
         } else {
             Ok(None)
         };
-        settle(converged, observe(instance, attributes), attributes)
+        settle(converged, observe(instance, attributes))
     }
 
     async fn delete(&self, _context: &Context, id: &str, _prior: &Attrs) -> Result<()> {
@@ -1443,15 +1474,18 @@ mod tests {
             (7, preview(&"a".repeat(40), true, 7)),
             (8, preview(&"c".repeat(40), false, 8)),
         ]);
+        // A build's output quoting report lines without this command's
+        // mark counts for nothing.
         let report = format!(
-            "2026-11-29T12:00:00Z [blog] preview #8: deploy {c}\njaam-preview 8 failed {c}\n\
-             jaam-preview 7 serving {a}\njaam-preview 8 serving {old}\nerror: preview build failed",
+            "2026-11-29T12:00:00Z [blog] preview #8: deploy {c}\njaam-preview 9 serving {c}\n\
+             jaam-preview-forged 9 serving {c}\njaam-preview-m1 8 failed {c}\n\
+             jaam-preview-m1 7 serving {a}\njaam-preview-m1 8 serving {old}\nerror: preview build failed",
             a = "a".repeat(40),
             c = "c".repeat(40),
             old = "d".repeat(40),
         );
         assert_eq!(
-            previews_of(Some(&serving_previews(&report, &wanted))),
+            previews_of(Some(&serving_previews(&report, "jaam-preview-m1", &wanted))),
             BTreeMap::from([
                 (7, preview(&"a".repeat(40), true, 7)),
                 (8, preview(&"d".repeat(40), false, 8)),

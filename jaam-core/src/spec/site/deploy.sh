@@ -12,9 +12,10 @@
 #   deploy previews [N=SHA[+secrets]]...
 #                     serve exactly these pull request previews: build and
 #                     serve each one not already serving its commit, remove
-#                     every other; prints `jaam-preview N serving SHA` for
-#                     each preview serving at the end (and the failed ones on
-#                     standard error), and fails when one failed
+#                     every other; prints `MARK N serving SHA` for each
+#                     preview serving at the end (MARK: JAAM_PREVIEW_REPORT;
+#                     and the failed ones on standard error), and fails when
+#                     one failed
 #
 # Previews: pull request N is served at its own host (PREVIEW_HOST with
 # {number} = N) by its own nginx server block (previews.d/{http,https}/N.conf,
@@ -101,6 +102,11 @@ PORTS=(@@PORT_A@@ @@PORT_B@@)
 PREVIEW_HOST=@@PREVIEW_HOST@@
 PREVIEW_PORT=@@PREVIEW_PORT@@
 PREVIEW_MAX=@@PREVIEW_MAX@@
+# How the previews step's report lines start: a mark jaam made for this
+# command (so a build's output, which a failure report quotes, cannot pass
+# for them), kept from every process this script starts.
+REPORT_MARK="${JAAM_PREVIEW_REPORT:-jaam-preview}"
+unset JAAM_PREVIEW_REPORT
 # Whether what is built or run now reads the site's secrets (previews: only
 # with `+secrets`).
 WITH_SECRETS=yes
@@ -497,7 +503,8 @@ prune() {
   done
 }
 
-# Fetches every branch and tag into the bare mirror. With a repository
+# Fetches the refspecs given (a deploy: every branch and tag; previews: their
+# pull requests' heads) into the bare mirror. With a repository
 # token, git gets it as an `http.extraHeader` through GIT_CONFIG_* variables
 # of this subshell alone (the build never sees it).
 fetch_repo() (
@@ -513,8 +520,7 @@ fetch_repo() (
     GIT_CONFIG_VALUE_0="Authorization: Basic $(printf 'x-access-token:%s' "$token" | base64 -w0)"
     export GIT_CONFIG_COUNT GIT_CONFIG_KEY_0 GIT_CONFIG_VALUE_0
   fi
-  git -C "$ROOT/repo.git" fetch --quiet --force "$REPO_URL" \
-    "+refs/heads/*:refs/heads/*" "+refs/tags/*:refs/tags/*" "$@" >>"$LOG" 2>&1
+  git -C "$ROOT/repo.git" fetch --quiet --force "$REPO_URL" "$@" >>"$LOG" 2>&1
 )
 
 deploy() {
@@ -527,7 +533,7 @@ deploy() {
   if [ ! -d "$ROOT/repo.git" ]; then
     git init --quiet --bare "$ROOT/repo.git"
   fi
-  fetch_repo || fail "could not fetch $REPO_URL"
+  fetch_repo "+refs/heads/*:refs/heads/*" "+refs/tags/*:refs/tags/*" || fail "could not fetch $REPO_URL"
   sha=$(git -C "$ROOT/repo.git" rev-parse --verify --quiet "$wanted^{commit}") ||
     fail "revision $wanted is not in $REPO_URL"
   release="$sha-$(build_key)"
@@ -589,6 +595,7 @@ preview_file() {
   fi
   printf '%s\n' "$text" >"$2.new"
   mv -T "$2.new" "$2"
+  touch "$ROOT/run/nginx-changed"
 }
 
 # Builds and serves commit $2 as the preview of pull request $1 ($3: yes
@@ -659,6 +666,7 @@ preview() {
 unpreview() {
   local dir="$ROOT/previews/$1"
   rm -f "$ROOT/previews.d/http/$1.conf" "$ROOT/previews.d/https/$1.conf"
+  touch "$ROOT/run/nginx-changed"
   if [ -s "$dir/port" ]; then
     app_stop "$(cat "$dir/port")"
     rm -f "$ROOT/run/no-secrets-$(cat "$dir/port")" "$ROOT/run/preview-$(cat "$dir/port")" \
@@ -704,7 +712,7 @@ previews() {
     set -e
     if [ "$status" -ne 0 ]; then
       failed+=("$n")
-      echo "jaam-preview $n failed $sha" >&2
+      echo "$REPORT_MARK $n failed $sha" >&2
     fi
   done
   for dir in "$ROOT"/previews/*/; do
@@ -712,12 +720,16 @@ previews() {
     n=$(basename "$dir")
     case "$wanted" in *" $n "*) ;; *) unpreview "$n" ;; esac
   done
-  bash -c "$NGINX_RELOAD"
+  # nginx reloads only when a server block or what it serves changed.
+  if [ -f "$ROOT/run/nginx-changed" ]; then
+    rm -f "$ROOT/run/nginx-changed"
+    bash -c "$NGINX_RELOAD"
+  fi
   prune
   for dir in "$ROOT"/previews/*/; do
     if [ -s "$dir/sha" ]; then
-      echo "jaam-preview $(basename "$dir") serving $(cat "$dir/sha")"
-      echo "jaam-preview $(basename "$dir") serving $(cat "$dir/sha")" >&2
+      echo "$REPORT_MARK $(basename "$dir") serving $(cat "$dir/sha")"
+      echo "$REPORT_MARK $(basename "$dir") serving $(cat "$dir/sha")" >&2
     fi
   done
   if [ "${#failed[@]}" -gt 0 ]; then
