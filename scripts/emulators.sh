@@ -38,6 +38,8 @@ emulators_install() {
   # nsenter/unshare, and the node the sample apps build with.
   command -v ip >/dev/null || [ -x /usr/sbin/ip ] || missing+=(iproute2)
   command -v nsenter >/dev/null || missing+=(util-linux)
+  # Previews keep their user from the metadata service with nftables.
+  command -v nft >/dev/null || [ -x /usr/sbin/nft ] || missing+=(nftables)
   command -v node >/dev/null || missing+=(nodejs)
   # The dashboard's browser tests: Debian's Chromium and its WebDriver.
   command -v chromium >/dev/null || missing+=(chromium)

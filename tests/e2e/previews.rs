@@ -469,6 +469,31 @@ async fn a_server_apps_previews_should_run_on_their_own_ports_and_forks_without_
     let main = stage.get("http", "/").await;
     assert_eq!(main.body.trim(), "hello from revision A", "{main:?}");
 
+    // The instance metadata service hands out the role's credentials, which
+    // read the site's secrets: the preview user cannot reach it, the
+    // site's user still can. (A stand-in listens at its address here.)
+    let probe = stage
+        .instance_box()
+        .run(
+            "ip addr add 169.254.169.254/32 dev lo\n\
+             node -e 'require(\"http\").createServer((q, r) => r.end(\"metadata\")).listen(8169, \"169.254.169.254\")' &\n\
+             listener=$!\n\
+             for _ in $(seq 100); do curl -s -m 1 -o /dev/null http://169.254.169.254:8169/ && break; sleep 0.1; done\n\
+             for user in jaam-blog jaam-blog-pr; do\n\
+               echo \"$user $(runuser -u \"$user\" -- curl -s -m 3 http://169.254.169.254:8169/ || echo refused)\"\n\
+             done\n\
+             kill $listener",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(
+        probe.stdout.contains("jaam-blog metadata")
+            && probe.stdout.contains("jaam-blog-pr refused"),
+        "{} {}",
+        probe.stdout,
+        probe.stderr
+    );
+
     stage.github.close_pull(&stage.repo, 1);
     stage
         .jaam(&["apply", "--auto-approve"])

@@ -224,8 +224,31 @@ as_preview_user() {
     useradd --system --home-dir "$ROOT/preview-home" --no-create-home --shell /sbin/nologin "$PREVIEW_USER"
   fi
   install -d -m 0750 -o "$PREVIEW_USER" -g "$PREVIEW_USER" "$ROOT/preview-home"
+  guard_metadata
   SITE_USER=$PREVIEW_USER
   SITE_HOME="$ROOT/preview-home"
+}
+
+# Keeps the preview user's processes from the instance metadata service,
+# which hands out the instance role's credentials (and the role reads the
+# site's secrets): nftables rejects its packets there. Rules do not survive
+# a reboot, so every preview build and every preview app start sets them.
+guard_metadata() {
+  if ! command -v nft >/dev/null 2>&1; then
+    dnf install -y -q nftables >/dev/null ||
+      fail "previews need nftables (to keep pull requests' code from the instance's credentials), and it could not be installed"
+  fi
+  if ! nft list table inet jaam_previews >/dev/null 2>&1; then
+    nft -f - <<NFT || fail "could not keep the preview user from the instance metadata service (nftables)"
+table inet jaam_previews {
+  chain output {
+    type filter hook output priority 0; policy accept;
+    meta skuid "$PREVIEW_USER" ip daddr 169.254.169.254 reject
+    meta skuid "$PREVIEW_USER" ip6 daddr fd00:ec2::254 reject
+  }
+}
+NFT
+  fi
 }
 
 # The release being served (`<sha>-<key>`).
@@ -743,6 +766,7 @@ run_app() {
   cd "$ROOT/slot-$1"
   if [ -f "$ROOT/run/no-secrets-$1" ]; then WITH_SECRETS=no; fi
   if [ -f "$ROOT/run/preview-$1" ]; then
+    guard_metadata
     SITE_USER=$PREVIEW_USER
     SITE_HOME="$ROOT/preview-home"
   fi

@@ -127,7 +127,10 @@
 //!   site's: otherwise a pull request's build could read the production
 //!   app's secrets from `/proc/PID/environ` or change its releases (the
 //!   hard-linked `node_modules` it starts from stay production's files,
-//!   read-only to it). nginx
+//!   read-only to it). nftables keeps that user from the instance metadata
+//!   service (the role's credentials read the site's secrets); the rule is
+//!   set before every preview build and preview app start, so it is back
+//!   after a reboot, and nftables is installed on first use if missing. nginx
 //!   serves it from a server block of its own: static files from its own
 //!   `current` link, or a server app on a port of its own (`port + 2` and
 //!   up, one per preview; a new head restarts it there, so a preview — never
