@@ -1620,6 +1620,99 @@ fn deploy_script_should_reuse_node_modules_and_fall_back_to_a_clean_install() {
     assert_eq!(serving(), third, "the release before keeps serving");
 }
 
+/// Issue 17, item 2: the framework's cache (`.next/cache`) is the serving
+/// release's, copied: a build that writes it in place (as TypeScript writes
+/// `.tsbuildinfo`) leaves the release before untouched, and a corrupt one
+/// fails no deploy, even with no `node_modules` cached (a clean install, or
+/// none at all): the build runs once more without it.
+#[test]
+fn deploy_script_should_copy_the_framework_cache_and_build_without_it_when_it_is_corrupt() {
+    let dir = site_dir();
+    let repo = Repo::new(dir.path(), "static-spa");
+    std::fs::write(
+        repo.work.join("package.json"),
+        r#"{"name":"framework-cache","version":"1.0.0","private":true,"scripts":{"build":"node build.cjs"}}"#,
+    )
+    .unwrap();
+    // A framework that keeps a cache in .next/cache and refuses a corrupt one.
+    std::fs::write(
+        repo.work.join("build.cjs"),
+        "const fs = require('fs');
+const cache = '.next/cache/builds.txt';
+         const before = fs.existsSync(cache) ? fs.readFileSync(cache, 'utf8') : '';
+         if (before.includes('corrupt')) { console.error('the framework cache is corrupt'); process.exit(1); }
+         fs.mkdirSync('.next/cache', { recursive: true });
+fs.writeFileSync(cache, before + 'built\\n');
+         fs.mkdirSync('dist', { recursive: true });
+         const builds = before.split('\\n').filter(Boolean).length;
+         fs.writeFileSync('dist/index.html', `${fs.readFileSync('message.txt', 'utf8').trim()} after ${builds} cached builds`);
+",
+    )
+    .unwrap();
+    let locked = Command::new("npm")
+        .args([
+            "install",
+            "--offline",
+            "--no-audit",
+            "--no-fund",
+            "--package-lock-only",
+        ])
+        .current_dir(&repo.work)
+        .output()
+        .unwrap();
+    assert!(locked.status.success(), "{locked:?}");
+    let a = repo.commit("hello from revision A");
+    let root = dir.path().join("site");
+    let site = sample_site(
+        "cached",
+        "static",
+        &[("repo_url", Value::from(repo.bare.to_str().unwrap()))],
+    );
+    let script = dir.path().join("deploy");
+    std::fs::write(&script, site::deploy_script(&site, &site.root())).unwrap();
+    let nginx = Nginx::start(dir.path(), &site, &root);
+    let log = || std::fs::read_to_string(root.join("logs/build.log")).unwrap_or_default();
+    let serving = || std::fs::canonicalize(root.join("current")).unwrap();
+    let page = || std::fs::read_to_string(serving().join("dist/index.html")).unwrap();
+    let cache = |release: &Path| {
+        std::fs::read_to_string(release.join(".next/cache/builds.txt")).unwrap_or_default()
+    };
+    let run = |sha: &str| {
+        let output = deploy(&script, &root, &nginx, &[sha]);
+        assert!(
+            output.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            log()
+        );
+    };
+
+    run(&a);
+    assert_eq!(page(), "hello from revision A after 0 cached builds");
+    let first = serving();
+
+    // The next build starts from the serving release's cache, and what it
+    // writes there in place is its own copy's.
+    run(&repo.commit("hello from revision B"));
+    assert_eq!(page(), "hello from revision B after 1 cached builds");
+    let second = serving();
+    assert_eq!(cache(&second), "built\nbuilt\n");
+    assert_eq!(cache(&first), "built\n", "the release before is untouched");
+
+    // A corrupt cache: the build fails on it, and once more without it.
+    std::fs::write(second.join(".next/cache/builds.txt"), "corrupt\n").unwrap();
+    run(&repo.commit("hello from revision C"));
+    assert_eq!(page(), "hello from revision C after 0 cached builds");
+    assert!(
+        log().contains(&format!(
+            "the build failed with the .next/cache of release {}: once more without it",
+            second.file_name().unwrap().to_string_lossy()
+        )),
+        "{}",
+        log()
+    );
+}
+
 /// Issue 17, item 3: the bootstrap adds 2 GiB of swap where memory is under
 /// 2 GiB and there is no swap yet (run here against stand-ins of
 /// fallocate/mkswap/swapon and a made-up meminfo).

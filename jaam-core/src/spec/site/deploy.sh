@@ -415,7 +415,7 @@ build() {
   # The build cache: the serving release's node_modules when its package.json
   # and lockfile are this one's (a hard-linked copy: releases stay independent, nothing is
   # downloaded or unpacked again), and the framework's own cache (.next/cache).
-  local cached=""
+  local cached="" carried=""
   if [ -n "$lock_hash" ] && [ -n "$from" ] && [ ! -e "$work/node_modules" ] &&
     [ -f "$from/node_modules/.jaam-lock" ] &&
     [ "$(cat "$from/node_modules/.jaam-lock")" = "$lock_hash" ]; then
@@ -425,25 +425,36 @@ build() {
       rm -rf "$work/node_modules"
     fi
   fi
+  # The framework's cache is copied, never hard-linked: builds write it in
+  # place (TypeScript's .tsbuildinfo), which through a hard link would change
+  # the serving release's copy, and which a preview's builder could not do
+  # to production's files. Where the filesystem shares extents (XFS, Amazon
+  # Linux 2023's root), the copy is a reflink: no data is copied.
   if [ -n "$from" ] && [ -d "$from/.next/cache" ]; then
     mkdir -p "$work/.next"
-    chown "$SITE_USER:" "$work/.next"
-    if ! cp -al "$from/.next/cache" "$work/.next/cache" 2>/dev/null; then
+    if cp -a --reflink=auto "$from/.next/cache" "$work/.next/cache" 2>/dev/null &&
+      chown -R "$SITE_USER:" "$work/.next"; then
+      carried="$serving"
+    else
       rm -rf "$work/.next/cache"
     fi
+    chown "$SITE_USER:" "$work/.next"
   fi
-  # A preview's builder gets the copied directories (new ones, its own), not
-  # the hard-linked files, which stay production's and read-only to it.
-  if [ "$SITE_USER" != "$PRODUCTION_USER" ]; then
-    for copied in "$work/node_modules" "$work/.next/cache"; do
-      if [ -d "$copied" ]; then find "$copied" -type d -exec chown "$SITE_USER:" {} +; fi
-    done
+  # A preview's builder gets the hard-linked node_modules' directories (new
+  # ones, its own), not their files, which stay production's and read-only
+  # to it.
+  if [ "$SITE_USER" != "$PRODUCTION_USER" ] && [ -d "$work/node_modules" ]; then
+    find "$work/node_modules" -type d -exec chown "$SITE_USER:" {} +
   fi
   local status=0
   install_and_build "$work" "$cached" 3>&1 >>"$LOG" 2>&1 || status=$?
-  if [ "$status" -ne 0 ] && [ -n "$cached" ] && [ "$status" -ne 137 ]; then
-    # A corrupt or partial cache never breaks a deploy: once more, clean.
-    log "the build failed with the cached node_modules: once more with a clean install"
+  # A corrupt or partial cache never breaks a deploy: once more, clean.
+  if [ "$status" -ne 0 ] && [ "$status" -ne 137 ] && [ -n "$cached$carried" ]; then
+    if [ -n "$cached" ]; then
+      log "the build failed with the cached node_modules: once more with a clean install${carried:+ and no .next/cache}"
+    else
+      log "the build failed with the .next/cache of release $carried: once more without it (and a clean install)"
+    fi
     rm -rf "$work/node_modules" "$work/.next/cache"
     status=0
     install_and_build "$work" "" 3>&1 >>"$LOG" 2>&1 || status=$?

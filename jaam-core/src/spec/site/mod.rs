@@ -180,10 +180,14 @@
 //! (`/srv/jaam/<site>/home/.npm`) across deploys; a release whose
 //! `package.json` and `package-lock.json` are the serving release's starts
 //! from a hard-linked copy of its `node_modules` (no install at all), and
-//! `.next/cache` is carried over. If a build on the cached `node_modules`
-//! fails, it runs once more after a clean install, so a corrupt or partial
-//! cache never fails a deploy (a broken build then costs two builds); the
-//! build log says which path ran.
+//! the serving release's `.next/cache` is copied over (Turbopack's
+//! persistent cache and TypeScript's `.tsbuildinfo`: a copy, since builds
+//! write them in place, and a reflink where the filesystem has them, as
+//! Amazon Linux 2023's XFS does). If a build on the cached `node_modules`
+//! or the carried-over `.next/cache` fails, it runs once more after a clean
+//! install and without the `.next/cache`, so a corrupt or partial cache
+//! never fails a deploy (a broken build then costs two builds); the build
+//! log says which path ran.
 //!
 //! Builds fit the instance: the bootstrap adds 2 GiB of swap where memory
 //! is under 2 GiB ([`swap_script`]), the build's Node heap is three quarters
