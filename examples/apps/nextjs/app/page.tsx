@@ -1,8 +1,18 @@
+import { Suspense } from "react";
+import { connection } from "next/server";
 import Image from "next/image";
 import { message } from "./message";
 
-// Rendered on the server at every request.
-export const dynamic = "force-dynamic";
+// Rendered on the server at every request: `connection()` waits for one.
+async function AtRequest() {
+  await connection();
+  return (
+    <>
+      <p id="greeting">{process.env.GREETING ?? "(GREETING is not set)"}</p>
+      <p id="time">rendered at {new Date().toISOString()}</p>
+    </>
+  );
+}
 
 export default function Page() {
   return (
@@ -10,8 +20,9 @@ export default function Page() {
       <h1 id="message" className="text-2xl font-bold">
         {message}
       </h1>
-      <p id="greeting">{process.env.GREETING ?? "(GREETING is not set)"}</p>
-      <p id="time">rendered at {new Date().toISOString()}</p>
+      <Suspense>
+        <AtRequest />
+      </Suspense>
       <Image src="/jaam.svg" alt="jaam" width={32} height={32} unoptimized />
     </main>
   );

@@ -1,8 +1,8 @@
+import { connection } from "next/server";
 import { message } from "../../message";
 
-export const dynamic = "force-dynamic";
-
-export function GET() {
+export async function GET() {
+  await connection();
   return Response.json({
     message,
     greeting: process.env.GREETING ?? null,
