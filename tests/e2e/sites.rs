@@ -1477,6 +1477,74 @@ async fn an_unreadable_repository_should_hold_back_only_its_own_site() {
     env.jaam(&["destroy", "--auto-approve"]).expect_code(0);
 }
 
+/// Writes `work`'s lockfile from its package.json, offline (the build
+/// cache's tests depend on nothing from a registry).
+fn lock_offline(work: &Path) {
+    let locked = Command::new("npm")
+        .args([
+            "install",
+            "--offline",
+            "--no-audit",
+            "--no-fund",
+            "--package-lock-only",
+        ])
+        .current_dir(work)
+        .output()
+        .unwrap();
+    assert!(locked.status.success(), "{locked:?}");
+}
+
+/// A static site `cached` deployed from `repo` by its generated script,
+/// behind nginx, for the build cache's tests.
+struct CachedSite {
+    root: PathBuf,
+    script: PathBuf,
+    nginx: Nginx,
+}
+
+impl CachedSite {
+    fn new(dir: &Path, repo: &Repo) -> Self {
+        let root = dir.join("site");
+        let site = sample_site(
+            "cached",
+            "static",
+            &[("repo_url", Value::from(repo.bare.to_str().unwrap()))],
+        );
+        let script = dir.join("deploy");
+        std::fs::write(&script, site::deploy_script(&site, &site.root())).unwrap();
+        let nginx = Nginx::start(dir, &site, &root);
+        Self {
+            root,
+            script,
+            nginx,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("logs/build.log")).unwrap_or_default()
+    }
+
+    /// The release serving.
+    fn serving(&self) -> PathBuf {
+        std::fs::canonicalize(self.root.join("current")).unwrap()
+    }
+
+    fn deploy(&self, sha: &str) -> std::process::Output {
+        deploy(&self.script, &self.root, &self.nginx, &[sha])
+    }
+
+    /// Deploys `sha`, which must succeed.
+    fn run(&self, sha: &str) {
+        let output = self.deploy(sha);
+        assert!(
+            output.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            self.log()
+        );
+    }
+}
+
 /// Issue 17, item 2: the build cache. A redeploy with the same lockfile
 /// reuses the serving release's node_modules (hard links, nothing
 /// installed), a cache broken between deploys falls back to a clean install
@@ -1519,39 +1587,12 @@ fn deploy_script_should_reuse_node_modules_and_fall_back_to_a_clean_install() {
     )
     .unwrap();
     std::fs::write(repo.work.join(".gitignore"), "node_modules\n").unwrap();
-    let locked = Command::new("npm")
-        .args([
-            "install",
-            "--offline",
-            "--no-audit",
-            "--no-fund",
-            "--package-lock-only",
-        ])
-        .current_dir(&repo.work)
-        .output()
-        .unwrap();
-    assert!(locked.status.success(), "{locked:?}");
+    lock_offline(&repo.work);
     let a = repo.commit("hello from revision A");
-    let root = dir.path().join("site");
-    let site = sample_site(
-        "cached",
-        "static",
-        &[("repo_url", Value::from(repo.bare.to_str().unwrap()))],
-    );
-    let script = dir.path().join("deploy");
-    std::fs::write(&script, site::deploy_script(&site, &site.root())).unwrap();
-    let nginx = Nginx::start(dir.path(), &site, &root);
-    let log = || std::fs::read_to_string(root.join("logs/build.log")).unwrap_or_default();
-    let serving = || std::fs::canonicalize(root.join("current")).unwrap();
-    let run = |sha: &str| {
-        let output = deploy(&script, &root, &nginx, &[sha]);
-        assert!(
-            output.status.success(),
-            "{}\n{}",
-            String::from_utf8_lossy(&output.stderr),
-            log()
-        );
-    };
+    let cached = CachedSite::new(dir.path(), &repo);
+    let log = || cached.log();
+    let serving = || cached.serving();
+    let run = |sha: &str| cached.run(sha);
 
     run(&a);
     assert!(log().contains("(clean, as nobody)"), "{}", log());
@@ -1611,7 +1652,7 @@ fn deploy_script_should_reuse_node_modules_and_fall_back_to_a_clean_install() {
     )
     .unwrap();
     let d = repo.commit("hello from revision D");
-    let output = deploy(&script, &root, &nginx, &[&d]);
+    let output = cached.deploy(&d);
     assert!(!output.status.success(), "{}", log());
     assert!(
         String::from_utf8_lossy(&output.stderr).contains(&format!("build of {d} failed")),
@@ -1649,43 +1690,16 @@ fs.writeFileSync(cache, before + 'built\\n');
 ",
     )
     .unwrap();
-    let locked = Command::new("npm")
-        .args([
-            "install",
-            "--offline",
-            "--no-audit",
-            "--no-fund",
-            "--package-lock-only",
-        ])
-        .current_dir(&repo.work)
-        .output()
-        .unwrap();
-    assert!(locked.status.success(), "{locked:?}");
+    lock_offline(&repo.work);
     let a = repo.commit("hello from revision A");
-    let root = dir.path().join("site");
-    let site = sample_site(
-        "cached",
-        "static",
-        &[("repo_url", Value::from(repo.bare.to_str().unwrap()))],
-    );
-    let script = dir.path().join("deploy");
-    std::fs::write(&script, site::deploy_script(&site, &site.root())).unwrap();
-    let nginx = Nginx::start(dir.path(), &site, &root);
-    let log = || std::fs::read_to_string(root.join("logs/build.log")).unwrap_or_default();
-    let serving = || std::fs::canonicalize(root.join("current")).unwrap();
+    let cached = CachedSite::new(dir.path(), &repo);
+    let log = || cached.log();
+    let serving = || cached.serving();
     let page = || std::fs::read_to_string(serving().join("dist/index.html")).unwrap();
     let cache = |release: &Path| {
         std::fs::read_to_string(release.join(".next/cache/builds.txt")).unwrap_or_default()
     };
-    let run = |sha: &str| {
-        let output = deploy(&script, &root, &nginx, &[sha]);
-        assert!(
-            output.status.success(),
-            "{}\n{}",
-            String::from_utf8_lossy(&output.stderr),
-            log()
-        );
-    };
+    let run = |sha: &str| cached.run(sha);
 
     run(&a);
     assert_eq!(page(), "hello from revision A after 0 cached builds");
