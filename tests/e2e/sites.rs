@@ -1583,7 +1583,12 @@ fn deploy_script_should_reuse_node_modules_and_fall_back_to_a_clean_install() {
     std::fs::write(
         repo.work.join("build.cjs"),
         "const fs = require('fs');\nconst greet = require('greeting');\nfs.mkdirSync('dist', { recursive: true });\n\
-         fs.writeFileSync('dist/index.html', greet(fs.readFileSync('message.txt', 'utf8').trim()));\n",
+         fs.writeFileSync('dist/index.html', greet(fs.readFileSync('message.txt', 'utf8').trim()));\n\
+         // A tool's cache in node_modules/.cache, rewritten in place.\n\
+         const cache = 'node_modules/.cache/greeting/builds.txt';\n\
+         const before = fs.existsSync(cache) ? fs.readFileSync(cache, 'utf8') : '';\n\
+         fs.mkdirSync('node_modules/.cache/greeting', { recursive: true });\n\
+         fs.writeFileSync(cache, before + 'built\\n');\n",
     )
     .unwrap();
     std::fs::write(repo.work.join(".gitignore"), "node_modules\n").unwrap();
@@ -1617,6 +1622,17 @@ fn deploy_script_should_reuse_node_modules_and_fall_back_to_a_clean_install() {
         std::fs::metadata(dependency(&first)).unwrap().ino(),
         std::fs::metadata(dependency(&second)).unwrap().ino(),
         "a hard-linked copy"
+    );
+    // The tools' cache came along as a copy of its own: rewritten in place,
+    // the release before keeps its own.
+    let tools_cache = |release: &Path| {
+        std::fs::read_to_string(release.join("node_modules/.cache/greeting/builds.txt")).unwrap()
+    };
+    assert_eq!(tools_cache(&second), "built\nbuilt\n");
+    assert_eq!(
+        tools_cache(&first),
+        "built\n",
+        "the release before is untouched"
     );
     assert_eq!(
         std::fs::read_to_string(second.join("dist/index.html")).unwrap(),

@@ -395,6 +395,18 @@ activate() {
   fi
 }
 
+# Copies the build cache directory $1 (if any) to $2, the builder's own.
+# A copy, never hard links: tools write their caches in place (TypeScript's
+# .tsbuildinfo, eslint's .eslintcache), which through a hard link would
+# change the serving release's copy, and which a preview's builder could not
+# do to production's files. Where the filesystem shares extents (XFS,
+# Amazon Linux 2023's root) the copy is a reflink: no data is copied.
+copy_cache() {
+  [ -d "$1" ] || return 0
+  rm -rf "$2"
+  cp -a --reflink=auto "$1" "$2" 2>/dev/null && chown -R "$SITE_USER:" "$2"
+}
+
 # Builds commit $1 into releases/$2 ($3: the commit still serving).
 build() {
   local sha="$1" release="$2" previous="$3" work="$ROOT/releases/.$2.building"
@@ -414,31 +426,27 @@ build() {
   fi
   # The build cache: the serving release's node_modules when its package.json
   # and lockfile are this one's (a hard-linked copy: releases stay independent, nothing is
-  # downloaded or unpacked again), and the framework's own cache (.next/cache).
+  # downloaded or unpacked again), and the caches builds keep: the
+  # framework's (.next/cache) and the tools' (node_modules/.cache).
   local cached="" carried=""
   if [ -n "$lock_hash" ] && [ -n "$from" ] && [ ! -e "$work/node_modules" ] &&
     [ -f "$from/node_modules/.jaam-lock" ] &&
     [ "$(cat "$from/node_modules/.jaam-lock")" = "$lock_hash" ]; then
-    if cp -al "$from/node_modules" "$work/node_modules" 2>/dev/null; then
+    if cp -al "$from/node_modules" "$work/node_modules" 2>/dev/null &&
+      copy_cache "$from/node_modules/.cache" "$work/node_modules/.cache"; then
       cached="$serving"
     else
       rm -rf "$work/node_modules"
     fi
   fi
-  # The framework's cache is copied, never hard-linked: builds write it in
-  # place (TypeScript's .tsbuildinfo), which through a hard link would change
-  # the serving release's copy, and which a preview's builder could not do
-  # to production's files. Where the filesystem shares extents (XFS, Amazon
-  # Linux 2023's root), the copy is a reflink: no data is copied.
   if [ -n "$from" ] && [ -d "$from/.next/cache" ]; then
     mkdir -p "$work/.next"
-    if cp -a --reflink=auto "$from/.next/cache" "$work/.next/cache" 2>/dev/null &&
-      chown -R "$SITE_USER:" "$work/.next"; then
+    chown "$SITE_USER:" "$work/.next"
+    if copy_cache "$from/.next/cache" "$work/.next/cache"; then
       carried="$serving"
     else
       rm -rf "$work/.next/cache"
     fi
-    chown "$SITE_USER:" "$work/.next"
   fi
   # A preview's builder gets the hard-linked node_modules' directories (new
   # ones, its own), not their files, which stay production's and read-only

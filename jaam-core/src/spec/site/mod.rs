@@ -181,9 +181,11 @@
 //! `package.json` and `package-lock.json` are the serving release's starts
 //! from a hard-linked copy of its `node_modules` (no install at all), and
 //! the serving release's `.next/cache` is copied over (Turbopack's
-//! persistent cache and TypeScript's `.tsbuildinfo`: a copy, since builds
-//! write them in place, and a reflink where the filesystem has them, as
-//! Amazon Linux 2023's XFS does). If a build on the cached `node_modules`
+//! persistent cache and TypeScript's `.tsbuildinfo`), as is the
+//! `node_modules/.cache` of reused `node_modules` (where babel-loader or
+//! eslint keep theirs): copies, never hard links, since tools rewrite their
+//! caches in place, and reflinks where the filesystem has them, as Amazon
+//! Linux 2023's XFS does. If a build on the cached `node_modules`
 //! or the carried-over `.next/cache` fails, it runs once more after a clean
 //! install and without the `.next/cache`, so a corrupt or partial cache
 //! never fails a deploy (a broken build then costs two builds); the build
