@@ -1587,8 +1587,10 @@ fn deploy_script_should_reuse_node_modules_and_fall_back_to_a_clean_install() {
          // A tool's cache in node_modules/.cache, rewritten in place.\n\
          const cache = 'node_modules/.cache/greeting/builds.txt';\n\
          const before = fs.existsSync(cache) ? fs.readFileSync(cache, 'utf8') : '';\n\
+         const links = fs.existsSync(cache) ? fs.statSync(cache).nlink : 0;\n\
          fs.mkdirSync('node_modules/.cache/greeting', { recursive: true });\n\
-         fs.writeFileSync(cache, before + 'built\\n');\n",
+         fs.writeFileSync(cache, before + 'built\\n');\n\
+         fs.writeFileSync('dist/links.txt', `${links}`);\n",
     )
     .unwrap();
     std::fs::write(repo.work.join(".gitignore"), "node_modules\n").unwrap();
@@ -1623,16 +1625,21 @@ fn deploy_script_should_reuse_node_modules_and_fall_back_to_a_clean_install() {
         std::fs::metadata(dependency(&second)).unwrap().ino(),
         "a hard-linked copy"
     );
-    // The tools' cache came along as a copy of its own: rewritten in place,
-    // the release before keeps its own.
-    let tools_cache = |release: &Path| {
-        std::fs::read_to_string(release.join("node_modules/.cache/greeting/builds.txt")).unwrap()
-    };
-    assert_eq!(tools_cache(&second), "built\nbuilt\n");
+    // The tools' cache came along as a copy of its own (the build rewrites
+    // it in place); the release before keeps its node_modules for a
+    // rollback, not its build cache.
     assert_eq!(
-        tools_cache(&first),
-        "built\n",
-        "the release before is untouched"
+        std::fs::read_to_string(second.join("dist/links.txt")).unwrap(),
+        "1",
+        "a copy, not a hard link to the serving release's cache"
+    );
+    assert_eq!(
+        std::fs::read_to_string(second.join("node_modules/.cache/greeting/builds.txt")).unwrap(),
+        "built\nbuilt\n"
+    );
+    assert!(
+        !first.join("node_modules/.cache").exists(),
+        "its build cache dropped"
     );
     assert_eq!(
         std::fs::read_to_string(second.join("dist/index.html")).unwrap(),
@@ -1691,19 +1698,23 @@ fn deploy_script_should_copy_the_framework_cache_and_build_without_it_when_it_is
         r#"{"name":"framework-cache","version":"1.0.0","private":true,"scripts":{"build":"node build.cjs"}}"#,
     )
     .unwrap();
-    // A framework that keeps a cache in .next/cache and refuses a corrupt one.
+    // A framework that keeps a cache in .next/cache, rewrites it in place
+    // and refuses a corrupt one; dist/links.txt says whether the cache it
+    // found was a copy of its own (1 link) or shared.
     std::fs::write(
         repo.work.join("build.cjs"),
-        "const fs = require('fs');
-const cache = '.next/cache/builds.txt';
-         const before = fs.existsSync(cache) ? fs.readFileSync(cache, 'utf8') : '';
-         if (before.includes('corrupt')) { console.error('the framework cache is corrupt'); process.exit(1); }
-         fs.mkdirSync('.next/cache', { recursive: true });
-fs.writeFileSync(cache, before + 'built\\n');
-         fs.mkdirSync('dist', { recursive: true });
-         const builds = before.split('\\n').filter(Boolean).length;
-         fs.writeFileSync('dist/index.html', `${fs.readFileSync('message.txt', 'utf8').trim()} after ${builds} cached builds`);
-",
+        "const fs = require('fs');\n\
+         const cache = '.next/cache/builds.txt';\n\
+         const before = fs.existsSync(cache) ? fs.readFileSync(cache, 'utf8') : '';\n\
+         const links = fs.existsSync(cache) ? fs.statSync(cache).nlink : 0;\n\
+         if (before.includes('corrupt')) { console.error('the framework cache is corrupt'); process.exit(1); }\n\
+         fs.mkdirSync('.next/cache', { recursive: true });\n\
+         fs.writeFileSync(cache, before + 'built\\n');\n\
+         fs.mkdirSync('dist', { recursive: true });\n\
+         fs.writeFileSync('dist/links.txt', `${links}`);\n\
+         const builds = before.split('\\n').filter(Boolean).length;\n\
+         const message = fs.readFileSync('message.txt', 'utf8').trim();\n\
+         fs.writeFileSync('dist/index.html', `${message} after ${builds} cached builds`);\n",
     )
     .unwrap();
     lock_offline(&repo.work);
@@ -1721,13 +1732,25 @@ fs.writeFileSync(cache, before + 'built\\n');
     assert_eq!(page(), "hello from revision A after 0 cached builds");
     let first = serving();
 
-    // The next build starts from the serving release's cache, and what it
-    // writes there in place is its own copy's.
+    // The next build starts from a copy of the serving release's cache, its
+    // own; the release before, kept for a rollback, keeps no build cache.
     run(&repo.commit("hello from revision B"));
     assert_eq!(page(), "hello from revision B after 1 cached builds");
     let second = serving();
+    assert_eq!(
+        std::fs::read_to_string(second.join("dist/links.txt")).unwrap(),
+        "1",
+        "a copy, not a hard link to the serving release's cache"
+    );
     assert_eq!(cache(&second), "built\nbuilt\n");
-    assert_eq!(cache(&first), "built\n", "the release before is untouched");
+    assert!(
+        first.join("dist/index.html").is_file(),
+        "kept for a rollback"
+    );
+    assert!(
+        !first.join(".next/cache").exists(),
+        "its build cache dropped"
+    );
 
     // A corrupt cache: the build fails on it, and once more without it.
     std::fs::write(second.join(".next/cache/builds.txt"), "corrupt\n").unwrap();

@@ -530,7 +530,8 @@ heap_mb() {
   echo $((mb < 256 ? 256 : mb))
 }
 
-# Keeps the newest $KEEP releases, never the one being served.
+# Keeps the newest $KEEP releases and those being served (production's and
+# the previews'); only the one production serves keeps its build caches.
 prune() {
   local serving keep
   serving=$(current_release)
@@ -541,6 +542,11 @@ prune() {
     if [ "$sha" != "$serving" ] && ! grep -qx "$sha" <<<"$keep" &&
       ! grep -qxs "$sha" "$ROOT"/previews/*/release; then
       rm -rf "$dir" "$ROOT/meta/$sha"
+    elif [ "$sha" != "$serving" ]; then
+      # Kept for a rollback or a preview: what it serves stays, its build
+      # caches go (the next build copies only the serving release's), so
+      # they take the disk of one release, not of every one kept.
+      rm -rf "${dir}.next/cache" "${dir}node_modules/.cache"
     fi
   done
 }

@@ -185,7 +185,9 @@
 //! `node_modules/.cache` of reused `node_modules` (where babel-loader or
 //! eslint keep theirs): copies, never hard links, since tools rewrite their
 //! caches in place, and reflinks where the filesystem has them, as Amazon
-//! Linux 2023's XFS does. If a build on the cached `node_modules`
+//! Linux 2023's XFS does. Only the serving release keeps these caches: the
+//! releases kept for a rollback drop theirs at the prune, so a webpack
+//! cache of hundreds of megabytes is on disk once, not once per release. If a build on the cached `node_modules`
 //! or the carried-over `.next/cache` fails, it runs once more after a clean
 //! install and without the `.next/cache`, so a corrupt or partial cache
 //! never fails a deploy (a broken build then costs two builds); the build
