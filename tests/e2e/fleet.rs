@@ -417,12 +417,14 @@ async fn a_stack_locked_elsewhere_should_hold_up_no_worker() {
     });
 
     // A CLI holds the first stack's lock; both stacks' specs change, the
-    // locked one first.
+    // locked one first. (The daemon may still hold the lock a moment after
+    // its state shows the first apply: the test waits for it, as a CLI
+    // would.)
     let store = jaam_core::state::LocalStore::new(fleet.state(&locked));
     let guard = store
         .lock(
             jaam_core::state::lock::LockInfo::current("jaam apply (held by the test)"),
-            Duration::ZERO,
+            Duration::from_secs(30),
         )
         .await
         .unwrap();
