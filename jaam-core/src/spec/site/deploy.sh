@@ -531,7 +531,7 @@ heap_mb() {
 }
 
 # Keeps the newest $KEEP releases and those being served (production's and
-# the previews'); only the one production serves keeps its build caches.
+# the previews'); the ones kept only for a rollback lose their build caches.
 prune() {
   local serving keep
   serving=$(current_release)
@@ -539,13 +539,15 @@ prune() {
   for dir in "$ROOT"/releases/*/; do
     local sha
     sha=$(basename "$dir")
-    if [ "$sha" != "$serving" ] && ! grep -qx "$sha" <<<"$keep" &&
-      ! grep -qxs "$sha" "$ROOT"/previews/*/release; then
+    if [ "$sha" = "$serving" ] || grep -qxs "$sha" "$ROOT"/previews/*/release; then
+      continue
+    elif ! grep -qx "$sha" <<<"$keep"; then
       rm -rf "$dir" "$ROOT/meta/$sha"
-    elif [ "$sha" != "$serving" ]; then
-      # Kept for a rollback or a preview: what it serves stays, its build
-      # caches go (the next build copies only the serving release's), so
-      # they take the disk of one release, not of every one kept.
+    else
+      # Kept for a rollback: its build caches go (the next build copies
+      # only the serving release's), so they take the disk of one release,
+      # not of every one kept. A release serving keeps them: a Next.js
+      # server writes its runtime cache (images, fetches) there.
       rm -rf "${dir}.next/cache" "${dir}node_modules/.cache"
     fi
   done
