@@ -647,3 +647,72 @@ async fn previews_turned_on_later_should_get_the_wildcard_on_the_sites_certifica
         .await
         .expect_code(0);
 }
+
+/// A real Next.js app's preview (issues 15 and 17; the other previews tests
+/// deploy dependency-free apps): built by the preview's own user from
+/// production's caches (the hard-linked `node_modules`, read-only to it,
+/// and a copy of `.next/cache` of its own) on the first try, with no
+/// failed build and clean install behind it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nextjs_preview_should_build_on_productions_caches_first_time() {
+    let _moto = jaam_tests::MOTO.read().await;
+    jaam_tests::boxes::npm_registry();
+    let (stage, production) = Stage::new("nextpreview", "nextjs").await;
+    stage.write_site(
+        "",
+        None,
+        "  https: false\n  env:\n    NEXT_TELEMETRY_DISABLED: \"1\"\n  previews:\n    enabled: true\n",
+    );
+    // Open before the first apply: one deploy builds production (a clean
+    // install), then the preview on what production's build left.
+    stage.open_pull_of(
+        "nextjs",
+        1,
+        &[(
+            "app/message.ts",
+            "export const message = \"hello from pull request 1\";\n",
+        )],
+        false,
+    );
+    stage
+        .jaam(&["apply", "--auto-approve"])
+        .await
+        .expect_code(0);
+    let preview = stage.get_host(&stage.preview_host(1), "http", "/").await;
+    assert!(
+        preview.body.contains("hello from pull request 1"),
+        "{preview:?}"
+    );
+    let main = stage.get("http", "/").await;
+    assert!(main.body.contains("hello from revision A"), "{main:?}");
+
+    let log = std::fs::read_to_string(
+        stage
+            .instance_box()
+            .host_path("/srv/jaam/blog/logs/build.log"),
+    )
+    .unwrap_or_default();
+    let serving = std::fs::read_link(stage.instance_box().host_path("/srv/jaam/blog/current"))
+        .expect("current");
+    let serving = serving.file_name().unwrap().to_string_lossy();
+    assert!(serving.starts_with(&production), "{serving}");
+    assert!(
+        log.contains(&format!(
+            "install: reusing node_modules of release {serving}"
+        )),
+        "the preview reused production's node_modules: {log}"
+    );
+    assert!(
+        !log.contains("the build failed with"),
+        "the preview built on the caches the first time: {log}"
+    );
+    // What the preview's build wrote in its cache is its user's.
+    let owner = stage
+        .instance_box()
+        .run(
+            "stat -c %U /srv/jaam/blog/previews/1/current/.next/cache/.tsbuildinfo",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(owner.stdout.trim(), "jaam-blog-pr", "{owner:?}");
+}
