@@ -13,7 +13,8 @@ use jaam_tests::daemon::Daemon;
 
 use crate::served::{Prober, Stage};
 
-fn build_log(stage: &Stage) -> String {
+/// The site's build log on the box.
+pub(crate) fn build_log(stage: &Stage) -> String {
     std::fs::read_to_string(
         stage
             .instance_box()
@@ -23,7 +24,7 @@ fn build_log(stage: &Stage) -> String {
 }
 
 /// The release being served on the box (`current`'s target).
-fn serving_release(stage: &Stage) -> String {
+pub(crate) fn serving_release(stage: &Stage) -> String {
     let link = std::fs::read_link(stage.instance_box().host_path("/srv/jaam/blog/current"))
         .expect("current");
     link.file_name().unwrap().to_string_lossy().into_owned()

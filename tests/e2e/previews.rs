@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use jaam_tests::daemon::{Daemon, pull_deliveries};
 
+use super::frameworks::{build_log, serving_release};
 use super::served::{HOOK_SECRET, Stage, state};
 
 const APP: &str = "static-spa";
@@ -686,15 +687,8 @@ async fn a_nextjs_preview_should_build_on_productions_caches_first_time() {
     let main = stage.get("http", "/").await;
     assert!(main.body.contains("hello from revision A"), "{main:?}");
 
-    let log = std::fs::read_to_string(
-        stage
-            .instance_box()
-            .host_path("/srv/jaam/blog/logs/build.log"),
-    )
-    .unwrap_or_default();
-    let serving = std::fs::read_link(stage.instance_box().host_path("/srv/jaam/blog/current"))
-        .expect("current");
-    let serving = serving.file_name().unwrap().to_string_lossy();
+    let log = build_log(&stage);
+    let serving = serving_release(&stage);
     assert!(serving.starts_with(&production), "{serving}");
     assert!(
         log.contains(&format!(
