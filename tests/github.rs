@@ -45,6 +45,9 @@ pub struct Repos {
     pub deployments_denied: std::collections::BTreeSet<String>,
     /// Pull requests by (repository, number).
     pub pulls: BTreeMap<(String, u64), Pull>,
+    /// Repositories whose pull requests the token may not read (403, as
+    /// for a fine-grained token without "Pull requests: read").
+    pub pulls_denied: std::collections::BTreeSet<String>,
     next_id: i64,
 }
 
@@ -320,6 +323,13 @@ async fn pulls(
     use sha2::Digest as _;
     let repo = format!("{owner}/{name}");
     let mut repos = repos.lock().expect("fake");
+    if repos.pulls_denied.contains(&repo) {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({"message": "Resource not accessible by personal access token"})),
+        )
+            .into_response();
+    }
     let per_page: usize = query
         .get("per_page")
         .and_then(|p| p.parse().ok())

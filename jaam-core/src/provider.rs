@@ -252,8 +252,9 @@ pub struct Rewrite {
     /// value, and `--replace ADDR` takes it.
     pub keep: bool,
     /// Why the value could not be resolved (a branch head GitHub would not
-    /// give): an existing resource keeps its value and the plan says why; a
-    /// new one keeps the value as written, which fails its own apply only.
+    /// give): an existing resource keeps its value, a new one plans with
+    /// `to` (a branch head: the value as written, which fails its own apply
+    /// only), and the plan says why either way.
     pub unresolved: Option<String>,
 }
 

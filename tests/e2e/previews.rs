@@ -710,3 +710,52 @@ async fn a_nextjs_preview_should_build_on_productions_caches_first_time() {
         .await;
     assert_eq!(owner.stdout.trim(), "jaam-blog-pr", "{owner:?}");
 }
+
+/// A token that may not read pull requests (GitHub answers 403 without
+/// "Pull requests: read") never holds back production: a new site's
+/// revision deploys with no preview, and the plan says why; once the token
+/// may, the next apply serves the previews.
+#[tokio::test(flavor = "multi_thread")]
+async fn unlisted_pull_requests_should_be_noted_and_never_hold_back_production() {
+    let _moto = jaam_tests::MOTO.read().await;
+    let (stage, production) = Stage::new("previewsdenied", APP).await;
+    stage.write_site("", None, "  https: false\n  previews:\n    enabled: true\n");
+    let head = stage.open_pull(1, "hello from pull request 1", false);
+    stage
+        .github
+        .repos
+        .lock()
+        .unwrap()
+        .pulls_denied
+        .insert(stage.repo.clone());
+    let run = stage.jaam(&["apply", "--auto-approve"]).await;
+    run.expect_code(0);
+    assert!(
+        run.squashed().contains(&format!(
+            "Note: `site.blog.instance` plans previews = {{}}: the open pull requests of `{}@main` could not be listed",
+            stage.repo
+        )),
+        "{}",
+        run.squashed()
+    );
+    let main = stage.get("http", "/").await;
+    assert!(main.body.contains("hello from revision A"), "{main:?}");
+    let recorded = &state(&stage.ws)["resources"]["site.blog.instance"]["attributes"];
+    assert_eq!(recorded["revision"], production.as_str());
+    assert!(stage.recorded_previews().is_empty(), "{recorded}");
+
+    stage.github.repos.lock().unwrap().pulls_denied.clear();
+    stage
+        .jaam(&["apply", "--auto-approve"])
+        .await
+        .expect_code(0);
+    assert_eq!(
+        stage.recorded_previews(),
+        std::collections::BTreeMap::from([("1".to_owned(), head)])
+    );
+    let preview = stage.get_host(&stage.preview_host(1), "http", "/").await;
+    assert!(
+        preview.body.contains("hello from pull request 1"),
+        "{preview:?}"
+    );
+}

@@ -450,7 +450,18 @@ pub async fn compute(
                         ));
                         *value = kept.clone();
                     }
-                    _ => *value = rule.to.clone(),
+                    _ => {
+                        // Nothing to keep (a new resource): it plans with
+                        // `to`, and the plan says why it is not resolved.
+                        if let Some(why) = &rule.unresolved {
+                            notes.push(format!(
+                                "`{addr}` plans {} = {}: {why}",
+                                rule.attribute,
+                                brief(&rule.to),
+                            ));
+                        }
+                        *value = rule.to.clone();
+                    }
                 }
             }
         }
