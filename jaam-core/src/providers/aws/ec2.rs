@@ -49,7 +49,9 @@
 //!   and removes the others; its report says which serve. A preview that
 //!   fails to build fails the apply naming it, and state records the
 //!   previews that do serve (so the next apply tries the failed one again).
-//!   A listing that fails keeps the recorded previews (a plan note).
+//!   A listing that fails keeps the recorded previews, and a new instance
+//!   starts with none (a plan note either way): production never waits on
+//!   the listing (a token without "Pull requests: read", an outage).
 //! - `deploy_command`: **in place**, used by the next deploy.
 //! - `files` (absolute path → content) and `files_command` (run after they
 //!   changed): written on the running instance over SSM, **in place**, in
@@ -679,7 +681,11 @@ impl Instances {
         let comment = match &revision {
             Some(revision) => {
                 tracing::info!(instance = id, %revision, "deploying");
-                script.push(format!("{command} {revision} || exit $?"));
+                script.push(if previews_step {
+                    format!("{command} {revision} || exit $?")
+                } else {
+                    format!("exec {command} {revision}")
+                });
                 format!("jaam: deploy {revision}")
             }
             None => "jaam: files".to_owned(),
@@ -708,10 +714,6 @@ impl Instances {
             }
             tracing::info!(instance = id, previews = wanted.len(), "serving previews");
             script.push(line);
-        } else if let Some(last) = script.last_mut()
-            && revision.is_some()
-        {
-            *last = format!("exec {}", last.trim_end_matches(" || exit $?"));
         }
         let sent = super::ssm::send_command(
             &self.ssm,
